@@ -1,0 +1,66 @@
+"""Hard-concrete L0 gates (Louizos, Welling & Kingma 2018), one per output channel.
+
+The math is SPEC section 1, verbatim: a stretched, clipped binary-concrete
+variable whose test-time value is exactly 0 for pruned channels, and whose
+probability of being non-zero is the differentiable L0 norm we penalise.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+BETA = 2.0 / 3.0  # temperature
+GAMMA, ZETA = -0.1, 1.1  # stretch interval
+EPS = 1e-6
+
+
+def _stretch_and_clip(s: jax.Array) -> jax.Array:
+  return jnp.clip(s * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def sample_gate(key: jax.Array, log_alpha: jax.Array, batch_size: int) -> jax.Array:
+  """A training-time gate per example and channel: [batch_size, channels]."""
+  u = jax.random.uniform(key, (batch_size, log_alpha.shape[-1]), jnp.float32, EPS, 1.0 - EPS)
+  s = jax.nn.sigmoid((jnp.log(u) - jnp.log1p(-u) + log_alpha) / BETA)
+  return _stretch_and_clip(s)
+
+
+def test_gate(log_alpha: jax.Array) -> jax.Array:
+  """The deterministic gate used at test time; a channel is pruned iff this is 0."""
+  return _stretch_and_clip(jax.nn.sigmoid(log_alpha))
+
+
+def prob_open(log_alpha: jax.Array) -> jax.Array:
+  """P(z != 0) = sigmoid(log_alpha - beta * log(-gamma / zeta)): the expected L0 of each gate."""
+  return jax.nn.sigmoid(log_alpha - BETA * math.log(-GAMMA / ZETA))
+
+
+def init_log_alpha(droprate_init: float):
+  """Initializer: N(log(1 - p) - log(p), 0.01), so that gates start closed with probability ~p."""
+  mean = math.log(1.0 - droprate_init) - math.log(droprate_init)
+
+  def init(key, shape, dtype=jnp.float32):
+    return mean + 0.01 * jax.random.normal(key, shape, dtype)
+
+  return init
+
+
+class L0Gate(nnx.Module):
+  """Multiplies each channel of an NHWC activation by its gate.
+
+  With a `key` (training) every example draws its own gate from that key;
+  without one the test-time gate is used. Gates are float32 whatever the
+  activation's dtype; the product is cast back.
+  """
+
+  def __init__(self, num_channels: int, droprate_init: float, *, rngs: nnx.Rngs):
+    self.log_alpha = nnx.Param(init_log_alpha(droprate_init)(rngs.params(), (num_channels,)))
+
+  def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    if key is None:
+      z = test_gate(self.log_alpha[...])[None]
+    else:
+      z = sample_gate(key, self.log_alpha[...], x.shape[0])
+    return x * z[:, None, None, :].astype(x.dtype)

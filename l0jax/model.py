@@ -1,0 +1,160 @@
+"""The UvA GoogleNet (CIFAR-sized, SPEC section 2), optionally with L0 gates.
+
+The architecture is data (`INCEPTION_BLOCKS`), read by the network here and
+by the cost accounting, so the two cannot drift apart.
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from l0jax import gates
+
+STEM_CHANNELS = 64
+BRANCHES = ("1x1", "3x3", "5x5", "pool")  # concatenation order of a block's outputs
+
+
+class Inception(NamedTuple):
+  """Channel counts of one inception block (its input is the previous block's output)."""
+
+  red3: int
+  red5: int
+  out1: int
+  out3: int
+  out5: int
+  out_pool: int
+
+  @property
+  def outputs(self) -> tuple[int, int, int, int]:
+    return (self.out1, self.out3, self.out5, self.out_pool)
+
+  def scaled(self, width_multiplier: float) -> "Inception":
+    return Inception(*(scale_channels(c, width_multiplier) for c in self))
+
+
+INCEPTION_BLOCKS = (
+    Inception(32, 16, 16, 32, 8, 8),
+    Inception(32, 16, 24, 48, 12, 12),
+    # max-pool 3x3/2
+    Inception(32, 16, 24, 48, 12, 12),
+    Inception(32, 16, 16, 48, 16, 16),
+    Inception(32, 16, 16, 48, 16, 16),
+    Inception(32, 16, 32, 48, 24, 24),
+    # max-pool 3x3/2
+    Inception(48, 16, 32, 64, 16, 16),
+    Inception(48, 16, 32, 64, 16, 16),
+)
+POOL_AFTER = (1, 5)  # 0-based indices of the blocks followed by a max-pool 3x3/2
+
+
+def scale_channels(channels: int, width_multiplier: float) -> int:
+  return max(1, round(channels * width_multiplier))
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """The channel counts of a GoogleNet at one width."""
+
+  stem: int
+  blocks: tuple[Inception, ...]
+
+  @classmethod
+  def at_width(cls, width_multiplier: float) -> "Architecture":
+    return cls(scale_channels(STEM_CHANNELS, width_multiplier),
+               tuple(b.scaled(width_multiplier) for b in INCEPTION_BLOCKS))
+
+  def block_inputs(self) -> tuple[int, ...]:
+    """Input channels of each block: the stem's, then each block's concatenated outputs."""
+    return (self.stem,) + tuple(sum(b.outputs) for b in self.blocks[:-1])
+
+  @property
+  def head_inputs(self) -> int:
+    return sum(self.blocks[-1].outputs)
+
+
+def max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
+  return nnx.max_pool(x, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)))
+
+
+class ConvBN(nnx.Module):
+  """conv (with bias) + BatchNorm + ReLU, initialised as the UvA tutorial does."""
+
+  def __init__(self, c_in: int, c_out: int, kernel: int, *, dtype, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(
+        c_in, c_out, (kernel, kernel), padding="SAME", dtype=dtype,
+        kernel_init=nnx.initializers.variance_scaling(2.0, "fan_in", "normal"), rngs=rngs)
+    # PyTorch's BN momentum 0.1 is Flax's 0.9.
+    self.bn = nnx.BatchNorm(c_out, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    return nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+
+
+class InceptionBlock(nnx.Module):
+  """Four branches concatenated on channels, each output optionally gated."""
+
+  def __init__(self, c_in: int, spec: Inception, *, use_gate: bool, droprate_init: float,
+               dtype, rngs: nnx.Rngs):
+    self.branch1 = ConvBN(c_in, spec.out1, 1, dtype=dtype, rngs=rngs)
+    self.branch3_reduce = ConvBN(c_in, spec.red3, 1, dtype=dtype, rngs=rngs)
+    self.branch3 = ConvBN(spec.red3, spec.out3, 3, dtype=dtype, rngs=rngs)
+    self.branch5_reduce = ConvBN(c_in, spec.red5, 1, dtype=dtype, rngs=rngs)
+    self.branch5 = ConvBN(spec.red5, spec.out5, 5, dtype=dtype, rngs=rngs)
+    self.branch_pool = ConvBN(c_in, spec.out_pool, 1, dtype=dtype, rngs=rngs)
+    self.gates = nnx.List(
+        [gates.L0Gate(c, droprate_init, rngs=rngs) for c in spec.outputs] if use_gate else [])
+
+  def __call__(self, x: jax.Array, train: bool, gate_key: jax.Array | None) -> jax.Array:
+    outputs = [
+        self.branch1(x, train),
+        self.branch3(self.branch3_reduce(x, train), train),
+        self.branch5(self.branch5_reduce(x, train), train),
+        self.branch_pool(max_pool_3x3(x, 1), train),
+    ]
+    if self.gates:
+      keys = jax.random.split(gate_key, len(outputs)) if gate_key is not None else [None] * 4
+      outputs = [gate(y, k) for gate, y, k in zip(self.gates, outputs, keys)]
+    return jnp.concatenate(outputs, axis=-1)
+
+
+class GoogleNet(nnx.Module):
+  """Stem, eight inception blocks with two max-pools, global average pool, dense head.
+
+  `__call__(x, train=True, gate_key=k)` draws training gates from `k` (one
+  gate per example and channel); without a key the test-time gates are used.
+  """
+
+  def __init__(self, num_classes: int, in_channels: int, *, use_gate: bool = True,
+               width_multiplier: float = 1.0, droprate_init: float = 0.5,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    arch = Architecture.at_width(width_multiplier)
+    self.use_gate = use_gate
+    self.stem = ConvBN(in_channels, arch.stem, 3, dtype=dtype, rngs=rngs)
+    self.blocks = nnx.List([
+        InceptionBlock(c_in, spec, use_gate=use_gate, droprate_init=droprate_init, dtype=dtype,
+                       rngs=rngs)
+        for c_in, spec in zip(arch.block_inputs(), arch.blocks)
+    ])
+    self.head = nnx.Linear(arch.head_inputs, num_classes, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool, gate_key: jax.Array | None = None) -> jax.Array:
+    if train and self.use_gate and gate_key is None:
+      raise ValueError("training a gated network needs a gate_key")
+    x = self.stem(x, train)
+    keys = (jax.random.split(gate_key, len(self.blocks)) if gate_key is not None
+            else [None] * len(self.blocks))
+    for i, (block, key) in enumerate(zip(self.blocks, keys)):
+      x = block(x, train, key)
+      if i in POOL_AFTER:
+        x = max_pool_3x3(x, 2)
+    x = jnp.mean(x, axis=(1, 2))
+    return self.head(x).astype(jnp.float32)
+
+  def log_alphas(self) -> dict[str, jax.Array]:
+    """Every gate's log_alpha, named `block{i}/{branch}` (1-based), in network order."""
+    return {f"block{i + 1}/{branch}": gate.log_alpha[...]
+            for i, block in enumerate(self.blocks)
+            for branch, gate in zip(BRANCHES, block.gates)}
