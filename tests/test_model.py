@@ -1,0 +1,62 @@
+"""The GoogleNet's size and shapes (SPEC section 2)."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from l0jax import model
+
+
+def abstract(*args, **kwargs) -> model.GoogleNet:
+  """A network of shapes only: building the real one eagerly is slow on a CPU."""
+  return nnx.eval_shape(lambda: model.GoogleNet(*args, **kwargs, rngs=nnx.Rngs(0)))
+
+
+def num_params(net):
+  return sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))
+
+
+def output_shape(net, x, **kwargs):
+  graphdef, state = nnx.split(net)
+  return jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, **kwargs), state, x)
+
+
+def test_full_width_has_the_spec_parameter_count():
+  net = abstract(10, 3, use_gate=False)
+  assert num_params(net) == 260_650
+
+
+def test_gates_sit_on_every_branch_output():
+  net = abstract(10, 3, use_gate=True)
+  log_alphas = jax.eval_shape(lambda: model.GoogleNet(10, 3, rngs=nnx.Rngs(0)).log_alphas())
+  assert len(log_alphas) == 32
+  assert sum(v.size for v in log_alphas.values()) == 832  # 64 + 4 x 96 + 3 x 128 channels
+  assert num_params(net) == 260_650 + 832
+  assert log_alphas["block6/pool"].shape == (24,)
+
+
+def test_width_multiplier_scales_channels():
+  arch = model.Architecture.at_width(0.25)
+  assert arch.stem == 16 and arch.blocks[0] == model.Inception(8, 4, 4, 8, 2, 2)
+  assert arch.block_inputs()[1] == 16 and arch.head_inputs == 32
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 28, 28, 1)])
+def test_forward_shapes(shape):
+  net = abstract(7, shape[-1], width_multiplier=0.25)
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  assert output_shape(net, x, train=False).shape == (2, 7)
+  assert output_shape(net, x, train=True, gate_key=jax.random.key(0)).shape == (2, 7)
+
+
+def test_training_a_gated_network_needs_a_key():
+  net = abstract(10, 3, width_multiplier=0.25)
+  with pytest.raises(ValueError, match="gate_key"):
+    output_shape(net, jnp.ones((1, 8, 8, 3)), train=True)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+  net = abstract(10, 3, width_multiplier=0.25, dtype=jnp.bfloat16)
+  assert {x.dtype for x in jax.tree.leaves(nnx.state(net))} == {jnp.dtype(jnp.float32)}
+  assert output_shape(net, jnp.ones((1, 8, 8, 3)), train=False).dtype == jnp.float32
