@@ -1,0 +1,103 @@
+r"""Inference throughput of the full, gated (test-time gates) and compact GoogleNets.
+
+  python -m benchmarks.inference                                  # small, ~1 minute on a CPU
+  python -m benchmarks.inference --batch_sizes=1,128,1024 --repeats=50
+
+The gated network gets random gates, `--prune_fraction` of its channels
+pruned and the rest partly or fully open; the compact network is exported
+from it. Weights are random: throughput does not depend on them. Prints one
+JSON object, then a table.
+"""
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from l0jax import accounting, export, model
+
+FLAGS = flags.FLAGS
+flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0 is the SPEC's GoogleNet).")
+flags.DEFINE_integer("image_size", 32, "Square input images of this size, 3 channels.")
+flags.DEFINE_integer("num_classes", 10, "Classes of the dense head.")
+flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
+flags.DEFINE_float("prune_fraction", 0.5, "Fraction of gated channels pruned, at random.")
+flags.DEFINE_integer("repeats", 10, "Timed calls per network and batch size (the median counts).")
+flags.DEFINE_integer("seed", 0, "Seed of the weights, gates and images.")
+
+
+def gated_network(rng: np.random.Generator) -> model.GoogleNet:
+  net = model.GoogleNet(FLAGS.num_classes, 3, width_multiplier=FLAGS.width_multiplier,
+                        rngs=nnx.Rngs(FLAGS.seed))
+  for block in net.blocks:
+    for gate in block.gates:
+      n = gate.log_alpha.shape[0]
+      # Kept channels: log_alpha > -2.4, so a test-time gate in (0, 1].
+      log_alpha = np.where(rng.random(n) < FLAGS.prune_fraction, -10.0, rng.uniform(-2.0, 6.0, n))
+      gate.log_alpha[...] = jnp.asarray(log_alpha, jnp.float32)
+  return net
+
+
+def module_inference(net: nnx.Module):
+  graphdef, state = nnx.split(net)
+  f = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, train=False))
+  return lambda x: f(state, x)
+
+
+def images_per_second(f, images: jax.Array) -> float:
+  """Median over `--repeats` timed calls, after a compiling call and a warm-up one."""
+  for _ in range(2):
+    jax.block_until_ready(f(images))
+  seconds = []
+  for _ in range(FLAGS.repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(f(images))
+    seconds.append(time.perf_counter() - start)
+  return len(images) / float(np.median(seconds))
+
+
+def main(argv):
+  del argv
+  rng = np.random.default_rng(FLAGS.seed)
+  gated = gated_network(rng)
+  full = model.GoogleNet(FLAGS.num_classes, 3, use_gate=False,
+                         width_multiplier=FLAGS.width_multiplier, rngs=nnx.Rngs(FLAGS.seed))
+  compact = export.compact_params(gated)
+  networks = {
+      "full": module_inference(full),
+      "gated": module_inference(gated),
+      "compact": jax.jit(lambda x: export.compact_apply(compact, x)),
+  }
+  config = ml_collections.ConfigDict({"width_multiplier": FLAGS.width_multiplier})
+  summary = accounting.report(gated, config, (FLAGS.image_size,) * 2 + (3,), FLAGS.num_classes)
+  macs = {"full": summary["macs_full"], "gated": summary["macs_full"],
+          "compact": summary["macs_kept"]}
+  results = []
+  for batch_size in map(int, FLAGS.batch_sizes):
+    images = jnp.asarray(rng.standard_normal((batch_size, FLAGS.image_size, FLAGS.image_size, 3)),
+                         jnp.float32)
+    for name, f in networks.items():
+      results.append({"network": name, "batch_size": batch_size,
+                      "images_per_s": round(images_per_second(f, images), 1),
+                      "macs_per_image": macs[name]})
+  print(json.dumps({
+      "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+      "width_multiplier": FLAGS.width_multiplier, "image_size": FLAGS.image_size,
+      "prune_fraction": FLAGS.prune_fraction, "repeats": FLAGS.repeats,
+      "params_full": summary["params_full"], "params_compact": export.num_params(compact),
+      "results": results}))
+  print(f"\n{'network':<8} {'batch':>6} {'images/s':>10} {'MMACs/image':>12} {'vs full':>8}")
+  full_speed = {r["batch_size"]: r["images_per_s"] for r in results if r["network"] == "full"}
+  for r in results:
+    speedup = r["images_per_s"] / full_speed[r["batch_size"]]
+    print(f"{r['network']:<8} {r['batch_size']:>6} {r['images_per_s']:>10,.1f} "
+          f"{r['macs_per_image'] / 1e6:>12.2f} {speedup:>7.2f}x")
+
+
+if __name__ == "__main__":
+  app.run(main)

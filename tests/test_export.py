@@ -1,0 +1,122 @@
+"""The compact network computes the gated network's test-time logits, and survives export."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from l0jax import accounting, export, gates, model
+from l0jax.errors import UserError
+
+WIDTH, HW, CLASSES = 0.25, 12, 10  # 12 -> 6 -> 3 after the pools
+# log_alpha per state: pruned (test-time gate 0), partly open (in (0, 1)), fully open (1).
+PRUNED, PARTIAL, OPEN = -6.0, 0.0, 6.0
+
+
+def gated_net(*, closed_branch=(2, 2), closed_block=4, use_gate=True, seed=0) -> model.GoogleNet:
+  """Random weights, BN statistics and gates: a mix of pruned, partly and fully open channels.
+
+  `closed_branch` (block, branch) and `closed_block` (0-based) close entirely.
+  Built from NumPy values, which spares the compiles of eager initialisation.
+  """
+  net = nnx.eval_shape(lambda: model.GoogleNet(CLASSES, 3, use_gate=use_gate,
+                                               width_multiplier=WIDTH, rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(seed)
+
+  def value(path, shape):
+    name = path[-1]
+    if name == "kernel":
+      return rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
+    if name == "var":
+      return rng.uniform(0.3, 2.0, shape)
+    if name == "scale":
+      return rng.uniform(0.5, 1.5, shape)
+    if name == "log_alpha":  # path: blocks, i, gates, j, log_alpha
+      if path[1] == closed_block or (path[1], path[3]) == closed_branch:
+        return np.full(shape, PRUNED)
+      return rng.choice([PRUNED, PARTIAL, OPEN], shape) + rng.uniform(-1.5, 1.5, shape)
+    return rng.normal(0.0, 0.2, shape)  # conv and head biases, BN means and shifts
+
+  for path, variable in nnx.iter_graph(net):
+    if isinstance(variable, nnx.Variable):
+      variable.set_value(jnp.asarray(value(path, variable.shape), jnp.float32))
+  return net
+
+
+gated_logits = nnx.jit(lambda net, x: net(x, train=False))
+
+
+def images(n, seed=0):
+  return jax.random.normal(jax.random.key(seed), (n, HW, HW, 3))
+
+
+def test_gate_states_cover_pruned_partial_and_open():
+  z = jnp.concatenate([gates.test_gate(la) for la in gated_net().log_alphas().values()])
+  assert jnp.any(z == 0) and jnp.any(z == 1) and jnp.any((z > 0) & (z < 1))
+
+
+@pytest.mark.parametrize("closed_block", [4, 7])  # the next block, or the head, sees no inputs
+def test_compact_logits_equal_gated_test_time_logits(closed_block):
+  net = gated_net(closed_block=closed_block)
+  params = export.compact_params(net)
+  x = images(8)
+  want = gated_logits(net, x)
+  np.testing.assert_allclose(export.compact_apply(params, x), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(export.compact_apply)(params, x), want, rtol=1e-5, atol=1e-5)
+  if closed_block == 7:
+    np.testing.assert_allclose(want, jnp.broadcast_to(net.head.bias[...], want.shape), rtol=1e-6)
+
+
+def test_closed_channels_leave_the_compact_network():
+  net = gated_net()
+  params = export.compact_params(net)
+  closed = params["blocks"][2]
+  assert closed["branch5"]["kernel"].shape[-1] == 0
+  assert closed["branch5_reduce"]["kernel"].shape[-1] == 0  # it fed only the closed branch
+  for name in ("branch1", "branch3_reduce", "branch5_reduce", "branch_pool"):
+    assert params["blocks"][5][name]["kernel"].shape[2] == 0  # block 5 (0-based 4) is closed
+  kept = accounting.deterministic_kept(net.log_alphas())
+  assert params["head"]["kernel"].shape == (
+      sum(kept[f"block8/{b}"].channels for b in model.BRANCHES), CLASSES)
+
+
+@pytest.mark.parametrize("use_gate", [True, False])
+def test_compact_parameters_are_the_kept_ones_less_folded_batch_norm(use_gate):
+  net = gated_net(use_gate=use_gate)
+  config = ml_collections.ConfigDict({"width_multiplier": WIDTH})
+  summary = accounting.report(net, config, (HW, HW, 3), CLASSES)
+  # BN's scale and shift fold into each conv's kernel and bias: 2 fewer per kept output.
+  folded = sum(2 * l["kept_out"] for l in summary["layers"] if l["name"] != "head")
+  assert export.num_params(export.compact_params(net)) == summary["params_kept"] - folded
+  if not use_gate:
+    assert summary["params_kept"] == summary["params_full"]
+
+
+def test_verify_reports_agreement_and_refuses_a_wrong_network():
+  net = gated_net()
+  params = export.compact_params(net)
+  x = np.asarray(images(10))
+  labels = np.asarray(gated_logits(net, x).argmax(-1))
+  result = export.verify(net, params, x, labels, batch_size=4)
+  assert result["max_abs_logit_diff"] < 1e-5
+  assert result["test_accuracy_gated"] == result["test_accuracy_compact"] == 1.0
+  assert result["params_compact"] == export.num_params(params)
+  wrong = jax.tree.map(lambda a: a, params)
+  wrong["blocks"][7]["branch1"]["bias"] = wrong["blocks"][7]["branch1"]["bias"] + 0.1
+  with pytest.raises(RuntimeError, match="differ"):
+    export.verify(net, wrong, x, labels, batch_size=4)
+
+
+def test_saved_artifact_reloads_with_any_batch_size(tmp_path):
+  net = gated_net()
+  params = export.compact_params(net)
+  export.save(tmp_path / "export", params, images(4))
+  infer = export.load_inference(tmp_path / "export")
+  x = images(7, seed=1)
+  np.testing.assert_allclose(infer(x), gated_logits(net, x), rtol=1e-5, atol=1e-5)
+  exported = jax.export.deserialize(bytearray((tmp_path / "export" / export.ARTIFACT).read_bytes()))
+  assert set(exported.platforms) == set(export.PLATFORMS)
+  with pytest.raises(UserError, match="no exported network"):
+    export.load_inference(tmp_path)
