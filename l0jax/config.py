@@ -7,6 +7,8 @@ L0-from-scratch recipe on CIFAR-10 (SPEC section 4).
 
 import ml_collections
 
+from l0jax.errors import UserError
+
 # Fields that define the network's shape. Resuming or fine-tuning with a
 # different value of any of these is refused, because the checkpoint's arrays
 # would not fit.
@@ -66,3 +68,32 @@ def base_config() -> ml_collections.ConfigDict:
   # Checkpoints kept besides the best by validation accuracy.
   c.keep_checkpoints = 2
   return c
+
+
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
+PENALTIES = ("mean_gate", "params", "macs")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Refuses values that cannot make a sensible run, before anything is written."""
+  def check(ok: bool, message: str) -> None:
+    if not ok:
+      raise UserError(f"config: {message}")
+
+  check(c.dataset in DATASETS, f"dataset={c.dataset!r} is not one of {', '.join(DATASETS)}")
+  check(c.penalty in PENALTIES, f"penalty={c.penalty!r} is not one of {', '.join(PENALTIES)}")
+  check(c.compute_dtype in COMPUTE_DTYPES,
+        f"compute_dtype={c.compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+  check(c.lambda_l0 >= 0, f"lambda_l0={c.lambda_l0} must be >= 0")
+  check(0 < c.droprate_init < 1, f"droprate_init={c.droprate_init} must lie in (0, 1)")
+  check(c.width_multiplier > 0, f"width_multiplier={c.width_multiplier} must be > 0")
+  check(c.learning_rate > 0, f"learning_rate={c.learning_rate} must be > 0")
+  check(c.weight_decay >= 0, f"weight_decay={c.weight_decay} must be >= 0")
+  check(c.lr_factor > 0, f"lr_factor={c.lr_factor} must be > 0")
+  check(all(int(m) == m and m >= 0 for m in c.lr_milestones),
+        f"lr_milestones={tuple(c.lr_milestones)} must be epochs (integers >= 0)")
+  for field in ("num_epochs", "batch_size", "steps_per_call", "eval_batch_size",
+                "keep_checkpoints", "synthetic_image_size", "synthetic_num_train"):
+    check(c[field] >= 1, f"{field}={c[field]} must be >= 1")
+  check(c.max_train_examples >= 0, f"max_train_examples={c.max_train_examples} must be >= 0")

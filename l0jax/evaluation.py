@@ -1,0 +1,67 @@
+"""What a finished run is worth: its best checkpoint on the test split, and its compact export."""
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from flax import nnx
+
+from l0jax import accounting, checkpoints, data, export as export_lib, train
+
+TEST_METRICS_FILE = "test_metrics.json"
+
+
+def restore_best(workdir: str) -> tuple[train.Run, train.TrainState, int]:
+  """The run in `workdir` (from its saved config) at its best-by-validation checkpoint."""
+  config = checkpoints.load_config(workdir)
+  mngr, step = checkpoints.best_step(workdir)
+  run = train.setup(config)
+  _, state = train.initial_state(run)
+  state = mngr.restore(step, args=ocp.args.StandardRestore(state))
+  return run, state, step
+
+
+def gated_network(run: train.Run, state: train.TrainState):
+  return nnx.merge(run.network.graphdef, state.params, state.batch_stats)
+
+
+def cost_report(run: train.Run, net) -> dict:
+  return accounting.report(net, run.config, run.network.image_shape, run.network.num_classes)
+
+
+def test(workdir: str) -> dict:
+  """Evaluates the best checkpoint on the test split; prints a summary, writes test_metrics.json."""
+  run, state, step = restore_best(workdir)
+  ds = run.dataset
+  metrics = train.evaluate_split(run, state.params, state.batch_stats, ds.test_images,
+                                 ds.test_labels)
+  costs = cost_report(run, gated_network(run, state))
+  result = {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
+            "checkpoint_step": step, "dataset": ds.name, "use_gate": run.config.use_gate,
+            "lambda_l0": run.config.lambda_l0, **costs}
+  checkpoints.write_json_atomically(epath.Path(workdir) / TEST_METRICS_FILE, result)
+  print(f"{workdir}: {ds.name} test accuracy {metrics['accuracy']:.4f} "
+        f"({len(ds.test_images)} images, checkpoint of step {step})")
+  print(accounting.format_table(costs))
+  return result
+
+
+def export(workdir: str) -> dict:
+  """Builds the compact network from the best checkpoint, checks it on the test split, saves it."""
+  run, state, step = restore_best(workdir)
+  if not run.config.use_gate:
+    logging.info("%s has no gates: the compact network is the whole network, BN folded.", workdir)
+  ds = run.dataset
+  net = gated_network(run, state)
+  params = export_lib.compact_params(net)
+  images = np.asarray(jax.jit(lambda x: data.normalize(x, ds.mean, ds.std))(ds.test_images))
+  result = export_lib.verify(net, params, images, ds.test_labels, run.config.eval_batch_size)
+  export_dir = epath.Path(workdir) / "export"
+  export_lib.save(export_dir, params, images[:1])
+  result["checkpoint_step"] = step
+  checkpoints.write_json_atomically(export_dir / "export_metrics.json", result)
+  print(f"{export_dir}: compact network with {result['params_compact']:,} parameters; "
+        f"test accuracy {result['test_accuracy_compact']:.4f} (gated {result['test_accuracy_gated']:.4f}), "
+        f"largest logit difference {result['max_abs_logit_diff']:.2e}")
+  return result

@@ -1,0 +1,367 @@
+"""Training and evaluation: pure step functions over pytrees, and the loop that drives them.
+
+The whole dataset sits on the devices as uint8. A compiled call runs
+`steps_per_call` training steps in a `lax.scan`, gathering each batch by index,
+augmenting and normalising it on the device. Everything random is derived from
+(seed, step) or (seed, epoch), so a run resumed from a checkpoint continues
+exactly as if it had never stopped.
+"""
+
+import functools
+import json
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from l0jax import accounting, checkpoints, data, gates, model, writers
+from l0jax import config as config_lib
+from l0jax.errors import UserError
+
+HISTORY_FILE = "history.jsonl"
+
+
+class TrainState(NamedTuple):
+  step: jax.Array
+  params: nnx.State
+  batch_stats: nnx.State
+  opt_state: optax.OptState
+
+
+class Network(NamedTuple):
+  """What the step functions need to know about the network, besides its arrays."""
+
+  graphdef: nnx.GraphDef
+  arch: model.Architecture
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  dtype: Any
+
+  def apply(self, params, batch_stats, images, *, train: bool, gate_key=None):
+    """Logits and the updated BN statistics, as a pure function of the arrays."""
+    # copy=True: fresh Variables at this trace level, so BN may update them under grad.
+    net = nnx.merge(self.graphdef, params, batch_stats, copy=True)
+    logits = net(images, train=train, gate_key=gate_key)
+    return logits, nnx.state(net, nnx.BatchStat), net
+
+
+def compute_dtype(name: str):
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def create_network(config: ml_collections.ConfigDict, image_shape, num_classes: int):
+  """The network's static description and its initial (params, batch_stats).
+
+  Initialisation runs as one compiled program: op by op it takes seconds.
+  """
+  dtype = compute_dtype(config.compute_dtype)
+  build = lambda key: model.GoogleNet(
+      num_classes, image_shape[-1], use_gate=config.use_gate,
+      width_multiplier=config.width_multiplier, droprate_init=config.droprate_init, dtype=dtype,
+      rngs=nnx.Rngs(params=key))
+  init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
+  graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build(init_key)), nnx.Param, nnx.BatchStat)
+  params, batch_stats = jax.jit(lambda k: nnx.split(build(k), nnx.Param, nnx.BatchStat)[1:])(init_key)
+  arch = model.Architecture.at_width(config.width_multiplier)
+  return Network(graphdef, arch, tuple(image_shape), num_classes, dtype), params, batch_stats
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  return optax.piecewise_constant_schedule(
+      config.learning_rate,
+      {int(m) * steps_per_epoch: config.lr_factor for m in config.lr_milestones})
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """AdamW with the multi-step schedule; the gates' log_alpha are not weight-decayed."""
+  not_a_gate = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: "log_alpha" not in jax.tree_util.keystr(path), params)
+  return optax.adamw(learning_rate_schedule(config, steps_per_epoch),
+                     weight_decay=config.weight_decay, mask=not_a_gate)
+
+
+def gate_metrics(network: Network, net: model.GoogleNet, penalty: str) -> dict[str, jax.Array]:
+  """The L0 term and the gate statistics worth watching; zeros without gates."""
+  if not net.use_gate:
+    return {"l0": jnp.zeros(()), "open_gates": jnp.ones(()),
+            "expected_params_kept": jnp.ones(()), "expected_macs_kept": jnp.ones(())}
+  log_alphas = net.log_alphas()
+  counts = dict(arch=network.arch, image_hw=network.image_shape[0],
+                in_channels=network.image_shape[-1], num_classes=network.num_classes)
+  flat = jnp.concatenate(list(log_alphas.values()))
+  return {
+      "l0": accounting.penalty(penalty, log_alphas, **counts),
+      "open_gates": jnp.mean(gates.test_gate(flat) > 0),
+      "expected_params_kept": accounting.penalty("params", log_alphas, **counts),
+      "expected_macs_kept": accounting.penalty("macs", log_alphas, **counts),
+  }
+
+
+def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
+               network: Network, tx: optax.GradientTransformation,
+               config: ml_collections.ConfigDict, mean, std) -> tuple[TrainState, dict]:
+  """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch."""
+  aug_key, gate_key = jax.random.split(key)
+  images = data.augment(aug_key, data.normalize(images, mean, std, network.dtype))
+
+  def loss_fn(params, batch_stats):
+    logits, batch_stats, net = network.apply(params, batch_stats, images, train=True,
+                                             gate_key=gate_key)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    metrics = gate_metrics(network, net, config.penalty)
+    loss = ce + config.lambda_l0 * metrics["l0"]
+    metrics.update(loss=loss, cross_entropy=ce, accuracy=jnp.mean(logits.argmax(-1) == labels))
+    return loss, (batch_stats, metrics)
+
+  grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params, state.batch_stats)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+
+
+def make_train_steps(network: Network, tx, config, dataset: data.Dataset, mesh) -> Callable:
+  """A compiled `(state, images, labels, indices[n, B], valid[n]) -> (state, per-step metrics)`.
+
+  Every call has the same number of steps, so it compiles once; the last call
+  of an epoch marks the steps it does not need as not `valid`, and skips them.
+  """
+  step_fn = functools.partial(train_step, network=network, tx=tx, config=config,
+                              mean=dataset.mean, std=dataset.std)
+  train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  batch_sharding = NamedSharding(mesh, P("data"))
+
+  def one_step(state, indices, images, labels):
+    batch = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
+    key = jax.random.fold_in(train_key, state.step)
+    return step_fn(state, batch, labels[indices], key)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_steps(state, images, labels, indices, valid):
+    def body(state, xs):
+      indices, valid = xs
+      run = lambda s: one_step(s, indices, images, labels)
+      skip = lambda s: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
+                                        jax.eval_shape(run, s)[1]))
+      return jax.lax.cond(valid, run, skip, state)
+
+    return jax.lax.scan(body, state, (indices, valid))
+
+  return train_steps
+
+
+def make_evaluate(network: Network, dataset: data.Dataset) -> Callable:
+  """A compiled `(params, batch_stats, images[nb, B], labels, weights) -> sums` with test-time gates."""
+
+  @jax.jit
+  def evaluate(params, batch_stats, images, labels, weights):
+    def one_batch(batch):
+      x, y, w = batch
+      logits, _, _ = network.apply(params, batch_stats,
+                                   data.normalize(x, dataset.mean, dataset.std, network.dtype),
+                                   train=False)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      return jnp.sum(w * (logits.argmax(-1) == y)), jnp.sum(w * ce)
+
+    correct, loss = jax.lax.map(one_batch, (images, labels, weights))
+    count = jnp.sum(weights)
+    return {"accuracy": correct.sum() / count, "loss": loss.sum() / count}
+
+  return evaluate
+
+
+class EvalSet(NamedTuple):
+  images: jax.Array  # uint8 [num_batches, batch, H, W, C]
+  labels: jax.Array
+  weights: jax.Array  # 0 for the padding that fills the last batch
+
+
+def put_eval_set(images: np.ndarray, labels: np.ndarray, batch_size: int, mesh) -> EvalSet:
+  """An evaluation split on the devices, padded to whole batches sharded over 'data'."""
+  num_batches = -(-len(images) // batch_size)
+  pad = num_batches * batch_size - len(images)
+  weights = np.concatenate([np.ones(len(images), np.float32), np.zeros(pad, np.float32)])
+  images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+  labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+  sharding = NamedSharding(mesh, P(None, "data"))
+  put = lambda a: jax.device_put(a.reshape((num_batches, batch_size) + a.shape[1:]), sharding)
+  return EvalSet(put(images), put(labels), put(weights))
+
+
+def epoch_order(seed: int, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """The training examples of one epoch, as [steps_per_epoch, batch_size] indices."""
+  steps = num_examples // batch_size
+  order = np.random.default_rng((seed, epoch)).permutation(num_examples)
+  return order[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def data_mesh() -> jax.sharding.Mesh:
+  """All devices on one 'data' axis; XLA's sharding propagation does the rest."""
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+
+
+def eval_batch_size(config: ml_collections.ConfigDict, num_examples: int) -> int:
+  """The configured eval batch, no larger than needed and a multiple of the device count."""
+  n = jax.device_count()
+  size = min(config.eval_batch_size, -(-num_examples // n) * n)
+  return -(-size // n) * n
+
+
+class Run(NamedTuple):
+  """A workdir's network, data and compiled functions, shared by training and testing."""
+
+  config: ml_collections.ConfigDict
+  dataset: data.Dataset
+  network: Network
+  params: nnx.State
+  batch_stats: nnx.State
+  mesh: Any
+  evaluate: Callable
+
+
+def setup(config: ml_collections.ConfigDict) -> Run:
+  config_lib.validate(config)
+  if config.batch_size % jax.device_count():
+    raise UserError(f"batch_size={config.batch_size} does not divide over "
+                    f"{jax.device_count()} devices")
+  dataset = data.load_dataset(config)
+  network, params, batch_stats = create_network(config, dataset.train_images.shape[1:],
+                                                dataset.num_classes)
+  return Run(config, dataset, network, params, batch_stats, data_mesh(),
+             make_evaluate(network, dataset))
+
+
+def evaluate_split(run: Run, params, batch_stats, images, labels) -> dict[str, float]:
+  eval_set = put_eval_set(images, labels, eval_batch_size(run.config, len(images)), run.mesh)
+  return {k: float(v) for k, v in run.evaluate(params, batch_stats, *eval_set).items()}
+
+
+def _replicate(tree, mesh):
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def _read_history(workdir: epath.Path, before_epoch: int) -> list[str]:
+  """The complete history lines of epochs before `before_epoch` (a resumed run rewrites the rest)."""
+  path = workdir / HISTORY_FILE
+  if not path.exists():
+    return []
+  lines = []
+  for line in path.read_text().splitlines():
+    try:
+      if json.loads(line)["epoch"] < before_epoch:
+        lines.append(line)
+    except (ValueError, KeyError):
+      break  # A line cut short by a crash, and everything after it.
+  return lines
+
+
+def steps_per_epoch(run: Run) -> int:
+  steps = len(run.dataset.train_images) // run.config.batch_size
+  if steps == 0:
+    raise UserError(f"batch_size={run.config.batch_size} is larger than the training split "
+                    f"({len(run.dataset.train_images)} examples)")
+  return steps
+
+
+def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
+  tx = create_optimizer(run.config, steps_per_epoch(run))
+  return tx, TrainState(jnp.zeros((), jnp.int32), run.params, run.batch_stats, tx.init(run.params))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) the run in `workdir`; returns the last validation metrics."""
+  run = setup(config)
+  workdir = epath.Path(workdir)
+  ds, network, mesh = run.dataset, run.network, run.mesh
+  tx, state = initial_state(run)
+  epoch_steps = steps_per_epoch(run)
+  num_steps = epoch_steps * config.num_epochs
+  schedule = learning_rate_schedule(config, epoch_steps)
+
+  mngr = checkpoints.manager(str(workdir), keep=config.keep_checkpoints)
+  latest = mngr.latest_step()
+  if latest is not None:
+    differences = checkpoints.architecture_differences(checkpoints.load_config(str(workdir)),
+                                                       config)
+    if differences:
+      raise UserError(f"{workdir} holds a run of a different network; it was left untouched: "
+                      f"{'; '.join(differences)}")
+    state = mngr.restore(latest, args=ocp.args.StandardRestore(state))
+    logging.info("Resuming %s from step %d.", workdir, latest)
+  elif config.init_from:
+    params, batch_stats = checkpoints.load_weights(config.init_from, config, state.params,
+                                                   state.batch_stats)
+    state = TrainState(state.step, params, batch_stats, tx.init(params))
+    logging.info("Network weights from %s; gates start at droprate_init=%g.", config.init_from,
+                 config.droprate_init)
+  checkpoints.save_config(str(workdir), config)
+  state = _replicate(state, mesh)
+
+  train_steps = make_train_steps(network, tx, config, ds, mesh)
+  images = _replicate(ds.train_images, mesh)
+  labels = _replicate(ds.train_labels, mesh)
+  val_set = put_eval_set(ds.val_images, ds.val_labels, eval_batch_size(config, len(ds.val_images)),
+                         mesh)
+  writer, progress = writers.create(str(workdir), num_steps)
+  step = int(state.step)
+  start_epoch = step // epoch_steps
+  history = _read_history(workdir, start_epoch)
+  checkpoints.write_text_atomically(workdir / HISTORY_FILE, "".join(l + "\n" for l in history))
+  if step == 0:
+    writer.write_hparams({k: v for k, v in config.items() if not isinstance(v, (tuple, list))})
+  logging.info("%s: %d training examples from %s, %d steps per epoch, %d epochs, %s on %d device(s).",
+               ds.name, len(ds.train_images), ds.source, epoch_steps, config.num_epochs,
+               jnp.dtype(network.dtype).name, jax.device_count())
+
+  val = {}
+  batch_sharding = NamedSharding(mesh, P(None, "data"))
+  steps_per_call = min(config.steps_per_call, epoch_steps)
+  for epoch in range(start_epoch, config.num_epochs):
+    order = epoch_order(config.seed, epoch, len(ds.train_images), config.batch_size)
+    epoch_start = time.monotonic()
+    for first in range(step - epoch * epoch_steps, epoch_steps, steps_per_call):
+      indices = order[first:first + steps_per_call]
+      num_valid = len(indices)
+      indices = np.pad(indices, ((0, steps_per_call - num_valid), (0, 0)))
+      state, metrics = train_steps(state, images, labels,
+                                   jax.device_put(indices, batch_sharding),
+                                   np.arange(steps_per_call) < num_valid)
+      metrics = {k: v[:num_valid] for k, v in jax.device_get(metrics).items()}
+      bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
+      if bad.size:
+        raise UserError(f"the loss became {metrics['loss'][bad[0]]} at step {step + bad[0] + 1}; "
+                        f"stopped, and the checkpoints in {workdir} are those of the last good epoch")
+      step += num_valid
+      writer.write_scalars(step, {**{f"train/{k}": v.mean() for k, v in metrics.items()},
+                                  "train/learning_rate": schedule(step - 1)})
+      progress(step)
+    val = evaluate_split(run, state.params, state.batch_stats, ds.val_images, ds.val_labels)
+    record = {"epoch": epoch, "step": step, "epoch_seconds": time.monotonic() - epoch_start,
+              **{f"train_{k}": float(v.mean()) for k, v in metrics.items()},
+              **{f"val_{k}": v for k, v in val.items()}}
+    scalars = {f"val/{k}": v for k, v in val.items()}
+    if config.use_gate:
+      net = nnx.merge(network.graphdef, state.params, state.batch_stats)
+      log_alphas = {k: np.asarray(v) for k, v in net.log_alphas().items()}
+      record["log_alpha"] = {k: v.tolist() for k, v in log_alphas.items()}
+      writer.write_histograms(step, {"log_alpha": np.concatenate(list(log_alphas.values()))})
+    writer.write_scalars(step, scalars)
+    with (workdir / HISTORY_FILE).open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    mngr.save(step, args=ocp.args.StandardSave(state),
+              metrics={checkpoints.BEST_METRIC: val["accuracy"]})
+    logging.info("epoch %d/%d: val accuracy %.4f, loss %.4f (%.1f s)", epoch + 1,
+                 config.num_epochs, val["accuracy"], val["loss"], record["epoch_seconds"])
+  mngr.wait_until_finished()
+  writer.flush()
+  return val

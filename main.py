@@ -1,0 +1,86 @@
+r"""l0jax: train, test, export and analyse L0-gated GoogleNets.
+
+  python main.py --config=configs/gated.py --workdir=runs/gated        # train, or resume
+  python main.py --mode=test --workdir=runs/gated                      # best checkpoint, test split
+  python main.py --mode=export --workdir=runs/gated                    # compact network
+  python main.py --mode=analyze --workdir=runs/gated                   # figures of the gates
+
+Bad input ends with one line on stderr and exit status 2 (--debug shows the
+traceback instead).
+"""
+
+import logging as py_logging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+MODES = ("train", "test", "export", "analyze")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "A file in configs/ (train mode only).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where the run's config, checkpoints and logs live.")
+flags.DEFINE_enum("mode", "train", MODES, "What to do with the workdir.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (one process per host).")
+flags.DEFINE_bool("debug", False, "Show Python tracebacks for bad input too.")
+
+
+def fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with flag errors (an unknown config key, a wrong type) as one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).splitlines()[0])
+
+
+def run(mode: str, workdir: str):
+  # Imported here so that `--help` and flag errors answer without loading JAX.
+  import jax  # pylint: disable=import-outside-toplevel
+  from l0jax import evaluation, train  # pylint: disable=import-outside-toplevel
+
+  if FLAGS.multihost:
+    jax.distributed.initialize()
+  if mode == "train":
+    if FLAGS.config is None:
+      fail("--mode=train needs --config=configs/SOMETHING.py")
+    train.train_and_evaluate(FLAGS.config, workdir)
+  elif mode == "test":
+    evaluation.test(workdir)
+  elif mode == "export":
+    evaluation.export(workdir)
+  else:
+    from l0jax import analysis  # pylint: disable=import-outside-toplevel
+    analysis.analyze(workdir)
+
+
+class QuietLibraries(py_logging.Filter):
+  """Keeps Orbax's per-checkpoint INFO chatter off the console; its warnings still show."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+  logging.get_absl_handler().addFilter(QuietLibraries())
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS.workdir:
+    fail("--workdir is required")
+  from l0jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  try:
+    run(FLAGS.mode, FLAGS.workdir)
+  except UserError as e:
+    if FLAGS.debug:
+      raise
+    logging.flush()
+    fail(str(e))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
