@@ -1,0 +1,53 @@
+"""Shared test settings: tiny runs, and one JAX compilation cache for every process.
+
+The suite starts `main.py` many times with the same tiny networks; a
+persistent compilation cache lets each later process skip XLA's compile.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "l0jax-tests-jax-cache"))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from l0jax import config as config_lib  # pylint: disable=wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The smallest run that still exercises everything: 8x8 synthetic images, a
+# quarter-width network, 14 steps an epoch.
+TINY = {
+    "dataset": "synthetic",
+    "synthetic_image_size": 8,
+    "synthetic_num_train": 512,
+    "width_multiplier": 0.25,
+    "batch_size": 32,
+    "eval_batch_size": 64,
+    "steps_per_call": 5,
+    "num_epochs": 2,
+    "lr_milestones": (1,),
+}
+
+
+def tiny_config(**overrides):
+  """The base config with TINY and `overrides` applied."""
+  c = config_lib.base_config()
+  c.update({**TINY, **overrides})
+  return c
+
+
+def tiny_flags(**overrides) -> list[str]:
+  """TINY and `overrides` as main.py's --config.KEY=VALUE flags."""
+  def value(v):
+    return f"({','.join(map(str, v))},)" if isinstance(v, tuple) else str(v)
+  return [f"--config.{k}={value(v)}" for k, v in {**TINY, **overrides}.items()]
+
+
+def run_main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+  """main.py in a fresh process, as a user would run it (output captured as text)."""
+  return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
