@@ -12,9 +12,10 @@ from l0jax import accounting, checkpoints, data, export as export_lib, train
 TEST_METRICS_FILE = "test_metrics.json"
 
 
-def restore_best(workdir: str) -> tuple[train.Run, train.TrainState, int]:
-  """The run in `workdir` (from its saved config) at its best-by-validation checkpoint."""
+def restore_best(workdir: str, **overrides) -> tuple[train.Run, train.TrainState, int]:
+  """The run in `workdir` (its saved config, with `overrides`) at its best-by-validation checkpoint."""
   config = checkpoints.load_config(workdir)
+  config.update(overrides)
   mngr, step = checkpoints.best_step(workdir)
   run = train.setup(config)
   _, state = train.initial_state(run)
@@ -49,7 +50,8 @@ def test(workdir: str) -> dict:
 
 def export(workdir: str) -> dict:
   """Builds the compact network from the best checkpoint, checks it on the test split, saves it."""
-  run, state, step = restore_best(workdir)
+  # The compact network is checked in float32, whatever the run trained in.
+  run, state, step = restore_best(workdir, compute_dtype="float32")
   if not run.config.use_gate:
     logging.info("%s has no gates: the compact network is the whole network, BN folded.", workdir)
   ds = run.dataset

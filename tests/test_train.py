@@ -1,0 +1,141 @@
+"""The training program: optimiser, steps, data order, and whole runs through main.py."""
+
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from conftest import REPO, run_main, tiny_config, tiny_flags
+from l0jax import checkpoints, train
+
+
+def load_config_file(name: str):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_gated_without_gates_is_the_baseline():
+  gated = load_config_file("gated")
+  gated.use_gate = False
+  assert gated.to_dict() == load_config_file("baseline").to_dict()
+
+
+def test_defaults_are_the_seeds_recipes():
+  scratch, finetune = load_config_file("gated"), load_config_file("finetune")
+  assert (scratch.num_epochs, scratch.batch_size, scratch.learning_rate, scratch.weight_decay) == (
+      180, 128, 1e-3, 1e-4)
+  assert tuple(scratch.lr_milestones) == (100, 150) and scratch.lr_factor == 0.1
+  assert scratch.droprate_init == 0.5 and finetune.droprate_init == 0.05
+  assert tuple(finetune.lr_milestones) == (10, 60, 100, 130, 160) and finetune.lr_factor == 0.5
+
+
+def test_schedule_steps_down_at_the_milestones():
+  config = tiny_config(learning_rate=1.0, lr_milestones=(2, 3), lr_factor=0.5)
+  schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
+  assert [float(schedule(s)) for s in (0, 19, 20, 29, 30)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def test_weight_decay_spares_the_gates():
+  config = tiny_config(learning_rate=0.1, weight_decay=0.5)
+  network, params, _ = train.create_network(config, (8, 8, 3), 10)
+  tx = train.create_optimizer(config, steps_per_epoch=1)
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
+  moved = {jax.tree_util.keystr(p): bool(jnp.any(u != 0))
+           for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+  assert not any(v for k, v in moved.items() if "log_alpha" in k)
+  assert all(v for k, v in moved.items() if "kernel" in k)
+
+
+def test_epoch_order_is_a_seeded_permutation():
+  a = train.epoch_order(0, 3, 100, 32)
+  assert a.shape == (3, 32) and len(np.unique(a)) == 96
+  np.testing.assert_array_equal(a, train.epoch_order(0, 3, 100, 32))
+  assert not np.array_equal(a, train.epoch_order(0, 4, 100, 32))
+  assert not np.array_equal(a, train.epoch_order(1, 3, 100, 32))
+
+
+@pytest.mark.parametrize("use_gate", [False, True])
+def test_train_step_lowers_the_loss_on_a_fixed_batch(use_gate):
+  config = tiny_config(use_gate=use_gate, learning_rate=3e-3)
+  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10)
+  tx = train.create_optimizer(config, steps_per_epoch=100)
+  state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (32, 8, 8, 3)), jnp.uint8)
+  labels = jnp.asarray(rng.integers(0, 10, 32), jnp.int32)
+  step = jax.jit(lambda s: train.train_step(s, images, labels, jax.random.key(0), network=network,
+                                            tx=tx, config=config, mean=np.float32(127.0),
+                                            std=np.float32(70.0)))
+  losses = []
+  for _ in range(15):
+    state, metrics = step(state)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.7 * losses[0], losses
+  if use_gate:
+    assert float(metrics["l0"]) > 0 and 0 < float(metrics["open_gates"]) <= 1
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory):
+  """A tiny baseline and a tiny fine-tuned gated run from it, each trained then tested."""
+  root = tmp_path_factory.mktemp("runs")
+  base, tuned = str(root / "base"), str(root / "tuned")
+  outputs = {}
+  for name, args in [
+      ("base", ["--config=configs/baseline.py", f"--workdir={base}", *tiny_flags()]),
+      ("tuned", ["--config=configs/finetune.py", f"--workdir={tuned}", f"--config.init_from={base}",
+                 *tiny_flags(lr_milestones=(1,))]),
+  ]:
+    trained = run_main(*args)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    tested = run_main("--mode=test", f"--workdir={args[1].split('=', 1)[1]}")
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    outputs[name] = tested.stdout
+  return base, tuned, outputs
+
+
+def test_a_run_writes_config_history_checkpoints_and_test_metrics(finished_runs):
+  base, tuned, outputs = finished_runs
+  for workdir in (base, tuned):
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["dataset"] == "synthetic" and config["num_epochs"] == 2
+    history = [json.loads(l) for l in open(os.path.join(workdir, "history.jsonl"))]
+    assert [h["epoch"] for h in history] == [0, 1] and history[-1]["step"] == 28
+    metrics = json.load(open(os.path.join(workdir, "test_metrics.json")))
+    assert 0 <= metrics["test_accuracy"] <= 1
+    best = max(history, key=lambda h: (h["val_accuracy"], h["step"]))
+    assert metrics["checkpoint_step"] == best["step"]
+    assert metrics["params_full"] == 17_602 and metrics["macs_full"] == 332_160
+    assert len(metrics["layers"]) == 1 + 8 * 6 + 1
+  assert "test accuracy" in outputs["base"] and "head" in outputs["base"]
+  assert "log_alpha" not in history_line(base) and "log_alpha" in history_line(tuned)
+
+
+def history_line(workdir: str) -> dict:
+  return json.loads(open(os.path.join(workdir, "history.jsonl")).readline())
+
+
+def test_finetuning_starts_from_the_baselines_weights(finished_runs, tmp_path):
+  base, _, _ = finished_runs
+  config = tiny_config(init_from=base, droprate_init=0.05)
+  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10)
+  params, batch_stats = checkpoints.load_weights(base, config, params, batch_stats)
+  mngr, step = checkpoints.best_step(base)
+  saved = mngr.restore(step, args=ocp.args.StandardRestore())
+  np.testing.assert_array_equal(params["stem"]["conv"]["kernel"][...],
+                                saved["params"]["stem"]["conv"]["kernel"]["value"])
+  np.testing.assert_array_equal(batch_stats["blocks"][7]["branch1"]["bn"]["var"][...],
+                                saved["batch_stats"]["blocks"]["7"]["branch1"]["bn"]["var"]["value"])
+  # The gates are fresh, at droprate_init = 0.05: log_alpha ~ log(0.95 / 0.05).
+  log_alpha = nnx.merge(network.graphdef, params, batch_stats).log_alphas()["block1/1x1"]
+  np.testing.assert_allclose(log_alpha, np.log(19.0), atol=0.05)
