@@ -139,3 +139,15 @@ def test_finetuning_starts_from_the_baselines_weights(finished_runs, tmp_path):
   # The gates are fresh, at droprate_init = 0.05: log_alpha ~ log(0.95 / 0.05).
   log_alpha = nnx.merge(network.graphdef, params, batch_stats).log_alphas()["block1/1x1"]
   np.testing.assert_allclose(log_alpha, np.log(19.0), atol=0.05)
+
+
+def test_export_of_a_finished_run(finished_runs):
+  _, tuned, _ = finished_runs
+  exported = run_main("--mode=export", f"--workdir={tuned}")
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  metrics = json.load(open(os.path.join(tuned, "export", "export_metrics.json")))
+  assert metrics["max_abs_logit_diff"] < 1e-4
+  assert metrics["test_accuracy_compact"] == metrics["test_accuracy_gated"]
+  assert metrics["params_compact"] <= json.load(open(os.path.join(tuned, "test_metrics.json")))[
+      "params_kept"]
+  assert os.path.exists(os.path.join(tuned, "export", "inference.jax_export"))
