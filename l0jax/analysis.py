@@ -1,0 +1,290 @@
+"""What a run's gates did: figures and a short summary in WORKDIR/analysis/.
+
+`analyze(workdir)` reads only what training and testing left in the workdir:
+config.json, history.jsonl (with every gate's log_alpha per epoch) and
+test_metrics.json. An untested run gets the same cost report from its best
+checkpoint. Figures are drawn on matplotlib `Figure`s and rendered by Agg,
+never through pyplot, so no display is needed and no global state is touched.
+"""
+
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from etils import epath
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from l0jax import checkpoints, evaluation, gates, train
+from l0jax.errors import UserError
+
+ANALYSIS_DIR = "analysis"
+SUMMARY_FILE = "summary.md"
+DPI = 110
+# The test-time gate is 0 (the channel is pruned) iff log_alpha <= PRUNE_AT, and
+# 1 (the channel passes unscaled) iff log_alpha >= OPEN_AT; in between it is
+# undecided: kept, but scaled by a gate strictly between 0 and 1.
+PRUNE_AT = math.log(-gates.GAMMA / gates.ZETA)  # -log 11
+OPEN_AT = math.log((1 - gates.GAMMA) / (gates.ZETA - 1))  # +log 11
+STATES = ("pruned", "undecided", "open")
+STATE_COLORS = {"pruned": "tab:gray", "undecided": "tab:orange", "open": "tab:blue"}
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> None:
+  fig.savefig(path, dpi=DPI)
+
+
+def load_history(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  """The run's per-epoch records (what training wrote, up to a line cut short by a crash)."""
+  workdir = epath.Path(workdir)
+  lines = train._read_history(workdir, math.inf)  # pylint: disable=protected-access
+  history = [json.loads(line) for line in lines]
+  if not history:
+    raise UserError(f"{workdir} has no {train.HISTORY_FILE} entries yet; train into it first")
+  return history
+
+
+def best_metrics(workdir: epath.Path) -> tuple[dict[str, Any], bool]:
+  """(test_metrics.json, True), or, for an untested run, its best checkpoint's costs and False."""
+  path = workdir / evaluation.TEST_METRICS_FILE
+  if path.exists():
+    return json.loads(path.read_text()), True
+  run, state, step = evaluation.restore_best(str(workdir))
+  return {"checkpoint_step": step,
+          **evaluation.cost_report(run, evaluation.gated_network(run, state))}, False
+
+
+def gate_states(log_alpha: np.ndarray) -> dict[str, np.ndarray]:
+  """Masks of the pruned, undecided and open gates.
+
+  Taken from the test-time gate itself, not from the thresholds, so that they
+  agree exactly with the cost accounting.
+  """
+  z = np.asarray(gates.test_gate(np.asarray(log_alpha, np.float32)))
+  return {"pruned": z == 0, "undecided": (z > 0) & (z < 1), "open": z == 1}
+
+
+def _epochs(history: Sequence[dict]) -> np.ndarray:
+  return np.array([h["epoch"] + 1 for h in history])
+
+
+def _mark_thresholds(ax, vertical: bool) -> None:
+  """The undecided band between PRUNE_AT and OPEN_AT, edges dashed."""
+  span, line = (ax.axvspan, ax.axvline) if vertical else (ax.axhspan, ax.axhline)
+  span(PRUNE_AT, OPEN_AT, color=STATE_COLORS["undecided"], alpha=0.07, lw=0)
+  line(PRUNE_AT, color="k", ls="--", lw=0.8, label=f"pruned at or below -ln 11 = {PRUNE_AT:.2f}")
+  line(OPEN_AT, color="k", ls=":", lw=0.8, label=f"fully open at or above ln 11 = {OPEN_AT:.2f}")
+
+
+def log_alpha_figure(log_alphas: dict[str, np.ndarray], title: str) -> Figure:
+  """A strip plot: every gate's log_alpha, one row per gated layer, coloured by its state."""
+  names = list(log_alphas)
+  fig = Figure(figsize=(9, 1.2 + 0.24 * len(names)), layout="constrained")
+  ax = fig.add_subplot()
+  _mark_thresholds(ax, vertical=True)
+  jitter = np.random.default_rng(0)
+  ticks = []
+  for row, name in enumerate(names):
+    la = log_alphas[name]
+    y = row + jitter.uniform(-0.28, 0.28, la.shape)
+    states = gate_states(la)
+    for state, mask in states.items():
+      ax.scatter(la[mask], y[mask], s=9, color=STATE_COLORS[state], lw=0,
+                 label=state if row == 0 else None)
+    ticks.append(f"{name} ({states['pruned'].sum()}/{la.size} pruned)")
+  ax.set_yticks(range(len(names)), ticks, fontsize=7)
+  ax.set_ylim(len(names) - 0.5, -0.5)
+  ax.set_xlabel("log_alpha")
+  ax.set_title(title, fontsize=10)
+  ax.legend(loc="lower left", bbox_to_anchor=(0, 1.02), ncol=5, fontsize=7, frameon=False,
+            markerscale=2)
+  ax.grid(axis="x", alpha=0.3)
+  return fig
+
+
+def log_alpha_trajectory_figure(history: Sequence[dict], best_epoch: int) -> Figure:
+  """log_alpha of every gate over the epochs, one panel per block, one colour per branch."""
+  epochs = _epochs(history)
+  names = list(history[-1]["log_alpha"])
+  blocks = sorted({n.split("/")[0] for n in names}, key=lambda b: int(b.removeprefix("block")))
+  cols = 4
+  rows = -(-len(blocks) // cols)
+  fig = Figure(figsize=(14, 3.2 * rows + 0.6), layout="constrained")
+  axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+  for ax, block in zip(axes, blocks):
+    _mark_thresholds(ax, vertical=False)
+    for color, name in enumerate(n for n in names if n.split("/")[0] == block):
+      values = np.array([h["log_alpha"][name] for h in history])  # [epochs, channels]
+      for j, channel in enumerate(values.T):
+        ax.plot(epochs, channel, color=f"C{color}", lw=0.6, alpha=0.5,
+                label=name.split("/")[1] if j == 0 else None)
+    ax.axvline(best_epoch, color="k", lw=0.6, alpha=0.4)
+    ax.set_title(block, fontsize=9)
+    ax.grid(alpha=0.3)
+  for ax in axes[len(blocks):]:
+    ax.set_visible(False)
+  for ax in axes[::cols]:
+    ax.set_ylabel("log_alpha")
+  for ax in axes[-cols:]:
+    ax.set_xlabel("epoch")
+  handles, labels = axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
+             frameon=False)
+  fig.suptitle("log_alpha of every gate per epoch (thin grey line: best checkpoint)", fontsize=10)
+  return fig
+
+
+def channels_figure(layers: Sequence[dict], title: str) -> Figure:
+  """Per layer: kept and full output channels, and the MACs they imply."""
+  x = np.arange(len(layers))
+  fig = Figure(figsize=(15, 7.5), layout="constrained")
+  top, bottom = fig.subplots(2, 1, sharex=True)
+  for ax, full, kept, ylabel in ((top, "c_out", "kept_out", "output channels"),
+                                 (bottom, "macs_full", "macs", "MACs")):
+    ax.bar(x, [l[full] for l in layers], color="0.85", label="full")
+    ax.bar(x, [l[kept] for l in layers], width=0.5, color="tab:blue", label="kept")
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+  bottom.set_xticks(x, [l["name"] for l in layers], rotation=90, fontsize=7)
+  bottom.set_xlim(-0.7, len(layers) - 0.3)
+  top.set_title(f"{title} (grey: full, blue: kept)", fontsize=10)
+  return fig
+
+
+def trajectories_figure(history: Sequence[dict], best_epoch: int, lambda_l0: float | None,
+                        gate_fractions: dict[str, np.ndarray] | None) -> Figure:
+  """Per epoch: accuracy and cross-entropy; with gates, the L0 term and what is kept too.
+
+  Points are marked, so that a run of a single epoch still shows.
+  """
+  epochs = _epochs(history)
+  series = lambda key: np.array([h[key] for h in history])
+  dots = dict(marker=".", ms=4)
+  mosaic = ([["accuracy", "loss", "l0"], ["kept", "states", "states"]] if gate_fractions
+            else [["accuracy", "loss"]])
+  fig = Figure(figsize=(14 if gate_fractions else 10, 7.5 if gate_fractions else 3.8),
+               layout="constrained")
+  ax = fig.subplot_mosaic(mosaic)
+  ax["accuracy"].plot(epochs, 100 * series("train_accuracy"), label="train (last steps)", **dots)
+  ax["accuracy"].plot(epochs, 100 * series("val_accuracy"), label="validation", **dots)
+  ax["accuracy"].set(title="accuracy", ylabel="%")
+  ax["loss"].plot(epochs, series("train_cross_entropy"), label="train (last steps)", **dots)
+  ax["loss"].plot(epochs, series("val_loss"), label="validation", **dots)
+  ax["loss"].set(title="cross-entropy")
+  if gate_fractions:
+    ax["l0"].plot(epochs, series("train_l0"), color="tab:red", **dots)
+    ax["l0"].set(title=f"L0 term (times lambda_l0 = {lambda_l0:g} in the loss)")
+    for key, label in (("train_open_gates", "open gates (test-time gate > 0)"),
+                       ("train_expected_params_kept", "expected parameters kept"),
+                       ("train_expected_macs_kept", "expected MACs kept")):
+      ax["kept"].plot(epochs, 100 * series(key), label=label, **dots)
+    ax["kept"].set(title="what is kept", ylabel="%", ylim=(0, 105))
+    ax["states"].stackplot(epochs, *(100 * gate_fractions[s] for s in STATES),
+                           labels=[f"{s} (test-time gate {g})" for s, g in
+                                   zip(STATES, ("= 0", "in (0, 1)", "= 1"))],
+                           colors=[STATE_COLORS[s] for s in STATES], alpha=0.8)
+    ax["states"].set(title="gates by state", ylabel="% of gates", ylim=(0, 100))
+  for a in ax.values():
+    a.axvline(best_epoch, color="k", lw=0.6, alpha=0.4)
+    a.set_xlabel("epoch")
+    a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a.grid(alpha=0.3)
+    if a.get_legend_handles_labels()[0]:
+      a.legend(fontsize=7)
+  fig.suptitle("training per epoch (thin grey line: best checkpoint)", fontsize=10)
+  return fig
+
+
+def _percent(x: float) -> str:
+  return f"{100 * x:.1f}%"
+
+
+def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], best: dict,
+                     metrics: dict, tested: bool, layer_states: dict[str, dict[str, int]],
+                     total: dict[str, int], figures: Sequence[str]) -> str:
+  """The run in a few lines: what it is, what it is worth, and what its gates decided."""
+  minutes = sum(h["epoch_seconds"] for h in history) / 60
+  kind = (f"with L0 gates (lambda_l0 = {config.lambda_l0:g}, penalty {config.penalty})"
+          if config.use_gate else "without gates")
+  test = (f"test accuracy {100 * metrics['test_accuracy']:.2f}%" if tested else
+          "not tested yet (`--mode=test`); the costs below are its best checkpoint's")
+  lines = [
+      f"# Analysis of `{workdir}`", "",
+      f"{config.dataset}, GoogleNet at width {config.width_multiplier:g} {kind}: "
+      f"{len(history)} of {config.num_epochs} epochs, {minutes:.1f} min of training.", "",
+      f"Best checkpoint: epoch {best['epoch'] + 1} (step {best['step']}), validation accuracy "
+      f"{100 * best['val_accuracy']:.2f}%; {test}.", "",
+      "| | full | kept | kept |", "|---|---:|---:|---:|",
+      f"| parameters | {metrics['params_full']:,} | {metrics['params_kept']:,} | "
+      f"{_percent(metrics['params_kept_fraction'])} |",
+      f"| MACs | {metrics['macs_full']:,} | {metrics['macs_kept']:,} | "
+      f"{_percent(metrics['macs_kept_fraction'])} |",
+  ]
+  if not config.use_gate:
+    lines += ["", "No gates: every channel is kept, and the figures show training only."]
+  else:
+    num_gates = sum(total.values())
+    lines += [
+        f"| gated channels | {num_gates:,} | {total['open'] + total['undecided']:,} | "
+        f"{_percent((total['open'] + total['undecided']) / num_gates)} |", "",
+        f"Gates at the best checkpoint: {total['pruned']} pruned (test-time gate 0), "
+        f"{total['open']} fully open (gate 1), **{total['undecided']} undecided** (gate strictly "
+        f"between 0 and 1, i.e. log_alpha in ({PRUNE_AT:.3f}, {OPEN_AT:.3f})).",
+    ]
+    if total["undecided"]:
+      lines += ["", f"{_percent(total['undecided'] / num_gates)} of the gates are undecided: "
+                "kept, but scaled. Many of them are a sign that training stopped before the gates "
+                "settled, or that the temperature keeps them from settling."]
+    lines += ["", "| gated layer | channels | pruned | undecided | open | log_alpha min | median "
+              "| max |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, counts in layer_states.items():
+      la = np.asarray(best["log_alpha"][name])
+      lines.append(f"| {name} | {la.size} | {counts['pruned']} | {counts['undecided']} | "
+                   f"{counts['open']} | {la.min():.2f} | {np.median(la):.2f} | {la.max():.2f} |")
+  lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+  return "\n".join(lines) + "\n"
+
+
+def analyze(workdir: str) -> dict[str, Any]:
+  """Writes the figures and summary.md of the run in `workdir` into WORKDIR/analysis/.
+
+  Returns the summary's numbers: the best checkpoint's gate counts (total and
+  per gated layer), whether the run was tested, and the files written.
+  """
+  workdir = epath.Path(workdir)
+  config = checkpoints.load_config(str(workdir))
+  history = load_history(workdir)
+  metrics, tested = best_metrics(workdir)
+  best = next((h for h in history if h["step"] == metrics["checkpoint_step"]), None)
+  if best is None:
+    raise UserError(f"{workdir}/{train.HISTORY_FILE} has no epoch ending at the best "
+                    f"checkpoint's step {metrics['checkpoint_step']}")
+  out = workdir / ANALYSIS_DIR
+  out.mkdir(parents=True, exist_ok=True)
+  best_epoch = best["epoch"] + 1
+  title = (f"{workdir.name}: {_percent(metrics['macs_kept_fraction'])} of the MACs and "
+           f"{_percent(metrics['params_kept_fraction'])} of the parameters kept")
+  layer_states, gate_fractions, figures = {}, None, {}
+  if config.use_gate:
+    log_alphas = {name: np.asarray(v, np.float32) for name, v in best["log_alpha"].items()}
+    layer_states = {name: {s: int(m.sum()) for s, m in gate_states(la).items()}
+                    for name, la in log_alphas.items()}
+    every_epoch = np.array([np.concatenate(list(h["log_alpha"].values())) for h in history])
+    gate_fractions = {s: m.mean(axis=1) for s, m in gate_states(every_epoch).items()}
+    figures["log_alpha.png"] = log_alpha_figure(
+        log_alphas, f"log_alpha at the best checkpoint (epoch {best_epoch}); {title}")
+    figures["log_alpha_trajectories.png"] = log_alpha_trajectory_figure(history, best_epoch)
+    figures["channels.png"] = channels_figure(metrics["layers"], title)
+  figures["trajectories.png"] = trajectories_figure(
+      history, best_epoch, config.lambda_l0 if config.use_gate else None, gate_fractions)
+  total = {s: sum(c[s] for c in layer_states.values()) for s in STATES}
+  for name, fig in figures.items():
+    save_figure(fig, out / name)
+  (out / SUMMARY_FILE).write_text(summary_markdown(workdir, config, history, best, metrics, tested,
+                                                   layer_states, total, list(figures)))
+  print(f"{out}: {', '.join(figures)} and {SUMMARY_FILE}")
+  return {"tested": tested, "checkpoint_step": metrics["checkpoint_step"], "gates": total,
+          "layers": layer_states, "files": [*figures, SUMMARY_FILE]}

@@ -1,0 +1,108 @@
+"""--mode=analyze on a tiny gated run: its figures, and a summary that agrees with its metrics."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from l0jax import analysis, evaluation, gates, train
+
+# Accounting layer names of the gated branch outputs.
+BRANCH_LAYERS = {"1x1": "branch1", "3x3": "branch3", "5x5": "branch5", "pool": "branch_pool"}
+
+
+@pytest.fixture(scope="module")
+def gated_run(tmp_path_factory) -> str:
+  """A tiny gated run, trained and tested in this process.
+
+  Gates start just above the prune threshold, so that even two short epochs
+  end with both pruned and kept channels. Only the initialisation differs
+  from TINY, so the compiled training step comes from the shared cache.
+  """
+  workdir = str(tmp_path_factory.mktemp("gated"))
+  train.train_and_evaluate(tiny_config(droprate_init=0.915), workdir)
+  evaluation.test(workdir)
+  return workdir
+
+
+def read(workdir: str, name: str) -> dict:
+  return json.load(open(os.path.join(workdir, name)))
+
+
+def table_rows(summary: str) -> list[str]:
+  return [l for l in summary.splitlines()
+          if l.startswith(("| parameters |", "| MACs |", "| gated channels |"))]
+
+
+def test_thresholds_are_where_the_test_time_gate_reaches_0_and_1():
+  z = np.asarray(gates.test_gate(np.array([analysis.PRUNE_AT - 1e-4, analysis.PRUNE_AT + 1e-4,
+                                           analysis.OPEN_AT - 1e-4, analysis.OPEN_AT + 1e-4])))
+  assert z[0] == 0 and 0 < z[1] < z[2] < 1 and z[3] == 1
+  np.testing.assert_allclose([analysis.PRUNE_AT, analysis.OPEN_AT], [-np.log(11), np.log(11)])
+
+
+def test_a_gated_run_gets_figures_and_a_summary_that_match_its_metrics(gated_run):
+  result = analysis.analyze(gated_run)
+  out = os.path.join(gated_run, analysis.ANALYSIS_DIR)
+  assert sorted(result["files"]) == sorted(["log_alpha.png", "log_alpha_trajectories.png",
+                                            "channels.png", "trajectories.png", "summary.md"])
+  for name in result["files"]:
+    assert os.path.getsize(os.path.join(out, name)) > 1000, name
+
+  metrics = read(gated_run, evaluation.TEST_METRICS_FILE)
+  best = next(h for h in analysis.load_history(gated_run)
+              if h["step"] == metrics["checkpoint_step"])
+  log_alpha = np.concatenate([np.asarray(v, np.float32) for v in best["log_alpha"].values()])
+  undecided = np.sum((log_alpha > analysis.PRUNE_AT) & (log_alpha < analysis.OPEN_AT))
+  assert result["gates"] == {
+      "pruned": metrics["gated_channels_full"] - metrics["gated_channels_kept"],
+      "undecided": undecided,
+      "open": np.sum(log_alpha >= analysis.OPEN_AT)}
+  assert 0 < result["gates"]["pruned"] < len(log_alpha), "the run should prune some channels"
+  layers = {l["name"]: l for l in metrics["layers"]}
+  for name, counts in result["layers"].items():
+    block, branch = name.split("/")
+    kept = layers[f"{block}/{BRANCH_LAYERS[branch]}"]["kept_out"]
+    assert counts["open"] + counts["undecided"] == kept, name
+
+  summary = open(os.path.join(out, "summary.md")).read()
+  assert f"test accuracy {100 * metrics['test_accuracy']:.2f}%" in summary
+  assert f"| MACs | {metrics['macs_full']:,} | {metrics['macs_kept']:,} |" in summary
+  assert f"**{result['gates']['undecided']} undecided**" in summary
+
+
+def test_an_untested_run_gets_the_same_costs_from_its_best_checkpoint(gated_run, tmp_path):
+  metrics = read(gated_run, evaluation.TEST_METRICS_FILE)
+  workdir = shutil.copytree(gated_run, tmp_path / "untested",
+                            ignore=shutil.ignore_patterns(evaluation.TEST_METRICS_FILE,
+                                                           analysis.ANALYSIS_DIR))
+  result = analysis.analyze(str(workdir))
+  assert not result["tested"] and result["checkpoint_step"] == metrics["checkpoint_step"]
+  pruned = metrics["gated_channels_full"] - metrics["gated_channels_kept"]
+  assert result["gates"]["pruned"] == pruned
+  summary = (workdir / analysis.ANALYSIS_DIR / "summary.md").read_text()
+  assert "not tested yet" in summary
+  assert table_rows(summary)[:2] == [
+      f"| parameters | {metrics['params_full']:,} | {metrics['params_kept']:,} | "
+      f"{100 * metrics['params_kept_fraction']:.1f}% |",
+      f"| MACs | {metrics['macs_full']:,} | {metrics['macs_kept']:,} | "
+      f"{100 * metrics['macs_kept_fraction']:.1f}% |"]
+
+
+def test_a_run_without_gates_gets_its_trajectories_and_says_so(gated_run, tmp_path):
+  # What an ungated run leaves (test_train checks it): no log_alpha in its history.
+  workdir = shutil.copytree(gated_run, tmp_path / "ungated", ignore=shutil.ignore_patterns(
+      analysis.ANALYSIS_DIR))
+  for name in ("config.json", evaluation.TEST_METRICS_FILE):
+    (workdir / name).write_text(json.dumps({**read(workdir, name), "use_gate": False}))
+  history = [{k: v for k, v in h.items() if k != "log_alpha"}
+             for h in analysis.load_history(workdir)]
+  (workdir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+  result = analysis.analyze(str(workdir))
+  assert result["files"] == ["trajectories.png", "summary.md"]
+  assert result["gates"] == {"pruned": 0, "undecided": 0, "open": 0}
+  summary = (workdir / analysis.ANALYSIS_DIR / "summary.md").read_text()
+  assert "without gates" in summary and "No gates" in summary
