@@ -1,0 +1,299 @@
+r"""A lambda sweep on one dataset: the baseline, L0 from scratch, L0 fine-tuned from the baseline.
+
+  python -m l0jax.sweep --sweep_dir=runs/fmnist \
+      --scratch_lambdas=0.25,0.5,1 --finetune_lambdas=10,20,30,50 \
+      --config.dataset=fashion_mnist --config.num_epochs=60 \
+      --baseline.lr_milestones='(40,50)' --scratch.lr_milestones='(40,50)' \
+      --finetune.lr_milestones='(5,20,35,45,55)'
+
+Every member is `main.py` in its own process, trained then tested, exactly as
+a user would run it, so that one crash does not end the sweep:
+
+  SWEEP_DIR/baseline             configs/baseline.py
+  SWEEP_DIR/scratch_lambda{L}    configs/gated.py     lambda_l0=L
+  SWEEP_DIR/finetune_lambda{L}   configs/finetune.py  lambda_l0=L, init_from=SWEEP_DIR/baseline
+
+`--config.KEY=VALUE` goes to every member; `--baseline.KEY=VALUE`
+(`--scratch.`, `--finetune.`) to one kind, over the common value. A member is
+finished when its test_metrics.json exists: finished members are skipped and
+an unfinished one resumes from its checkpoints, so a rerun of an interrupted
+sweep continues it. Each member's console output goes to its `sweep.log`.
+
+Then SWEEP_DIR gets results.json, results.md (the table) and front.png from
+the finished members' test_metrics.json. "Train time" is the sum of the
+member's epoch times in history.jsonl (training and validation; not process
+start-up, data loading or the test), which an interruption does not lose.
+"""
+
+import dataclasses
+import json
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+from absl import app, flags, logging
+from matplotlib.figure import Figure
+
+from l0jax import analysis, evaluation
+from l0jax.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+KINDS = ("baseline", "scratch", "finetune")
+CONFIG_FILES = {"baseline": "baseline.py", "scratch": "gated.py", "finetune": "finetune.py"}
+SWEEP_KEYS = ("lambda_l0", "init_from")  # set by the sweep, per member
+LOG_FILE = "sweep.log"
+RESULTS_FILE, TABLE_FILE, FRONT_FILE = "results.json", "results.md", "front.png"
+# The target: a pruned network within TOLERANCE_PP percentage points of the
+# baseline's test accuracy, with at most TARGET_MACS of its MACs.
+TOLERANCE_PP = 0.5
+TARGET_MACS = 0.5
+MARKERS = {"baseline": "*", "scratch": "o", "finetune": "s"}
+COLORS = {"baseline": "k", "scratch": "tab:orange", "finetune": "tab:blue"}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("sweep_dir", None, "Where the members' workdirs and the results go.")
+flags.DEFINE_list("scratch_lambdas", ["0.25", "0.5", "1"], "lambda_l0 of the from-scratch runs.")
+flags.DEFINE_list("finetune_lambdas", ["10", "20", "30", "50"],
+                  "lambda_l0 of the runs fine-tuned from the baseline.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One run of the sweep, and the --config.KEY=VALUE settings main.py trains it with."""
+
+  name: str
+  kind: str
+  settings: dict[str, str]
+
+  def commands(self, sweep_dir: pathlib.Path) -> list[list[str]]:
+    """Train (or resume), then test: the two main.py command lines."""
+    main, workdir = [sys.executable, str(REPO / "main.py")], f"--workdir={sweep_dir / self.name}"
+    return [main + [f"--config={REPO / 'configs' / CONFIG_FILES[self.kind]}", workdir,
+                    *(f"--config.{k}={v}" for k, v in self.settings.items())],
+            main + ["--mode=test", workdir]]
+
+
+def parse_settings(args: Sequence[str]) -> dict[str, dict[str, str]]:
+  """`--config.KEY=VALUE` and `--{kind}.KEY=VALUE` arguments as each kind's settings."""
+  common, own = {}, {kind: {} for kind in KINDS}
+  for arg in args:
+    match = re.fullmatch(r"--(config|baseline|scratch|finetune)\.(\w+)=(.*)", arg, re.DOTALL)
+    if not match:
+      raise UserError(f"unexpected argument {arg!r}: settings are --config.KEY=VALUE (every run) "
+                      f"or --{{{','.join(KINDS)}}}.KEY=VALUE (one kind)")
+    scope, key, value = match.groups()
+    if key in SWEEP_KEYS:
+      raise UserError(f"{key} is set by the sweep for each run; use --scratch_lambdas / "
+                      "--finetune_lambdas (fine-tuning starts from SWEEP_DIR/baseline)")
+    (common if scope == "config" else own[scope])[key] = value
+  return {kind: {**common, **own[kind]} for kind in KINDS}
+
+
+def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
+         finetune_lambdas: Sequence[float], settings: dict[str, dict[str, str]]) -> list[Member]:
+  """The baseline, then a from-scratch and a fine-tuned run per lambda, in that order."""
+  members = [Member("baseline", "baseline", settings["baseline"])]
+  for kind, lambdas in (("scratch", scratch_lambdas), ("finetune", finetune_lambdas)):
+    if len(set(lambdas)) != len(lambdas):
+      raise UserError(f"--{kind}_lambdas lists a lambda twice: {list(lambdas)}")
+    for lam in lambdas:
+      if lam < 0:
+        raise UserError(f"--{kind}_lambdas: lambda_l0={lam:g} must be >= 0")
+      extra = {"init_from": str(sweep_dir / "baseline")} if kind == "finetune" else {}
+      members.append(Member(f"{kind}_lambda{lam:g}", kind,
+                            {**settings[kind], "lambda_l0": repr(lam), **extra}))
+  return members
+
+
+def is_finished(workdir: pathlib.Path) -> bool:
+  return (workdir / evaluation.TEST_METRICS_FILE).exists()
+
+
+def _last_line(path: pathlib.Path) -> str:
+  lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+  return lines[-1] if lines else ""
+
+
+def run_member(member: Member, sweep_dir: pathlib.Path) -> bool:
+  """Trains and tests one member unless it is finished; False if it did not finish."""
+  workdir = sweep_dir / member.name
+  if is_finished(workdir):
+    logging.info("%s: finished before, skipped", member.name)
+    return True
+  if member.kind == "finetune" and not is_finished(sweep_dir / "baseline"):
+    logging.error("%s: not run, because the baseline it starts from did not finish", member.name)
+    return False
+  workdir.mkdir(parents=True, exist_ok=True)
+  log_path = workdir / LOG_FILE
+  for what, command in zip(("training", "testing"), member.commands(sweep_dir)):
+    logging.info("%s: %s (output in %s)", member.name, what, log_path)
+    start = time.monotonic()
+    with log_path.open("a") as log:
+      log.write(f"$ {shlex.join(command)}\n")
+      log.flush()
+      status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    if status:
+      logging.error("%s: %s failed with exit status %d after %.0f s: %s", member.name, what,
+                    status, time.monotonic() - start, _last_line(log_path))
+      return False
+    logging.info("%s: %s took %.0f s", member.name, what, time.monotonic() - start)
+  return True
+
+
+def collect(sweep_dir: pathlib.Path, members: Sequence[Member], command: str) -> dict[str, Any]:
+  """Every finished member's test metrics and train time, and the best trade-off among them."""
+  runs, unfinished = [], []
+  for member in members:
+    workdir = sweep_dir / member.name
+    if not is_finished(workdir):
+      unfinished.append(member.name)
+      continue
+    metrics = json.loads((workdir / evaluation.TEST_METRICS_FILE).read_text())
+    history = analysis.load_history(workdir)
+    runs.append({
+        "name": member.name, "kind": member.kind,
+        "lambda_l0": metrics["lambda_l0"] if metrics["use_gate"] else None,
+        **{k: metrics[k] for k in ("dataset", "test_accuracy", "checkpoint_step", "params_full",
+                                   "params_kept", "params_kept_fraction", "macs_full",
+                                   "macs_kept", "macs_kept_fraction")},
+        "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history),
+    })
+  baseline = next((r for r in runs if r["kind"] == "baseline"), None)
+  best = None
+  if baseline:
+    for run in runs:
+      run["test_accuracy_change_pp"] = 100 * (run["test_accuracy"] - baseline["test_accuracy"])
+    near = [r for r in runs if r["kind"] != "baseline"
+            and r["test_accuracy_change_pp"] >= -TOLERANCE_PP]
+    best = min(near, key=lambda r: r["macs_kept_fraction"], default=None)
+  return {"command": command, "dataset": runs[0]["dataset"] if runs else None,
+          "runs": runs, "unfinished": unfinished, "tolerance_pp": TOLERANCE_PP,
+          "best_trade_off": best["name"] if best else None}
+
+
+def _lambda(run: dict[str, Any]) -> str:
+  return "-" if run["lambda_l0"] is None else f"{run['lambda_l0']:g}"
+
+
+def _hours_or_minutes(seconds: float) -> str:
+  return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def table_markdown(results: dict[str, Any]) -> str:
+  """The runs as a markdown table, with the command that made them and the best trade-off."""
+  lines = [f"# L0 sweep on {results['dataset']}", "", f"`{results['command']}`", "",
+           "| run | lambda_l0 | test accuracy | vs baseline | params kept | MACs kept | epochs "
+           "| train time |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in results["runs"]:
+    change = r.get("test_accuracy_change_pp")
+    versus = "-" if change is None or r["kind"] == "baseline" else f"{change:+.2f} pp"
+    lines.append(
+        f"| {r['name']} | {_lambda(r)} | {100 * r['test_accuracy']:.2f}% | {versus} | "
+        f"{100 * r['params_kept_fraction']:.1f}% | {100 * r['macs_kept_fraction']:.1f}% | "
+        f"{r['epochs']} | {_hours_or_minutes(r['train_seconds'])} |")
+  best = next((r for r in results["runs"] if r["name"] == results["best_trade_off"]), None)
+  lines.append("")
+  if best:
+    lines.append(f"Fewest MACs within {results['tolerance_pp']:g} pp of the baseline's test "
+                 f"accuracy: {best['name']}, {100 * best['macs_kept_fraction']:.1f}% of the MACs "
+                 f"and {100 * best['params_kept_fraction']:.1f}% of the parameters at "
+                 f"{100 * best['test_accuracy']:.2f}% ({best['test_accuracy_change_pp']:+.2f} pp).")
+  else:
+    lines.append(f"No pruned run is within {results['tolerance_pp']:g} pp of the baseline's test "
+                 "accuracy.")
+  total = sum(r["train_seconds"] for r in results["runs"])
+  lines += ["", f"Train time: the sum of a run's epoch times in its history.jsonl; "
+            f"{_hours_or_minutes(total)} for these {len(results['runs'])} runs."]
+  if results["unfinished"]:
+    lines += ["", f"Not finished: {', '.join(results['unfinished'])}."]
+  return "\n".join(lines) + "\n"
+
+
+def front_figure(results: dict[str, Any]) -> Figure:
+  """Test accuracy against kept MACs and against kept parameters, the baseline's level marked."""
+  fig = Figure(figsize=(11, 4.5), layout="constrained")
+  axes = fig.subplots(1, 2, sharey=True)
+  baseline = next((r for r in results["runs"] if r["kind"] == "baseline"), None)
+  for ax, key, what in ((axes[0], "macs_kept_fraction", "MACs"),
+                        (axes[1], "params_kept_fraction", "parameters")):
+    if baseline:
+      level = 100 * baseline["test_accuracy"]
+      ax.axhspan(level - results["tolerance_pp"], level, color="0.9", lw=0,
+                 label=f"within {results['tolerance_pp']:g} pp of the baseline")
+      ax.axhline(level, color="k", lw=0.6, ls="--")
+    for kind in KINDS:
+      runs = sorted((r for r in results["runs"] if r["kind"] == kind), key=lambda r: r[key])
+      if not runs:
+        continue
+      x, y = [100 * r[key] for r in runs], [100 * r["test_accuracy"] for r in runs]
+      ax.plot(x, y, marker=MARKERS[kind], color=COLORS[kind], ms=12 if kind == "baseline" else 6,
+              lw=0.8, label={"baseline": "baseline (no gates)", "scratch": "L0 from scratch",
+                             "finetune": "L0 fine-tuned from the baseline"}[kind])
+      for r, xi, yi in zip(runs, x, y):
+        if r["lambda_l0"] is not None:
+          ax.annotate(f"{r['lambda_l0']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4),
+                      fontsize=7, color=COLORS[kind])
+    if key == "macs_kept_fraction":
+      ax.axvline(100 * TARGET_MACS, color="k", lw=0.6, ls=":",
+                 label=f"target: at most {TARGET_MACS:.0%} of the MACs")
+    ax.set(xlabel=f"{what} kept (%)", xlim=(0, 105))
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("test accuracy (%)")
+  axes[0].legend(fontsize=8, loc="lower right")
+  fig.suptitle(f"{results['dataset']}: test accuracy against cost (labels: lambda_l0)", fontsize=10)
+  return fig
+
+
+def write_results(sweep_dir: pathlib.Path, results: dict[str, Any]) -> None:
+  """results.json, results.md and front.png, rewritten from the runs' files on every sweep."""
+  (sweep_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+  (sweep_dir / TABLE_FILE).write_text(table_markdown(results))
+  if results["runs"]:
+    analysis.save_figure(front_figure(results), sweep_dir / FRONT_FILE)
+
+
+def sweep(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
+          finetune_lambdas: Sequence[float], settings: dict[str, dict[str, str]],
+          command: str) -> dict[str, Any]:
+  """Runs every unfinished member in turn, then writes the results; returns them."""
+  members = plan(sweep_dir, scratch_lambdas, finetune_lambdas, settings)
+  start = time.monotonic()
+  finished = [run_member(m, sweep_dir) for m in members]
+  results = collect(sweep_dir, members, command)
+  write_results(sweep_dir, results)
+  logging.info("%s: %d of %d runs finished (this invocation took %s); %s, %s and %s written",
+               sweep_dir, sum(finished), len(members), _hours_or_minutes(time.monotonic() - start),
+               RESULTS_FILE, TABLE_FILE, FRONT_FILE)
+  return results
+
+
+def _floats(flag: str, values: Sequence[str]) -> list[float]:
+  try:
+    return [float(v) for v in values]
+  except ValueError:
+    raise UserError(f"--{flag} must be a comma-separated list of numbers, not {values}") from None
+
+
+def main(argv: list[str]) -> None:
+  try:
+    if not FLAGS.sweep_dir:
+      raise UserError("--sweep_dir is required")
+    sweep_dir = pathlib.Path(FLAGS.sweep_dir).absolute()
+    results = sweep(sweep_dir, _floats("scratch_lambdas", FLAGS.scratch_lambdas),
+                    _floats("finetune_lambdas", FLAGS.finetune_lambdas),
+                    parse_settings(argv[1:]),
+                    shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]))
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if results["unfinished"]:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  # Flags the sweep does not know are the members' settings, handed to `main`.
+  app.run(main, flags_parser=lambda argv: FLAGS(argv, known_only=True))

@@ -1,0 +1,144 @@
+"""The lambda sweep: the runs it plans, and a tiny real one that survives a failed run and resumes.
+
+Every real member costs two main.py processes (seconds of imports and
+tracing each), so the real sweep trains one: a baseline with test_train's
+settings, whose compiled steps come from the shared cache. The command lines
+of the gated members are checked by the planning tests; main.py itself,
+fine-tuning from a baseline included, is test_train's business.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, tiny_flags
+from l0jax import evaluation, sweep
+from l0jax.errors import UserError
+
+
+def test_each_kind_gets_its_recipe_its_lambda_and_the_settings_meant_for_it(tmp_path):
+  settings = sweep.parse_settings(["--config.dataset=synthetic", "--config.num_epochs=3",
+                                   "--finetune.num_epochs=2", "--scratch.lr_milestones=(1,2)"])
+  members = sweep.plan(tmp_path, [0.25, 1.0], [20.0], settings)
+  assert [m.name for m in members] == ["baseline", "scratch_lambda0.25", "scratch_lambda1",
+                                       "finetune_lambda20"]
+  main = [sys.executable, os.path.join(REPO, "main.py")]
+  configs = os.path.join(REPO, "configs")
+  expected = {
+      "baseline": [f"--config={configs}/baseline.py", "--config.dataset=synthetic",
+                   "--config.num_epochs=3"],
+      "scratch_lambda0.25": [f"--config={configs}/gated.py", "--config.dataset=synthetic",
+                             "--config.num_epochs=3", "--config.lr_milestones=(1,2)",
+                             "--config.lambda_l0=0.25"],
+      "finetune_lambda20": [f"--config={configs}/finetune.py", "--config.dataset=synthetic",
+                            "--config.num_epochs=2", "--config.lambda_l0=20.0",
+                            f"--config.init_from={tmp_path}/baseline"],
+  }
+  for member in members:
+    train, test = member.commands(tmp_path)
+    workdir = f"--workdir={tmp_path}/{member.name}"
+    assert test == main + ["--mode=test", workdir]
+    if member.name in expected:
+      config, *settings = expected[member.name]
+      assert train == main + [config, workdir, *settings]
+
+
+@pytest.mark.parametrize("args", [["--config.lambda_l0=1"], ["--finetune.init_from=/a/run"],
+                                  ["--num_epochs=3"], ["--config.num_epochs", "3"]])
+def test_arguments_it_cannot_hand_on_are_refused(args):
+  with pytest.raises(UserError):
+    sweep.parse_settings(args)
+
+
+def test_a_lambda_listed_twice_is_refused(tmp_path):
+  with pytest.raises(UserError, match="twice"):
+    sweep.plan(tmp_path, [0.5, 0.5], [], sweep.parse_settings([]))
+
+
+def run_sweep(sweep_dir, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, "-m", "l0jax.sweep", f"--sweep_dir={sweep_dir}", "--scratch_lambdas=",
+       *tiny_flags(num_epochs=1), *args],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+
+
+def mtimes(workdir) -> dict[str, int]:
+  """Modification times of everything in a workdir but the sweep's log."""
+  return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+          for d, _, files in os.walk(workdir) for f in files if f != sweep.LOG_FILE}
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+  """A sweep whose fine-tuned run has a broken setting, then the same sweep without that run."""
+  sweep_dir = tmp_path_factory.mktemp("sweep")
+  first = run_sweep(sweep_dir, "--finetune_lambdas=20", "--finetune.droprate_init=5")
+  first_results = json.loads((sweep_dir / sweep.RESULTS_FILE).read_text())
+  baseline_files = mtimes(sweep_dir / "baseline")
+  second = run_sweep(sweep_dir, "--finetune_lambdas=")
+  return sweep_dir, first, first_results, baseline_files, second
+
+
+def test_a_failed_run_does_not_stop_the_sweep(tiny_sweep):
+  _, first, results, _, _ = tiny_sweep
+  assert first.returncode == 1, first.stderr[-3000:]
+  assert "finetune_lambda20: training failed" in first.stderr and "droprate_init" in first.stderr
+  assert [r["name"] for r in results["runs"]] == ["baseline"]
+  assert results["unfinished"] == ["finetune_lambda20"]
+
+
+def test_a_rerun_skips_finished_runs(tiny_sweep):
+  sweep_dir, _, _, baseline_files, second = tiny_sweep
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "baseline: finished before, skipped" in second.stderr
+  assert "baseline: training" not in second.stderr
+  assert mtimes(sweep_dir / "baseline") == baseline_files
+  assert (sweep_dir / sweep.FRONT_FILE).stat().st_size > 1000
+
+
+def table_rows(table: str) -> dict[str, list[str]]:
+  rows = ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+          if re.match(r"\| (baseline|scratch|finetune)", line))
+  return {cells[0]: cells for cells in rows}
+
+
+def test_the_table_and_results_hold_each_runs_test_metrics(tiny_sweep, tmp_path):
+  sweep_dir, _, _, _, _ = tiny_sweep
+  # The real baseline, and a pruned run beside it: its metrics made up, with digits to round.
+  sweep_dir = shutil.copytree(sweep_dir, tmp_path / "sweep")
+  tuned = shutil.copytree(sweep_dir / "baseline", sweep_dir / "finetune_lambda20",
+                          dirs_exist_ok=True)  # it holds the failed attempt's log
+  metrics = json.loads((tuned / evaluation.TEST_METRICS_FILE).read_text())
+  metrics.update(use_gate=True, lambda_l0=20.0, test_accuracy=metrics["test_accuracy"] - 0.00456,
+                 params_kept_fraction=0.432149, macs_kept_fraction=0.387651)
+  (tuned / evaluation.TEST_METRICS_FILE).write_text(json.dumps(metrics))
+  results = sweep.collect(sweep_dir, sweep.plan(sweep_dir, [], [20.0], sweep.parse_settings([])),
+                          "python -m l0jax.sweep ...")
+  sweep.write_results(sweep_dir, results)
+  assert results == json.loads((sweep_dir / sweep.RESULTS_FILE).read_text())
+  assert results["unfinished"] == [] and results["best_trade_off"] == "finetune_lambda20"
+  table = (sweep_dir / sweep.TABLE_FILE).read_text()
+  rows = table_rows(table)
+  assert sorted(rows) == ["baseline", "finetune_lambda20"]
+  for run in results["runs"]:
+    workdir = sweep_dir / run["name"]
+    metrics = json.loads((workdir / evaluation.TEST_METRICS_FILE).read_text())
+    history = [json.loads(l) for l in (workdir / "history.jsonl").read_text().splitlines()]
+    for key in ("test_accuracy", "params_kept_fraction", "macs_kept_fraction", "macs_kept"):
+      assert run[key] == metrics[key]
+    assert run["train_seconds"] == sum(h["epoch_seconds"] for h in history)
+    _, lam, accuracy, change, params, macs, epochs, _ = rows[run["name"]]
+    assert lam == ("-" if run["kind"] == "baseline" else "20")
+    assert float(accuracy.rstrip("%")) == pytest.approx(100 * metrics["test_accuracy"], abs=0.005)
+    assert float(params.rstrip("%")) == pytest.approx(100 * metrics["params_kept_fraction"],
+                                                      abs=0.05)
+    assert float(macs.rstrip("%")) == pytest.approx(100 * metrics["macs_kept_fraction"], abs=0.05)
+    assert int(epochs) == len(history) == 1
+  assert rows["finetune_lambda20"][3] == "-0.46 pp"
+  assert rows["finetune_lambda20"][4:6] == ["43.2%", "38.8%"]
+  assert "Fewest MACs within 0.5 pp of the baseline's test accuracy: finetune_lambda20" in table
