@@ -1,17 +1,21 @@
 """Everything a workdir holds between runs: the resolved config and Orbax checkpoints.
 
-Checkpoints are written by Orbax's CheckpointManager, which commits a step
-only once it is fully on disk, keeping the newest few plus the best by
-validation accuracy.
+Checkpoints are written by Orbax's CheckpointManager, which writes a step into
+a temporary directory and renames it only once it is complete, keeping the
+newest few plus the best by validation accuracy. A killed save therefore never
+looks like a checkpoint; a step damaged later (a truncated copy, a failing
+disk) is found when it is restored, and set aside for an older one.
 """
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from l0jax import config as config_lib
@@ -19,6 +23,9 @@ from l0jax.errors import UserError
 
 CONFIG_FILE = "config.json"
 BEST_METRIC = "val_accuracy"
+CHECKPOINTS_DIR = "checkpoints"
+# Where damaged steps are moved when an older good one is resumed instead.
+CORRUPT_DIR = "corrupt_checkpoints"
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
@@ -26,7 +33,7 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> None:
   path = epath.Path(path)
   tmp = path.parent / f".{path.name}.tmp"
   tmp.write_text(text)
-  tmp.rename(path)
+  tmp.replace(path)  # Not rename: epath's refuses to overwrite, and a resumed run rewrites.
 
 
 def write_json_atomically(path: str | os.PathLike, obj: Any) -> None:
@@ -50,8 +57,29 @@ def architecture_differences(saved: ml_collections.ConfigDict, config: ml_collec
           if saved.get(f) != config.get(f)]
 
 
+def check_same_network(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to train into a file, or into a workdir that holds a run of a different network.
+
+  Called before anything is written, so that the refused workdir stays as it was.
+  """
+  if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
+    raise UserError(f"--workdir={workdir} is a file, not a folder")
+  if not (epath.Path(workdir) / CONFIG_FILE).exists():
+    return
+  differences = architecture_differences(load_config(workdir), config)
+  if differences:
+    raise UserError(f"{workdir} holds a run of a different network ({'; '.join(differences)}); "
+                    "it was left untouched. Train into another workdir, or resume with the "
+                    f"saved settings in {epath.Path(workdir) / CONFIG_FILE}")
+
+
 def manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.CheckpointManager:
-  """The run's CheckpointManager: the newest `keep` checkpoints plus the best by validation."""
+  """The run's CheckpointManager: the newest `keep` checkpoints plus the best by validation.
+
+  A writing manager first removes the temporary directories of saves that a
+  killed process left unfinished. A read-only one creates, cleans and deletes
+  nothing (it is not Orbax's read_only mode, which logs warnings on every use).
+  """
   best = lambda metrics: metrics[BEST_METRIC]
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=keep),
@@ -59,17 +87,73 @@ def manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.Checkpo
   ])
   options = ocp.CheckpointManagerOptions(
       best_fn=best, best_mode="max", preservation_policy=None if read_only else policy,
-      read_only=read_only, create=not read_only)
-  return ocp.CheckpointManager(epath.Path(workdir).absolute() / "checkpoints", options=options)
+      create=not read_only, cleanup_tmp_directories=not read_only)
+  return ocp.CheckpointManager(epath.Path(workdir).absolute() / CHECKPOINTS_DIR, options=options)
+
+
+def _why(e: Exception) -> str:
+  """What Orbax or TensorStore raised, in one line (their messages run to pages)."""
+  return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
+def _unreadable(mngr: ocp.CheckpointManager, step: int, e: Exception) -> str:
+  return f"{mngr.directory / str(step)} ({_why(e)})"
 
 
 def best_step(workdir: str) -> tuple[ocp.CheckpointManager, int]:
   """A read-only manager of a finished (or running) workdir and its best step."""
-  mngr = manager(workdir, read_only=True)
-  step = mngr.best_step()
+  try:
+    mngr = manager(workdir, read_only=True)
+    step = mngr.best_step()
+  except Exception as e:  # pylint: disable=broad-except  # A damaged step's metrics.
+    raise UserError(f"cannot read the checkpoints in {workdir}: {_why(e)}") from e
   if step is None:
     raise UserError(f"{workdir} has no checkpoint yet; train into it first")
   return mngr, step
+
+
+def _lister(workdir: str) -> ocp.CheckpointManager:
+  """A manager that only lists the complete steps: metrics are read later, step by step."""
+  options = ocp.CheckpointManagerOptions(create=False, lightweight_initialize=True)
+  return ocp.CheckpointManager(epath.Path(workdir).absolute() / CHECKPOINTS_DIR, options=options)
+
+
+def has_checkpoints(workdir: str) -> bool:
+  return bool(_lister(workdir).all_steps())
+
+
+def restore_latest(workdir: str, target: Any) -> tuple[int, Any] | None:
+  """(step, state) of the newest checkpoint that restores into `target`'s structure; None if none.
+
+  A step that cannot be restored (truncated, missing files, unreadable
+  metrics) is skipped with a warning, and moved to `CORRUPT_DIR` once an
+  older one has restored, so that the resumed run can write that step again.
+  If every step is damaged, nothing is moved and a UserError names them all:
+  never a silent restart from scratch over a run.
+  """
+  workdir = epath.Path(workdir)
+  mngr = _lister(str(workdir))
+  damaged = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      mngr.metrics(step)[BEST_METRIC]  # pylint: disable=expression-not-assigned
+      state = mngr.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore raise all sorts.
+      logging.warning("Cannot restore the checkpoint %s; trying an older one.",
+                      _unreadable(mngr, step, e))
+      damaged.append((step, e))
+      continue
+    for bad, _ in damaged:
+      aside = workdir / CORRUPT_DIR / f"{bad}-{time.strftime('%Y%m%d-%H%M%S')}"
+      aside.parent.mkdir(exist_ok=True)
+      (mngr.directory / str(bad)).rename(aside)
+      logging.warning("Moved the damaged checkpoint of step %d to %s; resuming from step %d.",
+                      bad, aside, step)
+    return step, state
+  if damaged:
+    raise UserError(f"no checkpoint in {mngr.directory} can be restored, and the run was left "
+                    "untouched: " + "; ".join(_unreadable(mngr, s, e) for s, e in damaged))
+  return None
 
 
 def _path_str(path) -> str:
@@ -82,21 +166,29 @@ def _flat(tree) -> dict[str, Any]:
   return {_path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def init_source(init_from: str, config: ml_collections.ConfigDict
+                ) -> tuple[ocp.CheckpointManager, int]:
+  """The manager and best step of `init_from`, once it is known to hold a run of this network."""
+  if not epath.Path(init_from).is_dir():
+    raise UserError(f"init_from={init_from} does not exist (it should be a training workdir)")
+  differences = architecture_differences(load_config(init_from), config,
+                                         ("dataset", "width_multiplier", "synthetic_image_size"))
+  if differences:
+    raise UserError(f"init_from={init_from} is a different network: {'; '.join(differences)}")
+  return best_step(init_from)
+
+
 def load_weights(init_from: str, config: ml_collections.ConfigDict, params, batch_stats):
   """`params` and `batch_stats` with every non-gate array replaced by `init_from`'s best checkpoint.
 
   Gates are left as initialised (at `droprate_init`), so a trained baseline can
   be fine-tuned with gates. Arrays must match in shape, one for one.
   """
-  if not epath.Path(init_from).exists():
-    raise UserError(f"init_from={init_from} does not exist")
-  saved = load_config(init_from)
-  differences = architecture_differences(saved, config, ("dataset", "width_multiplier",
-                                                         "synthetic_image_size"))
-  if differences:
-    raise UserError(f"init_from={init_from} is a different network: {'; '.join(differences)}")
-  mngr, step = best_step(init_from)
-  restored = mngr.restore(step, args=ocp.args.StandardRestore())
+  mngr, step = init_source(init_from, config)
+  try:
+    restored = mngr.restore(step, args=ocp.args.StandardRestore())
+  except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore raise all sorts.
+    raise UserError(f"init_from={init_from}: cannot restore {_unreadable(mngr, step, e)}") from e
   source = {**_flat(restored["params"]), **{f"bn:{k}": v for k, v in
                                             _flat(restored["batch_stats"]).items()}}
 

@@ -279,7 +279,15 @@ def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the run in `workdir`; returns the last validation metrics."""
+  """Trains (or resumes) the run in `workdir`; returns the last validation metrics.
+
+  Everything that can be refused (the config, the data, the workdir's saved
+  network, init_from, damaged checkpoints) is checked before the first write
+  to `workdir`.
+  """
+  checkpoints.check_same_network(workdir, config)
+  if config.init_from and not checkpoints.has_checkpoints(workdir):
+    checkpoints.init_source(config.init_from, config)  # Before the data and network are built.
   run = setup(config)
   workdir = epath.Path(workdir)
   ds, network, mesh = run.dataset, run.network, run.mesh
@@ -288,15 +296,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_steps = epoch_steps * config.num_epochs
   schedule = learning_rate_schedule(config, epoch_steps)
 
-  mngr = checkpoints.manager(str(workdir), keep=config.keep_checkpoints)
-  latest = mngr.latest_step()
-  if latest is not None:
-    differences = checkpoints.architecture_differences(checkpoints.load_config(str(workdir)),
-                                                       config)
-    if differences:
-      raise UserError(f"{workdir} holds a run of a different network; it was left untouched: "
-                      f"{'; '.join(differences)}")
-    state = mngr.restore(latest, args=ocp.args.StandardRestore(state))
+  restored = checkpoints.restore_latest(str(workdir), state)
+  if restored is not None:
+    latest, state = restored
     logging.info("Resuming %s from step %d.", workdir, latest)
   elif config.init_from:
     params, batch_stats = checkpoints.load_weights(config.init_from, config, state.params,
@@ -304,6 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = TrainState(state.step, params, batch_stats, tx.init(params))
     logging.info("Network weights from %s; gates start at droprate_init=%g.", config.init_from,
                  config.droprate_init)
+  mngr = checkpoints.manager(str(workdir), keep=config.keep_checkpoints)
   checkpoints.save_config(str(workdir), config)
   state = _replicate(state, mesh)
 
@@ -339,8 +342,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       metrics = {k: v[:num_valid] for k, v in jax.device_get(metrics).items()}
       bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
       if bad.size:
-        raise UserError(f"the loss became {metrics['loss'][bad[0]]} at step {step + bad[0] + 1}; "
-                        f"stopped, and the checkpoints in {workdir} are those of the last good epoch")
+        mngr.wait_until_finished()  # The last good epoch's save may still be in flight.
+        kept = (f", keeping the checkpoints in {mngr.directory} (newest: step "
+                f"{mngr.latest_step()})" if mngr.latest_step() is not None
+                else " before any checkpoint was written")
+        raise UserError(f"the loss became {metrics['loss'][bad[0]]} at step {step + bad[0] + 1} "
+                        f"(epoch {epoch + 1}); training stopped{kept}")
       step += num_valid
       writer.write_scalars(step, {**{f"train/{k}": v.mean() for k, v in metrics.items()},
                                   "train/learning_rate": schedule(step - 1)})
