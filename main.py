@@ -12,8 +12,12 @@ traceback instead).
 import logging as py_logging
 import sys
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from l0jax import config as config_lib
+from l0jax.errors import UserError
 
 MODES = ("train", "test", "export", "analyze")
 
@@ -31,25 +35,55 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
+def _config_file_error(e: OSError) -> str:
+  # ml_collections lists every path it tried; the last line says why the file did not load.
+  return f"cannot load --config: {str(e).splitlines()[-1].strip()}"
+
+
+def _flag_error(e: Exception) -> str:
+  if isinstance(e, flags.Error):
+    return str(e).splitlines()[0]
+  if isinstance(e, OSError):
+    return _config_file_error(e)
+  # --config.KEY for a KEY that the config lacks: ml_collections raises
+  # AttributeError(KeyError("'KEY'\nDid you mean ...")).
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  name, *hint = str(e.args[0] if e.args else e).splitlines()
+  return f"the config has no field {name}" + (f" ({' '.join(hint)})" if hint else "")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with flag errors (an unknown config key, a wrong type) as one line."""
   try:
     return FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e).splitlines()[0])
+  except (flags.Error, OSError, AttributeError, KeyError) as e:
+    if "--debug" in argv:
+      raise
+    fail(_flag_error(e))
+
+
+def train_config() -> ml_collections.ConfigDict:
+  """The --config file with its overrides, checked before JAX loads so that bad values fail fast."""
+  if FLAGS.config is None:
+    raise UserError("--mode=train needs --config=configs/SOMETHING.py")
+  try:
+    config_lib.validate(FLAGS.config)
+  except OSError as e:  # ml_collections reports a missing config file at its first use.
+    raise UserError(_config_file_error(e)) from e
+  return FLAGS.config
 
 
 def run(mode: str, workdir: str):
-  # Imported here so that `--help` and flag errors answer without loading JAX.
+  config = train_config() if mode == "train" else None
+  # Imported here so that `--help` and bad flags or config values answer without loading JAX.
   import jax  # pylint: disable=import-outside-toplevel
   from l0jax import evaluation, train  # pylint: disable=import-outside-toplevel
 
   if FLAGS.multihost:
     jax.distributed.initialize()
   if mode == "train":
-    if FLAGS.config is None:
-      fail("--mode=train needs --config=configs/SOMETHING.py")
-    train.train_and_evaluate(FLAGS.config, workdir)
+    train.train_and_evaluate(config, workdir)
   elif mode == "test":
     evaluation.test(workdir)
   elif mode == "export":
@@ -72,7 +106,6 @@ def main(argv: list[str]) -> None:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.workdir:
     fail("--workdir is required")
-  from l0jax.errors import UserError  # pylint: disable=import-outside-toplevel
   try:
     run(FLAGS.mode, FLAGS.workdir)
   except UserError as e:

@@ -91,7 +91,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.learning_rate > 0, f"learning_rate={c.learning_rate} must be > 0")
   check(c.weight_decay >= 0, f"weight_decay={c.weight_decay} must be >= 0")
   check(c.lr_factor > 0, f"lr_factor={c.lr_factor} must be > 0")
-  check(all(int(m) == m and m >= 0 for m in c.lr_milestones),
+  check(all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in c.lr_milestones),
         f"lr_milestones={tuple(c.lr_milestones)} must be epochs (integers >= 0)")
   for field in ("num_epochs", "batch_size", "steps_per_call", "eval_batch_size",
                 "keep_checkpoints", "synthetic_image_size", "synthetic_num_train"):
