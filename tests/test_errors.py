@@ -1,0 +1,213 @@
+"""Bad input through main.py: one `error:` line on stderr, exit 2, nothing written or deleted.
+
+Each case is a fresh process, as a user would start it. They are started
+together (a few at a time) once per module, because most of their cost is
+importing JAX; each test then checks its own case.
+"""
+
+import concurrent.futures
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import typing
+
+import pytest
+
+from conftest import REPO, tiny_config, tiny_flags
+from l0jax import checkpoints
+
+TRAIN = ["--config=configs/gated.py", *tiny_flags()]
+TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
+def tree_listing(path) -> dict[str, tuple[int, int]]:
+  """Every file and folder under `path` with its size and mtime: what "untouched" compares."""
+  listing = {}
+  for root, dirs, files in os.walk(path):
+    for name in dirs + files:
+      full = os.path.join(root, name)
+      stat = os.stat(full)
+      listing[os.path.relpath(full, path)] = (stat.st_size, stat.st_mtime_ns)
+  return listing
+
+
+def main_py(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+  """conftest.run_main with extra environment variables for the child."""
+  return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,
+                        env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                        timeout=300, check=False)
+
+
+def truncated_cifar_archive(folder) -> str:
+  """An official-looking cifar-10-python.tar.gz, cut off halfway as by a failed download."""
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    for name in ("data_batch_1", "data_batch_2"):
+      blob = os.urandom(50_000)
+      info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+      info.size = len(blob)
+      tar.addfile(info, io.BytesIO(blob))
+  path = os.path.join(folder, "cifar-10-python.tar.gz")
+  with open(path, "wb") as f:
+    f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+  return path
+
+
+def saved_run(workdir, **overrides) -> str:
+  """A workdir as training leaves it (config, history, a checkpoint folder), for a tiny network."""
+  workdir.mkdir()
+  checkpoints.save_config(str(workdir), tiny_config(**overrides))
+  (workdir / "history.jsonl").write_text(json.dumps({"epoch": 0, "step": 14}) + "\n")
+  (workdir / "checkpoints" / "14").mkdir(parents=True)
+  (workdir / "checkpoints" / "14" / "commit_success.txt").write_text("ok")
+  return str(workdir)
+
+
+class Case(typing.NamedTuple):
+  result: subprocess.CompletedProcess
+  workdir: str  # must not exist afterwards, unless it is `watched`
+  watched: str | None  # a folder that must be left exactly as it was
+  before: dict | None  # its listing before the run
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> dict[str, Case]:
+  root = tmp_path_factory.mktemp("errors")
+  missing = str(root / "missing")
+  empty, empty_workdir = root / "empty", root / "empty_workdir"
+  empty.mkdir()
+  empty_workdir.mkdir()
+  no_tfds = root / "no_tfds" / "tensorflow_datasets"  # As on a machine without TFDS.
+  no_tfds.mkdir(parents=True)
+  (no_tfds / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+  archive_dir = root / "archive"
+  archive_dir.mkdir()
+  truncated_cifar_archive(archive_dir)
+  wider = saved_run(root / "wider", width_multiplier=0.5)
+  resumed = saved_run(root / "resumed")
+
+  # name: (args, env, workdir that must not appear, folder that must stay as it is)
+  specs = {
+      "unknown_key": (TRAIN + ["--config.nonexistent=1"], None, missing, None),
+      "wrong_type": (TRAIN + ["--config.batch_size=abc"], None, missing, None),
+      "wrong_type_in_tuple": (TRAIN + ["--config.lr_milestones=(1,a)"], None, missing, None),
+      "negative_lambda": (TRAIN + ["--config.lambda_l0=-0.5"], None, missing, None),
+      "droprate_init_1": (TRAIN + ["--config.droprate_init=1.0"], None, missing, None),
+      "indivisible_batch": (TRAIN + ["--config.batch_size=33"], TWO_DEVICES, missing, None),
+      "unknown_dataset": (TRAIN + ["--config.dataset=imagenet"], None, missing, None),
+      "missing_config_file": (["--config=configs/nope.py"], None, missing, None),
+      "missing_data_dir": (TRAIN + ["--config.dataset=cifar10", f"--config.data_dir={missing}"],
+                           None, missing, None),
+      "empty_data_dir": (TRAIN + ["--config.dataset=cifar10", f"--config.data_dir={empty}"],
+                         {"PYTHONPATH": str(no_tfds.parent)}, missing, str(empty)),
+      "truncated_archive": (TRAIN + ["--config.dataset=cifar10",
+                                     f"--config.data_dir={archive_dir}"],
+                            None, missing, str(archive_dir)),
+      "test_missing_workdir": (["--mode=test"], None, missing, None),
+      "export_empty_workdir": (["--mode=export"], None, str(empty_workdir), str(empty_workdir)),
+      "init_from_nowhere": (TRAIN + [f"--config.init_from={missing}"], None,
+                            str(root / "tuned"), None),
+      "init_from_wider": (TRAIN + [f"--config.init_from={wider}"], None, str(root / "tuned"),
+                          wider),
+      "resume_other_network": (TRAIN + ["--config.width_multiplier=0.5"], None, resumed, resumed),
+      "debug": (TRAIN + ["--config.lambda_l0=-0.5", "--debug"], None, missing, None),
+  }
+  before = {name: tree_listing(watched) if watched else None
+            for name, (_, _, _, watched) in specs.items()}
+  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+    futures = {name: pool.submit(main_py, *args, f"--workdir={workdir}", env=env)
+               for name, (args, env, workdir, _) in specs.items()}
+  return {name: Case(futures[name].result(), workdir, watched, before[name])
+          for name, (_, _, workdir, watched) in specs.items()}
+
+
+def check_refused(case: Case, *fragments: str) -> None:
+  """The case failed with exit status 2 and one error line holding `fragments`, touching nothing."""
+  result = case.result
+  assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert lines == [lines[-1]] and lines[-1].startswith("error: "), result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in lines[-1], lines[-1]
+  if case.watched is None:
+    assert not os.path.exists(case.workdir), os.listdir(case.workdir)
+  else:
+    assert tree_listing(case.watched) == case.before
+
+
+def test_unknown_config_key(cases):
+  check_refused(cases["unknown_key"], "no field 'nonexistent'")
+
+
+def test_wrong_type(cases):
+  check_refused(cases["wrong_type"], "--config.batch_size=abc")
+
+
+def test_wrong_type_inside_a_tuple(cases):
+  check_refused(cases["wrong_type_in_tuple"], "lr_milestones")
+
+
+def test_negative_lambda_l0(cases):
+  check_refused(cases["negative_lambda"], "lambda_l0=-0.5 must be >= 0")
+
+
+def test_droprate_init_outside_0_1(cases):
+  check_refused(cases["droprate_init_1"], "droprate_init=1.0 must lie in (0, 1)")
+
+
+def test_batch_size_not_divisible_by_the_devices(cases):
+  check_refused(cases["indivisible_batch"], "batch_size=33", "2 devices")
+
+
+def test_unknown_dataset(cases):
+  check_refused(cases["unknown_dataset"], "dataset='imagenet'")
+
+
+def test_missing_config_file(cases):
+  check_refused(cases["missing_config_file"], "configs/nope.py")
+
+
+def test_data_dir_that_does_not_exist(cases):
+  check_refused(cases["missing_data_dir"], "does not exist")
+
+
+def test_data_dir_without_recognised_files(cases):
+  check_refused(cases["empty_data_dir"], "cifar-10-python.tar.gz")
+
+
+def test_truncated_archive(cases):
+  case = cases["truncated_archive"]
+  check_refused(case, os.path.join(case.watched, "cifar-10-python.tar.gz"))
+
+
+def test_test_mode_on_a_missing_workdir(cases):
+  check_refused(cases["test_missing_workdir"], "no training run")
+
+
+def test_export_mode_on_an_empty_workdir(cases):
+  check_refused(cases["export_empty_workdir"], "no training run")
+
+
+def test_init_from_nowhere(cases):
+  check_refused(cases["init_from_nowhere"], "init_from=", "does not exist")
+
+
+def test_init_from_a_different_width(cases):
+  check_refused(cases["init_from_wider"], cases["init_from_wider"].watched,
+                "width_multiplier: 0.5 there, 0.25 here")
+
+
+def test_resuming_with_a_different_network(cases):
+  check_refused(cases["resume_other_network"], "width_multiplier: 0.25 there, 0.5 here",
+                "left untouched")
+
+
+def test_debug_shows_the_traceback(cases):
+  result = cases["debug"].result
+  assert result.returncode != 0 and "Traceback" in result.stderr
+  assert "lambda_l0=-0.5 must be >= 0" in result.stderr
+  assert not os.path.exists(cases["debug"].workdir)
