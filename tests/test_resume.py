@@ -1,0 +1,213 @@
+"""Crashes and resumes through main.py: real SIGKILLs, damaged checkpoints, a loss that turns NaN.
+
+A run killed at any point and started again with the same command must finish
+bitwise identical (on CPU) to one never interrupted. The uninterrupted
+reference and the NaN run start once per module, in the background, while the
+killed runs go on beside them: every process here costs seconds of imports
+and tracing, and they overlap well on two cores. For the same reason they run
+without TensorFlow (metrics go to the console instead of TensorBoard, as on
+the GPU machine): importing it is a fifth of each process's CPU time.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import REPO, tiny_flags
+from l0jax import checkpoints
+from test_errors import TWO_DEVICES, tree_listing
+
+NUM_EPOCHS = 3  # 14 steps each: checkpoints at steps 14, 28 and 42.
+# One step per compiled call, as on CPU by default: the quickest to trace and to run here.
+TRAIN = ["--config=configs/gated.py", *tiny_flags(num_epochs=NUM_EPOCHS, steps_per_call=1)]
+# The learning rate jumps to 1e30 after the first epoch: the loss is NaN two steps later.
+NAN = ["--config=configs/gated.py", *tiny_flags(lr_factor=1e33, steps_per_call=1)]
+STEP_LOGGED = re.compile(r"\[(\d+)\] train/")  # the metric writers' line after each compiled call
+
+
+class Main:
+  """main.py running in the background, its stderr collected (and its last logged step parsed)."""
+
+  def __init__(self, env: dict[str, str], *args: str):
+    self.proc = subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,
+                                 env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+    self.lines = []
+    self.step = 0
+    self._reader = threading.Thread(target=self._read, daemon=True)
+    self._reader.start()
+
+  def _read(self):
+    for line in self.proc.stderr:
+      self.lines.append(line)
+      match = STEP_LOGGED.search(line)
+      if match:
+        self.step = int(match.group(1))
+
+  def wait(self, timeout: float = 400) -> tuple[int, str]:
+    """Exit status and stderr, once it ended."""
+    self.proc.wait(timeout)
+    self._reader.join()
+    return self.proc.returncode, "".join(self.lines)
+
+  def kill_when(self, condition, timeout: float = 400) -> str:
+    """SIGKILLs it the moment `condition()` holds (polled every 2 ms); its stderr.
+
+    Fails if it ended before.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition() and self.proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.002)
+    self.proc.send_signal(signal.SIGKILL)
+    returncode, log = self.wait()
+    assert returncode == -signal.SIGKILL, log[-3000:]
+    return log
+
+
+def checkpoint_names(workdir: str) -> list[str]:
+  folder = os.path.join(workdir, checkpoints.CHECKPOINTS_DIR)
+  return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def step_dirs(workdir: str) -> list[str]:
+  """The finished steps and any half-written ones (Orbax's `<step>.orbax-checkpoint-tmp...`)."""
+  return [n for n in checkpoint_names(workdir) if n[0].isdigit()]
+
+
+def resumed_from(log: str) -> int | None:
+  match = re.search(r"Resuming .* from step (\d+)\.", log)
+  return int(match.group(1)) if match else None
+
+
+def saved_arrays(workdir: str) -> dict[int, dict[str, np.ndarray]]:
+  """Every kept checkpoint's arrays (parameters, gates, BN statistics, optimizer state) by path."""
+  mngr = checkpoints.manager(workdir, read_only=True)
+  return {step: {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in
+                 jax.tree_util.tree_flatten_with_path(
+                     mngr.restore(step, args=ocp.args.StandardRestore()))[0]}
+          for step in mngr.all_steps()}
+
+
+def history(workdir: str) -> list[dict]:
+  """history.jsonl without the wall-clock time, the one field a resumed run may change."""
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"} for line in f]
+
+
+def assert_same_run(workdir: str, reference: str):
+  """Bitwise the same kept checkpoints and the same history as the reference run."""
+  ours, theirs = saved_arrays(workdir), saved_arrays(reference)
+  assert sorted(ours) == sorted(theirs) and max(ours) == 14 * NUM_EPOCHS
+  for step in theirs:
+    assert ours[step].keys() == theirs[step].keys()
+    for name, array in theirs[step].items():
+      np.testing.assert_array_equal(ours[step][name], array, err_msg=f"step {step}: {name}")
+  assert history(workdir) == history(reference)
+  assert not [n for n in checkpoint_names(workdir) if not n.isdigit()]  # no half-written steps
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+  """Environment variables for main.py: a `tensorflow` package that fails to import."""
+  root = tmp_path_factory.mktemp("no_tensorflow")
+  (root / "tensorflow").mkdir()
+  (root / "tensorflow" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+  return {"PYTHONPATH": str(root)}
+
+
+@pytest.fixture(scope="module")
+def background(env, tmp_path_factory):
+  """The uninterrupted reference run and the NaN run (on two devices), started at once."""
+  root = tmp_path_factory.mktemp("background")
+  reference, nan = str(root / "reference"), str(root / "nan")
+  runs = {"reference": (reference, Main(env, *TRAIN, f"--workdir={reference}")),
+          "nan": (nan, Main({**env, **TWO_DEVICES}, *NAN, f"--workdir={nan}"))}
+  yield runs
+  for _, main in runs.values():
+    main.proc.kill()  # In case a failed test left it running.
+
+
+def finished(background, name: str) -> tuple[str, int, str]:
+  """The workdir, exit status and stderr of a background run, once it ended."""
+  workdir, main = background[name]
+  return (workdir, *main.wait())
+
+
+def reference_run(background) -> str:
+  workdir, returncode, log = finished(background, "reference")
+  assert returncode == 0, log[-3000:]
+  return workdir
+
+
+def test_killed_at_several_points_then_resumed_is_bitwise_the_same(env, background, tmp_path):
+  """The same command three times, killed twice: parameters, gates, BN statistics, optimizer
+  state and every epoch's metrics come out as in the reference, to the bit."""
+  workdir = str(tmp_path / "run")
+  args = [*TRAIN, f"--workdir={workdir}"]
+  # 1. While the first checkpoint is being written (or just after): the save is cut, or kept whole.
+  Main(env, *args).kill_when(lambda: step_dirs(workdir))
+  cut = "14" not in step_dirs(workdir)
+  # 2. Late in the run, in the middle of the third epoch.
+  second = Main(env, *args)
+  log = second.kill_when(lambda: second.step >= 2 * 14 + 5)
+  assert resumed_from(log) == (None if cut else 14)  # never a half-written step
+  # 3. To the end.
+  returncode, log = Main(env, *args).wait()
+  assert returncode == 0, log[-3000:]
+  assert resumed_from(log) in (14, 28)
+  assert_same_run(workdir, reference_run(background))
+
+
+def test_a_loss_that_turns_nan_stops_the_run_naming_the_step(background):
+  workdir, returncode, log = finished(background, "nan")
+  assert returncode == 2 and "Traceback" not in log, log[-3000:]
+  last = log.strip().splitlines()[-1]
+  assert re.fullmatch(r"error: the loss became (nan|-?inf) at step 16 \(epoch 2\); training "
+                      r"stopped, keeping the checkpoints in .* \(newest: step 14\)", last), last
+  assert step_dirs(workdir) == ["14"] and len(history(workdir)) == 1
+
+
+def damage(workdir: str, step: int) -> str:
+  """Truncates a checkpoint's largest file, as a copy cut short would; returns the step's folder."""
+  folder = os.path.join(workdir, checkpoints.CHECKPOINTS_DIR, str(step))
+  files = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
+  largest = max(files, key=os.path.getsize)
+  os.truncate(largest, os.path.getsize(largest) // 2)
+  return folder
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_for_the_one_before(env, background, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference_run(background), workdir)
+  newest = damage(workdir, 14 * NUM_EPOCHS)
+  returncode, log = Main(env, *TRAIN, f"--workdir={workdir}").wait()
+  assert returncode == 0, log[-3000:]
+  assert f"Cannot restore the checkpoint {newest} (" in log
+  assert resumed_from(log) == 14 * (NUM_EPOCHS - 1)
+  assert [n.split("-")[0] for n in os.listdir(os.path.join(workdir, checkpoints.CORRUPT_DIR))] == [
+      str(14 * NUM_EPOCHS)]
+  assert_same_run(workdir, reference_run(background))
+
+
+def test_only_damaged_checkpoints_is_an_error_naming_them(env, background, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference_run(background), workdir)
+  damaged = [damage(workdir, int(step)) for step in step_dirs(workdir)]
+  before = tree_listing(workdir)
+  returncode, log = Main(env, *TRAIN, f"--workdir={workdir}").wait()
+  assert returncode == 2 and "Traceback" not in log, log[-3000:]
+  last = log.strip().splitlines()[-1]
+  assert last.startswith("error: no checkpoint in ") and "left untouched" in last, last
+  assert all(folder in last for folder in damaged), last
+  assert tree_listing(workdir) == before
