@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -151,3 +153,51 @@ def test_export_of_a_finished_run(finished_runs):
   assert metrics["params_compact"] <= json.load(open(os.path.join(tuned, "test_metrics.json")))[
       "params_kept"]
   assert os.path.exists(os.path.join(tuned, "export", "inference.jax_export"))
+
+
+def test_one_step_per_call_and_a_scan_of_steps_agree():
+  """The CPU path (a step per call) and the accelerator path (a scan, padded steps skipped)."""
+  config = tiny_config()
+  run = train.setup(config)
+  tx, state = train.initial_state(run)
+  train_steps = train.make_train_steps(run.network, tx, config, run.dataset, run.mesh)
+  images, labels = jnp.asarray(run.dataset.train_images), jnp.asarray(run.dataset.train_labels)
+  first = train.epoch_order(0, 0, len(images), config.batch_size)[:1]
+  copy = lambda s: jax.tree.map(jnp.copy, s)  # train_steps donates its state.
+  stepped, _ = train_steps(copy(state), images, labels, first, np.ones(1, bool))
+  # Two slots, the second one padding: it must change nothing.
+  scanned, metrics = train_steps(copy(state), images, labels, np.concatenate([first, first]),
+                                 np.array([True, False]))
+  assert int(scanned.step) == int(stepped.step) == 1
+  assert float(metrics["loss"][1]) == 0.0
+  # A conv bias feeds a BatchNorm, so its true gradient is 0 and Adam follows
+  # rounding noise that differs between two compiled programs: skip those.
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(scanned)[0],
+                          jax.tree.leaves(stepped)):
+    if "['conv']['bias']" not in jax.tree_util.keystr(path):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  assert train.steps_per_call(tiny_config(steps_per_call=0), 14) == 1  # CPU
+  assert train.steps_per_call(tiny_config(steps_per_call=100), 14) == 14
+
+
+# main.py in a Python where TensorFlow, TFDS and TensorBoard are absent (a None
+# in sys.modules makes their imports fail and find_spec answer None).
+NO_TENSORFLOW = """
+import runpy, sys
+for name in ('tensorflow', 'tensorflow_datasets', 'tensorboard'):
+  sys.modules[name] = None
+sys.argv = ['main.py'] + sys.argv[1:]
+runpy.run_path('main.py', run_name='__main__')
+"""
+
+
+def test_training_runs_without_tensorflow(tmp_path):
+  """The GPU machine has no TensorFlow: training must go on, with one warning."""
+  workdir = str(tmp_path / "run")
+  result = subprocess.run(
+      [sys.executable, "-c", NO_TENSORFLOW, "--config=configs/gated.py", f"--workdir={workdir}",
+       *tiny_flags(num_epochs=1)], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.count("No TensorBoard event files") == 1
+  assert "epoch 1/1: val accuracy" in result.stderr
+  assert os.path.exists(os.path.join(workdir, "checkpoints"))
