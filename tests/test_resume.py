@@ -30,9 +30,9 @@ from test_errors import TWO_DEVICES, tree_listing
 
 NUM_EPOCHS = 3  # 14 steps each: checkpoints at steps 14, 28 and 42.
 # One step per compiled call, as on CPU by default: the quickest to trace and to run here.
-TRAIN = ["--config=configs/gated.py", *tiny_flags(num_epochs=NUM_EPOCHS, steps_per_call=1)]
+TRAIN = ["--config=configs/gated.py", *tiny_flags(num_epochs=NUM_EPOCHS)]
 # The learning rate jumps to 1e30 after the first epoch: the loss is NaN two steps later.
-NAN = ["--config=configs/gated.py", *tiny_flags(lr_factor=1e33, steps_per_call=1)]
+NAN = ["--config=configs/gated.py", *tiny_flags(lr_factor=1e33)]
 STEP_LOGGED = re.compile(r"\[(\d+)\] train/")  # the metric writers' line after each compiled call
 
 
