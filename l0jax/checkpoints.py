@@ -166,6 +166,15 @@ def _flat(tree) -> dict[str, Any]:
   return {_path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def restore_step(mngr: ocp.CheckpointManager, step: int, target: Any = None) -> Any:
+  """One checkpoint, into `target`'s structure (or as saved); a damaged one is a UserError."""
+  args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
+  try:
+    return mngr.restore(step, args=args)
+  except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore raise all sorts.
+    raise UserError(f"cannot restore {_unreadable(mngr, step, e)}") from e
+
+
 def init_source(init_from: str, config: ml_collections.ConfigDict
                 ) -> tuple[ocp.CheckpointManager, int]:
   """The manager and best step of `init_from`, once it is known to hold a run of this network."""
@@ -185,10 +194,7 @@ def load_weights(init_from: str, config: ml_collections.ConfigDict, params, batc
   be fine-tuned with gates. Arrays must match in shape, one for one.
   """
   mngr, step = init_source(init_from, config)
-  try:
-    restored = mngr.restore(step, args=ocp.args.StandardRestore())
-  except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore raise all sorts.
-    raise UserError(f"init_from={init_from}: cannot restore {_unreadable(mngr, step, e)}") from e
+  restored = restore_step(mngr, step)
   source = {**_flat(restored["params"]), **{f"bn:{k}": v for k, v in
                                             _flat(restored["batch_stats"]).items()}}
 

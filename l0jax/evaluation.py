@@ -2,7 +2,6 @@
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from flax import nnx
@@ -19,7 +18,7 @@ def restore_best(workdir: str, **overrides) -> tuple[train.Run, train.TrainState
   mngr, step = checkpoints.best_step(workdir)
   run = train.setup(config)
   _, state = train.initial_state(run)
-  state = mngr.restore(step, args=ocp.args.StandardRestore(state))
+  state = checkpoints.restore_step(mngr, step, state)
   return run, state, step
 
 
