@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -60,3 +61,22 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
   net = abstract(10, 3, width_multiplier=0.25, dtype=jnp.bfloat16)
   assert {x.dtype for x in jax.tree.leaves(nnx.state(net))} == {jnp.dtype(jnp.float32)}
   assert output_shape(net, jnp.ones((1, 8, 8, 3)), train=False).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_matches_reduce_window(stride):
+  x = jax.random.normal(jax.random.key(0), (2, 7, 9, 3))
+  reference = lambda x: nnx.max_pool(x, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)))
+  np.testing.assert_array_equal(model.max_pool_3x3(x, stride), reference(x))
+  weights = jax.random.normal(jax.random.key(1), reference(x).shape)
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)
+  np.testing.assert_allclose(grad(lambda x: model.max_pool_3x3(x, stride)), grad(reference),
+                             atol=1e-6)
+
+
+def test_pointwise_conv_is_the_1x1_convolution():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
+  kernel = jax.random.normal(jax.random.key(1), (1, 1, 4, 6))
+  want = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(model.pointwise_conv(x, kernel, (1, 1), "SAME"), want, atol=1e-5)
