@@ -47,20 +47,19 @@ def init_log_alpha(droprate_init: float):
   return init
 
 
-class L0Gate(nnx.Module):
+def gate_channels(x: jax.Array, log_alpha: jax.Array, key: jax.Array | None = None) -> jax.Array:
   """Multiplies each channel of an NHWC activation by its gate.
 
-  With a `key` (training) every example draws its own gate from that key;
-  without one the test-time gate is used. Gates are float32 whatever the
+  With a `key` (training) every example draws its own gates from that key;
+  without one the test-time gates are used. Gates are float32 whatever the
   activation's dtype; the product is cast back.
   """
+  z = test_gate(log_alpha)[None] if key is None else sample_gate(key, log_alpha, x.shape[0])
+  return x * z[:, None, None, :].astype(x.dtype)
+
+
+class L0Gate(nnx.Module):
+  """The log_alpha of one gated layer's output channels (`gate_channels` applies them)."""
 
   def __init__(self, num_channels: int, droprate_init: float, *, rngs: nnx.Rngs):
     self.log_alpha = nnx.Param(init_log_alpha(droprate_init)(rngs.params(), (num_channels,)))
-
-  def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
-    if key is None:
-      z = test_gate(self.log_alpha[...])[None]
-    else:
-      z = sample_gate(key, self.log_alpha[...], x.shape[0])
-    return x * z[:, None, None, :].astype(x.dtype)

@@ -123,7 +123,11 @@ class ConvBN(nnx.Module):
 
 
 class InceptionBlock(nnx.Module):
-  """Four branches concatenated on channels, each output optionally gated."""
+  """Four branches concatenated on channels, each output optionally gated.
+
+  The four branches' gates multiply the concatenation at once, from one noise
+  draw: gating each branch before concatenating cost ~6% of a CPU step.
+  """
 
   def __init__(self, c_in: int, spec: Inception, *, use_gate: bool, droprate_init: float,
                dtype, rngs: nnx.Rngs):
@@ -143,10 +147,11 @@ class InceptionBlock(nnx.Module):
         self.branch5(self.branch5_reduce(x, train), train),
         self.branch_pool(max_pool_3x3(x, 1), train),
     ]
-    if self.gates:
-      keys = jax.random.split(gate_key, len(outputs)) if gate_key is not None else [None] * 4
-      outputs = [gate(y, k) for gate, y, k in zip(self.gates, outputs, keys)]
-    return jnp.concatenate(outputs, axis=-1)
+    x = jnp.concatenate(outputs, axis=-1)
+    if not self.gates:
+      return x
+    return gates.gate_channels(
+        x, jnp.concatenate([gate.log_alpha[...] for gate in self.gates]), gate_key)
 
 
 class GoogleNet(nnx.Module):
