@@ -113,24 +113,33 @@ def totals(layers: Sequence[Layer]) -> tuple[Count, Count]:
   return sum(l.params for l in layers), sum(l.macs for l in layers)
 
 
-def penalty(kind: str, log_alphas: Mapping[str, jax.Array], arch: model.Architecture, *,
-            image_hw: int, in_channels: int, num_classes: int) -> jax.Array:
-  """The L0 term of the loss, jnp-traceable.
+def penalties(log_alphas: Mapping[str, jax.Array], arch: model.Architecture, *, image_hw: int,
+              in_channels: int, num_classes: int) -> dict[str, jax.Array]:
+  """Every kind of L0 term (PENALTIES), jnp-traceable, from one expected count of the network.
 
   mean_gate: mean P(z != 0) over all gated channels (the seed's R, so its
   lambdas transfer); params / macs: expected kept fraction of the full
   network's parameters / MACs. No gates, no penalty.
   """
+  if not log_alphas:
+    return {kind: jnp.zeros(()) for kind in PENALTIES}
+  shape = dict(image_hw=image_hw, in_channels=in_channels, num_classes=num_classes)
+  (params, macs), (params_full, macs_full) = (totals(count(arch, expected_kept(log_alphas), **shape)),
+                                              totals(count(arch, None, **shape)))
+  return {
+      "mean_gate": jnp.mean(jnp.concatenate([gates.prob_open(la) for la in log_alphas.values()])),
+      "params": params / params_full,
+      "macs": macs / macs_full,
+  }
+
+
+def penalty(kind: str, log_alphas: Mapping[str, jax.Array], arch: model.Architecture, *,
+            image_hw: int, in_channels: int, num_classes: int) -> jax.Array:
+  """The L0 term of the loss of one kind (see `penalties`)."""
   if kind not in PENALTIES:
     raise UserError(f"unknown penalty {kind!r}; choose one of {', '.join(PENALTIES)}")
-  if not log_alphas:
-    return jnp.zeros(())
-  if kind == "mean_gate":
-    return jnp.mean(jnp.concatenate([gates.prob_open(la) for la in log_alphas.values()]))
-  shape = dict(image_hw=image_hw, in_channels=in_channels, num_classes=num_classes)
-  which = 0 if kind == "params" else 1
-  return (totals(count(arch, expected_kept(log_alphas), **shape))[which]
-          / totals(count(arch, None, **shape))[which])
+  return penalties(log_alphas, arch, image_hw=image_hw, in_channels=in_channels,
+                   num_classes=num_classes)[kind]
 
 
 def report(model_or_log_alphas: nnx.Module | Mapping[str, jax.Array],

@@ -100,11 +100,12 @@ def gate_metrics(network: Network, net: model.GoogleNet, penalty: str) -> dict[s
   counts = dict(arch=network.arch, image_hw=network.image_shape[0],
                 in_channels=network.image_shape[-1], num_classes=network.num_classes)
   flat = jnp.concatenate(list(log_alphas.values()))
+  l0 = accounting.penalties(log_alphas, **counts)
   return {
-      "l0": accounting.penalty(penalty, log_alphas, **counts),
+      "l0": l0[penalty],
       "open_gates": jnp.mean(gates.test_gate(flat) > 0),
-      "expected_params_kept": accounting.penalty("params", log_alphas, **counts),
-      "expected_macs_kept": accounting.penalty("macs", log_alphas, **counts),
+      "expected_params_kept": l0["params"],
+      "expected_macs_kept": l0["macs"],
   }
 
 
