@@ -135,7 +135,11 @@ def make_train_steps(network: Network, tx, config, dataset: data.Dataset, mesh) 
   """A compiled `(state, images, labels, indices[n, B], valid[n]) -> (state, per-step metrics)`.
 
   Every call has the same number of steps, so it compiles once; the last call
-  of an epoch marks the steps it does not need as not `valid`, and skips them.
+  of an epoch marks the steps it does not need as not `valid`, and drops their
+  results. They are computed all the same: a `lax.cond` around the step makes
+  XLA copy the whole state every step, and on a GPU wait for the predicate on
+  the host. `steps_per_call` keeps them to at most one per call; their
+  metrics are 0.
   """
   step_fn = functools.partial(train_step, network=network, tx=tx, config=config,
                               mean=dataset.mean, std=dataset.std)
@@ -155,10 +159,9 @@ def make_train_steps(network: Network, tx, config, dataset: data.Dataset, mesh) 
 
     def body(state, xs):
       indices, valid = xs
-      run = lambda s: one_step(s, indices, images, labels)
-      skip = lambda s: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
-                                        jax.eval_shape(run, s)[1]))
-      return jax.lax.cond(valid, run, skip, state)
+      new_state, metrics = one_step(state, indices, images, labels)
+      keep = lambda new, old: jnp.where(valid, new, old)
+      return jax.tree.map(keep, new_state, state), jax.tree.map(lambda m: keep(m, 0), metrics)
 
     return jax.lax.scan(body, state, (indices, valid))
 
@@ -166,14 +169,15 @@ def make_train_steps(network: Network, tx, config, dataset: data.Dataset, mesh) 
 
 
 def steps_per_call(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
-  """Training steps per compiled call, at most an epoch.
+  """Training steps per compiled call: at most `config.steps_per_call`, in equal calls an epoch.
 
   `steps_per_call=0` picks 1 on CPU, where XLA runs convolutions inside a loop
   about ten times slower than outside one, and 100 on accelerators, where
-  fewer host round-trips pay.
+  fewer host round-trips pay. Calls of equal size leave at most one padded
+  step per call (see `make_train_steps`).
   """
   n = config.steps_per_call or (1 if jax.default_backend() == "cpu" else 100)
-  return min(n, epoch_steps)
+  return -(-epoch_steps // -(-epoch_steps // n))
 
 
 def make_evaluate(network: Network, dataset: data.Dataset) -> Callable:
