@@ -114,7 +114,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
                config: ml_collections.ConfigDict, mean, std) -> tuple[TrainState, dict]:
   """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch."""
   aug_key, gate_key = jax.random.split(key)
-  images = data.augment(aug_key, data.normalize(images, mean, std, network.dtype))
+  # Augmented in float32 and rounded to the compute dtype once.
+  images = data.augment(aug_key, data.normalize(images, mean, std)).astype(network.dtype)
 
   def loss_fn(params, batch_stats):
     logits, batch_stats, net = network.apply(params, batch_stats, images, train=True,

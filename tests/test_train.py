@@ -87,6 +87,29 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(use_gate):
     assert float(metrics["l0"]) > 0 and 0 < float(metrics["open_gates"]) <= 1
 
 
+def test_bfloat16_steps_compute_in_bfloat16_and_keep_float32_state_and_loss():
+  config = tiny_config(compute_dtype="bfloat16")
+  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10)
+  tx = train.create_optimizer(config, steps_per_epoch=100)
+  state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+  images = jnp.zeros((4, 8, 8, 3), jnp.uint8)
+  step = lambda s: train.train_step(s, images, jnp.zeros(4, jnp.int32), jax.random.key(0),
+                                    network=network, tx=tx, config=config,
+                                    mean=np.float32(127.0), std=np.float32(70.0))
+  new_state, metrics = jax.eval_shape(step, state)
+  float32 = jnp.dtype(jnp.float32)
+  assert {x.dtype for x in jax.tree.leaves((new_state.params, new_state.batch_stats,
+                                            new_state.opt_state)) if x.ndim} == {float32}
+  assert {m.dtype for m in metrics.values()} <= {float32}
+  # The network's convolutions (forward and backward) and 1x1 matmuls run in
+  # bfloat16; only the augmentation's resampling matmuls stay float32.
+  lines = str(jax.make_jaxpr(step)(state)).splitlines()
+  convs = [line for line in lines if "= conv_general_dilated[" in line]
+  dots = [line for line in lines if "= dot_general[" in line]
+  assert len(convs) > 20 and all(":bf16[" in line for line in convs), convs[:3]
+  assert sum(":bf16[" not in line for line in dots) == 2, dots
+
+
 @pytest.fixture(scope="module")
 def finished_runs(tmp_path_factory):
   """A tiny baseline and a tiny fine-tuned gated run from it, each trained then tested."""
