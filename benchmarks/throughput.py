@@ -1,0 +1,176 @@
+r"""Training and evaluation images/s of the compiled steps main.py runs, with and without gates.
+
+  python -m benchmarks.throughput                                   # CPU-sized, ~2 minutes
+  python -m benchmarks.throughput --batch_sizes=128,512 \
+      --dtypes=float32,bfloat16 --repeats=10 --eval_examples=5000   # an accelerator
+
+Synthetic uint8 images of CIFAR-10's shape sit on the devices as in a real
+run. A timed training call is one `train.make_train_steps` call of as many
+steps as a run's calls have (gather, on-device augmentation, forward, L0
+term, AdamW), followed by fetching its per-step metrics, as the training loop
+does; evaluation is one `train.make_evaluate` call. The baseline's and the
+gated network's calls alternate, so that load from other processes hits both
+alike. Compile time is the first call's time less a later call's. The
+estimated run adds compile times and `--epochs` of training and validation at
+the measured rates (no checkpoints, logs or data loading). Prints one JSON
+object, then a table.
+"""
+
+import json
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from l0jax import config as config_lib
+from l0jax import data, train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("batch_sizes", ["128"], "Training batch sizes to time.")
+flags.DEFINE_list("dtypes", ["auto"], "compute_dtype values to time (auto, float32, bfloat16).")
+flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0 is the SPEC's GoogleNet).")
+flags.DEFINE_integer("image_size", 32, "Square synthetic images of this size, 3 channels.")
+flags.DEFINE_integer("num_train", 10_000, "Synthetic images; 90% of them are the training split.")
+flags.DEFINE_integer("steps", 0, "config.steps_per_call: training steps per compiled call "
+                     "(0: the default, 1 on CPU and 100 on accelerators).")
+flags.DEFINE_integer("repeats", 3, "Timed calls per network (the median counts).")
+flags.DEFINE_integer("eval_examples", 1000, "Images per timed evaluation call.")
+flags.DEFINE_integer("eval_batch_size", 1000, "config.eval_batch_size.")
+flags.DEFINE_integer("epochs", 180, "Epochs of the estimated full run.")
+flags.DEFINE_integer("epoch_examples", 45_000, "Training images an epoch in the estimated run.")
+flags.DEFINE_integer("val_examples", 5_000, "Validation images an epoch in the estimated run.")
+flags.DEFINE_integer("seed", 0, "Seed of the networks, data and batch order.")
+
+
+class Calls(NamedTuple):
+  """One network's compiled calls with their arguments bound; each returns when its result has."""
+
+  train: Callable[[], None]
+  evaluate: Callable[[], None]
+  train_images: int  # per call
+  eval_images: int
+
+
+def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator) -> Calls:
+  """The training and evaluation calls of one network, as `train.train_and_evaluate` makes them."""
+  network, params, batch_stats = train.create_network(config, dataset.train_images.shape[1:],
+                                                      dataset.num_classes)
+  run = train.Run(config, dataset, network, params, batch_stats, mesh,
+                  train.make_evaluate(network, dataset))
+  tx, state = train.initial_state(run)
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(state, replicated)
+  images = jax.device_put(dataset.train_images, replicated)
+  labels = jax.device_put(dataset.train_labels, replicated)
+  train_steps = train.make_train_steps(network, tx, config, dataset, mesh)
+  eval_images = dataset.train_images[:FLAGS.eval_examples]
+  eval_set = train.put_eval_set(eval_images, dataset.train_labels[:FLAGS.eval_examples],
+                                train.eval_batch_size(config, len(eval_images)), mesh)
+  steps = train.steps_per_call(config, FLAGS.epoch_examples // config.batch_size)
+  valid = np.ones(steps, bool)
+
+  def train_call():
+    nonlocal state
+    indices = rng.integers(0, len(dataset.train_images), (steps, config.batch_size), dtype=np.int32)
+    state, metrics = train_steps(state, images, labels,
+                                 jax.device_put(indices, NamedSharding(mesh, P(None, "data"))),
+                                 valid)
+    if not np.all(np.isfinite(jax.device_get(metrics)["loss"])):
+      raise FloatingPointError("the training loss is not finite")
+
+  def evaluate_call():
+    jax.device_get(run.evaluate(state.params, state.batch_stats, *eval_set))
+
+  return Calls(train_call, evaluate_call, steps * config.batch_size, len(eval_images))
+
+
+def seconds(call: Callable[[], None]) -> float:
+  start = time.perf_counter()
+  call()
+  return time.perf_counter() - start
+
+
+def measure(calls: dict[str, Callable[[], None]]) -> dict[str, tuple[float, float]]:
+  """(first call, median of `--repeats` later calls) in seconds, for each of `calls`.
+
+  The first call traces and compiles; one more warms up. The timed calls of
+  the networks alternate.
+  """
+  first = {name: seconds(call) for name, call in calls.items()}
+  for call in calls.values():
+    call()
+  timed = {name: [] for name in calls}
+  for _ in range(FLAGS.repeats):
+    for name, call in calls.items():
+      timed[name].append(seconds(call))
+  return {name: (first[name], float(np.median(timed[name]))) for name in calls}
+
+
+def benchmark(dtype: str, batch_size: int, dataset: data.Dataset, mesh) -> list[dict]:
+  """Results of the baseline and the gated network at one dtype and batch size."""
+  rng = np.random.default_rng(FLAGS.seed)
+  nets = {}
+  for use_gate in (False, True):  # The gated network second: results[1] below.
+    config = config_lib.base_config()
+    config.update(dataset="synthetic", synthetic_image_size=FLAGS.image_size,
+                  width_multiplier=FLAGS.width_multiplier, use_gate=use_gate,
+                  compute_dtype=dtype, batch_size=batch_size, steps_per_call=FLAGS.steps,
+                  eval_batch_size=FLAGS.eval_batch_size, seed=FLAGS.seed)
+    config_lib.validate(config)
+    nets[use_gate] = network_calls(config, dataset, mesh, rng)
+  trained = measure({use_gate: t.train for use_gate, t in nets.items()})
+  evaluated = measure({use_gate: t.evaluate for use_gate, t in nets.items()})
+  results = []
+  for use_gate in nets:
+    (train_first, train_s), (eval_first, eval_s) = trained[use_gate], evaluated[use_gate]
+    train_rate, eval_rate = nets[use_gate].train_images / train_s, nets[use_gate].eval_images / eval_s
+    compile_s, eval_compile_s = train_first - train_s, eval_first - eval_s
+    results.append({
+        "dtype": jnp.dtype(train.compute_dtype(dtype)).name, "batch_size": batch_size,
+        "gates": use_gate, "steps_per_call": nets[use_gate].train_images // batch_size,
+        "train_images_per_s": round(train_rate, 1),
+        "eval_images_per_s": round(eval_rate, 1),
+        "train_compile_s": round(compile_s, 2),
+        "eval_compile_s": round(eval_compile_s, 2),
+        "estimated_run_s": round(
+            compile_s + eval_compile_s + FLAGS.epochs * (FLAGS.epoch_examples / train_rate
+                                                          + FLAGS.val_examples / eval_rate), 1),
+    })
+  gated = results[1]
+  gated["gate_overhead"] = round(trained[True][1] / trained[False][1] - 1, 4)
+  return results
+
+
+def main(argv):
+  del argv
+  config = config_lib.base_config()
+  config.update(dataset="synthetic", synthetic_image_size=FLAGS.image_size,
+                synthetic_num_train=FLAGS.num_train)
+  dataset = data.load_dataset(config)
+  mesh = train.data_mesh()
+  results = [r for dtype in FLAGS.dtypes for batch_size in map(int, FLAGS.batch_sizes)
+             for r in benchmark(dtype, batch_size, dataset, mesh)]
+  print(json.dumps({
+      "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+      "device_count": jax.device_count(), "width_multiplier": FLAGS.width_multiplier,
+      "image_size": FLAGS.image_size, "repeats": FLAGS.repeats,
+      "eval_examples": min(FLAGS.eval_examples, len(dataset.train_images)), "estimated_run": {
+          "epochs": FLAGS.epochs, "epoch_examples": FLAGS.epoch_examples,
+          "val_examples": FLAGS.val_examples},
+      "results": results}))
+  print(f"\n{'dtype':<9} {'batch':>6} {'gates':>5} {'train img/s':>12} {'eval img/s':>11} "
+        f"{'eval/train':>10} {'compile s':>10} {'gate cost':>9} {'est. run s':>10}")
+  for r in results:
+    overhead = f"{r['gate_overhead']:+.1%}" if "gate_overhead" in r else ""
+    print(f"{r['dtype']:<9} {r['batch_size']:>6} {'yes' if r['gates'] else 'no':>5} "
+          f"{r['train_images_per_s']:>12,.0f} {r['eval_images_per_s']:>11,.0f} "
+          f"{r['eval_images_per_s'] / r['train_images_per_s']:>9.1f}x "
+          f"{r['train_compile_s']:>10.1f} {overhead:>9} {r['estimated_run_s']:>10,.0f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,27 @@
+"""benchmarks/throughput.py on a tiny setting: it runs and prints its JSON and table."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_throughput_benchmark_prints_json_and_a_table():
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.throughput", "--width_multiplier=0.25",
+       "--image_size=8", "--batch_sizes=16", "--num_train=256", "--repeats=1",
+       "--eval_examples=32", "--eval_batch_size=32", "--epochs=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  first, *table = result.stdout.splitlines()
+  summary = json.loads(first)
+  assert summary["backend"] == "cpu" and summary["estimated_run"]["epochs"] == 2
+  baseline, gated = summary["results"]
+  assert (baseline["gates"], gated["gates"]) == (False, True)
+  for r in (baseline, gated):
+    assert r["dtype"] == "float32" and r["batch_size"] == 16 and r["steps_per_call"] == 1
+    assert r["train_images_per_s"] > 0 and r["eval_images_per_s"] > 0
+    assert r["train_compile_s"] > 0 and r["estimated_run_s"] > 0
+  assert "gate_overhead" in gated and "gate_overhead" not in baseline
+  assert table[1].split()[:3] == ["dtype", "batch", "gates"] and len(table) == 4
