@@ -124,8 +124,8 @@ def penalties(log_alphas: Mapping[str, jax.Array], arch: model.Architecture, *, 
   if not log_alphas:
     return {kind: jnp.zeros(()) for kind in PENALTIES}
   shape = dict(image_hw=image_hw, in_channels=in_channels, num_classes=num_classes)
-  (params, macs), (params_full, macs_full) = (totals(count(arch, expected_kept(log_alphas), **shape)),
-                                              totals(count(arch, None, **shape)))
+  params, macs = totals(count(arch, expected_kept(log_alphas), **shape))
+  params_full, macs_full = totals(count(arch, None, **shape))
   return {
       "mean_gate": jnp.mean(jnp.concatenate([gates.prob_open(la) for la in log_alphas.values()])),
       "params": params / params_full,
