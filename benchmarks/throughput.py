@@ -10,12 +10,14 @@ steps as a run's calls have (gather, on-device augmentation, forward, L0
 term, AdamW), followed by fetching its per-step metrics, as the training loop
 does; evaluation is one `train.make_evaluate` call. The baseline's and the
 gated network's calls alternate, so that load from other processes hits both
-alike. Compile time is the first call's time less a later call's. The
+alike; on a CPU the gates' cost is also given in CPU time, which such load
+leaves alone. Compile time is the first call's time less a later call's. The
 estimated run adds compile times and `--epochs` of training and validation at
 the measured rates (no checkpoints, logs or data loading). Prints one JSON
 object, then a table.
 """
 
+import contextlib
 import json
 import time
 from typing import Callable, NamedTuple
@@ -44,6 +46,8 @@ flags.DEFINE_integer("epochs", 180, "Epochs of the estimated full run.")
 flags.DEFINE_integer("epoch_examples", 45_000, "Training images an epoch in the estimated run.")
 flags.DEFINE_integer("val_examples", 5_000, "Validation images an epoch in the estimated run.")
 flags.DEFINE_integer("seed", 0, "Seed of the networks, data and batch order.")
+flags.DEFINE_string("profile_dir", "", "If set, a jax.profiler trace of the timed calls goes here "
+                    "(TensorBoard's profile plugin, or its *.trace.json.gz in Perfetto).")
 
 
 class Calls(NamedTuple):
@@ -88,26 +92,34 @@ def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator)
   return Calls(train_call, evaluate_call, steps * config.batch_size, len(eval_images))
 
 
-def seconds(call: Callable[[], None]) -> float:
-  start = time.perf_counter()
+class Timing(NamedTuple):
+  """Seconds of one network's calls."""
+
+  first_s: float  # the first call: tracing, compiling and one run
+  s: float  # median of `--repeats` later calls
+  cpu_s: float  # their median CPU time of this process, all threads
+
+
+def seconds(call: Callable[[], None]) -> tuple[float, float]:
+  """Wall and process CPU seconds of one call."""
+  start, cpu_start = time.perf_counter(), time.process_time()
   call()
-  return time.perf_counter() - start
+  return time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def measure(calls: dict[str, Callable[[], None]]) -> dict[str, tuple[float, float]]:
-  """(first call, median of `--repeats` later calls) in seconds, for each of `calls`.
-
-  The first call traces and compiles; one more warms up. The timed calls of
-  the networks alternate.
-  """
-  first = {name: seconds(call) for name, call in calls.items()}
+def measure(calls: dict[bool, Callable[[], None]]) -> dict[bool, Timing]:
+  """Each call's timing; after the first calls and a warm-up, the calls alternate."""
+  first = {use_gate: seconds(call)[0] for use_gate, call in calls.items()}
   for call in calls.values():
     call()
-  timed = {name: [] for name in calls}
-  for _ in range(FLAGS.repeats):
-    for name, call in calls.items():
-      timed[name].append(seconds(call))
-  return {name: (first[name], float(np.median(timed[name]))) for name in calls}
+  timed = {use_gate: [] for use_gate in calls}
+  with (jax.profiler.trace(FLAGS.profile_dir, create_perfetto_trace=True) if FLAGS.profile_dir
+        else contextlib.nullcontext()):
+    for _ in range(FLAGS.repeats):
+      for use_gate, call in calls.items():
+        timed[use_gate].append(seconds(call))
+  return {use_gate: Timing(first[use_gate], *np.median(timed[use_gate], axis=0).tolist())
+          for use_gate in calls}
 
 
 def benchmark(dtype: str, batch_size: int, dataset: data.Dataset, mesh) -> list[dict]:
@@ -116,8 +128,7 @@ def benchmark(dtype: str, batch_size: int, dataset: data.Dataset, mesh) -> list[
   nets = {}
   for use_gate in (False, True):  # The gated network second: results[1] below.
     config = config_lib.base_config()
-    config.update(dataset="synthetic", synthetic_image_size=FLAGS.image_size,
-                  width_multiplier=FLAGS.width_multiplier, use_gate=use_gate,
+    config.update(dataset="synthetic", width_multiplier=FLAGS.width_multiplier, use_gate=use_gate,
                   compute_dtype=dtype, batch_size=batch_size, steps_per_call=FLAGS.steps,
                   eval_batch_size=FLAGS.eval_batch_size, seed=FLAGS.seed)
     config_lib.validate(config)
@@ -126,9 +137,9 @@ def benchmark(dtype: str, batch_size: int, dataset: data.Dataset, mesh) -> list[
   evaluated = measure({use_gate: t.evaluate for use_gate, t in nets.items()})
   results = []
   for use_gate in nets:
-    (train_first, train_s), (eval_first, eval_s) = trained[use_gate], evaluated[use_gate]
-    train_rate, eval_rate = nets[use_gate].train_images / train_s, nets[use_gate].eval_images / eval_s
-    compile_s, eval_compile_s = train_first - train_s, eval_first - eval_s
+    t, e = trained[use_gate], evaluated[use_gate]
+    train_rate, eval_rate = nets[use_gate].train_images / t.s, nets[use_gate].eval_images / e.s
+    compile_s, eval_compile_s = t.first_s - t.s, e.first_s - e.s
     results.append({
         "dtype": jnp.dtype(train.compute_dtype(dtype)).name, "batch_size": batch_size,
         "gates": use_gate, "steps_per_call": nets[use_gate].train_images // batch_size,
@@ -141,7 +152,9 @@ def benchmark(dtype: str, batch_size: int, dataset: data.Dataset, mesh) -> list[
                                                           + FLAGS.val_examples / eval_rate), 1),
     })
   gated = results[1]
-  gated["gate_overhead"] = round(trained[True][1] / trained[False][1] - 1, 4)
+  gated["gate_overhead"] = round(trained[True].s / trained[False].s - 1, 4)
+  if jax.default_backend() == "cpu":  # Work done, whatever else the machine runs.
+    gated["gate_overhead_cpu_time"] = round(trained[True].cpu_s / trained[False].cpu_s - 1, 4)
   return results
 
 
@@ -163,13 +176,15 @@ def main(argv):
           "val_examples": FLAGS.val_examples},
       "results": results}))
   print(f"\n{'dtype':<9} {'batch':>6} {'gates':>5} {'train img/s':>12} {'eval img/s':>11} "
-        f"{'eval/train':>10} {'compile s':>10} {'gate cost':>9} {'est. run s':>10}")
+        f"{'eval/train':>10} {'compile s':>10} {'gate cost':>9} {'(CPU time)':>10} "
+        f"{'est. run s':>10}")
+  percent = lambda r, key: f"{r[key]:+.1%}" if key in r else ""
   for r in results:
-    overhead = f"{r['gate_overhead']:+.1%}" if "gate_overhead" in r else ""
     print(f"{r['dtype']:<9} {r['batch_size']:>6} {'yes' if r['gates'] else 'no':>5} "
           f"{r['train_images_per_s']:>12,.0f} {r['eval_images_per_s']:>11,.0f} "
           f"{r['eval_images_per_s'] / r['train_images_per_s']:>9.1f}x "
-          f"{r['train_compile_s']:>10.1f} {overhead:>9} {r['estimated_run_s']:>10,.0f}")
+          f"{r['train_compile_s']:>10.1f} {percent(r, 'gate_overhead'):>9} "
+          f"{percent(r, 'gate_overhead_cpu_time'):>10} {r['estimated_run_s']:>10,.0f}")
 
 
 if __name__ == "__main__":
