@@ -91,28 +91,28 @@ def write_cifar10_binary(root):
   return f, folder
 
 
-def write_cifar100_python(root):
+def _write_cifar100(root, folder_name, suffix, encode):
+  """The train and test files of a CIFAR-100 layout, each `encode(images, labels)` as bytes."""
   f = _arrays(3 * BATCH, 100)
-  folder = root / "cifar-100-python"
+  folder = root / folder_name
   folder.mkdir(parents=True)
-  for name, images, labels in [("train", f.train_images, f.train_labels),
-                               ("test", f.test_images, f.test_labels)]:
-    batch = {b"data": _chw_rows(images), b"fine_labels": labels.tolist(),
-             b"coarse_labels": (labels // 5).tolist()}
-    (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+  (folder / f"train{suffix}").write_bytes(encode(f.train_images, f.train_labels))
+  (folder / f"test{suffix}").write_bytes(encode(f.test_images, f.test_labels))
   return f, folder
+
+
+def write_cifar100_python(root):
+  def pickled(images, labels):
+    return pickle.dumps({b"data": _chw_rows(images), b"fine_labels": labels.tolist(),
+                         b"coarse_labels": (labels // 5).tolist()}, protocol=2)
+  return _write_cifar100(root, "cifar-100-python", "", pickled)
 
 
 def write_cifar100_binary(root):
-  f = _arrays(3 * BATCH, 100)
-  folder = root / "cifar-100-binary"
-  folder.mkdir(parents=True)
-  for name, images, labels in [("train.bin", f.train_images, f.train_labels),
-                               ("test.bin", f.test_images, f.test_labels)]:
+  def records(images, labels):
     labels = labels[:, None].astype(np.uint8)
-    records = np.concatenate([labels // 5, labels, _chw_rows(images)], axis=1)
-    (folder / name).write_bytes(records.tobytes())
-  return f, folder
+    return np.concatenate([labels // 5, labels, _chw_rows(images)], axis=1).tobytes()
+  return _write_cifar100(root, "cifar-100-binary", ".bin", records)
 
 
 def _idx(array):

@@ -139,71 +139,35 @@ def check_refused(case: Case, *fragments: str) -> None:
     assert tree_listing(case.watched) == case.before
 
 
-def test_unknown_config_key(cases):
-  check_refused(cases["unknown_key"], "no field 'nonexistent'")
+# case name: fragments its error line must hold; "{watched}" stands for the case's watched folder.
+REFUSALS = {
+    "unknown_key": ["no field 'nonexistent'"],
+    "wrong_type": ["--config.batch_size=abc"],
+    "wrong_type_in_tuple": ["lr_milestones"],
+    "negative_lambda": ["lambda_l0=-0.5 must be >= 0"],
+    "droprate_init_1": ["droprate_init=1.0 must lie in (0, 1)"],
+    "indivisible_batch": ["batch_size=33", "2 devices"],
+    "unknown_dataset": ["dataset='imagenet'"],
+    "missing_config_file": ["configs/nope.py"],
+    "missing_data_dir": ["does not exist"],
+    "empty_data_dir": ["cifar-10-python.tar.gz"],
+    "truncated_archive": [os.path.join("{watched}", "cifar-10-python.tar.gz")],
+    "test_missing_workdir": ["no training run"],
+    "export_empty_workdir": ["no training run"],
+    "init_from_nowhere": ["init_from=", "does not exist"],
+    "init_from_wider": ["{watched}", "width_multiplier: 0.5 there, 0.25 here"],
+    "resume_other_network": ["width_multiplier: 0.25 there, 0.5 here", "left untouched"],
+}
 
 
-def test_wrong_type(cases):
-  check_refused(cases["wrong_type"], "--config.batch_size=abc")
+def test_every_refusal_case_is_checked(cases):
+  assert set(cases) == set(REFUSALS) | {"debug"}
 
 
-def test_wrong_type_inside_a_tuple(cases):
-  check_refused(cases["wrong_type_in_tuple"], "lr_milestones")
-
-
-def test_negative_lambda_l0(cases):
-  check_refused(cases["negative_lambda"], "lambda_l0=-0.5 must be >= 0")
-
-
-def test_droprate_init_outside_0_1(cases):
-  check_refused(cases["droprate_init_1"], "droprate_init=1.0 must lie in (0, 1)")
-
-
-def test_batch_size_not_divisible_by_the_devices(cases):
-  check_refused(cases["indivisible_batch"], "batch_size=33", "2 devices")
-
-
-def test_unknown_dataset(cases):
-  check_refused(cases["unknown_dataset"], "dataset='imagenet'")
-
-
-def test_missing_config_file(cases):
-  check_refused(cases["missing_config_file"], "configs/nope.py")
-
-
-def test_data_dir_that_does_not_exist(cases):
-  check_refused(cases["missing_data_dir"], "does not exist")
-
-
-def test_data_dir_without_recognised_files(cases):
-  check_refused(cases["empty_data_dir"], "cifar-10-python.tar.gz")
-
-
-def test_truncated_archive(cases):
-  case = cases["truncated_archive"]
-  check_refused(case, os.path.join(case.watched, "cifar-10-python.tar.gz"))
-
-
-def test_test_mode_on_a_missing_workdir(cases):
-  check_refused(cases["test_missing_workdir"], "no training run")
-
-
-def test_export_mode_on_an_empty_workdir(cases):
-  check_refused(cases["export_empty_workdir"], "no training run")
-
-
-def test_init_from_nowhere(cases):
-  check_refused(cases["init_from_nowhere"], "init_from=", "does not exist")
-
-
-def test_init_from_a_different_width(cases):
-  check_refused(cases["init_from_wider"], cases["init_from_wider"].watched,
-                "width_multiplier: 0.5 there, 0.25 here")
-
-
-def test_resuming_with_a_different_network(cases):
-  check_refused(cases["resume_other_network"], "width_multiplier: 0.25 there, 0.5 here",
-                "left untouched")
+@pytest.mark.parametrize("name", REFUSALS)
+def test_bad_input_is_refused(cases, name):
+  case = cases[name]
+  check_refused(case, *(f.format(watched=case.watched) for f in REFUSALS[name]))
 
 
 def test_debug_shows_the_traceback(cases):
