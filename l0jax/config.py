@@ -66,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
   # a loop ~10x slower), 100 on accelerators.
   c.steps_per_call = 0
   c.eval_batch_size = 1000
+  # Training metrics, averaged over this many steps, go to TensorBoard and the
+  # console (history.jsonl keeps each epoch's mean).
+  c.log_every_steps = 100
   # Checkpoints kept besides the best by validation accuracy.
   c.keep_checkpoints = 2
   return c
@@ -95,7 +98,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in c.lr_milestones),
         f"lr_milestones={tuple(c.lr_milestones)} must be epochs (integers >= 0)")
   check(c.steps_per_call >= 0, f"steps_per_call={c.steps_per_call} must be >= 0 (0: automatic)")
-  for field in ("num_epochs", "batch_size", "eval_batch_size",
+  for field in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
                 "keep_checkpoints", "synthetic_image_size", "synthetic_num_train"):
     check(c[field] >= 1, f"{field}={c[field]} must be >= 1")
   check(c.max_train_examples >= 0, f"max_train_examples={c.max_train_examples} must be >= 0")

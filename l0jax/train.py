@@ -305,6 +305,11 @@ def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
   return tx, TrainState(jnp.zeros((), jnp.int32), run.params, run.batch_stats, tx.init(run.params))
 
 
+def _means(calls: list[dict[str, np.ndarray]]) -> dict[str, float]:
+  """Each metric's mean over the steps of `calls` (per-call arrays of per-step values)."""
+  return {k: float(np.concatenate([m[k] for m in calls]).mean()) for k in calls[0]}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir`; returns the last validation metrics.
 
@@ -359,6 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   for epoch in range(start_epoch, config.num_epochs):
     order = epoch_order(config.seed, epoch, len(ds.train_images), config.batch_size)
     epoch_start = time.monotonic()
+    epoch_metrics, window = [], []  # per-call metrics of the epoch and of the logging window
     for first in range(step - epoch * epoch_steps, epoch_steps, chunk):
       indices = order[first:first + chunk]
       num_valid = len(indices)
@@ -376,12 +382,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise UserError(f"the loss became {metrics['loss'][bad[0]]} at step {step + bad[0] + 1} "
                         f"(epoch {epoch + 1}); training stopped{kept}")
       step += num_valid
-      writer.write_scalars(step, {**{f"train/{k}": v.mean() for k, v in metrics.items()},
-                                  "train/learning_rate": schedule(step - 1)})
+      epoch_metrics.append(metrics)
+      window.append(metrics)
+      if step // config.log_every_steps > (step - num_valid) // config.log_every_steps:
+        writer.write_scalars(step, {**{f"train/{k}": v for k, v in _means(window).items()},
+                                    "train/learning_rate": schedule(step - 1)})
+        window = []
       progress(step)
     val = evaluate_split(run, state.params, state.batch_stats, ds.val_images, ds.val_labels)
     record = {"epoch": epoch, "step": step, "epoch_seconds": time.monotonic() - epoch_start,
-              **{f"train_{k}": float(v.mean()) for k, v in metrics.items()},
+              **{f"train_{k}": v for k, v in _means(epoch_metrics).items()},
               **{f"val_{k}": v for k, v in val.items()}}
     scalars = {f"val/{k}": v for k, v in val.items()}
     if config.use_gate:

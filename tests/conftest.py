@@ -27,6 +27,7 @@ TINY = {
     "batch_size": 32,
     "eval_batch_size": 64,
     "steps_per_call": 1,  # The CPU default: no loop inside the compiled step.
+    "log_every_steps": 1,  # A console line after every step: tests follow a run's progress.
     "num_epochs": 2,
     "lr_milestones": (1,),
 }

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -216,12 +217,21 @@ runpy.run_path('main.py', run_name='__main__')
 
 
 def test_training_runs_without_tensorflow(tmp_path):
-  """The GPU machine has no TensorFlow: training must go on, with one warning."""
+  """The GPU machine has no TensorFlow: training must go on, with one warning.
+
+  Its console lines also show the logging window: the mean of every
+  `log_every_steps` steps, and history.jsonl the epoch's mean.
+  """
   workdir = str(tmp_path / "run")
   result = subprocess.run(
       [sys.executable, "-c", NO_TENSORFLOW, "--config=configs/gated.py", f"--workdir={workdir}",
-       *tiny_flags(num_epochs=1)], cwd=REPO, capture_output=True, text=True, timeout=300)
+       *tiny_flags(num_epochs=1, log_every_steps=2)], cwd=REPO, capture_output=True, text=True,
+      timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stderr.count("No TensorBoard event files") == 1
   assert "epoch 1/1: val accuracy" in result.stderr
   assert os.path.exists(os.path.join(workdir, "checkpoints"))
+  logged = re.findall(r"\[(\d+)\] train/.*train/loss=([-\d.e+]+)", result.stderr)
+  assert [int(step) for step, _ in logged] == list(range(2, 15, 2))  # 14 steps, windows of 2
+  window_means = [float(loss) for _, loss in logged]
+  assert history_line(workdir)["train_loss"] == pytest.approx(np.mean(window_means), rel=1e-4)
