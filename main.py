@@ -2,6 +2,7 @@ r"""l0jax: train, test, export and analyse L0-gated GoogleNets.
 
   python main.py --config=configs/gated.py --workdir=runs/gated        # train, or resume
   python main.py --mode=test --workdir=runs/gated                      # best checkpoint, test split
+  python main.py --mode=test --checkpoint=last --workdir=runs/gated    # the newest instead
   python main.py --mode=export --workdir=runs/gated                    # compact network
   python main.py --mode=analyze --workdir=runs/gated                   # figures of the gates
 
@@ -26,6 +27,9 @@ config_flags.DEFINE_config_file("config", None, "A file in configs/ (train mode 
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run's config, checkpoints and logs live.")
 flags.DEFINE_enum("mode", "train", MODES, "What to do with the workdir.")
+flags.DEFINE_enum("checkpoint", "best", ("best", "last"),
+                  "The checkpoint test, export and analyze read: the best by validation "
+                  "accuracy, or the newest.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (one process per host).")
 flags.DEFINE_bool("debug", False, "Show Python tracebacks for bad input too.")
 
@@ -85,12 +89,12 @@ def run(mode: str, workdir: str):
   if mode == "train":
     train.train_and_evaluate(config, workdir)
   elif mode == "test":
-    evaluation.test(workdir)
+    evaluation.test(workdir, FLAGS.checkpoint)
   elif mode == "export":
-    evaluation.export(workdir)
+    evaluation.export(workdir, FLAGS.checkpoint)
   else:
     from l0jax import analysis  # pylint: disable=import-outside-toplevel
-    analysis.analyze(workdir)
+    analysis.analyze(workdir, FLAGS.checkpoint)
 
 
 class QuietLibraries(py_logging.Filter):

@@ -2,8 +2,8 @@
 
 `analyze(workdir)` reads only what training and testing left in the workdir:
 config.json, history.jsonl (with every gate's log_alpha per epoch) and
-test_metrics.json. An untested run gets the same cost report from its best
-checkpoint. Figures are drawn on matplotlib `Figure`s and rendered by Agg,
+test_metrics.json when it was tested at the same checkpoint (best or last);
+otherwise the cost report is made from that checkpoint. Figures are drawn on matplotlib `Figure`s and rendered by Agg,
 never through pyplot, so no display is needed and no global state is touched.
 """
 
@@ -46,12 +46,14 @@ def load_history(workdir: str | os.PathLike) -> list[dict[str, Any]]:
   return history
 
 
-def best_metrics(workdir: epath.Path) -> tuple[dict[str, Any], bool]:
-  """(test_metrics.json, True), or, for an untested run, its best checkpoint's costs and False."""
+def checkpoint_metrics(workdir: epath.Path, which: str) -> tuple[dict[str, Any], bool]:
+  """(test_metrics.json, True) if it was tested at the `which` checkpoint, else its costs and False."""
   path = workdir / evaluation.TEST_METRICS_FILE
   if path.exists():
-    return json.loads(path.read_text()), True
-  run, state, step = evaluation.restore_best(str(workdir))
+    metrics = json.loads(path.read_text())
+    if metrics.get("checkpoint", "best") == which:
+      return metrics, True
+  run, state, step = evaluation.restore(str(workdir), which)
   return {"checkpoint_step": step,
           **evaluation.cost_report(run, evaluation.gated_network(run, state))}, False
 
@@ -104,7 +106,7 @@ def log_alpha_figure(log_alphas: dict[str, np.ndarray], title: str) -> Figure:
   return fig
 
 
-def log_alpha_trajectory_figure(history: Sequence[dict], best_epoch: int) -> Figure:
+def log_alpha_trajectory_figure(history: Sequence[dict], marked_epoch: int, which: str) -> Figure:
   """log_alpha of every gate over the epochs, one panel per block, one colour per branch."""
   epochs = _epochs(history)
   names = list(history[-1]["log_alpha"])
@@ -120,7 +122,7 @@ def log_alpha_trajectory_figure(history: Sequence[dict], best_epoch: int) -> Fig
       for j, channel in enumerate(values.T):
         ax.plot(epochs, channel, color=f"C{color}", lw=0.6, alpha=0.5,
                 label=name.split("/")[1] if j == 0 else None)
-    ax.axvline(best_epoch, color="k", lw=0.6, alpha=0.4)
+    ax.axvline(marked_epoch, color="k", lw=0.6, alpha=0.4)
     ax.set_title(block, fontsize=9)
     ax.grid(alpha=0.3)
   for ax in axes[len(blocks):]:
@@ -132,7 +134,8 @@ def log_alpha_trajectory_figure(history: Sequence[dict], best_epoch: int) -> Fig
   handles, labels = axes[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
              frameon=False)
-  fig.suptitle("log_alpha of every gate per epoch (thin grey line: best checkpoint)", fontsize=10)
+  fig.suptitle(f"log_alpha of every gate per epoch (thin grey line: {which} checkpoint)",
+               fontsize=10)
   return fig
 
 
@@ -154,7 +157,8 @@ def channels_figure(layers: Sequence[dict], title: str) -> Figure:
   return fig
 
 
-def trajectories_figure(history: Sequence[dict], best_epoch: int, lambda_l0: float | None,
+def trajectories_figure(history: Sequence[dict], marked_epoch: int, which: str,
+                        lambda_l0: float | None,
                         gate_fractions: dict[str, np.ndarray] | None) -> Figure:
   """Per epoch: accuracy and cross-entropy; with gates, the L0 term and what is kept too.
 
@@ -188,13 +192,13 @@ def trajectories_figure(history: Sequence[dict], best_epoch: int, lambda_l0: flo
                            colors=[STATE_COLORS[s] for s in STATES], alpha=0.8)
     ax["states"].set(title="gates by state", ylabel="% of gates", ylim=(0, 100))
   for a in ax.values():
-    a.axvline(best_epoch, color="k", lw=0.6, alpha=0.4)
+    a.axvline(marked_epoch, color="k", lw=0.6, alpha=0.4)
     a.set_xlabel("epoch")
     a.xaxis.set_major_locator(MaxNLocator(integer=True))
     a.grid(alpha=0.3)
     if a.get_legend_handles_labels()[0]:
       a.legend(fontsize=7)
-  fig.suptitle("training per epoch (thin grey line: best checkpoint)", fontsize=10)
+  fig.suptitle(f"training per epoch (thin grey line: {which} checkpoint)", fontsize=10)
   return fig
 
 
@@ -202,7 +206,8 @@ def _percent(x: float) -> str:
   return f"{100 * x:.1f}%"
 
 
-def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], best: dict,
+def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], which: str,
+                     chosen: dict,
                      metrics: dict, tested: bool, layer_states: dict[str, dict[str, int]],
                      total: dict[str, int], figures: Sequence[str]) -> str:
   """The run in a few lines: what it is, what it is worth, and what its gates decided."""
@@ -210,13 +215,14 @@ def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], best:
   kind = (f"with L0 gates (lambda_l0 = {config.lambda_l0:g}, penalty {config.penalty})"
           if config.use_gate else "without gates")
   test = (f"test accuracy {100 * metrics['test_accuracy']:.2f}%" if tested else
-          "not tested yet (`--mode=test`); the costs below are its best checkpoint's")
+          f"not tested at its {which} checkpoint yet (`--mode=test`); the costs below are "
+          "that checkpoint's")
   lines = [
       f"# Analysis of `{workdir}`", "",
       f"{config.dataset}, GoogleNet at width {config.width_multiplier:g} {kind}: "
       f"{len(history)} of {config.num_epochs} epochs, {minutes:.1f} min of training.", "",
-      f"Best checkpoint: epoch {best['epoch'] + 1} (step {best['step']}), validation accuracy "
-      f"{100 * best['val_accuracy']:.2f}%; {test}.", "",
+      f"{which.capitalize()} checkpoint: epoch {chosen['epoch'] + 1} (step {chosen['step']}), "
+      f"validation accuracy {100 * chosen['val_accuracy']:.2f}%; {test}.", "",
       "| | full | kept | kept |", "|---|---:|---:|---:|",
       f"| parameters | {metrics['params_full']:,} | {metrics['params_kept']:,} | "
       f"{_percent(metrics['params_kept_fraction'])} |",
@@ -230,7 +236,7 @@ def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], best:
     lines += [
         f"| gated channels | {num_gates:,} | {total['open'] + total['undecided']:,} | "
         f"{_percent((total['open'] + total['undecided']) / num_gates)} |", "",
-        f"Gates at the best checkpoint: {total['pruned']} pruned (test-time gate 0), "
+        f"Gates at the {which} checkpoint: {total['pruned']} pruned (test-time gate 0), "
         f"{total['open']} fully open (gate 1), **{total['undecided']} undecided** (gate strictly "
         f"between 0 and 1, i.e. log_alpha in ({PRUNE_AT:.3f}, {OPEN_AT:.3f})).",
     ]
@@ -241,50 +247,50 @@ def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], best:
     lines += ["", "| gated layer | channels | pruned | undecided | open | log_alpha min | median "
               "| max |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, counts in layer_states.items():
-      la = np.asarray(best["log_alpha"][name])
+      la = np.asarray(chosen["log_alpha"][name])
       lines.append(f"| {name} | {la.size} | {counts['pruned']} | {counts['undecided']} | "
                    f"{counts['open']} | {la.min():.2f} | {np.median(la):.2f} | {la.max():.2f} |")
   lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
   return "\n".join(lines) + "\n"
 
 
-def analyze(workdir: str) -> dict[str, Any]:
+def analyze(workdir: str, which: str = "best") -> dict[str, Any]:
   """Writes the figures and summary.md of the run in `workdir` into WORKDIR/analysis/.
 
-  Returns the summary's numbers: the best checkpoint's gate counts (total and
+  Returns the summary's numbers: the `which` checkpoint's gate counts (total and
   per gated layer), whether the run was tested, and the files written.
   """
   workdir = epath.Path(workdir)
   config = checkpoints.load_config(str(workdir))
   history = load_history(workdir)
-  metrics, tested = best_metrics(workdir)
-  best = next((h for h in history if h["step"] == metrics["checkpoint_step"]), None)
-  if best is None:
-    raise UserError(f"{workdir}/{train.HISTORY_FILE} has no epoch ending at the best "
+  metrics, tested = checkpoint_metrics(workdir, which)
+  chosen = next((h for h in history if h["step"] == metrics["checkpoint_step"]), None)
+  if chosen is None:
+    raise UserError(f"{workdir}/{train.HISTORY_FILE} has no epoch ending at the {which} "
                     f"checkpoint's step {metrics['checkpoint_step']}")
   out = workdir / ANALYSIS_DIR
   out.mkdir(parents=True, exist_ok=True)
-  best_epoch = best["epoch"] + 1
+  epoch = chosen["epoch"] + 1
   title = (f"{workdir.name}: {_percent(metrics['macs_kept_fraction'])} of the MACs and "
            f"{_percent(metrics['params_kept_fraction'])} of the parameters kept")
   layer_states, gate_fractions, figures = {}, None, {}
   if config.use_gate:
-    log_alphas = {name: np.asarray(v, np.float32) for name, v in best["log_alpha"].items()}
+    log_alphas = {name: np.asarray(v, np.float32) for name, v in chosen["log_alpha"].items()}
     layer_states = {name: {s: int(m.sum()) for s, m in gate_states(la).items()}
                     for name, la in log_alphas.items()}
     every_epoch = np.array([np.concatenate(list(h["log_alpha"].values())) for h in history])
     gate_fractions = {s: m.mean(axis=1) for s, m in gate_states(every_epoch).items()}
     figures["log_alpha.png"] = log_alpha_figure(
-        log_alphas, f"log_alpha at the best checkpoint (epoch {best_epoch}); {title}")
-    figures["log_alpha_trajectories.png"] = log_alpha_trajectory_figure(history, best_epoch)
+        log_alphas, f"log_alpha at the {which} checkpoint (epoch {epoch}); {title}")
+    figures["log_alpha_trajectories.png"] = log_alpha_trajectory_figure(history, epoch, which)
     figures["channels.png"] = channels_figure(metrics["layers"], title)
   figures["trajectories.png"] = trajectories_figure(
-      history, best_epoch, config.lambda_l0 if config.use_gate else None, gate_fractions)
+      history, epoch, which, config.lambda_l0 if config.use_gate else None, gate_fractions)
   total = {s: sum(c[s] for c in layer_states.values()) for s in STATES}
   for name, fig in figures.items():
     save_figure(fig, out / name)
-  (out / SUMMARY_FILE).write_text(summary_markdown(workdir, config, history, best, metrics, tested,
-                                                   layer_states, total, list(figures)))
+  (out / SUMMARY_FILE).write_text(summary_markdown(workdir, config, history, which, chosen, metrics,
+                                                   tested, layer_states, total, list(figures)))
   print(f"{out}: {', '.join(figures)} and {SUMMARY_FILE}")
   return {"tested": tested, "checkpoint_step": metrics["checkpoint_step"], "gates": total,
           "layers": layer_states, "files": [*figures, SUMMARY_FILE]}

@@ -100,11 +100,15 @@ def _unreadable(mngr: ocp.CheckpointManager, step: int, e: Exception) -> str:
   return f"{mngr.directory / str(step)} ({_why(e)})"
 
 
-def best_step(workdir: str) -> tuple[ocp.CheckpointManager, int]:
-  """A read-only manager of a finished (or running) workdir and its best step."""
+# Which checkpoint of a run the test, export and analyze modes read.
+CHOICES = ("best", "last")  # best by validation accuracy, or the newest
+
+
+def chosen_step(workdir: str, which: str = "best") -> tuple[ocp.CheckpointManager, int]:
+  """A read-only manager of a finished (or running) workdir and its best or last step."""
   try:
     mngr = manager(workdir, read_only=True)
-    step = mngr.best_step()
+    step = mngr.best_step() if which == "best" else mngr.latest_step()
   except Exception as e:  # pylint: disable=broad-except  # A damaged step's metrics.
     raise UserError(f"cannot read the checkpoints in {workdir}: {_why(e)}") from e
   if step is None:
@@ -184,7 +188,7 @@ def init_source(init_from: str, config: ml_collections.ConfigDict
                                          ("dataset", "width_multiplier", "synthetic_image_size"))
   if differences:
     raise UserError(f"init_from={init_from} is a different network: {'; '.join(differences)}")
-  return best_step(init_from)
+  return chosen_step(init_from)
 
 
 def load_weights(init_from: str, config: ml_collections.ConfigDict, params, batch_stats):

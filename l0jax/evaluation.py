@@ -1,4 +1,8 @@
-"""What a finished run is worth: its best checkpoint on the test split, and its compact export."""
+"""What a finished run is worth: a checkpoint on the test split, and its compact export.
+
+The checkpoint is the best by validation accuracy unless `which="last"`: a
+pruning run whose gates close late may validate best before they do.
+"""
 
 import jax
 import numpy as np
@@ -11,11 +15,12 @@ from l0jax import accounting, checkpoints, data, export as export_lib, train
 TEST_METRICS_FILE = "test_metrics.json"
 
 
-def restore_best(workdir: str, **overrides) -> tuple[train.Run, train.TrainState, int]:
-  """The run in `workdir` (its saved config, with `overrides`) at its best-by-validation checkpoint."""
+def restore(workdir: str, which: str = "best",
+            **overrides) -> tuple[train.Run, train.TrainState, int]:
+  """The run in `workdir` (its saved config, with `overrides`) at its `which` checkpoint."""
   config = checkpoints.load_config(workdir)
   config.update(overrides)
-  mngr, step = checkpoints.best_step(workdir)
+  mngr, step = checkpoints.chosen_step(workdir, which)
   run = train.setup(config)
   _, state = train.initial_state(run)
   state = checkpoints.restore_step(mngr, step, state)
@@ -30,27 +35,27 @@ def cost_report(run: train.Run, net) -> dict:
   return accounting.report(net, run.config, run.network.image_shape, run.network.num_classes)
 
 
-def test(workdir: str) -> dict:
-  """Evaluates the best checkpoint on the test split; prints a summary, writes test_metrics.json."""
-  run, state, step = restore_best(workdir)
+def test(workdir: str, which: str = "best") -> dict:
+  """Evaluates a checkpoint on the test split; prints a summary, writes test_metrics.json."""
+  run, state, step = restore(workdir, which)
   ds = run.dataset
   metrics = train.evaluate_split(run, state.params, state.batch_stats, ds.test_images,
                                  ds.test_labels)
   costs = cost_report(run, gated_network(run, state))
   result = {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
-            "checkpoint_step": step, "dataset": ds.name, "use_gate": run.config.use_gate,
+            "checkpoint": which, "checkpoint_step": step, "dataset": ds.name, "use_gate": run.config.use_gate,
             "lambda_l0": run.config.lambda_l0, **costs}
   checkpoints.write_json_atomically(epath.Path(workdir) / TEST_METRICS_FILE, result)
   print(f"{workdir}: {ds.name} test accuracy {metrics['accuracy']:.4f} "
-        f"({len(ds.test_images)} images, checkpoint of step {step})")
+        f"({len(ds.test_images)} images, {which} checkpoint: step {step})")
   print(accounting.format_table(costs))
   return result
 
 
-def export(workdir: str) -> dict:
-  """Builds the compact network from the best checkpoint, checks it on the test split, saves it."""
+def export(workdir: str, which: str = "best") -> dict:
+  """Builds the compact network from a checkpoint, checks it on the test split, saves it."""
   # The compact network is checked in float32, whatever the run trained in.
-  run, state, step = restore_best(workdir, compute_dtype="float32")
+  run, state, step = restore(workdir, which, compute_dtype="float32")
   if not run.config.use_gate:
     logging.info("%s has no gates: the compact network is the whole network, BN folded.", workdir)
   ds = run.dataset
@@ -60,7 +65,7 @@ def export(workdir: str) -> dict:
   result = export_lib.verify(net, params, images, ds.test_labels, run.config.eval_batch_size)
   export_dir = epath.Path(workdir) / "export"
   export_lib.save(export_dir, params, images[:1])
-  result["checkpoint_step"] = step
+  result.update(checkpoint=which, checkpoint_step=step)
   checkpoints.write_json_atomically(export_dir / "export_metrics.json", result)
   print(f"{export_dir}: compact network with {result['params_compact']:,} parameters; "
         f"test accuracy {result['test_accuracy_compact']:.4f} (gated {result['test_accuracy_gated']:.4f}), "

@@ -6,8 +6,10 @@ r"""A lambda sweep on one dataset: the baseline, L0 from scratch, L0 fine-tuned 
       --baseline.lr_milestones='(40,50)' --scratch.lr_milestones='(40,50)' \
       --finetune.lr_milestones='(5,20,35,45,55)'
 
-Every member is `main.py` in its own process, trained then tested, exactly as
-a user would run it, so that one crash does not end the sweep:
+Every member is `main.py` in its own process, trained then tested at its last
+checkpoint (`--checkpoint=last`: the network its lambda made; the best by
+validation accuracy can be one from before the gates closed), exactly as a
+user would run it, so that one crash does not end the sweep:
 
   SWEEP_DIR/baseline             configs/baseline.py
   SWEEP_DIR/scratch_lambda{L}    configs/gated.py     lambda_l0=L
@@ -15,9 +17,9 @@ a user would run it, so that one crash does not end the sweep:
 
 `--config.KEY=VALUE` goes to every member; `--baseline.KEY=VALUE`
 (`--scratch.`, `--finetune.`) to one kind, over the common value. A member is
-finished when its test_metrics.json exists: finished members are skipped and
-an unfinished one resumes from its checkpoints, so a rerun of an interrupted
-sweep continues it. Each member's console output goes to its `sweep.log`.
+finished when its test_metrics.json of the last checkpoint exists: finished
+members are skipped and an unfinished one resumes from its checkpoints, so a
+rerun of an interrupted sweep continues it. Each member's console output goes to its `sweep.log`.
 
 Then SWEEP_DIR gets results.json, results.md (the table) and front.png from
 the finished members' test_metrics.json. "Train time" is the sum of the
@@ -47,6 +49,9 @@ CONFIG_FILES = {"baseline": "baseline.py", "scratch": "gated.py", "finetune": "f
 SWEEP_KEYS = ("lambda_l0", "init_from")  # set by the sweep, per member
 LOG_FILE = "sweep.log"
 RESULTS_FILE, TABLE_FILE, FRONT_FILE = "results.json", "results.md", "front.png"
+# Members are tested at their last checkpoint: the network their lambda made.
+# The best by validation can be one from before the gates closed.
+TESTED_AT = "last"
 # The target: a pruned network within TOLERANCE_PP percentage points of the
 # baseline's test accuracy, with at most TARGET_MACS of its MACs.
 TOLERANCE_PP = 0.5
@@ -74,7 +79,7 @@ class Member:
     main, workdir = [sys.executable, str(REPO / "main.py")], f"--workdir={sweep_dir / self.name}"
     return [main + [f"--config={REPO / 'configs' / CONFIG_FILES[self.kind]}", workdir,
                     *(f"--config.{k}={v}" for k, v in self.settings.items())],
-            main + ["--mode=test", workdir]]
+            main + ["--mode=test", f"--checkpoint={TESTED_AT}", workdir]]
 
 
 def parse_settings(args: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -110,7 +115,9 @@ def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
 
 
 def is_finished(workdir: pathlib.Path) -> bool:
-  return (workdir / evaluation.TEST_METRICS_FILE).exists()
+  """Tested at TESTED_AT (a test of another checkpoint is done again)."""
+  path = workdir / evaluation.TEST_METRICS_FILE
+  return path.exists() and json.loads(path.read_text()).get("checkpoint") == TESTED_AT
 
 
 def _last_line(path: pathlib.Path) -> str:

@@ -84,12 +84,23 @@ def test_an_untested_run_gets_the_same_costs_from_its_best_checkpoint(gated_run,
   pruned = metrics["gated_channels_full"] - metrics["gated_channels_kept"]
   assert result["gates"]["pruned"] == pruned
   summary = (workdir / analysis.ANALYSIS_DIR / "summary.md").read_text()
-  assert "not tested yet" in summary
+  assert "not tested at its best checkpoint yet" in summary
   assert table_rows(summary)[:2] == [
       f"| parameters | {metrics['params_full']:,} | {metrics['params_kept']:,} | "
       f"{100 * metrics['params_kept_fraction']:.1f}% |",
       f"| MACs | {metrics['macs_full']:,} | {metrics['macs_kept']:,} | "
       f"{100 * metrics['macs_kept_fraction']:.1f}% |"]
+
+
+def test_the_last_checkpoint_is_analysed_when_asked_for(gated_run, tmp_path):
+  workdir = shutil.copytree(gated_run, tmp_path / "last")  # tested at its best checkpoint
+  last = analysis.load_history(workdir)[-1]
+  result = analysis.analyze(str(workdir), "last")
+  assert not result["tested"] and result["checkpoint_step"] == last["step"]
+  pruned = np.sum(np.concatenate(list(last["log_alpha"].values())) <= analysis.PRUNE_AT)
+  assert result["gates"]["pruned"] == pruned
+  summary = (workdir / analysis.ANALYSIS_DIR / "summary.md").read_text()
+  assert f"Last checkpoint: epoch {last['epoch'] + 1} (step {last['step']})" in summary
 
 
 def test_a_run_without_gates_gets_its_trajectories_and_says_so(gated_run, tmp_path):

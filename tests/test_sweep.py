@@ -42,7 +42,7 @@ def test_each_kind_gets_its_recipe_its_lambda_and_the_settings_meant_for_it(tmp_
   for member in members:
     train, test = member.commands(tmp_path)
     workdir = f"--workdir={tmp_path}/{member.name}"
-    assert test == main + ["--mode=test", workdir]
+    assert test == main + ["--mode=test", "--checkpoint=last", workdir]
     if member.name in expected:
       config, *settings = expected[member.name]
       assert train == main + [config, workdir, *settings]
@@ -58,6 +58,15 @@ def test_arguments_it_cannot_hand_on_are_refused(args):
 def test_a_lambda_listed_twice_is_refused(tmp_path):
   with pytest.raises(UserError, match="twice"):
     sweep.plan(tmp_path, [0.5, 0.5], [], sweep.parse_settings([]))
+
+
+def test_a_run_tested_at_its_best_checkpoint_is_tested_again(tmp_path):
+  metrics = tmp_path / evaluation.TEST_METRICS_FILE
+  assert not sweep.is_finished(tmp_path)
+  metrics.write_text(json.dumps({"checkpoint": "best", "test_accuracy": 0.9}))
+  assert not sweep.is_finished(tmp_path)
+  metrics.write_text(json.dumps({"checkpoint": "last", "test_accuracy": 0.9}))
+  assert sweep.is_finished(tmp_path)
 
 
 def run_sweep(sweep_dir, *args: str) -> subprocess.CompletedProcess:

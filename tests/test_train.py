@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -140,7 +141,7 @@ def test_a_run_writes_config_history_checkpoints_and_test_metrics(finished_runs)
     metrics = json.load(open(os.path.join(workdir, "test_metrics.json")))
     assert 0 <= metrics["test_accuracy"] <= 1
     best = max(history, key=lambda h: (h["val_accuracy"], h["step"]))
-    assert metrics["checkpoint_step"] == best["step"]
+    assert metrics["checkpoint"] == "best" and metrics["checkpoint_step"] == best["step"]
     assert metrics["params_full"] == 17_602 and metrics["macs_full"] == 332_160
     assert len(metrics["layers"]) == 1 + 8 * 6 + 1
   assert "test accuracy" in outputs["base"] and "head" in outputs["base"]
@@ -156,7 +157,7 @@ def test_finetuning_starts_from_the_baselines_weights(finished_runs, tmp_path):
   config = tiny_config(init_from=base, droprate_init=0.05)
   network, params, batch_stats = train.create_network(config, (8, 8, 3), 10)
   params, batch_stats = checkpoints.load_weights(base, config, params, batch_stats)
-  mngr, step = checkpoints.best_step(base)
+  mngr, step = checkpoints.chosen_step(base)
   saved = mngr.restore(step, args=ocp.args.StandardRestore())
   np.testing.assert_array_equal(params["stem"]["conv"]["kernel"][...],
                                 saved["params"]["stem"]["conv"]["kernel"]["value"])
@@ -165,6 +166,14 @@ def test_finetuning_starts_from_the_baselines_weights(finished_runs, tmp_path):
   # The gates are fresh, at droprate_init = 0.05: log_alpha ~ log(0.95 / 0.05).
   log_alpha = nnx.merge(network.graphdef, params, batch_stats).log_alphas()["block1/1x1"]
   np.testing.assert_allclose(log_alpha, np.log(19.0), atol=0.05)
+
+
+def test_the_last_checkpoint_is_tested_when_asked_for(finished_runs, tmp_path):
+  base = shutil.copytree(finished_runs[0], tmp_path / "base")
+  tested = run_main("--mode=test", "--checkpoint=last", f"--workdir={base}")
+  assert tested.returncode == 0, tested.stderr[-3000:]
+  metrics = json.load(open(base / "test_metrics.json"))
+  assert metrics["checkpoint"] == "last" and metrics["checkpoint_step"] == 28
 
 
 def test_export_of_a_finished_run(finished_runs):
