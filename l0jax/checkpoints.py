@@ -100,10 +100,6 @@ def _unreadable(mngr: ocp.CheckpointManager, step: int, e: Exception) -> str:
   return f"{mngr.directory / str(step)} ({_why(e)})"
 
 
-# Which checkpoint of a run the test, export and analyze modes read.
-CHOICES = ("best", "last")  # best by validation accuracy, or the newest
-
-
 def chosen_step(workdir: str, which: str = "best") -> tuple[ocp.CheckpointManager, int]:
   """A read-only manager of a finished (or running) workdir and its best or last step."""
   try:
