@@ -172,10 +172,10 @@ def trajectories_figure(history: Sequence[dict], marked_epoch: int, which: str,
   fig = Figure(figsize=(14 if gate_fractions else 10, 7.5 if gate_fractions else 3.8),
                layout="constrained")
   ax = fig.subplot_mosaic(mosaic)
-  ax["accuracy"].plot(epochs, 100 * series("train_accuracy"), label="train (last steps)", **dots)
+  ax["accuracy"].plot(epochs, 100 * series("train_accuracy"), label="train (epoch mean)", **dots)
   ax["accuracy"].plot(epochs, 100 * series("val_accuracy"), label="validation", **dots)
   ax["accuracy"].set(title="accuracy", ylabel="%")
-  ax["loss"].plot(epochs, series("train_cross_entropy"), label="train (last steps)", **dots)
+  ax["loss"].plot(epochs, series("train_cross_entropy"), label="train (epoch mean)", **dots)
   ax["loss"].plot(epochs, series("val_loss"), label="validation", **dots)
   ax["loss"].set(title="cross-entropy")
   if gate_fractions:
