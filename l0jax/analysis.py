@@ -3,8 +3,9 @@
 `analyze(workdir)` reads only what training and testing left in the workdir:
 config.json, history.jsonl (with every gate's log_alpha per epoch) and
 test_metrics.json when it was tested at the same checkpoint (best or last);
-otherwise the cost report is made from that checkpoint. Figures are drawn on matplotlib `Figure`s and rendered by Agg,
-never through pyplot, so no display is needed and no global state is touched.
+otherwise the cost report is made from that checkpoint. Figures are drawn on
+matplotlib `Figure`s and rendered by Agg, never through pyplot, so no display
+is needed and no global state is touched.
 """
 
 import json
@@ -47,7 +48,7 @@ def load_history(workdir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def checkpoint_metrics(workdir: epath.Path, which: str) -> tuple[dict[str, Any], bool]:
-  """(test_metrics.json, True) if it was tested at the `which` checkpoint, else its costs and False."""
+  """(test_metrics.json, True) if tested at the `which` checkpoint, else its costs and False."""
   path = workdir / evaluation.TEST_METRICS_FILE
   if path.exists():
     metrics = json.loads(path.read_text())

@@ -43,8 +43,8 @@ def test(workdir: str, which: str = "best") -> dict:
                                  ds.test_labels)
   costs = cost_report(run, gated_network(run, state))
   result = {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
-            "checkpoint": which, "checkpoint_step": step, "dataset": ds.name, "use_gate": run.config.use_gate,
-            "lambda_l0": run.config.lambda_l0, **costs}
+            "checkpoint": which, "checkpoint_step": step, "dataset": ds.name,
+            "use_gate": run.config.use_gate, "lambda_l0": run.config.lambda_l0, **costs}
   checkpoints.write_json_atomically(epath.Path(workdir) / TEST_METRICS_FILE, result)
   print(f"{workdir}: {ds.name} test accuracy {metrics['accuracy']:.4f} "
         f"({len(ds.test_images)} images, {which} checkpoint: step {step})")

@@ -19,7 +19,8 @@ user would run it, so that one crash does not end the sweep:
 (`--scratch.`, `--finetune.`) to one kind, over the common value. A member is
 finished when its test_metrics.json of the last checkpoint exists: finished
 members are skipped and an unfinished one resumes from its checkpoints, so a
-rerun of an interrupted sweep continues it. Each member's console output goes to its `sweep.log`.
+rerun of an interrupted sweep continues it. Each member's console output goes
+to its `sweep.log`.
 
 Then SWEEP_DIR gets results.json, results.md (the table) and front.png from
 the finished members' test_metrics.json. "Train time" is the sum of the
