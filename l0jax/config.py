@@ -62,8 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
   # statistics); gates start fresh at droprate_init.
   c.init_from = ""
   # Training steps per compiled call (fewer host round-trips); a call never
-  # crosses an epoch boundary. 0: 1 on CPU (XLA:CPU runs convolutions inside
-  # a loop ~10x slower), 100 on accelerators.
+  # crosses an epoch boundary. 0: 1 on CPU (XLA:CPU runs the steps about 2x
+  # slower inside a loop), 100 on accelerators.
   c.steps_per_call = 0
   c.eval_batch_size = 1000
   # Training metrics, averaged over this many steps, go to TensorBoard and the
