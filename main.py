@@ -27,7 +27,7 @@ config_flags.DEFINE_config_file("config", None, "A file in configs/ (train mode 
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run's config, checkpoints and logs live.")
 flags.DEFINE_enum("mode", "train", MODES, "What to do with the workdir.")
-flags.DEFINE_enum("checkpoint", "best", ("best", "last"),
+flags.DEFINE_enum("checkpoint", "best", config_lib.CHECKPOINTS,
                   "The checkpoint test, export and analyze read: the best by validation "
                   "accuracy, or the newest.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (one process per host).")

@@ -45,10 +45,13 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's saved config; fields added to the code since it was saved take their defaults."""
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise UserError(f"{workdir} holds no training run (no {CONFIG_FILE}); train into it first")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = config_lib.base_config()
+  config.update(json.loads(path.read_text()))
+  return config
 
 
 def architecture_differences(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
@@ -177,21 +180,26 @@ def restore_step(mngr: ocp.CheckpointManager, step: int, target: Any = None) -> 
 
 def init_source(init_from: str, config: ml_collections.ConfigDict
                 ) -> tuple[ocp.CheckpointManager, int]:
-  """The manager and best step of `init_from`, once it is known to hold a run of this network."""
+  """The manager and `init_checkpoint` step of `init_from`, once it fits this network.
+
+  Its gates are only needed when they are kept (`train_gates=False`).
+  """
   if not epath.Path(init_from).is_dir():
     raise UserError(f"init_from={init_from} does not exist (it should be a training workdir)")
+  fields = ("dataset", "width_multiplier", "synthetic_image_size")
   differences = architecture_differences(load_config(init_from), config,
-                                         ("dataset", "width_multiplier", "synthetic_image_size"))
+                                         fields if config.train_gates else fields + ("use_gate",))
   if differences:
     raise UserError(f"init_from={init_from} is a different network: {'; '.join(differences)}")
-  return chosen_step(init_from)
+  return chosen_step(init_from, config.init_checkpoint)
 
 
 def load_weights(init_from: str, config: ml_collections.ConfigDict, params, batch_stats):
-  """`params` and `batch_stats` with every non-gate array replaced by `init_from`'s best checkpoint.
+  """`params` and `batch_stats` with their arrays replaced by those of `init_from`'s checkpoint.
 
-  Gates are left as initialised (at `droprate_init`), so a trained baseline can
-  be fine-tuned with gates. Arrays must match in shape, one for one.
+  Gates are left as initialised (at `droprate_init`), so that a trained
+  baseline can be fine-tuned with gates, unless `train_gates=False` keeps
+  those of a pruning run. Arrays must match in shape, one for one.
   """
   mngr, step = init_source(init_from, config)
   restored = restore_step(mngr, step)
@@ -201,7 +209,7 @@ def load_weights(init_from: str, config: ml_collections.ConfigDict, params, batc
   def take(prefix, tree):
     def replace(path, leaf):
       key = prefix + _path_str(path)
-      if "/gates/" in key:
+      if "/gates/" in key and config.train_gates:
         return leaf
       if key not in source or source[key].shape != leaf.shape:
         raise UserError(f"init_from={init_from} does not fit this network at {key}")

@@ -38,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Initial probability that a gate is closed: 0.5 from scratch, small when
   # fine-tuning a trained network so its channels start open.
   c.droprate_init = 0.5
+  # False retrains the network a pruning run made: the gates of `init_from`
+  # are loaded and fixed at their test-time values (pruned channels stay 0, no
+  # gate noise, no L0 gradient), and only the weights learn.
+  c.train_gates = True
 
   # --- Objective --------------------------------------------------------
   c.lambda_l0 = 0.5
@@ -58,9 +62,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Run --------------------------------------------------------------
   c.seed = 0
-  # A workdir whose best checkpoint initialises the network weights (and BN
-  # statistics); gates start fresh at droprate_init.
+  # A workdir whose checkpoint initialises the network weights (and BN
+  # statistics); gates start fresh at droprate_init unless train_gates=False.
   c.init_from = ""
+  # Which checkpoint of init_from: best (by validation accuracy) or last. A
+  # pruning run's best can predate its gates closing; retraining takes last.
+  c.init_checkpoint = "best"
   # Training steps per compiled call (fewer host round-trips); a call never
   # crosses an epoch boundary. 0: 1 on CPU (XLA:CPU runs the steps about 2x
   # slower inside a loop), 100 on accelerators.
@@ -77,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
 PENALTIES = ("mean_gate", "params", "macs")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+CHECKPOINTS = ("best", "last")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -89,6 +97,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.penalty in PENALTIES, f"penalty={c.penalty!r} is not one of {', '.join(PENALTIES)}")
   check(c.compute_dtype in COMPUTE_DTYPES,
         f"compute_dtype={c.compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+  check(c.init_checkpoint in CHECKPOINTS,
+        f"init_checkpoint={c.init_checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
+  check(c.train_gates or bool(c.use_gate and c.init_from),
+        "train_gates=False keeps the gates of a pruned run: it needs use_gate=True and "
+        "init_from=WORKDIR_OF_A_GATED_RUN")
   check(c.lambda_l0 >= 0, f"lambda_l0={c.lambda_l0} must be >= 0")
   check(0 < c.droprate_init < 1, f"droprate_init={c.droprate_init} must lie in (0, 1)")
   check(c.width_multiplier > 0, f"width_multiplier={c.width_multiplier} must be > 0")

@@ -158,7 +158,8 @@ class GoogleNet(nnx.Module):
   """Stem, eight inception blocks with two max-pools, global average pool, dense head.
 
   `__call__(x, train=True, gate_key=k)` draws training gates from `k` (one
-  gate per example and channel); without a key the test-time gates are used.
+  gate per example and channel); without a key the test-time gates are used,
+  in training too when the gates are fixed (`train_gates=False`).
   """
 
   def __init__(self, num_classes: int, in_channels: int, *, use_gate: bool = True,
@@ -175,8 +176,6 @@ class GoogleNet(nnx.Module):
     self.head = nnx.Linear(arch.head_inputs, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool, gate_key: jax.Array | None = None) -> jax.Array:
-    if train and self.use_gate and gate_key is None:
-      raise ValueError("training a gated network needs a gate_key")
     x = self.stem(x, train)
     keys = (jax.random.split(gate_key, len(self.blocks)) if gate_key is not None
             else [None] * len(self.blocks))

@@ -4,7 +4,8 @@ r"""A lambda sweep on one dataset: the baseline, L0 from scratch, L0 fine-tuned 
       --scratch_lambdas=0.25,0.5,1 --finetune_lambdas=10,20,30,50 \
       --config.dataset=fashion_mnist --config.num_epochs=60 \
       --baseline.lr_milestones='(40,50)' --scratch.lr_milestones='(40,50)' \
-      --finetune.lr_milestones='(5,20,35,45,55)'
+      --finetune.lr_milestones='(5,20,35,45,55)' \
+      --retrain_lambdas=30,50 --retrain.num_epochs=20 --retrain.lr_milestones='(10,15)'
 
 Every member is `main.py` in its own process, trained then tested at its last
 checkpoint (`--checkpoint=last`: the network its lambda made; the best by
@@ -14,9 +15,12 @@ user would run it, so that one crash does not end the sweep:
   SWEEP_DIR/baseline             configs/baseline.py
   SWEEP_DIR/scratch_lambda{L}    configs/gated.py     lambda_l0=L
   SWEEP_DIR/finetune_lambda{L}   configs/finetune.py  lambda_l0=L, init_from=SWEEP_DIR/baseline
+  SWEEP_DIR/retrain_lambda{L}    configs/retrain.py   init_from=SWEEP_DIR/finetune_lambda{L}
 
-`--config.KEY=VALUE` goes to every member; `--baseline.KEY=VALUE`
-(`--scratch.`, `--finetune.`) to one kind, over the common value. A member is
+(the last: the network fine-tuning at lambda L pruned, retrained with its
+gates fixed, for each L of `--retrain_lambdas`). `--config.KEY=VALUE` goes to
+every member; `--baseline.KEY=VALUE` (`--scratch.`, `--finetune.`,
+`--retrain.`) to one kind, over the common value. A member is
 finished when its test_metrics.json of the last checkpoint exists: finished
 members are skipped and an unfinished one resumes from its checkpoints, so a
 rerun of an interrupted sweep continues it. Each member's console output goes
@@ -45,8 +49,9 @@ from l0jax import analysis, evaluation
 from l0jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-KINDS = ("baseline", "scratch", "finetune")
-CONFIG_FILES = {"baseline": "baseline.py", "scratch": "gated.py", "finetune": "finetune.py"}
+KINDS = ("baseline", "scratch", "finetune", "retrain")
+CONFIG_FILES = {"baseline": "baseline.py", "scratch": "gated.py", "finetune": "finetune.py",
+                "retrain": "retrain.py"}
 SWEEP_KEYS = ("lambda_l0", "init_from")  # set by the sweep, per member
 LOG_FILE = "sweep.log"
 RESULTS_FILE, TABLE_FILE, FRONT_FILE = "results.json", "results.md", "front.png"
@@ -57,14 +62,20 @@ TESTED_AT = "last"
 # baseline's test accuracy, with at most TARGET_MACS of its MACs.
 TOLERANCE_PP = 0.5
 TARGET_MACS = 0.5
-MARKERS = {"baseline": "*", "scratch": "o", "finetune": "s"}
-COLORS = {"baseline": "k", "scratch": "tab:orange", "finetune": "tab:blue"}
+MARKERS = {"baseline": "*", "scratch": "o", "finetune": "s", "retrain": "D"}
+COLORS = {"baseline": "k", "scratch": "tab:orange", "finetune": "tab:blue", "retrain": "tab:green"}
+LABELS = {"baseline": "baseline (no gates)", "scratch": "L0 from scratch",
+          "finetune": "L0 fine-tuned from the baseline",
+          "retrain": "fine-tuned, then retrained with its gates fixed"}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sweep_dir", None, "Where the members' workdirs and the results go.")
 flags.DEFINE_list("scratch_lambdas", ["0.25", "0.5", "1"], "lambda_l0 of the from-scratch runs.")
 flags.DEFINE_list("finetune_lambdas", ["10", "20", "30", "50"],
                   "lambda_l0 of the runs fine-tuned from the baseline.")
+flags.DEFINE_list("retrain_lambdas", [],
+                  "Of --finetune_lambdas: the fine-tuned runs whose network is then retrained "
+                  "with its gates fixed.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +85,8 @@ class Member:
   name: str
   kind: str
   settings: dict[str, str]
+  lambda_l0: float | None = None  # The lambda that pruned its network.
+  after: str | None = None  # The member whose checkpoint it starts from.
 
   def commands(self, sweep_dir: pathlib.Path) -> list[list[str]]:
     """Train (or resume), then test: the two main.py command lines."""
@@ -87,31 +100,41 @@ def parse_settings(args: Sequence[str]) -> dict[str, dict[str, str]]:
   """`--config.KEY=VALUE` and `--{kind}.KEY=VALUE` arguments as each kind's settings."""
   common, own = {}, {kind: {} for kind in KINDS}
   for arg in args:
-    match = re.fullmatch(r"--(config|baseline|scratch|finetune)\.(\w+)=(.*)", arg, re.DOTALL)
+    match = re.fullmatch(rf"--(config|{'|'.join(KINDS)})\.(\w+)=(.*)", arg, re.DOTALL)
     if not match:
       raise UserError(f"unexpected argument {arg!r}: settings are --config.KEY=VALUE (every run) "
                       f"or --{{{','.join(KINDS)}}}.KEY=VALUE (one kind)")
     scope, key, value = match.groups()
     if key in SWEEP_KEYS:
       raise UserError(f"{key} is set by the sweep for each run; use --scratch_lambdas / "
-                      "--finetune_lambdas (fine-tuning starts from SWEEP_DIR/baseline)")
+                      "--finetune_lambdas / --retrain_lambdas (fine-tuning starts from "
+                      "SWEEP_DIR/baseline, retraining from the fine-tuned run)")
     (common if scope == "config" else own[scope])[key] = value
   return {kind: {**common, **own[kind]} for kind in KINDS}
 
 
 def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
-         finetune_lambdas: Sequence[float], settings: dict[str, dict[str, str]]) -> list[Member]:
-  """The baseline, then a from-scratch and a fine-tuned run per lambda, in that order."""
+         finetune_lambdas: Sequence[float], settings: dict[str, dict[str, str]],
+         retrain_lambdas: Sequence[float] = ()) -> list[Member]:
+  """The baseline, the from-scratch runs, the fine-tuned runs, their retraining, in that order."""
+  if set(retrain_lambdas) - set(finetune_lambdas):
+    raise UserError(f"--retrain_lambdas={','.join(map(str, retrain_lambdas))}: each must be one "
+                    f"of --finetune_lambdas={','.join(map(str, finetune_lambdas))}, the run it "
+                    "retrains")
   members = [Member("baseline", "baseline", settings["baseline"])]
-  for kind, lambdas in (("scratch", scratch_lambdas), ("finetune", finetune_lambdas)):
+  for kind, lambdas in (("scratch", scratch_lambdas), ("finetune", finetune_lambdas),
+                        ("retrain", retrain_lambdas)):
     if len(set(lambdas)) != len(lambdas):
       raise UserError(f"--{kind}_lambdas lists a lambda twice: {list(lambdas)}")
     for lam in lambdas:
       if lam < 0:
         raise UserError(f"--{kind}_lambdas: lambda_l0={lam:g} must be >= 0")
-      extra = {"init_from": str(sweep_dir / "baseline")} if kind == "finetune" else {}
-      members.append(Member(f"{kind}_lambda{lam:g}", kind,
-                            {**settings[kind], "lambda_l0": repr(lam), **extra}))
+      after = {"scratch": None, "finetune": "baseline", "retrain": f"finetune_lambda{lam:g}"}[kind]
+      # A retrained network keeps the gates its lambda made: no lambda of its own.
+      own = {} if kind == "retrain" else {"lambda_l0": repr(lam)}
+      if after:
+        own["init_from"] = str(sweep_dir / after)
+      members.append(Member(f"{kind}_lambda{lam:g}", kind, {**settings[kind], **own}, lam, after))
   return members
 
 
@@ -132,8 +155,9 @@ def run_member(member: Member, sweep_dir: pathlib.Path) -> bool:
   if is_finished(workdir):
     logging.info("%s: finished before, skipped", member.name)
     return True
-  if member.kind == "finetune" and not is_finished(sweep_dir / "baseline"):
-    logging.error("%s: not run, because the baseline it starts from did not finish", member.name)
+  if member.after and not is_finished(sweep_dir / member.after):
+    logging.error("%s: not run, because %s, which it starts from, did not finish", member.name,
+                  member.after)
     return False
   workdir.mkdir(parents=True, exist_ok=True)
   log_path = workdir / LOG_FILE
@@ -163,8 +187,7 @@ def collect(sweep_dir: pathlib.Path, members: Sequence[Member], command: str) ->
     metrics = json.loads((workdir / evaluation.TEST_METRICS_FILE).read_text())
     history = analysis.load_history(workdir)
     runs.append({
-        "name": member.name, "kind": member.kind,
-        "lambda_l0": metrics["lambda_l0"] if metrics["use_gate"] else None,
+        "name": member.name, "kind": member.kind, "lambda_l0": member.lambda_l0,
         **{k: metrics[k] for k in ("dataset", "test_accuracy", "checkpoint_step", "params_full",
                                    "params_kept", "params_kept_fraction", "macs_full",
                                    "macs_kept", "macs_kept_fraction")},
@@ -239,8 +262,7 @@ def front_figure(results: dict[str, Any]) -> Figure:
         continue
       x, y = [100 * r[key] for r in runs], [100 * r["test_accuracy"] for r in runs]
       ax.plot(x, y, marker=MARKERS[kind], color=COLORS[kind], ms=12 if kind == "baseline" else 6,
-              lw=0.8, label={"baseline": "baseline (no gates)", "scratch": "L0 from scratch",
-                             "finetune": "L0 fine-tuned from the baseline"}[kind])
+              lw=0.8, label=LABELS[kind])
       for r, xi, yi in zip(runs, x, y):
         if r["lambda_l0"] is not None:
           ax.annotate(f"{r['lambda_l0']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4),
@@ -265,10 +287,10 @@ def write_results(sweep_dir: pathlib.Path, results: dict[str, Any]) -> None:
 
 
 def sweep(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
-          finetune_lambdas: Sequence[float], settings: dict[str, dict[str, str]],
-          command: str) -> dict[str, Any]:
+          finetune_lambdas: Sequence[float], retrain_lambdas: Sequence[float],
+          settings: dict[str, dict[str, str]], command: str) -> dict[str, Any]:
   """Runs every unfinished member in turn, then writes the results; returns them."""
-  members = plan(sweep_dir, scratch_lambdas, finetune_lambdas, settings)
+  members = plan(sweep_dir, scratch_lambdas, finetune_lambdas, settings, retrain_lambdas)
   start = time.monotonic()
   finished = [run_member(m, sweep_dir) for m in members]
   results = collect(sweep_dir, members, command)
@@ -293,6 +315,7 @@ def main(argv: list[str]) -> None:
     sweep_dir = pathlib.Path(FLAGS.sweep_dir).absolute()
     results = sweep(sweep_dir, _floats("scratch_lambdas", FLAGS.scratch_lambdas),
                     _floats("finetune_lambdas", FLAGS.finetune_lambdas),
+                    _floats("retrain_lambdas", FLAGS.retrain_lambdas),
                     parse_settings(argv[1:]),
                     shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]))
   except UserError as e:

@@ -83,12 +83,22 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
       {int(m) * steps_per_epoch: config.lr_factor for m in config.lr_milestones})
 
 
+def _is_gate(path) -> bool:
+  return "log_alpha" in jax.tree_util.keystr(path)
+
+
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """AdamW with the multi-step schedule; the gates' log_alpha are not weight-decayed."""
   not_a_gate = lambda params: jax.tree_util.tree_map_with_path(
-      lambda path, _: "log_alpha" not in jax.tree_util.keystr(path), params)
+      lambda path, _: not _is_gate(path), params)
   return optax.adamw(learning_rate_schedule(config, steps_per_epoch),
                      weight_decay=config.weight_decay, mask=not_a_gate)
+
+
+def fix_gates(params: nnx.State) -> nnx.State:
+  """`params` with no gradient through the gates: their AdamW updates are then exactly 0."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jax.lax.stop_gradient(x) if _is_gate(path) else x, params)
 
 
 def gate_metrics(network: Network, net: model.GoogleNet, penalty: str) -> dict[str, jax.Array]:
@@ -112,17 +122,23 @@ def gate_metrics(network: Network, net: model.GoogleNet, penalty: str) -> dict[s
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
                network: Network, tx: optax.GradientTransformation,
                config: ml_collections.ConfigDict, mean, std) -> tuple[TrainState, dict]:
-  """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch."""
+  """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch.
+
+  With `train_gates=False` the gates act with their test-time values and
+  only the cross-entropy is minimised, over the weights alone.
+  """
   aug_key, gate_key = jax.random.split(key)
   # Augmented in float32 and rounded to the compute dtype once.
   images = data.augment(aug_key, data.normalize(images, mean, std)).astype(network.dtype)
 
   def loss_fn(params, batch_stats):
+    if not config.train_gates:
+      params = fix_gates(params)
     logits, batch_stats, net = network.apply(params, batch_stats, images, train=True,
-                                             gate_key=gate_key)
+                                             gate_key=gate_key if config.train_gates else None)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     metrics = gate_metrics(network, net, config.penalty)
-    loss = ce + config.lambda_l0 * metrics["l0"]
+    loss = ce + config.lambda_l0 * metrics["l0"] if config.train_gates else ce
     metrics.update(loss=loss, cross_entropy=ce, accuracy=jnp.mean(logits.argmax(-1) == labels))
     return loss, (batch_stats, metrics)
 
@@ -336,8 +352,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     params, batch_stats = checkpoints.load_weights(config.init_from, config, state.params,
                                                    state.batch_stats)
     state = TrainState(state.step, params, batch_stats, tx.init(params))
-    logging.info("Network weights from %s; gates start at droprate_init=%g.", config.init_from,
-                 config.droprate_init)
+    logging.info("Network weights from the %s checkpoint of %s; %s.", config.init_checkpoint,
+                 config.init_from, f"gates start at droprate_init={config.droprate_init:g}"
+                 if config.train_gates else "its gates kept, fixed")
   mngr = checkpoints.manager(str(workdir), keep=config.keep_checkpoints)
   checkpoints.save_config(str(workdir), config)
   state = _replicate(state, mesh)

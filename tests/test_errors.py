@@ -87,6 +87,7 @@ def cases(tmp_path_factory) -> dict[str, Case]:
   archive_dir.mkdir()
   truncated_cifar_archive(archive_dir)
   wider = saved_run(root / "wider", width_multiplier=0.5)
+  ungated = saved_run(root / "ungated", use_gate=False)
   resumed = saved_run(root / "resumed")
 
   # name: (args, env, workdir that must not appear, folder that must stay as it is)
@@ -112,6 +113,11 @@ def cases(tmp_path_factory) -> dict[str, Case]:
                             str(root / "tuned"), None),
       "init_from_wider": (TRAIN + [f"--config.init_from={wider}"], None, str(root / "tuned"),
                           wider),
+      "retrain_without_init_from": (TRAIN + ["--config.train_gates=False"], None, missing, None),
+      "retrain_an_ungated_run": (TRAIN + ["--config.train_gates=False",
+                                          f"--config.init_from={ungated}"], None,
+                                 str(root / "retrained"), ungated),
+      "unknown_init_checkpoint": (TRAIN + ["--config.init_checkpoint=middle"], None, missing, None),
       "resume_other_network": (TRAIN + ["--config.width_multiplier=0.5"], None, resumed, resumed),
       "debug": (TRAIN + ["--config.lambda_l0=-0.5", "--debug"], None, missing, None),
   }
@@ -156,6 +162,9 @@ REFUSALS = {
     "export_empty_workdir": ["no training run"],
     "init_from_nowhere": ["init_from=", "does not exist"],
     "init_from_wider": ["{watched}", "width_multiplier: 0.5 there, 0.25 here"],
+    "retrain_without_init_from": ["train_gates=False", "init_from=WORKDIR_OF_A_GATED_RUN"],
+    "retrain_an_ungated_run": ["{watched}", "use_gate: False there, True here"],
+    "unknown_init_checkpoint": ["init_checkpoint='middle' is not one of best, last"],
     "resume_other_network": ["width_multiplier: 0.25 there, 0.5 here", "left untouched"],
 }
 

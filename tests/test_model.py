@@ -51,10 +51,17 @@ def test_forward_shapes(shape):
   assert output_shape(net, x, train=True, gate_key=jax.random.key(0)).shape == (2, 7)
 
 
-def test_training_a_gated_network_needs_a_key():
-  net = abstract(10, 3, width_multiplier=0.25)
-  with pytest.raises(ValueError, match="gate_key"):
-    output_shape(net, jnp.ones((1, 8, 8, 3)), train=True)
+def test_training_without_a_key_uses_the_test_time_gates():
+  """As with fixed gates (train_gates=False): closed gates zero their channels, no noise drawn."""
+  def logits_and_bias(x):
+    net = model.GoogleNet(10, 3, width_multiplier=0.25, rngs=nnx.Rngs(0))
+    for block in net.blocks:
+      for gate in block.gates:
+        gate.log_alpha[...] = jnp.full_like(gate.log_alpha[...], -10.0)
+    return net(x, train=True), net.head.bias[...]
+
+  logits, bias = jax.jit(logits_and_bias)(jnp.ones((2, 8, 8, 3)))
+  np.testing.assert_allclose(logits, np.broadcast_to(bias, logits.shape), atol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_logits():

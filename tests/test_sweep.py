@@ -23,10 +23,13 @@ from l0jax.errors import UserError
 
 def test_each_kind_gets_its_recipe_its_lambda_and_the_settings_meant_for_it(tmp_path):
   settings = sweep.parse_settings(["--config.dataset=synthetic", "--config.num_epochs=3",
-                                   "--finetune.num_epochs=2", "--scratch.lr_milestones=(1,2)"])
-  members = sweep.plan(tmp_path, [0.25, 1.0], [20.0], settings)
+                                   "--finetune.num_epochs=2", "--scratch.lr_milestones=(1,2)",
+                                   "--retrain.num_epochs=4"])
+  members = sweep.plan(tmp_path, [0.25, 1.0], [20.0, 30.0], settings, [30.0])
   assert [m.name for m in members] == ["baseline", "scratch_lambda0.25", "scratch_lambda1",
-                                       "finetune_lambda20"]
+                                       "finetune_lambda20", "finetune_lambda30",
+                                       "retrain_lambda30"]
+  assert [m.lambda_l0 for m in members] == [None, 0.25, 1.0, 20.0, 30.0, 30.0]
   main = [sys.executable, os.path.join(REPO, "main.py")]
   configs = os.path.join(REPO, "configs")
   expected = {
@@ -38,6 +41,8 @@ def test_each_kind_gets_its_recipe_its_lambda_and_the_settings_meant_for_it(tmp_
       "finetune_lambda20": [f"--config={configs}/finetune.py", "--config.dataset=synthetic",
                             "--config.num_epochs=2", "--config.lambda_l0=20.0",
                             f"--config.init_from={tmp_path}/baseline"],
+      "retrain_lambda30": [f"--config={configs}/retrain.py", "--config.dataset=synthetic",
+                           "--config.num_epochs=4", f"--config.init_from={tmp_path}/finetune_lambda30"],
   }
   for member in members:
     train, test = member.commands(tmp_path)
@@ -58,6 +63,11 @@ def test_arguments_it_cannot_hand_on_are_refused(args):
 def test_a_lambda_listed_twice_is_refused(tmp_path):
   with pytest.raises(UserError, match="twice"):
     sweep.plan(tmp_path, [0.5, 0.5], [], sweep.parse_settings([]))
+
+
+def test_only_a_fine_tuned_run_can_be_retrained(tmp_path):
+  with pytest.raises(UserError, match="each must be one of --finetune_lambdas=20"):
+    sweep.plan(tmp_path, [], [20.0], sweep.parse_settings([]), [30.0])
 
 
 def test_a_run_tested_at_its_best_checkpoint_is_tested_again(tmp_path):
@@ -112,7 +122,7 @@ def test_a_rerun_skips_finished_runs(tiny_sweep):
 
 def table_rows(table: str) -> dict[str, list[str]]:
   rows = ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
-          if re.match(r"\| (baseline|scratch|finetune)", line))
+          if re.match(rf"\| ({'|'.join(sweep.KINDS)})", line))
   return {cells[0]: cells for cells in rows}
 
 

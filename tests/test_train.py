@@ -157,8 +157,7 @@ def test_finetuning_starts_from_the_baselines_weights(finished_runs, tmp_path):
   config = tiny_config(init_from=base, droprate_init=0.05)
   network, params, batch_stats = train.create_network(config, (8, 8, 3), 10)
   params, batch_stats = checkpoints.load_weights(base, config, params, batch_stats)
-  mngr, step = checkpoints.chosen_step(base)
-  saved = mngr.restore(step, args=ocp.args.StandardRestore())
+  saved = saved_state(base, "best")
   np.testing.assert_array_equal(params["stem"]["conv"]["kernel"][...],
                                 saved["params"]["stem"]["conv"]["kernel"]["value"])
   np.testing.assert_array_equal(batch_stats["blocks"][7]["branch1"]["bn"]["var"][...],
@@ -174,6 +173,29 @@ def test_the_last_checkpoint_is_tested_when_asked_for(finished_runs, tmp_path):
   assert tested.returncode == 0, tested.stderr[-3000:]
   metrics = json.load(open(base / "test_metrics.json"))
   assert metrics["checkpoint"] == "last" and metrics["checkpoint_step"] == 28
+
+
+def saved_state(workdir: str, which: str) -> dict:
+  mngr, step = checkpoints.chosen_step(workdir, which)
+  return mngr.restore(step, args=ocp.args.StandardRestore())
+
+
+def test_retraining_keeps_the_pruning_runs_gates_and_trains_its_weights(finished_runs, tmp_path):
+  _, tuned, _ = finished_runs
+  retrained = str(tmp_path / "retrained")
+  result = run_main("--config=configs/retrain.py", f"--workdir={retrained}",
+                    f"--config.init_from={tuned}", *tiny_flags(num_epochs=1))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "the last checkpoint of" in result.stderr and "its gates kept, fixed" in result.stderr
+  source, after = saved_state(tuned, "last"), saved_state(retrained, "last")
+  gates = lambda state: {jax.tree_util.keystr(path): v for path, v in
+                         jax.tree_util.tree_flatten_with_path(state["params"])[0]
+                         if "log_alpha" in jax.tree_util.keystr(path)}
+  assert gates(source) and all(np.array_equal(v, gates(after)[k]) for k, v in gates(source).items())
+  kernel = lambda state: state["params"]["stem"]["conv"]["kernel"]["value"]
+  assert not np.array_equal(kernel(source), kernel(after))
+  history = history_line(retrained)
+  assert history["train_loss"] == history["train_cross_entropy"]  # No L0 term.
 
 
 def test_export_of_a_finished_run(finished_runs):
