@@ -159,7 +159,7 @@ def channels_figure(layers: Sequence[dict], title: str) -> Figure:
 
 
 def trajectories_figure(history: Sequence[dict], marked_epoch: int, which: str,
-                        lambda_l0: float | None,
+                        lambda_l0: float | None,  # None: not in the loss
                         gate_fractions: dict[str, np.ndarray] | None) -> Figure:
   """Per epoch: accuracy and cross-entropy; with gates, the L0 term and what is kept too.
 
@@ -181,7 +181,8 @@ def trajectories_figure(history: Sequence[dict], marked_epoch: int, which: str,
   ax["loss"].set(title="cross-entropy")
   if gate_fractions:
     ax["l0"].plot(epochs, series("train_l0"), color="tab:red", **dots)
-    ax["l0"].set(title=f"L0 term (times lambda_l0 = {lambda_l0:g} in the loss)")
+    ax["l0"].set(title="L0 term (not in the loss: gates fixed)" if lambda_l0 is None
+                 else f"L0 term (times lambda_l0 = {lambda_l0:g} in the loss)")
     for key, label in (("train_open_gates", "open gates (test-time gate > 0)"),
                        ("train_expected_params_kept", "expected parameters kept"),
                        ("train_expected_macs_kept", "expected MACs kept")):
@@ -213,8 +214,12 @@ def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], which
                      total: dict[str, int], figures: Sequence[str]) -> str:
   """The run in a few lines: what it is, what it is worth, and what its gates decided."""
   minutes = sum(h["epoch_seconds"] for h in history) / 60
-  kind = (f"with L0 gates (lambda_l0 = {config.lambda_l0:g}, penalty {config.penalty})"
-          if config.use_gate else "without gates")
+  if not config.use_gate:
+    kind = "without gates"
+  elif config.train_gates:
+    kind = f"with L0 gates (lambda_l0 = {config.lambda_l0:g}, penalty {config.penalty})"
+  else:
+    kind = f"retrained with the gates of `{config.init_from}` fixed"
   test = (f"test accuracy {100 * metrics['test_accuracy']:.2f}%" if tested else
           f"not tested at its {which} checkpoint yet (`--mode=test`); the costs below are "
           "that checkpoint's")
@@ -286,7 +291,8 @@ def analyze(workdir: str, which: str = "best") -> dict[str, Any]:
     figures["log_alpha_trajectories.png"] = log_alpha_trajectory_figure(history, epoch, which)
     figures["channels.png"] = channels_figure(metrics["layers"], title)
   figures["trajectories.png"] = trajectories_figure(
-      history, epoch, which, config.lambda_l0 if config.use_gate else None, gate_fractions)
+      history, epoch, which, config.lambda_l0 if config.use_gate and config.train_gates else None,
+      gate_fractions)
   total = {s: sum(c[s] for c in layer_states.values()) for s in STATES}
   for name, fig in figures.items():
     save_figure(fig, out / name)

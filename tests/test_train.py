@@ -196,6 +196,11 @@ def test_retraining_keeps_the_pruning_runs_gates_and_trains_its_weights(finished
   assert not np.array_equal(kernel(source), kernel(after))
   history = history_line(retrained)
   assert history["train_loss"] == history["train_cross_entropy"]  # No L0 term.
+  analyzed = run_main("--mode=analyze", "--checkpoint=last", f"--workdir={retrained}")
+  assert analyzed.returncode == 0, analyzed.stderr[-3000:]
+  summary = open(os.path.join(retrained, "analysis", "summary.md")).read()
+  assert f"retrained with the gates of `{tuned}` fixed" in summary
+  assert os.path.getsize(os.path.join(retrained, "analysis", "trajectories.png")) > 1000
 
 
 def test_export_of_a_finished_run(finished_runs):
