@@ -246,7 +246,7 @@ def table_markdown(results: dict[str, Any]) -> str:
 
 def front_figure(results: dict[str, Any]) -> Figure:
   """Test accuracy against kept MACs and against kept parameters, the baseline's level marked."""
-  fig = Figure(figsize=(11, 4.5), layout="constrained")
+  fig = Figure(figsize=(11, 5), layout="constrained")
   axes = fig.subplots(1, 2, sharey=True)
   baseline = next((r for r in results["runs"] if r["kind"] == "baseline"), None)
   for ax, key, what in ((axes[0], "macs_kept_fraction", "MACs"),
@@ -273,7 +273,8 @@ def front_figure(results: dict[str, Any]) -> Figure:
     ax.set(xlabel=f"{what} kept (%)", xlim=(0, 105))
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("test accuracy (%)")
-  axes[0].legend(fontsize=8, loc="lower right")
+  # Below the axes, where it hides no run.
+  fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
   fig.suptitle(f"{results['dataset']}: test accuracy against cost (labels: lambda_l0)", fontsize=10)
   return fig
 
