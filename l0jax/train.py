@@ -130,12 +130,14 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   aug_key, gate_key = jax.random.split(key)
   # Augmented in float32 and rounded to the compute dtype once.
   images = data.augment(aug_key, data.normalize(images, mean, std)).astype(network.dtype)
+  if not config.train_gates:
+    gate_key = None  # The test-time gates.
 
   def loss_fn(params, batch_stats):
     if not config.train_gates:
       params = fix_gates(params)
     logits, batch_stats, net = network.apply(params, batch_stats, images, train=True,
-                                             gate_key=gate_key if config.train_gates else None)
+                                             gate_key=gate_key)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     metrics = gate_metrics(network, net, config.penalty)
     loss = ce + config.lambda_l0 * metrics["l0"] if config.train_gates else ce
