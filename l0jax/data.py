@@ -6,9 +6,11 @@ imported only when it is needed, so that `import l0jax.data` never pulls in
 TensorFlow (accelerator machines run without it).
 """
 
+import codecs
 import contextlib
 import dataclasses
 import gzip
+import io
 import math
 import os
 import pathlib
@@ -44,7 +46,7 @@ _PROBE_TIMEOUT_S = 3.0
 _CIFAR_PIXELS = 3 * 32 * 32
 # What a corrupt, truncated or foreign file raises while we unpack or parse it.
 _LOW_LEVEL_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError,
-                     pickle.UnpicklingError, tarfile.TarError, zlib.error)
+                     AttributeError, pickle.UnpicklingError, tarfile.TarError, zlib.error)
 
 Split = tuple[np.ndarray, np.ndarray]  # images uint8 [N, H, W, C], labels int32 [N]
 Blob = tuple[bytes, str]  # a file's contents, and where it came from for messages
@@ -52,6 +54,10 @@ Blob = tuple[bytes, str]  # a file's contents, and where it came from for messag
 
 class DataError(UserError):
   """The requested data cannot be found or read."""
+
+
+class _ForbiddenPickle(pickle.UnpicklingError):
+  """A pickle that asks for something the official files never hold: it could run code."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq would compare arrays
@@ -78,6 +84,10 @@ def _reading(where: str):
   """Turns what a damaged file raises into a DataError that names the file."""
   try:
     yield
+  except _ForbiddenPickle as e:
+    raise DataError(f"Refused {where}: {e}. Only what the official CIFAR files hold is "
+                    "unpickled (dicts, lists, bytes, numbers, uint8 arrays), so that a data file "
+                    "cannot run code") from e
   except _LOW_LEVEL_ERRORS as e:
     raise DataError(f"Cannot read {where}: corrupt, truncated or not the official format "
                     f"({type(e).__name__}: {_one_line(e)})") from e
@@ -92,12 +102,51 @@ def _chw_to_hwc(rows: np.ndarray) -> np.ndarray:
   return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
+def _uint8_dtype(*args) -> np.dtype:
+  dtype = np.dtype(*args)
+  if dtype != np.uint8:
+    raise _ForbiddenPickle(f"it holds a {dtype} array, where the official files hold uint8")
+  return dtype
+
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+  # How Python 3 pickles bytes at protocol 2; any other codec is not a copy of bytes.
+  if encoding != "latin1":
+    raise _ForbiddenPickle(f"it encodes text as {encoding!r}")
+  return codecs.encode(text, encoding)
+
+
+# Every global the official batches (Python 2, numpy 1) and protocol-2 copies
+# written by Python 3 and numpy 2 refer to: a uint8 array and bytes. Nothing
+# else can be called, so loading a batch cannot run code.
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's array unpickler, wherever numpy keeps it
+_CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _uint8_dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+  """Dicts, lists, bytes, str, numbers and uint8 arrays; every other global is refused."""
+
+  def find_class(self, module: str, name: str):
+    allowed = _CIFAR_PICKLE_GLOBALS.get((module, name))
+    if allowed is None:
+      raise _ForbiddenPickle(f"it asks for {module}.{name}")
+    return allowed
+
+
 def _cifar_pickle(label_key: bytes) -> Callable[[bytes], Split]:
   """One batch of the python version: a pickled dict of CHW rows and labels."""
 
   def parse(blob: bytes) -> Split:
-    # The official batches are Python 2 pickles; only unpickle files you trust.
-    batch = pickle.loads(blob, encoding="bytes")
+    # The official batches are Python 2 pickles: str is read as bytes.
+    batch = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    if not isinstance(batch, dict):
+      raise ValueError(f"it holds a {type(batch).__name__}, not a dict")
     rows = np.asarray(batch[b"data"])
     labels = np.asarray(batch[label_key], np.int32)
     if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != _CIFAR_PIXELS:

@@ -47,6 +47,16 @@ def tiny_flags(**overrides) -> list[str]:
   return [f"--config.{k}={value(v)}" for k, v in {**TINY, **overrides}.items()]
 
 
+class CreatesAFile:
+  """Unpickled by `pickle.loads`, it creates `path`: a stand-in for any code a pickle can run."""
+
+  def __init__(self, path):
+    self.path = str(path)
+
+  def __reduce__(self):
+    return open, (self.path, "w")
+
+
 def run_main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
   """main.py in a fresh process, as a user would run it (output captured as text)."""
   return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,

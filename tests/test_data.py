@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import CreatesAFile
 from l0jax import data
 from l0jax.config import base_config
 
@@ -325,6 +326,46 @@ def test_truncated_pickle(tmp_path):
   with pytest.raises(data.DataError, match="Cannot read") as e:
     data.load_dataset(_config("cifar10", folder))
   _check_one_line(e, str(folder / "data_batch_2"))
+
+
+@pytest.mark.parametrize("layout", ["folder", "archive"])
+def test_pickle_that_runs_code_is_refused(tmp_path, layout):
+  _, folder = write_cifar10_python(tmp_path / "src")
+  marker = tmp_path / "marker"
+  blob = pickle.dumps({b"data": CreatesAFile(marker), b"labels": []}, protocol=2)
+  pickle.loads(blob)[b"data"].close()  # The crafted batch does run code, unless refused.
+  assert marker.exists()
+  marker.unlink()
+  (folder / "data_batch_1").write_bytes(blob)
+  data_dir = folder
+  if layout == "archive":
+    data_dir = tmp_path / "archives"
+    data_dir.mkdir()
+    _tar_gz(folder, data_dir / "cifar-10-python.tar.gz")
+  with pytest.raises(data.DataError, match="Refused") as e:
+    data.load_dataset(_config("cifar10", data_dir))
+  _check_one_line(e, "data_batch_1", f"asks for {open.__module__}.open", "cannot run code")
+  assert not marker.exists()
+
+
+def test_pickle_of_another_array_type_is_refused(tmp_path):
+  _, folder = write_cifar10_python(tmp_path)
+  batch = pickle.loads((folder / "test_batch").read_bytes(), encoding="bytes")
+  batch[b"data"] = batch[b"data"].astype(np.float32)
+  (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+  with pytest.raises(data.DataError, match="Refused") as e:
+    data.load_dataset(_config("cifar10", folder))
+  _check_one_line(e, str(folder / "test_batch"), "float32")
+
+
+def test_pickle_as_numpy_1_wrote_it(tmp_path):
+  """The official batches name numpy 1's module, numpy.core.multiarray, which numpy 2 renamed."""
+  f, folder = write_cifar10_python(tmp_path)
+  for path in folder.iterdir():
+    blob = path.read_bytes()
+    path.write_bytes(blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+  assert b"numpy.core.multiarray\n_reconstruct" in (folder / "data_batch_1").read_bytes()
+  check_matches(data.load_dataset(_config("cifar10", folder)), f, 10)
 
 
 def test_wrong_record_size(tmp_path):

@@ -9,6 +9,7 @@ import concurrent.futures
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -16,7 +17,7 @@ import typing
 
 import pytest
 
-from conftest import REPO, tiny_config, tiny_flags
+from conftest import REPO, CreatesAFile, tiny_config, tiny_flags
 from l0jax import checkpoints
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
@@ -56,6 +57,17 @@ def truncated_cifar_archive(folder) -> str:
   return path
 
 
+def crafted_cifar_folder(folder) -> str:
+  """cifar-10-batches-py/ whose first batch would create a file in `folder` when unpickled."""
+  batches = folder / "cifar-10-batches-py"
+  batches.mkdir(parents=True)
+  for name in [f"data_batch_{i}" for i in range(2, 6)] + ["test_batch"]:
+    (batches / name).write_bytes(b"")
+  batch = {b"data": CreatesAFile(folder / "marker"), b"labels": []}
+  (batches / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+  return str(folder)
+
+
 def saved_run(workdir, **overrides) -> str:
   """A workdir as training leaves it (config, history, a checkpoint folder), for a tiny network."""
   workdir.mkdir()
@@ -86,6 +98,7 @@ def cases(tmp_path_factory) -> dict[str, Case]:
   archive_dir = root / "archive"
   archive_dir.mkdir()
   truncated_cifar_archive(archive_dir)
+  crafted = crafted_cifar_folder(root / "crafted")
   wider = saved_run(root / "wider", width_multiplier=0.5)
   ungated = saved_run(root / "ungated", use_gate=False)
   resumed = saved_run(root / "resumed")
@@ -107,6 +120,9 @@ def cases(tmp_path_factory) -> dict[str, Case]:
       "truncated_archive": (TRAIN + ["--config.dataset=cifar10",
                                      f"--config.data_dir={archive_dir}"],
                             None, missing, str(archive_dir)),
+      # The watched folder is where the pickle would create its file.
+      "pickle_runs_code": (TRAIN + ["--config.dataset=cifar10", f"--config.data_dir={crafted}"],
+                           None, missing, crafted),
       "test_missing_workdir": (["--mode=test"], None, missing, None),
       "export_empty_workdir": (["--mode=export"], None, str(empty_workdir), str(empty_workdir)),
       "init_from_nowhere": (TRAIN + [f"--config.init_from={missing}"], None,
@@ -158,6 +174,7 @@ REFUSALS = {
     "missing_data_dir": ["does not exist"],
     "empty_data_dir": ["cifar-10-python.tar.gz"],
     "truncated_archive": [os.path.join("{watched}", "cifar-10-python.tar.gz")],
+    "pickle_runs_code": ["Refused", "data_batch_1", "cannot run code"],
     "test_missing_workdir": ["no training run"],
     "export_empty_workdir": ["no training run"],
     "init_from_nowhere": ["init_from=", "does not exist"],
