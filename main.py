@@ -11,7 +11,9 @@ traceback instead).
 """
 
 import logging as py_logging
+import os
 import sys
+import traceback
 
 import ml_collections
 from absl import app, flags, logging
@@ -44,6 +46,37 @@ def _config_file_error(e: OSError) -> str:
   return f"cannot load --config: {str(e).splitlines()[-1].strip()}"
 
 
+def _config_path(argv: list[str]) -> str | None:
+  """The file of --config=PATH[:ARGS] (or --config PATH[:ARGS]) in `argv`, as an absolute path."""
+  for i, arg in enumerate(argv):
+    value = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+        argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+    if value is not None:
+      return os.path.abspath(value.split(":", 1)[0])
+  return None
+
+
+def _raised_in_config_file(e: BaseException, argv: list[str]) -> str | None:
+  """"FILE, line N: what it raised" if the --config file itself raised `e` (or what caused it).
+
+  ml_collections and absl re-raise what the file raised as other exceptions;
+  the file's own error is found along the chain of causes.
+  """
+  path = _config_path(argv)
+  seen = set()
+  while path and e is not None and id(e) not in seen:
+    seen.add(id(e))
+    lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__)
+             if os.path.abspath(frame.filename) == path]
+    if isinstance(e, SyntaxError) and e.filename and os.path.abspath(e.filename) == path:
+      lines.append(e.lineno)
+    if lines:
+      what = (str(e).splitlines() or [""])[0]
+      return f"{path}, line {lines[-1]}: {type(e).__name__}: {what}"
+    e = e.__cause__ or e.__context__
+  return None
+
+
 def _flag_error(e: Exception) -> str:
   if isinstance(e, flags.Error):
     return str(e).splitlines()[0]
@@ -61,8 +94,13 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with flag errors (an unknown config key, a wrong type) as one line."""
   try:
     return FLAGS(argv)
-  except (flags.Error, OSError, AttributeError, KeyError) as e:
+  except Exception as e:  # pylint: disable=broad-except  # The --config file may raise anything.
     if "--debug" in argv:
+      raise
+    in_config_file = _raised_in_config_file(e, argv)
+    if in_config_file:
+      fail(in_config_file)
+    if not isinstance(e, (flags.Error, OSError, AttributeError, KeyError)):
       raise
     fail(_flag_error(e))
 
@@ -73,8 +111,8 @@ def train_config() -> ml_collections.ConfigDict:
     raise UserError("--mode=train needs --config=configs/SOMETHING.py")
   try:
     config_lib.validate(FLAGS.config)
-  except OSError as e:  # ml_collections reports a missing config file at its first use.
-    raise UserError(_config_file_error(e)) from e
+  except OSError as e:  # ml_collections reports an OSError of the config file at its first use.
+    raise UserError(_raised_in_config_file(e, sys.argv) or _config_file_error(e)) from e
   return FLAGS.config
 
 

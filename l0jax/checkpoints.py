@@ -50,7 +50,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not path.exists():
     raise UserError(f"{workdir} holds no training run (no {CONFIG_FILE}); train into it first")
   config = config_lib.base_config()
-  config.update(json.loads(path.read_text()))
+  try:
+    saved = json.loads(path.read_text())
+    if not isinstance(saved, dict):
+      raise ValueError(f"it holds a {type(saved).__name__}, not the config's fields")
+    config.update(saved)
+  except (OSError, ValueError, TypeError) as e:  # Cut short, not a file, a field of a wrong type.
+    raise UserError(f"{path} is damaged ({_why(e)}) and was left as it is; to go on with this "
+                    "run, delete it and train again with the run's --config (it is written anew "
+                    "and training resumes from the checkpoints)") from e
   return config
 
 

@@ -102,6 +102,16 @@ def cases(tmp_path_factory) -> dict[str, Case]:
   wider = saved_run(root / "wider", width_multiplier=0.5)
   ungated = saved_run(root / "ungated", use_gate=False)
   resumed = saved_run(root / "resumed")
+  truncated_config = saved_run(root / "truncated_config")
+  text = (root / "truncated_config" / "config.json").read_text()
+  (root / "truncated_config" / "config.json").write_text(text[:len(text) // 2])
+  config_folder = saved_run(root / "config_folder")
+  (root / "config_folder" / "config.json").unlink()
+  (root / "config_folder" / "config.json").mkdir()
+  raising_config = root / "raising.py"
+  raising_config.write_text("def get_config():\n  return 1 / 0\n")
+  broken_config = root / "broken.py"
+  broken_config.write_text("from configs import gated\n\nget_config = gated.get_config(\n")
 
   # name: (args, env, workdir that must not appear, folder that must stay as it is)
   specs = {
@@ -135,6 +145,10 @@ def cases(tmp_path_factory) -> dict[str, Case]:
                                  str(root / "retrained"), ungated),
       "unknown_init_checkpoint": (TRAIN + ["--config.init_checkpoint=middle"], None, missing, None),
       "resume_other_network": (TRAIN + ["--config.width_multiplier=0.5"], None, resumed, resumed),
+      "truncated_config_json": (TRAIN, None, truncated_config, truncated_config),
+      "config_json_is_a_folder": (["--mode=test"], None, config_folder, config_folder),
+      "config_file_raises": ([f"--config={raising_config}"], None, missing, None),
+      "config_file_does_not_parse": ([f"--config={broken_config}"], None, missing, None),
       "debug": (TRAIN + ["--config.lambda_l0=-0.5", "--debug"], None, missing, None),
   }
   before = {name: tree_listing(watched) if watched else None
@@ -183,6 +197,12 @@ REFUSALS = {
     "retrain_an_ungated_run": ["{watched}", "use_gate: False there, True here"],
     "unknown_init_checkpoint": ["init_checkpoint='middle' is not one of best, last"],
     "resume_other_network": ["width_multiplier: 0.25 there, 0.5 here", "left untouched"],
+    "truncated_config_json": [os.path.join("{watched}", "config.json"), "is damaged",
+                              "JSONDecodeError", "delete it and train again"],
+    "config_json_is_a_folder": [os.path.join("{watched}", "config.json"), "is damaged",
+                                "IsADirectoryError"],
+    "config_file_raises": ["raising.py, line 2: ZeroDivisionError: division by zero"],
+    "config_file_does_not_parse": ["broken.py, line 3: SyntaxError"],
 }
 
 
