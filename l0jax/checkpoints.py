@@ -45,7 +45,7 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's saved config; fields added to the code since it was saved take their defaults."""
+  """The run's saved config; fields added since it was saved read as LEGACY_VALUES or defaults."""
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise UserError(f"{workdir} holds no training run (no {CONFIG_FILE}); train into it first")
@@ -54,7 +54,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     saved = json.loads(path.read_text())
     if not isinstance(saved, dict):
       raise ValueError(f"it holds a {type(saved).__name__}, not the config's fields")
-    config.update(saved)
+    config.update({**config_lib.LEGACY_VALUES, **saved})
   except (OSError, ValueError, TypeError) as e:  # Cut short, not a file, a field of a wrong type.
     raise UserError(f"{path} is damaged ({_why(e)}) and was left as it is; to go on with this "
                     "run, delete it and train again with the run's --config (it is written anew "
@@ -69,7 +69,7 @@ def architecture_differences(saved: ml_collections.ConfigDict, config: ml_collec
 
 
 def check_same_network(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses to train into a file, or into a workdir that holds a run of a different network.
+  """Refuses to train into a file, or into a workdir that holds a run of another network or split.
 
   Called before anything is written, so that the refused workdir stays as it was.
   """
@@ -77,9 +77,11 @@ def check_same_network(workdir: str, config: ml_collections.ConfigDict) -> None:
     raise UserError(f"--workdir={workdir} is a file, not a folder")
   if not (epath.Path(workdir) / CONFIG_FILE).exists():
     return
-  differences = architecture_differences(load_config(workdir), config)
+  # Its split too: a resumed run trains on the examples it started with.
+  differences = architecture_differences(load_config(workdir), config,
+                                         config_lib.ARCHITECTURE_FIELDS + ("val_split",))
   if differences:
-    raise UserError(f"{workdir} holds a run of a different network ({'; '.join(differences)}); "
+    raise UserError(f"{workdir} holds a run of a different network or split ({'; '.join(differences)}); "
                     "it was left untouched. Train into another workdir, or resume with the "
                     f"saved settings in {epath.Path(workdir) / CONFIG_FILE}")
 

@@ -13,6 +13,9 @@ from l0jax.errors import UserError
 # different value of any of these is refused, because the checkpoint's arrays
 # would not fit.
 ARCHITECTURE_FIELDS = ("dataset", "use_gate", "width_multiplier", "synthetic_image_size")
+# What a saved config written before a field existed meant by it, where that
+# is not today's default: runs keep the data they were made with.
+LEGACY_VALUES = {"val_split": "seeded"}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,6 +30,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = ""
   # 0 = the whole training split; otherwise a fixed subset (smoke runs).
   c.max_train_examples = 0
+  # Which 10% of the official training set validates: hash (chosen by each
+  # image and label, the same from every source) or seeded (by file order: the
+  # split of runs made before hash existed, which a saved config without this
+  # field reads as).
+  c.val_split = "hash"
   # Shape and size of the `synthetic` dataset (random class prototypes).
   c.synthetic_image_size = 32
   c.synthetic_num_train = 2048
@@ -84,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
 PENALTIES = ("mean_gate", "params", "macs")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+VAL_SPLITS = ("hash", "seeded")
 CHECKPOINTS = ("best", "last")
 
 
@@ -95,6 +104,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
   check(c.dataset in DATASETS, f"dataset={c.dataset!r} is not one of {', '.join(DATASETS)}")
   check(c.penalty in PENALTIES, f"penalty={c.penalty!r} is not one of {', '.join(PENALTIES)}")
+  check(c.val_split in VAL_SPLITS,
+        f"val_split={c.val_split!r} is not one of {', '.join(VAL_SPLITS)}")
   check(c.compute_dtype in COMPUTE_DTYPES,
         f"compute_dtype={c.compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
   check(c.init_checkpoint in CHECKPOINTS,

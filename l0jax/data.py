@@ -10,6 +10,7 @@ import codecs
 import contextlib
 import dataclasses
 import gzip
+import hashlib
 import io
 import math
 import os
@@ -27,12 +28,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from l0jax.config import VAL_SPLITS
 from l0jax.errors import UserError
 
 # Installed by Debian's `dataset-fashion-mnist`: the four official IDX files, gzipped.
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-# The validation split is a fixed part of the official training set, drawn
-# with this seed whatever config.seed is, so that every run sees the same split.
+# The validation split is a fixed part of the official training set, whatever
+# config.seed is. `val_split="hash"` chooses it by each example's content (see
+# `content_order`); "seeded", the split of runs made before it, by a permutation
+# of the file order drawn with SPLIT_SEED, which differs between sources.
 SPLIT_SEED = 0
 VAL_FRACTION = 0.1
 SYNTHETIC_SEED = 0
@@ -346,12 +350,14 @@ def _load_local(spec: _Spec, data_dir: pathlib.Path) -> tuple[Split, Split, str]
 # --- TFDS -------------------------------------------------------------------
 
 
+class _Unreachable(Exception):
+  """A download's host did not answer; the message is the host."""
+
+
 def _can_download(url: str) -> bool:
   """Whether `url`'s host accepts a connection within a few seconds.
 
-  Checked before letting TFDS download, so that an offline machine fails in
-  seconds instead of waiting on a download that cannot succeed. The probe runs
-  in a thread because name resolution ignores socket timeouts.
+  The probe runs in a thread because name resolution ignores socket timeouts.
   """
   parts = urllib.parse.urlsplit(url)
   port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -368,6 +374,32 @@ def _can_download(url: str) -> bool:
   thread.start()
   thread.join(_PROBE_TIMEOUT_S)
   return bool(reachable)
+
+
+def _download_and_prepare(builder, url: str) -> None:
+  """`builder.download_and_prepare()`, abandoned if it is still running while `url` is unreachable.
+
+  The download starts at once, and finishes at once when it has nothing to
+  fetch (as under `tfds.testing.mock_data`). Only one still running after a
+  few seconds is checked on, so that an offline machine fails in seconds
+  instead of waiting on a download that cannot succeed.
+  """
+  done, failed = threading.Event(), []
+
+  def prepare():
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except  # Raised again below.
+      failed.append(e)
+    finally:
+      done.set()
+
+  threading.Thread(target=prepare, daemon=True).start()
+  if not done.wait(_PROBE_TIMEOUT_S) and not _can_download(url):
+    raise _Unreachable(urllib.parse.urlsplit(url).hostname)
+  done.wait()
+  if failed:
+    raise failed[0]
 
 
 def _ways_to_provide(name: str, spec: _Spec) -> str:
@@ -389,12 +421,9 @@ def _load_tfds(name: str, spec: _Spec, data_dir: str) -> tuple[Split, Split, str
   except ImportError:
     raise DataError(f"{problem}tensorflow_datasets is not installed. {ways}") from None
   builder = tfds.builder(spec.tfds_name, data_dir=data_dir or None)
-  if not builder.is_prepared() and not _can_download(spec.download_url):
-    host = urllib.parse.urlsplit(spec.download_url).hostname
-    raise DataError(f"{problem}no prepared TFDS copy ({builder.data_dir}) and TFDS cannot "
-                    f"download it ({host} is unreachable). {ways}")
   try:
-    builder.download_and_prepare()  # a no-op when prepared
+    if not builder.is_prepared():
+      _download_and_prepare(builder, spec.download_url)
     splits = []
     for split in ("train", "test"):
       # Not batch_size=-1: that batches by the size recorded in the metadata,
@@ -402,6 +431,9 @@ def _load_tfds(name: str, spec: _Spec, data_dir: str) -> tuple[Split, Split, str
       ds = builder.as_dataset(split=split, as_supervised=True, batch_size=_TFDS_CHUNK)
       images, labels = zip(*tfds.as_numpy(ds))
       splits.append((np.concatenate(images), np.concatenate(labels).astype(np.int32)))
+  except _Unreachable as e:
+    raise DataError(f"{problem}no prepared TFDS copy ({builder.data_dir}) and TFDS cannot "
+                    f"download it ({e} is unreachable). {ways}") from None
   except Exception as e:  # TFDS and tf.data raise all sorts; the user needs one line.
     raise DataError(f"{problem}TFDS failed to load it from {builder.data_dir} "
                     f"({type(e).__name__}: {_one_line(e)}). {ways}") from e
@@ -468,14 +500,15 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     raise DataError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
   if config.max_train_examples < 0:
     raise DataError(f"max_train_examples must be >= 0, got {config.max_train_examples}.")
+  if config.val_split not in VAL_SPLITS:
+    raise DataError(f"val_split={config.val_split!r} is not one of {', '.join(VAL_SPLITS)}.")
   if name == "synthetic":
     if config.synthetic_num_train < 10 or config.synthetic_image_size < 1:
       raise DataError("synthetic_num_train must be >= 10 and synthetic_image_size >= 1, got "
                       f"{config.synthetic_num_train} and {config.synthetic_image_size}.")
     train, test = _synthetic(config.synthetic_image_size, config.synthetic_num_train)
     source = f"synthetic ({SYNTHETIC_NUM_CLASSES} random prototypes + noise, seed {SYNTHETIC_SEED})"
-    return _make_dataset(name, train, test, SYNTHETIC_NUM_CLASSES, config.max_train_examples,
-                         source)
+    return _make_dataset(name, train, test, SYNTHETIC_NUM_CLASSES, config, source)
 
   spec = _SPECS[name]
   data_dir = config.data_dir
@@ -491,23 +524,41 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   if loaded is None:
     loaded = _load_tfds(name, spec, data_dir)
   train, test, source = loaded
-  return _make_dataset(name, train, test, spec.num_classes, config.max_train_examples, source)
+  return _make_dataset(name, train, test, spec.num_classes, config, source)
 
 
-def _make_dataset(name: str, train: Split, test: Split, num_classes: int, max_train: int,
-                  source: str) -> Dataset:
+def content_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """The examples sorted by a 128-bit BLAKE2b hash of each one's int32 label and HWC pixels.
+
+  The order depends on the examples only, not on the order a source stores
+  them in (TFDS shuffles the official files), so every source of a data set
+  gives the same split, the same training order and the same statistics.
+  Only examples identical in label and pixels tie, and those are interchangeable.
+  """
+  digests = b"".join(
+      hashlib.blake2b(label.astype("<i4").tobytes() + image.tobytes(), digest_size=16).digest()
+      for image, label in zip(images, labels))
+  keys = np.frombuffer(digests, ">u8").reshape(-1, 2)
+  return np.lexsort((keys[:, 1], keys[:, 0]))
+
+
+def _make_dataset(name: str, train: Split, test: Split, num_classes: int,
+                  config: ml_collections.ConfigDict, source: str) -> Dataset:
   for split, what in ((train, "training"), (test, "test")):
     _check_split(*split, num_classes, f"The {what} split of {source}")
   images, labels = train
-  # RandomState's stream is frozen by NumPy's compatibility policy, so the
-  # split cannot change with a NumPy upgrade.
-  order = np.random.RandomState(SPLIT_SEED).permutation(len(labels))
+  if config.val_split == "hash":
+    order = content_order(images, labels)
+  else:  # RandomState's stream is frozen by NumPy's compatibility policy.
+    order = np.random.RandomState(SPLIT_SEED).permutation(len(labels))
   num_val = round(len(labels) * VAL_FRACTION)
   val, kept = order[:num_val], order[num_val:]
   train_images, train_labels = images[kept], labels[kept]
+  # Exact, and independent of the order: integer pixel counts, then float64.
   mean, std = _channel_stats(train_images)
-  if max_train:
-    train_images, train_labels = train_images[:max_train], train_labels[:max_train]
+  if config.max_train_examples:
+    train_images = train_images[:config.max_train_examples]
+    train_labels = train_labels[:config.max_train_examples]
   return Dataset(
       name=name,
       train_images=train_images, train_labels=train_labels,

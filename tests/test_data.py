@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import tarfile
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -124,12 +125,7 @@ def _idx(array):
 def write_fashion_mnist(folder, gz):
   f = _arrays(5 * BATCH, 10, shape=(28, 28, 1))
   folder.mkdir(parents=True, exist_ok=True)
-  for name, array in [("train-images-idx3-ubyte", f.train_images[..., 0]),
-                      ("train-labels-idx1-ubyte", f.train_labels),
-                      ("t10k-images-idx3-ubyte", f.test_images[..., 0]),
-                      ("t10k-labels-idx1-ubyte", f.test_labels)]:
-    blob = _idx(array)
-    (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(blob) if gz else blob)
+  _write_idx(folder, f, gz)
   return f, folder
 
 
@@ -221,6 +217,58 @@ def test_split_is_fixed_and_subset_is_a_prefix(tmp_path):
   np.testing.assert_array_equal(small.mean, a.mean)  # statistics of the whole training split
 
 
+def _permuted(f, seed):
+  """The same examples in another order, as another source (TFDS) stores them."""
+  order = np.random.default_rng(seed).permutation(len(f.train_labels))
+  return Fixture(f.train_images[order], f.train_labels[order], f.test_images, f.test_labels)
+
+
+def _check_same_split(a, b):
+  for field in ("train_images", "train_labels", "val_images", "val_labels", "mean", "std"):
+    np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+def _write_idx(folder, f, gz):
+  for name, array in [("train-images-idx3-ubyte", f.train_images[..., 0]),
+                      ("train-labels-idx1-ubyte", f.train_labels),
+                      ("t10k-images-idx3-ubyte", f.test_images[..., 0]),
+                      ("t10k-labels-idx1-ubyte", f.test_labels)]:
+    blob = _idx(array)
+    (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(blob) if gz else blob)
+
+
+def test_split_is_the_same_from_every_source(tmp_path):
+  f, folder = write_fashion_mnist(tmp_path / "official", gz=False)
+  shuffled = tmp_path / "shuffled"
+  shuffled.mkdir()
+  _write_idx(shuffled, _permuted(f, 1), gz=True)
+  a = data.load_dataset(_config("fashion_mnist", folder))
+  _check_same_split(a, data.load_dataset(_config("fashion_mnist", shuffled)))
+  check_matches(a, f, 10)
+  # The seeded split of runs made before follows the file order: it differs.
+  b = data.load_dataset(_config("fashion_mnist", shuffled, val_split="seeded"))
+  assert {x.tobytes() for x in a.val_images} != {x.tobytes() for x in b.val_images}
+
+
+def test_split_is_the_same_from_tfds(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  f, folder = write_fashion_mnist(tmp_path / "official", gz=True)
+  tfds_order = _permuted(f, 2)
+
+  def as_dataset(self, split, **kwargs):
+    del self, kwargs
+    train = "train" in str(split)
+    return tf.data.Dataset.from_tensor_slices({
+        "image": tfds_order.train_images if train else tfds_order.test_images,
+        "label": (tfds_order.train_labels if train else tfds_order.test_labels).astype(np.int64)})
+
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    from_tfds = data.load_dataset(_config("fashion_mnist", tmp_path))
+  assert from_tfds.source.startswith("TFDS fashion_mnist")
+  _check_same_split(data.load_dataset(_config("fashion_mnist", folder)), from_tfds)
+
+
 def test_synthetic():
   config = _config("synthetic", synthetic_image_size=16, synthetic_num_train=200)
   a, b = data.load_dataset(config), data.load_dataset(config)
@@ -237,9 +285,8 @@ def test_synthetic():
 
 
 @pytest.mark.parametrize("name,shape", [("cifar10", (32, 32, 3)), ("fashion_mnist", (28, 28, 1))])
-def test_tfds_mocked(tmp_path, monkeypatch, name, shape):
+def test_tfds_mocked(tmp_path, name, shape):
   tfds = pytest.importorskip("tensorflow_datasets")
-  monkeypatch.setattr(data, "_can_download", lambda url: True)  # mocked downloads are no-ops
   with tfds.testing.mock_data(num_examples=30):
     ds = data.load_dataset(_config(name, tmp_path))
   assert ds.source.startswith(f"TFDS {name}")
@@ -250,10 +297,14 @@ def test_tfds_mocked(tmp_path, monkeypatch, name, shape):
 
 
 def test_tfds_unreachable_fails_fast(tmp_path, monkeypatch):
-  pytest.importorskip("tensorflow_datasets")
+  tfds = pytest.importorskip("tensorflow_datasets")
+  monkeypatch.setattr(data, "_PROBE_TIMEOUT_S", 0.1)
   monkeypatch.setattr(data, "_can_download", lambda url: False)
+  hung = threading.Event()  # A download that waits for an unreachable host.
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lambda self: hung.wait())
   with pytest.raises(data.DataError, match="cannot download") as e:
     data.load_dataset(_config("fashion_mnist", tmp_path))
+  hung.set()
   _check_one_line(e, str(tmp_path), "train-images-idx3-ubyte",
                   "apt-get install dataset-fashion-mnist")
 

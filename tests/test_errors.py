@@ -112,6 +112,10 @@ def cases(tmp_path_factory) -> dict[str, Case]:
   raising_config.write_text("def get_config():\n  return 1 / 0\n")
   broken_config = root / "broken.py"
   broken_config.write_text("from configs import gated\n\nget_config = gated.get_config(\n")
+  older = saved_run(root / "older")  # Saved before val_split existed: it used the seeded split.
+  saved = json.loads((root / "older" / "config.json").read_text())
+  del saved["val_split"]
+  (root / "older" / "config.json").write_text(json.dumps(saved))
 
   # name: (args, env, workdir that must not appear, folder that must stay as it is)
   specs = {
@@ -149,6 +153,7 @@ def cases(tmp_path_factory) -> dict[str, Case]:
       "config_json_is_a_folder": (["--mode=test"], None, config_folder, config_folder),
       "config_file_raises": ([f"--config={raising_config}"], None, missing, None),
       "config_file_does_not_parse": ([f"--config={broken_config}"], None, missing, None),
+      "resume_other_split": (TRAIN, None, older, older),
       "debug": (TRAIN + ["--config.lambda_l0=-0.5", "--debug"], None, missing, None),
   }
   before = {name: tree_listing(watched) if watched else None
@@ -203,6 +208,7 @@ REFUSALS = {
                                 "IsADirectoryError"],
     "config_file_raises": ["raising.py, line 2: ZeroDivisionError: division by zero"],
     "config_file_does_not_parse": ["broken.py, line 3: SyntaxError"],
+    "resume_other_split": ["val_split: 'seeded' there, 'hash' here"],
 }
 
 
