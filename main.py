@@ -10,6 +10,7 @@ Bad input ends with one line on stderr and exit status 2 (--debug shows the
 traceback instead).
 """
 
+import contextlib
 import logging as py_logging
 import os
 import sys
@@ -20,6 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from l0jax import config as config_lib
+from l0jax import locking
 from l0jax.errors import UserError
 
 MODES = ("train", "test", "export", "analyze")
@@ -116,6 +118,14 @@ def train_config() -> ml_collections.ConfigDict:
   return FLAGS.config
 
 
+def workdir_lock(workdir: str) -> contextlib.AbstractContextManager:
+  """Training's hold on `workdir`, taken by process 0 alone: a run's processes share it."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_index() > 0:
+    return contextlib.nullcontext()
+  return locking.held(workdir, "--workdir")
+
+
 def run(mode: str, workdir: str):
   config = train_config() if mode == "train" else None
   # Imported here so that `--help` and bad flags or config values answer without loading JAX.
@@ -125,7 +135,8 @@ def run(mode: str, workdir: str):
   if FLAGS.multihost:
     jax.distributed.initialize()
   if mode == "train":
-    train.train_and_evaluate(config, workdir)
+    with workdir_lock(workdir):  # Before anything compiles: a second run is refused at once.
+      train.train_and_evaluate(config, workdir)
   elif mode == "test":
     evaluation.test(workdir, FLAGS.checkpoint)
   elif mode == "export":

@@ -19,6 +19,7 @@ from absl import logging
 from etils import epath
 
 from l0jax import config as config_lib
+from l0jax import locking
 from l0jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -69,12 +70,10 @@ def architecture_differences(saved: ml_collections.ConfigDict, config: ml_collec
 
 
 def check_same_network(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses to train into a file, or into a workdir that holds a run of another network or split.
+  """Refuses to train into a workdir that holds a run of another network or split.
 
   Called before anything is written, so that the refused workdir stays as it was.
   """
-  if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
-    raise UserError(f"--workdir={workdir} is a file, not a folder")
   if not (epath.Path(workdir) / CONFIG_FILE).exists():
     return
   # Its split too: a resumed run trains on the examples it started with.
@@ -122,6 +121,12 @@ def chosen_step(workdir: str, which: str = "best") -> tuple[ocp.CheckpointManage
     raise UserError(f"cannot read the checkpoints in {workdir}: {_why(e)}") from e
   if step is None:
     raise UserError(f"{workdir} has no checkpoint yet; train into it first")
+  trainer = locking.holder(workdir)
+  if trainer:
+    newest = mngr.latest_step()
+    logging.warning("%s is being trained by %s: this reads its %s checkpoint, step %d%s.",
+                    workdir, trainer, which, step,
+                    f" (the newest is step {newest})" if newest > step else "")
   return mngr, step
 
 

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 from absl import app, flags, logging
 from matplotlib.figure import Figure
 
-from l0jax import analysis, evaluation
+from l0jax import analysis, evaluation, locking
 from l0jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -314,11 +314,12 @@ def main(argv: list[str]) -> None:
     if not FLAGS.sweep_dir:
       raise UserError("--sweep_dir is required")
     sweep_dir = pathlib.Path(FLAGS.sweep_dir).absolute()
-    results = sweep(sweep_dir, _floats("scratch_lambdas", FLAGS.scratch_lambdas),
-                    _floats("finetune_lambdas", FLAGS.finetune_lambdas),
-                    _floats("retrain_lambdas", FLAGS.retrain_lambdas),
-                    parse_settings(argv[1:]),
-                    shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]))
+    with locking.held(str(sweep_dir), "--sweep_dir"):
+      results = sweep(sweep_dir, _floats("scratch_lambdas", FLAGS.scratch_lambdas),
+                      _floats("finetune_lambdas", FLAGS.finetune_lambdas),
+                      _floats("retrain_lambdas", FLAGS.retrain_lambdas),
+                      parse_settings(argv[1:]),
+                      shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]))
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

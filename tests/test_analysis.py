@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from l0jax import analysis, evaluation, gates, train
+from l0jax import analysis, checkpoints, evaluation, gates, locking, train
 
 # Accounting layer names of the gated branch outputs.
 BRANCH_LAYERS = {"1x1": "branch1", "3x3": "branch3", "5x5": "branch5", "pool": "branch_pool"}
@@ -117,3 +117,15 @@ def test_a_run_without_gates_gets_its_trajectories_and_says_so(gated_run, tmp_pa
   assert result["gates"] == {"pruned": 0, "undecided": 0, "open": 0}
   summary = (workdir / analysis.ANALYSIS_DIR / "summary.md").read_text()
   assert "without gates" in summary and "No gates" in summary
+
+
+def test_reading_a_run_that_is_training_says_so(gated_run, caplog):
+  """Test, export and analyze may read a workdir while it trains; they say which step they read."""
+  _, best = checkpoints.chosen_step(gated_run, "best")
+  last = checkpoints.manager(gated_run, read_only=True).latest_step()
+  assert not any("is being trained" in r.getMessage() for r in caplog.records)
+  with locking.held(gated_run, "--workdir"):  # As the training process holds it.
+    checkpoints.chosen_step(gated_run, "best")
+  message = next(r.getMessage() for r in caplog.records if "is being trained" in r.getMessage())
+  assert f"by process {os.getpid()}: this reads its best checkpoint, step {best}" in message
+  assert (f"(the newest is step {last})" in message) == (last > best)

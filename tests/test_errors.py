@@ -13,12 +13,13 @@ import pickle
 import subprocess
 import sys
 import tarfile
+import time
 import typing
 
 import pytest
 
 from conftest import REPO, CreatesAFile, tiny_config, tiny_flags
-from l0jax import checkpoints
+from l0jax import checkpoints, locking
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -116,6 +117,7 @@ def cases(tmp_path_factory) -> dict[str, Case]:
   saved = json.loads((root / "older" / "config.json").read_text())
   del saved["val_split"]
   (root / "older" / "config.json").write_text(json.dumps(saved))
+  busy = saved_run(root / "busy")  # This process holds its lock while the cases run.
 
   # name: (args, env, workdir that must not appear, folder that must stay as it is)
   specs = {
@@ -127,8 +129,8 @@ def cases(tmp_path_factory) -> dict[str, Case]:
       "indivisible_batch": (TRAIN + ["--config.batch_size=33"], TWO_DEVICES, missing, None),
       "unknown_dataset": (TRAIN + ["--config.dataset=imagenet"], None, missing, None),
       "missing_config_file": (["--config=configs/nope.py"], None, missing, None),
-      "missing_data_dir": (TRAIN + ["--config.dataset=cifar10", f"--config.data_dir={missing}"],
-                           None, missing, None),
+      "missing_data_dir": (TRAIN + ["--config.dataset=cifar10",
+                                    f"--config.data_dir={root / 'no_data'}"], None, missing, None),
       "empty_data_dir": (TRAIN + ["--config.dataset=cifar10", f"--config.data_dir={empty}"],
                          {"PYTHONPATH": str(no_tfds.parent)}, missing, str(empty)),
       "truncated_archive": (TRAIN + ["--config.dataset=cifar10",
@@ -154,26 +156,34 @@ def cases(tmp_path_factory) -> dict[str, Case]:
       "config_file_raises": ([f"--config={raising_config}"], None, missing, None),
       "config_file_does_not_parse": ([f"--config={broken_config}"], None, missing, None),
       "resume_other_split": (TRAIN, None, older, older),
+      "workdir_in_use": (TRAIN, None, busy, busy),
       "debug": (TRAIN + ["--config.lambda_l0=-0.5", "--debug"], None, missing, None),
   }
+  # Each case its own absent workdir: a training process creates it while it runs.
+  specs = {name: (args, env, str(root / f"absent_{name}") if workdir == missing else workdir,
+                  watched) for name, (args, env, workdir, watched) in specs.items()}
   before = {name: tree_listing(watched) if watched else None
             for name, (_, _, _, watched) in specs.items()}
-  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+  with locking.held(busy, "--workdir"), concurrent.futures.ThreadPoolExecutor(4) as pool:
     futures = {name: pool.submit(main_py, *args, f"--workdir={workdir}", env=env)
                for name, (args, env, workdir, _) in specs.items()}
   return {name: Case(futures[name].result(), workdir, watched, before[name])
           for name, (_, _, workdir, watched) in specs.items()}
 
 
-def check_refused(case: Case, *fragments: str) -> None:
-  """The case failed with exit status 2 and one error line holding `fragments`, touching nothing."""
-  result = case.result
+def check_error_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
+  """Exit status 2 and one error line on stderr, holding `fragments`."""
   assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   lines = result.stderr.strip().splitlines()
   assert lines == [lines[-1]] and lines[-1].startswith("error: "), result.stderr[-3000:]
   for fragment in fragments:
     assert fragment in lines[-1], lines[-1]
+
+
+def check_refused(case: Case, *fragments: str) -> None:
+  """The case failed with exit status 2 and one error line holding `fragments`, touching nothing."""
+  check_error_line(case.result, *fragments)
   if case.watched is None:
     assert not os.path.exists(case.workdir), os.listdir(case.workdir)
   else:
@@ -209,6 +219,7 @@ REFUSALS = {
     "config_file_raises": ["raising.py, line 2: ZeroDivisionError: division by zero"],
     "config_file_does_not_parse": ["broken.py, line 3: SyntaxError"],
     "resume_other_split": ["val_split: 'seeded' there, 'hash' here"],
+    "workdir_in_use": [f"is in use by process {os.getpid()}"],
 }
 
 
@@ -227,3 +238,39 @@ def test_debug_shows_the_traceback(cases):
   assert result.returncode != 0 and "Traceback" in result.stderr
   assert "lambda_l0=-0.5 must be >= 0" in result.stderr
   assert not os.path.exists(cases["debug"].workdir)
+
+
+def test_a_second_run_in_a_workdir_is_refused_until_the_first_is_killed(tmp_path):
+  """Two real processes: the second is refused at once, naming the first; a killed first blocks
+  nothing (its lock file, with its PID, stays behind)."""
+  workdir = str(tmp_path / "run")
+  command = [sys.executable, os.path.join(REPO, "main.py"), *TRAIN, "--config.num_epochs=1000",
+             f"--workdir={workdir}"]
+  first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+  try:
+    deadline = time.monotonic() + 120
+    while locking.holder(workdir) != f"process {first.pid}":
+      assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-3000:]
+      time.sleep(0.2)
+    second = main_py(*TRAIN, "--config.num_epochs=1000", f"--workdir={workdir}")
+  finally:
+    first.kill()
+    first.communicate()
+  check_error_line(second, f"is in use by process {first.pid}")
+  lock_file = os.path.join(workdir, locking.LOCK_FILE)
+  assert open(lock_file).read().strip() == str(first.pid)
+  assert locking.holder(workdir) is None
+  with locking.held(workdir, "--workdir"):
+    assert open(lock_file).read().strip() == str(os.getpid())
+  assert not os.path.exists(lock_file)
+
+
+def test_a_second_sweep_in_a_sweep_dir_is_refused(tmp_path):
+  sweep_dir = tmp_path / "sweep"
+  with locking.held(str(sweep_dir), "--sweep_dir"):
+    before = tree_listing(sweep_dir)
+    result = subprocess.run([sys.executable, "-m", "l0jax.sweep", f"--sweep_dir={sweep_dir}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    check_refused(Case(result, str(sweep_dir), str(sweep_dir), before),
+                  f"--sweep_dir={sweep_dir} is in use by process {os.getpid()}")
