@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from l0jax import config as config_lib
 from l0jax import locking
-from l0jax.errors import UserError
+from l0jax.errors import UserError, os_failure
 
 MODES = ("train", "test", "export", "analyze")
 
@@ -147,14 +147,35 @@ def run(mode: str, workdir: str):
 
 
 class QuietLibraries(py_logging.Filter):
-  """Keeps Orbax's per-checkpoint INFO chatter off the console; its warnings still show."""
+  """Keeps Orbax's per-checkpoint INFO chatter off the console; its warnings still show.
+
+  The errors that Orbax's, clu's and asyncio's background threads log when a
+  write fails (pages of traceback) are left out too: the failure reaches the
+  main thread, which reports it in one line.
+  """
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+    library = next((lib for lib in ("orbax", "clu", "asyncio") if f"/{lib}/" in record.pathname),
+                   None)
+    if library == "orbax" and record.levelno < py_logging.WARNING:
+      return False
+    return library is None or record.levelno < py_logging.ERROR
+
+
+def quiet_unraisable(unraisable) -> None:
+  """sys.unraisablehook: one debug line instead of a traceback.
+
+  TensorStore reports this way what its callbacks raise into Orbax's closed
+  event loop after a write failed: pages of "Event loop is closed" before the
+  one line that reports the failure.
+  """
+  logging.debug("Ignored: %s: %s", unraisable.exc_type.__name__, unraisable.exc_value)
 
 
 def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(QuietLibraries())
+  if not FLAGS.debug:
+    sys.unraisablehook = quiet_unraisable
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.workdir:
@@ -166,6 +187,18 @@ def main(argv: list[str]) -> None:
       raise
     logging.flush()
     fail(str(e))
+  except Exception as e:  # pylint: disable=broad-except  # Only an OS failure is not a bug.
+    reason = os_failure(e)
+    if FLAGS.debug or reason is None:
+      raise
+    logging.flush()
+    print(f"error: --mode={FLAGS.mode} stopped, as the system refused a write: {reason}. What "
+          "was complete is kept (the newest checkpoint, history.jsonl, config.json); fix this and "
+          "run the same command again" + (" to resume" if FLAGS.mode == "train" else ""),
+          file=sys.stderr, flush=True)
+    # Not sys.exit: at exit, TensorBoard's and Orbax's writers would try the failed writes again,
+    # and print pages of tracebacks after this line.
+    os._exit(2)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

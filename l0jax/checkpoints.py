@@ -33,8 +33,28 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> None:
   """Writes `text` so that a reader sees the old file or the new one, never half of one."""
   path = epath.Path(path)
   tmp = path.parent / f".{path.name}.tmp"
-  tmp.write_text(text)
-  tmp.replace(path)  # Not rename: epath's refuses to overwrite, and a resumed run rewrites.
+  try:
+    tmp.write_text(text)
+    tmp.replace(path)  # Not rename: epath's refuses to overwrite, and a resumed run rewrites.
+  except OSError:
+    tmp.unlink(missing_ok=True)  # A full disk leaves no half-written copy behind.
+    raise
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+  """Appends `line` and a newline whole, or leaves the file as it was (a full disk, say)."""
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    size = os.fstat(fd).st_size
+    data = (line + "\n").encode()
+    try:
+      while data:  # A write may stop short at a full disk before it fails.
+        data = data[os.write(fd, data):]
+    except OSError as e:
+      os.ftruncate(fd, size)
+      raise OSError(e.errno, e.strerror, str(path)) from e
+  finally:
+    os.close(fd)
 
 
 def write_json_atomically(path: str | os.PathLike, obj: Any) -> None:

@@ -1,9 +1,45 @@
 """The one exception type that means "the user asked for something we cannot do".
 
-`main.py` turns a `UserError` into a single line on stderr and exit status 2;
-anything else is a bug and keeps its traceback.
+`main.py` turns a `UserError` into a single line on stderr and exit status 2,
+and so it does with a failure of the machine (see `os_failure`); anything else
+is a bug and keeps its traceback.
 """
+
+import errno
+import os
+import re
 
 
 class UserError(Exception):
   """Bad input: a config value, a path, a dataset, a workdir. The message is the whole story."""
+
+
+# Errors that mean "the disk or its permissions", when a library reports them
+# in a message instead of raising OSError: TensorStore (Orbax's writer) adds
+# os_error_code=N, TensorFlow (TensorBoard events) only the text.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                 errno.EIO)
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_PATH = re.compile(r"""(?:^|[\s"'])(/[^\s"';:]+)""")
+
+
+def os_failure(e: BaseException) -> str | None:
+  """What the operating system refused (no space, read-only, permission), in one line.
+
+  Found in `e` or in the exceptions that caused it; None if none of them is
+  an OS error, which makes `e` a bug.
+  """
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.strerror:
+      return e.strerror + (f" ({e.filename})" if e.filename else "")
+    message = str(e)
+    code = _OS_ERROR_CODE.search(message)
+    reasons = ([os.strerror(int(code.group(1)))] if code else
+               [os.strerror(n) for n in _WRITE_ERRNOS if os.strerror(n) in message])
+    if reasons:
+      path = _PATH.search(message)
+      return reasons[0] + (f" ({path.group(1)})" if path else "")
+    e = e.__cause__ or e.__context__
+  return None

@@ -46,7 +46,7 @@ from absl import app, flags, logging
 from matplotlib.figure import Figure
 
 from l0jax import analysis, evaluation, locking
-from l0jax.errors import UserError
+from l0jax.errors import UserError, os_failure
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 KINDS = ("baseline", "scratch", "finetune", "retrain")
@@ -322,6 +322,10 @@ def main(argv: list[str]) -> None:
                       shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]))
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:  # Its log or results on a full disk, in a read-only folder.
+    print(f"error: the sweep stopped, as the system refused a write: {os_failure(e)}; the "
+          "finished runs are kept: fix this and run the same command again", file=sys.stderr)
     sys.exit(2)
   if results["unfinished"]:
     sys.exit(1)

@@ -419,8 +419,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       record["log_alpha"] = {k: v.tolist() for k, v in log_alphas.items()}
       writer.write_histograms(step, {"log_alpha": np.concatenate(list(log_alphas.values()))})
     writer.write_scalars(step, scalars)
-    with (workdir / HISTORY_FILE).open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    checkpoints.append_line(workdir / HISTORY_FILE, json.dumps(record))
     mngr.save(step, args=ocp.args.StandardSave(state),
               metrics={checkpoints.BEST_METRIC: val["accuracy"]})
     logging.info("epoch %d/%d: val accuracy %.4f, loss %.4f (%.1f s)", epoch + 1,

@@ -6,6 +6,8 @@ importing JAX; each test then checks its own case.
 """
 
 import concurrent.futures
+import errno
+import hashlib
 import io
 import json
 import os
@@ -19,7 +21,7 @@ import typing
 import pytest
 
 from conftest import REPO, CreatesAFile, tiny_config, tiny_flags
-from l0jax import checkpoints, locking
+from l0jax import checkpoints, locking, train
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -118,6 +120,7 @@ def cases(tmp_path_factory) -> dict[str, Case]:
   del saved["val_split"]
   (root / "older" / "config.json").write_text(json.dumps(saved))
   busy = saved_run(root / "busy")  # This process holds its lock while the cases run.
+  (root / "a_file").write_text("")
 
   # name: (args, env, workdir that must not appear, folder that must stay as it is)
   specs = {
@@ -157,6 +160,7 @@ def cases(tmp_path_factory) -> dict[str, Case]:
       "config_file_does_not_parse": ([f"--config={broken_config}"], None, missing, None),
       "resume_other_split": (TRAIN, None, older, older),
       "workdir_in_use": (TRAIN, None, busy, busy),
+      "workdir_under_a_file": (TRAIN, None, str(root / "a_file" / "run"), None),
       "debug": (TRAIN + ["--config.lambda_l0=-0.5", "--debug"], None, missing, None),
   }
   # Each case its own absent workdir: a training process creates it while it runs.
@@ -220,6 +224,7 @@ REFUSALS = {
     "config_file_does_not_parse": ["broken.py, line 3: SyntaxError"],
     "resume_other_split": ["val_split: 'seeded' there, 'hash' here"],
     "workdir_in_use": [f"is in use by process {os.getpid()}"],
+    "workdir_under_a_file": ["cannot write in --workdir=", "Not a directory"],
 }
 
 
@@ -274,3 +279,65 @@ def test_a_second_sweep_in_a_sweep_dir_is_refused(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     check_refused(Case(result, str(sweep_dir), str(sweep_dir), before),
                   f"--sweep_dir={sweep_dir} is in use by process {os.getpid()}")
+
+
+def file_hashes(folder) -> dict[str, str]:
+  return {os.path.relpath(os.path.join(root, name), folder):
+          hashlib.sha256(open(os.path.join(root, name), "rb").read()).hexdigest()
+          for root, _, names in os.walk(folder) for name in names}
+
+
+# Runs `python ARGS...` where a file cannot grow past N bytes (EFBIG), as on a disk that is full.
+# Not preexec_fn: forking this process, which runs JAX's threads, can deadlock.
+SMALL_FILES_ONLY = ("import os, resource, signal, sys; n = int(sys.argv[1]); "
+                    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                    "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
+                    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
+def test_a_history_line_is_appended_whole_or_not_at_all(tmp_path, monkeypatch):
+  path = tmp_path / "history.jsonl"
+  path.write_text('{"epoch": 0}\n')
+
+  real_write, writes = os.write, []
+
+  def short_then_full(fd, data):  # As a disk that fills up in the middle of the line.
+    writes.append(data)
+    if len(writes) > 1:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_write(fd, data[:5])
+
+  monkeypatch.setattr(os, "write", short_then_full)
+  with pytest.raises(OSError, match="No space left") as e:
+    checkpoints.append_line(path, '{"epoch": 1}')
+  assert e.value.filename == str(path)
+  assert path.read_text() == '{"epoch": 0}\n'
+
+
+def test_a_full_disk_stops_the_run_in_one_line_keeping_what_was_complete(tmp_path):
+  """Orbax's background save fails: one line, exit 2; the checkpoint before is untouched.
+
+  What a failed save leaves is what a save killed midway leaves (test_resume resumes from that).
+  """
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(num_epochs=1), workdir)
+  kept = file_hashes(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR))
+  history = open(os.path.join(workdir, train.HISTORY_FILE)).read()
+
+  # Epoch 1's checkpoint does not fit: its files are larger than the limit, the others not.
+  result = subprocess.run([sys.executable, "-c", SMALL_FILES_ONLY, "50000",
+                           os.path.join(REPO, "main.py"), *TRAIN, f"--workdir={workdir}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: --mode=train stopped") and "File too large" in last, last
+  assert "run the same command again to resume" in last
+  after = file_hashes(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR))
+  assert {k: v for k, v in after.items() if k in kept} == kept
+  assert checkpoints.load_config(workdir) == tiny_config()  # Whole, as the resume wrote it.
+  assert not [name for name in os.listdir(workdir) if name.endswith(".tmp")]
+  epochs = [json.loads(l)["epoch"] for l in open(os.path.join(workdir, train.HISTORY_FILE))]
+  assert open(os.path.join(workdir, train.HISTORY_FILE)).read().startswith(history)
+  assert epochs in ([0], [0, 1])  # Epoch 1's line, if written, is whole; a resume rewrites it.
+  assert checkpoints.manager(workdir, read_only=True).all_steps() == [14]  # Where it resumes.
