@@ -64,7 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay = 1e-4  # AdamW; never applied to the gates' log_alpha.
   c.lr_milestones = (100, 150)  # epochs at which the lr is multiplied...
   c.lr_factor = 0.1  # ...by this.
-  # bfloat16 | float32 | auto (bfloat16 on accelerators, float32 on CPU).
+  # bfloat16 | float32 | auto (bfloat16 on accelerators, float32 on CPU) |
+  # bfloat16_matmuls (float32 activations; the convolutions multiply in
+  # bfloat16 and sum in float32, forward and backward: the fastest precision
+  # on this project's CPU, see results/throughput_cpu).
   # Parameters, optimizer state, BN statistics and the loss stay float32.
   c.compute_dtype = "auto"
 
@@ -91,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
 PENALTIES = ("mean_gate", "params", "macs")
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "bfloat16_matmuls")
 VAL_SPLITS = ("hash", "seeded")
 CHECKPOINTS = ("best", "last")
 

@@ -55,9 +55,10 @@ class Network(NamedTuple):
 
 
 def compute_dtype(name: str):
+  """The activations' dtype of a `config.compute_dtype`."""
   if name == "auto":
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "bfloat16_matmuls": jnp.float32}[name]
 
 
 def create_network(config: ml_collections.ConfigDict, image_shape, num_classes: int):
@@ -69,7 +70,7 @@ def create_network(config: ml_collections.ConfigDict, image_shape, num_classes: 
   build = lambda key: model.GoogleNet(
       num_classes, image_shape[-1], use_gate=config.use_gate,
       width_multiplier=config.width_multiplier, droprate_init=config.droprate_init, dtype=dtype,
-      rngs=nnx.Rngs(params=key))
+      bfloat16_matmuls=config.compute_dtype == "bfloat16_matmuls", rngs=nnx.Rngs(params=key))
   init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
   graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build(init_key)), nnx.Param, nnx.BatchStat)
   params, batch_stats = jax.jit(lambda k: nnx.split(build(k), nnx.Param, nnx.BatchStat)[1:])(init_key)

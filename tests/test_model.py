@@ -81,9 +81,36 @@ def test_max_pool_matches_reduce_window(stride):
                              atol=1e-6)
 
 
-def test_pointwise_conv_is_the_1x1_convolution():
-  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
-  kernel = jax.random.normal(jax.random.key(1), (1, 1, 4, 6))
-  want = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  np.testing.assert_allclose(model.pointwise_conv(x, kernel, (1, 1), "SAME"), want, atol=1e-5)
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+@pytest.mark.parametrize("bfloat16_matmuls", [False, True])
+def test_conv_functions_match_lax_conv(kernel_size, bfloat16_matmuls):
+  """Values and gradients of each convolution path against `lax.conv_general_dilated`.
+
+  In bfloat16 they must also equal, up to the order of the float32 sums, the
+  float32 convolutions of the inputs and the cotangent rounded to bfloat16.
+  """
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (2, 6, 5, 8))
+  kernel = jax.random.normal(keys[1], (kernel_size, kernel_size, 8, 4))
+  cotangent = jax.random.normal(keys[2], (2, 6, 5, 4))
+  reference = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=jax.lax.Precision.HIGHEST)
+  conv = lambda x, k: model.conv_function(kernel_size, bfloat16_matmuls)(
+      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def value_and_grads(f, x, k):
+    y, vjp = jax.vjp(f, x, k)
+    return (y, *vjp(cotangent))
+
+  got = value_and_grads(conv, x, kernel)
+  assert all(a.dtype == jnp.float32 for a in got)
+  for g, want in zip(got, value_and_grads(reference, x, kernel)):
+    tolerance = 0.02 if bfloat16_matmuls else 1e-5  # bfloat16 keeps 8 bits of the mantissa.
+    np.testing.assert_allclose(g, want, atol=tolerance * np.abs(want).max())
+  if bfloat16_matmuls:
+    rounded = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)
+    y, vjp = jax.vjp(reference, rounded(x), rounded(kernel))
+    want = (y, *vjp(rounded(cotangent)))
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max())

@@ -112,6 +112,42 @@ def test_bfloat16_steps_compute_in_bfloat16_and_keep_float32_state_and_loss():
   assert sum(":bf16[" not in line for line in dots) == 2, dots
 
 
+def test_bfloat16_matmuls_multiply_in_bfloat16_and_keep_float32_activations():
+  config = tiny_config(compute_dtype="bfloat16_matmuls")
+  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10)
+  tx = train.create_optimizer(config, steps_per_epoch=100)
+  state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+  step = lambda s: train.train_step(s, jnp.zeros((4, 8, 8, 3), jnp.uint8), jnp.zeros(4, jnp.int32),
+                                    jax.random.key(0), network=network, tx=tx, config=config,
+                                    mean=np.float32(127.0), std=np.float32(70.0))
+  ops = list(_equations(jax.make_jaxpr(step)(state).jaxpr))
+  convs = [e for e in ops if e.primitive.name == "conv_general_dilated"]
+  dots = [e for e in ops if e.primitive.name == "dot_general"]
+  bf16 = lambda e: {v.aval.dtype for v in e.invars} == {jnp.dtype(jnp.bfloat16)}
+  # Every convolution, forward and backward, multiplies bfloat16; so do all
+  # dots but the augmentation's two resampling matmuls and the small dense head
+  # (forward and two gradients). All sum in float32.
+  assert len(convs) > 20 and all(map(bf16, convs))
+  assert sum(not bf16(e) for e in dots) == 5 and len(dots) > 20
+  assert {e.outvars[0].aval.dtype for e in convs + dots} == {jnp.dtype(jnp.float32)}
+  # Nothing else computes in bfloat16 (a kernel is flipped for its gradient):
+  # the activations stay float32.
+  others = [e for e in ops if e.primitive.name not in ("conv_general_dilated", "dot_general",
+                                                        "convert_element_type", "rev")]
+  assert not [e for e in others if any(v.aval.dtype == jnp.bfloat16 for v in e.outvars)]
+
+
+def _equations(jaxpr):
+  """The equations of `jaxpr` and of every jaxpr nested in them."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else [param]:
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _equations(inner)
+
+
 @pytest.fixture(scope="module")
 def finished_runs(tmp_path_factory):
   """A tiny baseline and a tiny fine-tuned gated run from it, each trained then tested."""
