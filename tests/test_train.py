@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, run_main, tiny_config, tiny_flags
-from l0jax import checkpoints, train
+from l0jax import checkpoints, model, train
 
 
 def load_config_file(name: str):
@@ -110,6 +110,17 @@ def test_bfloat16_steps_compute_in_bfloat16_and_keep_float32_state_and_loss():
   dots = [line for line in lines if "= dot_general[" in line]
   assert len(convs) > 20 and all(":bf16[" in line for line in convs), convs[:3]
   assert sum(":bf16[" not in line for line in dots) == 2, dots
+
+
+def test_run_once_gives_the_bits_of_the_default_compile():
+  """On an initialisation with every kind of draw the network's makes."""
+  init = lambda key: nnx.state(model.InceptionBlock(
+      8, model.Inception(4, 4, 4, 4, 4, 4), use_gate=True, droprate_init=0.5,
+      dtype=jnp.float32, bfloat16_matmuls=False, rngs=nnx.Rngs(params=key)))
+  key = jax.random.key(3)
+  for a, b in zip(jax.tree.leaves(train.run_once(init, key)), jax.tree.leaves(jax.jit(init)(key)),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_bfloat16_matmuls_multiply_in_bfloat16_and_keep_float32_activations():
