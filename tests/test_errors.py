@@ -27,14 +27,16 @@ TRAIN = ["--config=configs/gated.py", *tiny_flags()]
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
-def tree_listing(path) -> dict[str, tuple[int, int]]:
-  """Every file and folder under `path` with its size and mtime: what "untouched" compares."""
+def tree_listing(path) -> dict[str, tuple[int, int, str]]:
+  """Every file and folder under `path` with its size, mtime and a hash of its bytes: what
+  "untouched" compares."""
   listing = {}
   for root, dirs, files in os.walk(path):
-    for name in dirs + files:
+    for name, is_file in [(d, False) for d in dirs] + [(f, True) for f in files]:
       full = os.path.join(root, name)
       stat = os.stat(full)
-      listing[os.path.relpath(full, path)] = (stat.st_size, stat.st_mtime_ns)
+      digest = hashlib.sha256(open(full, "rb").read()).hexdigest() if is_file else ""
+      listing[os.path.relpath(full, path)] = (stat.st_size, stat.st_mtime_ns, digest)
   return listing
 
 
@@ -281,12 +283,6 @@ def test_a_second_sweep_in_a_sweep_dir_is_refused(tmp_path):
                   f"--sweep_dir={sweep_dir} is in use by process {os.getpid()}")
 
 
-def file_hashes(folder) -> dict[str, str]:
-  return {os.path.relpath(os.path.join(root, name), folder):
-          hashlib.sha256(open(os.path.join(root, name), "rb").read()).hexdigest()
-          for root, _, names in os.walk(folder) for name in names}
-
-
 # Runs `python ARGS...` where a file cannot grow past N bytes (EFBIG), as on a disk that is full.
 # Not preexec_fn: forking this process, which runs JAX's threads, can deadlock.
 SMALL_FILES_ONLY = ("import os, resource, signal, sys; n = int(sys.argv[1]); "
@@ -321,7 +317,7 @@ def test_a_full_disk_stops_the_run_in_one_line_keeping_what_was_complete(tmp_pat
   """
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(tiny_config(num_epochs=1), workdir)
-  kept = file_hashes(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR))
+  kept = tree_listing(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR))
   history = open(os.path.join(workdir, train.HISTORY_FILE)).read()
 
   # Epoch 1's checkpoint does not fit: its files are larger than the limit, the others not.
@@ -333,7 +329,7 @@ def test_a_full_disk_stops_the_run_in_one_line_keeping_what_was_complete(tmp_pat
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: --mode=train stopped") and "File too large" in last, last
   assert "run the same command again to resume" in last
-  after = file_hashes(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR))
+  after = tree_listing(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR))
   assert {k: v for k, v in after.items() if k in kept} == kept
   assert checkpoints.load_config(workdir) == tiny_config()  # Whole, as the resume wrote it.
   assert not [name for name in os.listdir(workdir) if name.endswith(".tmp")]
