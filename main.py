@@ -150,8 +150,8 @@ class QuietLibraries(py_logging.Filter):
   """Keeps Orbax's per-checkpoint INFO chatter off the console; its warnings still show.
 
   The errors that Orbax's, clu's and asyncio's background threads log when a
-  write fails (pages of traceback) are left out too: the failure reaches the
-  main thread, which reports it in one line.
+  write fails keep their first line but not their pages of traceback: the
+  failure reaches the main thread, which reports it in one line.
   """
 
   def filter(self, record: py_logging.LogRecord) -> bool:
@@ -159,7 +159,11 @@ class QuietLibraries(py_logging.Filter):
                    None)
     if library == "orbax" and record.levelno < py_logging.WARNING:
       return False
-    return library is None or record.levelno < py_logging.ERROR
+    if library and record.levelno >= py_logging.ERROR and not FLAGS.debug:
+      first_line = (record.getMessage().splitlines() or [""])[0]
+      record.msg, record.args = f"{first_line[:300]} (traceback left out)", None
+      record.exc_info = record.exc_text = None
+    return True
 
 
 def quiet_unraisable(unraisable) -> None:
