@@ -32,11 +32,13 @@ member's epoch times in history.jsonl (training and validation; not process
 start-up, data loading or the test), which an interruption does not lose.
 """
 
+import ctypes
 import dataclasses
 import json
 import pathlib
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -54,6 +56,7 @@ CONFIG_FILES = {"baseline": "baseline.py", "scratch": "gated.py", "finetune": "f
                 "retrain": "retrain.py"}
 SWEEP_KEYS = ("lambda_l0", "init_from")  # set by the sweep, per member
 LOG_FILE = "sweep.log"
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 RESULTS_FILE, TABLE_FILE, FRONT_FILE = "results.json", "results.md", "front.png"
 # Members are tested at their last checkpoint: the network their lambda made.
 # The best by validation can be one from before the gates closed.
@@ -144,9 +147,54 @@ def is_finished(workdir: pathlib.Path) -> bool:
   return path.exists() and json.loads(path.read_text()).get("checkpoint") == TESTED_AT
 
 
-def _last_line(path: pathlib.Path) -> str:
-  lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
-  return lines[-1] if lines else ""
+# A line that says what went wrong: main.py's one-line refusal, or a traceback's exception line.
+_ERROR_LINE = re.compile(r"(error: |[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b:?)")
+
+
+def _failure_line(output: str) -> str:
+  """What a failed member said went wrong: its last error line (not the notes JAX prints after a
+  traceback), or else its last line."""
+  lines = [l.strip() for l in output.splitlines() if l.strip()]
+  return next((l for l in reversed(lines) if _ERROR_LINE.match(l)), lines[-1] if lines else "")
+
+
+def _die_with_parent() -> None:
+  """In the child, before it starts: SIGTERM when the sweep dies, even of SIGKILL (Linux)."""
+  if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _run_forwarding_signals(command: list[str], log) -> int:
+  """Runs `command` to its end, passing it the sweep's SIGTERM or SIGINT, and its exit status.
+
+  The member runs in its own session (a Ctrl-C in the terminal reaches it
+  once, through the sweep), and dies with the sweep; a signal it is passed
+  lets it stop as it would alone, and the sweep then exits too.
+  """
+  received, children, pending = [], [], []
+
+  def forward(signum, frame):  # pylint: disable=unused-argument
+    received.append(signum)
+    if children:
+      children[0].send_signal(signum)
+    else:  # It is starting: passed on once it has started.
+      pending.append(signum)
+
+  previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    children.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=_die_with_parent))
+    while pending:
+      children[0].send_signal(pending.pop(0))
+    status = children[0].wait()
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+  if received:
+    logging.error("Stopped by signal %d, after the running member (%s) stopped.", received[0],
+                  shlex.join(command))
+    sys.exit(128 + received[0])
+  return status
 
 
 def run_member(member: Member, sweep_dir: pathlib.Path) -> bool:
@@ -167,10 +215,12 @@ def run_member(member: Member, sweep_dir: pathlib.Path) -> bool:
     with log_path.open("a") as log:
       log.write(f"$ {shlex.join(command)}\n")
       log.flush()
-      status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+      offset = log.tell()
+      status = _run_forwarding_signals(command, log)
     if status:
+      output = log_path.read_bytes()[offset:].decode(errors="replace")
       logging.error("%s: %s failed with exit status %d after %.0f s: %s", member.name, what,
-                    status, time.monotonic() - start, _last_line(log_path))
+                    status, time.monotonic() - start, _failure_line(output))
       return False
     logging.info("%s: %s took %.0f s", member.name, what, time.monotonic() - start)
   return True

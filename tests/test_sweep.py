@@ -11,12 +11,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from conftest import REPO, tiny_flags
+from conftest import REPO, TWO_DEVICES, tiny_flags
 from l0jax import evaluation, sweep
 from l0jax.errors import UserError
 
@@ -79,11 +81,15 @@ def test_a_run_tested_at_its_best_checkpoint_is_tested_again(tmp_path):
   assert sweep.is_finished(tmp_path)
 
 
-def run_sweep(sweep_dir, *args: str) -> subprocess.CompletedProcess:
-  return subprocess.run(
-      [sys.executable, "-m", "l0jax.sweep", f"--sweep_dir={sweep_dir}", "--scratch_lambdas=",
-       *tiny_flags(num_epochs=1), *args],
-      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+def sweep_command(sweep_dir, *args: str) -> list[str]:
+  return [sys.executable, "-m", "l0jax.sweep", f"--sweep_dir={sweep_dir}", "--scratch_lambdas=",
+          *tiny_flags(num_epochs=1), *args]
+
+
+def run_sweep(sweep_dir, *args: str, env=None) -> subprocess.CompletedProcess:
+  return subprocess.run(sweep_command(sweep_dir, *args), cwd=REPO,
+                        env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                        timeout=600, check=False)
 
 
 def mtimes(workdir) -> dict[str, int]:
@@ -94,9 +100,13 @@ def mtimes(workdir) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
-  """A sweep whose fine-tuned run has a broken setting, then the same sweep without that run."""
+  """A sweep whose fine-tuned run has a broken setting, then the same sweep without that run.
+
+  The first sees two devices, as on a machine with two GPUs.
+  """
   sweep_dir = tmp_path_factory.mktemp("sweep")
-  first = run_sweep(sweep_dir, "--finetune_lambdas=20", "--finetune.droprate_init=5")
+  first = run_sweep(sweep_dir, "--finetune_lambdas=20", "--finetune.droprate_init=5",
+                    env=TWO_DEVICES)
   first_results = json.loads((sweep_dir / sweep.RESULTS_FILE).read_text())
   baseline_files = mtimes(sweep_dir / "baseline")
   second = run_sweep(sweep_dir, "--finetune_lambdas=")
@@ -161,3 +171,55 @@ def test_the_table_and_results_hold_each_runs_test_metrics(tiny_sweep, tmp_path)
   assert rows["finetune_lambda20"][3] == "-0.46 pp"
   assert rows["finetune_lambda20"][4:6] == ["43.2%", "38.8%"]
   assert "Fewest MACs within 0.5 pp of the baseline's test accuracy: finetune_lambda20" in table
+
+
+def test_a_failed_runs_line_is_its_error_not_jaxs_note():
+  output = "\n".join([
+      "I1125 train.py:1] starting", "Traceback (most recent call last):",
+      '  File "main.py", line 1, in <module>',
+      "ValueError: Received incompatible devices for jitted computation", "-" * 20,
+      "For simplicity, JAX has removed its internal frames from the traceback of the following "
+      "exception. Set JAX_TRACEBACK_FILTERING=off to include these.", ""])
+  assert sweep._failure_line(output) == (
+      "ValueError: Received incompatible devices for jitted computation")
+  assert sweep._failure_line("I1125 x.py:1] fine\nerror: config: seed=-1 must be\n") == (
+      "error: config: seed=-1 must be")
+  assert sweep._failure_line("killed\n") == "killed"
+
+
+def children(pid: int) -> list[int]:
+  with open(f"/proc/{pid}/task/{pid}/children") as f:
+    return [int(p) for p in f.read().split()]
+
+
+def gone(pid: int, timeout: float = 60) -> bool:
+  """Whether process `pid` has ended (or is a zombie) within `timeout` seconds."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+          return True
+    except FileNotFoundError:
+      return True
+    time.sleep(0.1)
+  return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_stopped_sweep_leaves_no_member_running(tmp_path, signum):
+  """SIGTERM and SIGINT are passed to the running member, which the sweep waits for; after a
+  SIGKILL of the sweep, its member gets a SIGTERM from the kernel."""
+  sweep = subprocess.Popen(sweep_command(tmp_path, "--finetune_lambdas="), cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 120
+  while not children(sweep.pid) and sweep.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.05)
+  member, = children(sweep.pid)
+  sweep.send_signal(signum)
+  _, stderr = sweep.communicate(timeout=120)
+  assert gone(member), f"member {member} still running"
+  if signum != signal.SIGKILL:
+    assert sweep.returncode == 128 + signum, stderr[-3000:]
+    assert f"Stopped by signal {signum}, after the running member" in stderr, stderr[-3000:]
