@@ -34,7 +34,17 @@ flags.DEFINE_enum("mode", "train", MODES, "What to do with the workdir.")
 flags.DEFINE_enum("checkpoint", "best", config_lib.CHECKPOINTS,
                   "The checkpoint test, export and analyze read: the best by validation "
                   "accuracy, or the newest.")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (one process per host).")
+flags.DEFINE_bool("multihost", False,
+                  "One process of several (one per host): joins them with "
+                  "jax.distributed.initialize() before anything else.")
+# jax.distributed.initialize's own arguments. Unset, JAX reads JAX_COORDINATOR_ADDRESS, and finds
+# all three on the clusters it knows (Slurm, Open MPI, Kubernetes, Cloud TPU).
+flags.DEFINE_string("coordinator_address", None,
+                    "--multihost: HOST:PORT of process 0, which every process can reach.")
+flags.DEFINE_integer("num_processes", None, "--multihost: how many processes take part.",
+                     lower_bound=1)
+flags.DEFINE_integer("process_id", None, "--multihost: this process's index, from 0.",
+                     lower_bound=0)
 flags.DEFINE_bool("debug", False, "Show Python tracebacks for bad input too.")
 
 
@@ -126,14 +136,42 @@ def workdir_lock(workdir: str) -> contextlib.AbstractContextManager:
   return locking.held(workdir, "--workdir")
 
 
+def check_multihost_flags() -> None:
+  given = [f"--{name}" for name in ("coordinator_address", "num_processes", "process_id")
+           if FLAGS[name].present]
+  if given and not FLAGS.multihost:
+    raise UserError(f"{', '.join(given)} set without --multihost")
+
+
+def join_processes() -> None:
+  """jax.distributed.initialize with the flags that are set; JAX finds the others or says why.
+
+  On CPU the processes exchange arrays through gloo, JAX's default there.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  try:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  except ValueError as e:  # "coordinator_address should be defined.", a process_id too large
+    raise UserError(f"--multihost: {e} Set --coordinator_address, --num_processes and "
+                    "--process_id (or run under a cluster JAX detects, such as Slurm)") from e
+  # gloo gives the processes 30 s to meet at their first collective, and one
+  # can compile for longer while another reads the compilation cache. So they
+  # meet at a barrier of JAX's coordination service first (minutes), then start
+  # gloo together; later collectives wait as long as they must.
+  ocp.multihost.sync_global_processes("l0jax: joined", processes=set(range(jax.process_count())))
+  multihost_utils.sync_global_devices("l0jax: collectives started")
+
+
 def run(mode: str, workdir: str):
+  check_multihost_flags()
   config = train_config() if mode == "train" else None
   # Imported here so that `--help` and bad flags or config values answer without loading JAX.
-  import jax  # pylint: disable=import-outside-toplevel
   from l0jax import evaluation, train  # pylint: disable=import-outside-toplevel
 
   if FLAGS.multihost:
-    jax.distributed.initialize()
+    join_processes()
   if mode == "train":
     with workdir_lock(workdir):  # Before anything compiles: a second run is refused at once.
       train.train_and_evaluate(config, workdir)

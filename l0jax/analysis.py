@@ -38,10 +38,9 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> None:
 
 
 def load_history(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-  """The run's per-epoch records (what training wrote, up to a line cut short by a crash)."""
+  """The run's per-epoch records: what training wrote, less damaged lines (resuming names them)."""
   workdir = epath.Path(workdir)
-  lines = train._read_history(workdir, math.inf)  # pylint: disable=protected-access
-  history = [json.loads(line) for line in lines]
+  history = [json.loads(line) for _, line in train.read_history(workdir)[0]]
   if not history:
     raise UserError(f"{workdir} has no {train.HISTORY_FILE} entries yet; train into it first")
   return history

@@ -61,6 +61,16 @@ def write_json_atomically(path: str | os.PathLike, obj: Any) -> None:
   write_text_atomically(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def is_primary_process() -> bool:
+  """Whether this process writes the workdir's own files: config, history, test metrics, export.
+
+  With several processes (`--multihost`) every one computes the same values
+  and one writes them. Checkpoints differ: every process writes its part
+  through Orbax, which coordinates them.
+  """
+  return jax.process_index() == 0
+
+
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   write_json_atomically(epath.Path(workdir) / CONFIG_FILE, json.loads(config.to_json_best_effort()))
 
@@ -181,7 +191,7 @@ def restore_latest(workdir: str, target: Any) -> tuple[int, Any] | None:
                       _unreadable(mngr, step, e))
       damaged.append((step, e))
       continue
-    for bad, _ in damaged:
+    for bad, _ in damaged if is_primary_process() else []:  # Every process found it; one moves it.
       aside = workdir / CORRUPT_DIR / f"{bad}-{time.strftime('%Y%m%d-%H%M%S')}"
       aside.parent.mkdir(exist_ok=True)
       (mngr.directory / str(bad)).rename(aside)

@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.compute_dtype = "auto"
 
   # --- Run --------------------------------------------------------------
+  # An integer in [0, 2**32): JAX's keys take 32 bits, so 2**32 would train exactly as 0.
   c.seed = 0
   # A workdir whose checkpoint initialises the network weights (and BN
   # statistics); gates start fresh at droprate_init unless train_gates=False.
@@ -128,4 +129,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for field in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
                 "keep_checkpoints", "synthetic_image_size", "synthetic_num_train"):
     check(c[field] >= 1, f"{field}={c[field]} must be >= 1")
+  check(isinstance(c.seed, int) and not isinstance(c.seed, bool) and 0 <= c.seed < 2**32,
+        f"seed={c.seed} must be an integer in [0, 2**32)")
   check(c.max_train_examples >= 0, f"max_train_examples={c.max_train_examples} must be >= 0")

@@ -546,6 +546,9 @@ def _make_dataset(name: str, train: Split, test: Split, num_classes: int,
                   config: ml_collections.ConfigDict, source: str) -> Dataset:
   for split, what in ((train, "training"), (test, "test")):
     _check_split(*split, num_classes, f"The {what} split of {source}")
+  if test[0].shape[1:] != train[0].shape[1:]:
+    raise DataError(f"The test split of {source} has images of shape {test[0].shape[1:]}, the "
+                    f"training split {train[0].shape[1:]}: they must be the same.")
   images, labels = train
   if config.val_split == "hash":
     order = content_order(images, labels)

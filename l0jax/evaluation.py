@@ -13,6 +13,7 @@ from flax import nnx
 from l0jax import accounting, checkpoints, data, export as export_lib, train
 
 TEST_METRICS_FILE = "test_metrics.json"
+EXPORT_DIR = "export"
 
 
 def restore(workdir: str, which: str = "best",
@@ -45,10 +46,11 @@ def test(workdir: str, which: str = "best") -> dict:
   result = {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
             "checkpoint": which, "checkpoint_step": step, "dataset": ds.name,
             "use_gate": run.config.use_gate, "lambda_l0": run.config.lambda_l0, **costs}
-  checkpoints.write_json_atomically(epath.Path(workdir) / TEST_METRICS_FILE, result)
-  print(f"{workdir}: {ds.name} test accuracy {metrics['accuracy']:.4f} "
-        f"({len(ds.test_images)} images, {which} checkpoint: step {step})")
-  print(accounting.format_table(costs))
+  if checkpoints.is_primary_process():
+    checkpoints.write_json_atomically(epath.Path(workdir) / TEST_METRICS_FILE, result)
+    print(f"{workdir}: {ds.name} test accuracy {metrics['accuracy']:.4f} "
+          f"({len(ds.test_images)} images, {which} checkpoint: step {step})")
+    print(accounting.format_table(costs))
   return result
 
 
@@ -63,11 +65,12 @@ def export(workdir: str, which: str = "best") -> dict:
   params = export_lib.compact_params(net)
   images = np.asarray(jax.jit(lambda x: data.normalize(x, ds.mean, ds.std))(ds.test_images))
   result = export_lib.verify(net, params, images, ds.test_labels, run.config.eval_batch_size)
-  export_dir = epath.Path(workdir) / "export"
-  export_lib.save(export_dir, params, images[:1])
   result.update(checkpoint=which, checkpoint_step=step)
-  checkpoints.write_json_atomically(export_dir / "export_metrics.json", result)
-  print(f"{export_dir}: compact network with {result['params_compact']:,} parameters; "
-        f"test accuracy {result['test_accuracy_compact']:.4f} (gated {result['test_accuracy_gated']:.4f}), "
-        f"largest logit difference {result['max_abs_logit_diff']:.2e}")
+  if checkpoints.is_primary_process():  # The others computed the same.
+    export_dir = epath.Path(workdir) / EXPORT_DIR
+    export_lib.save(export_dir, params, images[:1], result)
+    print(f"{export_dir}: compact network with {result['params_compact']:,} parameters; "
+          f"test accuracy {result['test_accuracy_compact']:.4f} "
+          f"(gated {result['test_accuracy_gated']:.4f}), "
+          f"largest logit difference {result['max_abs_logit_diff']:.2e}")
   return result

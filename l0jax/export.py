@@ -12,9 +12,13 @@ The compact network is a pytree of arrays whose shapes say everything
 leave zero-size arrays, which `compact_apply` treats explicitly. `save`
 writes the weights with Orbax and the inference function as a jax.export
 artifact with a symbolic batch size, which `load_inference` runs without
-this package's model code.
+this package's model code. An export folder is written whole, under a
+temporary name, and renamed into place; `load_inference` refuses one whose
+files do not match its manifest.
 """
 
+import hashlib
+import json
 import os
 from typing import Any, Callable
 
@@ -22,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax import nnx
 
@@ -34,6 +39,9 @@ CHAINS = (("branch1",), ("branch3_reduce", "branch3"), ("branch5_reduce", "branc
           ("branch_pool",))
 PARAMS_DIR = "params"
 ARTIFACT = "inference.jax_export"
+METRICS_FILE = "export_metrics.json"
+# The sha256 of every other file in the folder: what makes a mix of two exports detectable.
+MANIFEST = "manifest.json"
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # the artifact runs wherever the user serves it
 # Largest |logit difference| between two float32 evaluations of the same network, as a
 # fraction of the largest |logit| (at least 1). Folding BN and gates reorders float32
@@ -165,24 +173,80 @@ def _storable(tree: Any) -> Any:
   return jax.tree.map(lambda a: a if a.size else None, tree)
 
 
-def save(export_dir: str | os.PathLike, params: dict[str, Any], example_images: jax.Array) -> None:
-  """Writes the weights (Orbax) and the inference function (jax.export, any batch size).
+def _checkpointer() -> ocp.StandardCheckpointer:
+  """Orbax for this process alone: one process writes an export, and any one reads it."""
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}))
 
-  The artifact is reloaded and run on `example_images` before returning.
+
+def _file_hashes(folder: epath.Path) -> dict[str, str]:
+  """The sha256 of every file under `folder` but the manifest, by path within it."""
+  paths = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
+  return {os.path.relpath(path, folder): hashlib.sha256(epath.Path(path).read_bytes()).hexdigest()
+          for path in sorted(paths) if os.path.basename(path) != MANIFEST}
+
+
+def _sibling(export_dir: epath.Path, what: str) -> epath.Path:
+  return export_dir.parent / f".{export_dir.name}.{what}"
+
+
+def save(export_dir: str | os.PathLike, params: dict[str, Any], example_images: jax.Array,
+         metrics: dict[str, Any]) -> None:
+  """Writes the weights (Orbax), the inference function (jax.export, any batch size), `metrics`
+  and a manifest of their hashes, as one folder that replaces `export_dir` whole.
+
+  Everything goes into a temporary folder first, is reloaded and run on
+  `example_images` from there, and the folder is then renamed into place, so
+  that a killed export leaves the previous export or this one, never a mix.
   """
   export_dir = epath.Path(export_dir).resolve()
-  export_dir.mkdir(parents=True, exist_ok=True)
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(export_dir / PARAMS_DIR, _storable(params), force=True)
+  tmp, old = _sibling(export_dir, "tmp"), _sibling(export_dir, "old")
+  if old.exists() and not export_dir.exists():
+    old.rename(export_dir)  # A save killed between its two renames below.
+  for leftover in (tmp, old):
+    if leftover.exists():
+      leftover.rmtree()
+  tmp.mkdir(parents=True)
+  params = jax.tree.map(np.asarray, params)  # Host arrays: one process writes them.
+  with _checkpointer() as checkpointer:
+    checkpointer.save(tmp / PARAMS_DIR, _storable(params))
   batch, = jax.export.symbolic_shape("b")
   images = jax.ShapeDtypeStruct((batch, *example_images.shape[1:]), jnp.float32)
   lowered = jax.export.export(jax.jit(compact_apply), platforms=PLATFORMS)
   exported = lowered(_abstract(params), images)
-  (export_dir / ARTIFACT).write_bytes(exported.serialize())
+  (tmp / ARTIFACT).write_bytes(exported.serialize())
+  (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+  (tmp / MANIFEST).write_text(json.dumps(_file_hashes(tmp), indent=2) + "\n")
   want = np.asarray(jax.jit(compact_apply)(params, example_images))
-  got = np.asarray(load_inference(export_dir)(example_images))
+  got = np.asarray(load_inference(tmp)(example_images))
   _check_close(float(np.max(np.abs(want - got))), float(np.max(np.abs(want))),
                f"the reloaded {ARTIFACT} and the compact network")
+  if export_dir.exists():
+    export_dir.rename(old)
+  tmp.rename(export_dir)
+  if old.exists():
+    old.rmtree()
+
+
+def _check_whole(export_dir: epath.Path) -> None:
+  """Refuses a folder whose files are not the ones its manifest lists, as they were written."""
+  manifest = export_dir / MANIFEST
+  if not manifest.exists():
+    logging.warning("%s has no %s (it was exported before exports had one): whether its files "
+                    "come from one export cannot be checked; export again to be sure.",
+                    export_dir, MANIFEST)
+    return
+  try:
+    listed = json.loads(manifest.read_text())
+  except ValueError as e:
+    raise UserError(f"{manifest} is damaged ({e}); export again") from e
+  found = _file_hashes(export_dir)
+  differ = sorted(name for name in set(listed) | set(found) if listed.get(name) != found.get(name))
+  if differ:
+    raise UserError(f"{export_dir} is not one whole export: {len(differ)} file(s) differ from "
+                    f"its {MANIFEST} ({', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''})"
+                    "; export again")
 
 
 def load_inference(export_dir: str | os.PathLike) -> Callable[[jax.Array], jax.Array]:
@@ -190,9 +254,10 @@ def load_inference(export_dir: str | os.PathLike) -> Callable[[jax.Array], jax.A
   export_dir = epath.Path(export_dir).resolve()
   if not (export_dir / ARTIFACT).exists() or not (export_dir / PARAMS_DIR).exists():
     raise UserError(f"{export_dir} holds no exported network ({ARTIFACT} and {PARAMS_DIR}/)")
+  _check_whole(export_dir)
   exported = jax.export.deserialize(bytearray((export_dir / ARTIFACT).read_bytes()))
   (abstract_params, _), _ = jax.tree.unflatten(exported.in_tree, exported.in_avals)
-  with ocp.StandardCheckpointer() as checkpointer:
+  with _checkpointer() as checkpointer:
     stored = checkpointer.restore(export_dir / PARAMS_DIR, _storable(_abstract(abstract_params)))
   params = jax.tree.map(lambda s, a: jnp.zeros(a.shape, a.dtype) if s is None else s,
                         stored, abstract_params, is_leaf=lambda s: s is None)

@@ -251,8 +251,8 @@ def put_eval_set(images: np.ndarray, labels: np.ndarray, batch_size: int, mesh) 
   images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
   labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
   sharding = NamedSharding(mesh, P(None, "data"))
-  put = lambda a: jax.device_put(a.reshape((num_batches, batch_size) + a.shape[1:]), sharding)
-  return EvalSet(put(images), put(labels), put(weights))
+  batched = lambda a: put(a.reshape((num_batches, batch_size) + a.shape[1:]), sharding)
+  return EvalSet(batched(images), batched(labels), batched(weights))
 
 
 def epoch_order(seed: int, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
@@ -303,23 +303,61 @@ def evaluate_split(run: Run, params, batch_stats, images, labels) -> dict[str, f
   return {k: float(v) for k, v in run.evaluate(params, batch_stats, *eval_set).items()}
 
 
+def put(host_array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """An array that every process holds alike on the host, onto the devices of `sharding`.
+
+  Each process fills its own devices. jax.device_put would first compare the
+  value across processes, by a collective per array.
+  """
+  host_array = np.asarray(host_array)
+  return jax.make_array_from_callback(host_array.shape, sharding, lambda i: host_array[i])
+
+
 def _replicate(tree, mesh):
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """`tree` whole on every device of `mesh`, through host memory: a device_put of arrays on one
+  process's devices onto several processes' devices made broken arrays (jax 0.10.2)."""
+  return jax.tree.map(lambda a: put(a, NamedSharding(mesh, P())), jax.device_get(tree))
 
 
-def _read_history(workdir: epath.Path, before_epoch: int) -> list[str]:
-  """The complete history lines of epochs before `before_epoch` (a resumed run rewrites the rest)."""
+def read_history(workdir: epath.Path) -> tuple[list[tuple[int, str]], list[int]]:
+  """(epoch, line) for each intact line of history.jsonl, and the numbers of the damaged lines.
+
+  A last line without its newline was cut short by a crash; it is neither.
+  """
   path = workdir / HISTORY_FILE
   if not path.exists():
-    return []
-  lines = []
-  for line in path.read_text().splitlines():
+    return [], []
+  text = path.read_text()
+  lines = text.splitlines()
+  if lines and not text.endswith("\n"):
+    lines.pop()
+  records, damaged = [], []
+  for number, line in enumerate(lines, 1):
     try:
-      if json.loads(line)["epoch"] < before_epoch:
-        lines.append(line)
-    except (ValueError, KeyError):
-      break  # A line cut short by a crash, and everything after it.
-  return lines
+      records.append((int(json.loads(line)["epoch"]), line))
+    except (ValueError, KeyError, TypeError):
+      damaged.append(number)
+  return records, damaged
+
+
+def _resumed_history(workdir: epath.Path, before_epoch: int) -> list[str]:
+  """The history lines a run resumed at `before_epoch` keeps; it trains and writes the rest again.
+
+  A damaged line is reported, and the file as it was is copied beside it, so
+  that no record of an epoch before `before_epoch` goes silently.
+  """
+  records, damaged = read_history(workdir)
+  kept = [line for epoch, line in records if epoch < before_epoch]
+  if damaged:
+    missing = sorted(set(range(before_epoch)) - {e for e, _ in records})
+    copy = workdir / f"{HISTORY_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    (workdir / HISTORY_FILE).copy(copy)
+    logging.warning("%s: line(s) %s are damaged; %s; the file as it was is kept in %s.",
+                    workdir / HISTORY_FILE, ", ".join(map(str, damaged)),
+                    f"no record is left of epoch(s) {', '.join(str(e + 1) for e in missing)}"
+                    if missing else "every epoch before the checkpoint still has its record",
+                    copy)
+  return kept
 
 
 def steps_per_epoch(run: Run) -> int:
@@ -331,8 +369,14 @@ def steps_per_epoch(run: Run) -> int:
 
 
 def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
+  """The optimizer and the step-0 state, replicated over the run's mesh.
+
+  Replicated so that a checkpoint restored into it lands on the devices that
+  evaluate it (Orbax restores into the target's shardings).
+  """
   tx = create_optimizer(run.config, steps_per_epoch(run))
-  return tx, TrainState(jnp.zeros((), jnp.int32), run.params, run.batch_stats, tx.init(run.params))
+  state = TrainState(jnp.zeros((), jnp.int32), run.params, run.batch_stats, tx.init(run.params))
+  return tx, _replicate(state, run.mesh)
 
 
 def _means(calls: list[dict[str, np.ndarray]]) -> dict[str, float]:
@@ -365,13 +409,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   elif config.init_from:
     params, batch_stats = checkpoints.load_weights(config.init_from, config, state.params,
                                                    state.batch_stats)
-    state = TrainState(state.step, params, batch_stats, tx.init(params))
+    state = _replicate(TrainState(state.step, params, batch_stats, tx.init(params)), mesh)
     logging.info("Network weights from the %s checkpoint of %s; %s.", config.init_checkpoint,
                  config.init_from, f"gates start at droprate_init={config.droprate_init:g}"
                  if config.train_gates else "its gates kept, fixed")
   mngr = checkpoints.manager(str(workdir), keep=config.keep_checkpoints)
-  checkpoints.save_config(str(workdir), config)
-  state = _replicate(state, mesh)
+  if checkpoints.is_primary_process():
+    checkpoints.save_config(str(workdir), config)
 
   train_steps = make_train_steps(network, tx, config, ds, mesh)
   images = _replicate(ds.train_images, mesh)
@@ -381,8 +425,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer, progress = writers.create(str(workdir), num_steps)
   step = int(state.step)
   start_epoch = step // epoch_steps
-  history = _read_history(workdir, start_epoch)
-  checkpoints.write_text_atomically(workdir / HISTORY_FILE, "".join(l + "\n" for l in history))
+  if checkpoints.is_primary_process():
+    history = _resumed_history(workdir, start_epoch)
+    checkpoints.write_text_atomically(workdir / HISTORY_FILE, "".join(l + "\n" for l in history))
   if step == 0:
     writer.write_hparams({k: v for k, v in config.items() if not isinstance(v, (tuple, list))})
   logging.info("%s: %d training examples from %s, %d steps per epoch, %d epochs, %s on %d device(s).",
@@ -390,7 +435,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                jnp.dtype(network.dtype).name, jax.device_count())
 
   val = {}
-  batch_sharding = NamedSharding(mesh, P(None, "data"))
+  batch_sharding, replicated = NamedSharding(mesh, P(None, "data")), NamedSharding(mesh, P())
   chunk = steps_per_call(config, epoch_steps)
   for epoch in range(start_epoch, config.num_epochs):
     order = epoch_order(config.seed, epoch, len(ds.train_images), config.batch_size)
@@ -401,8 +446,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       num_valid = len(indices)
       indices = np.pad(indices, ((0, chunk - num_valid), (0, 0)))
       state, metrics = train_steps(state, images, labels,
-                                   jax.device_put(indices, batch_sharding),
-                                   np.arange(chunk) < num_valid)
+                                   put(indices, batch_sharding),
+                                   put(np.arange(chunk) < num_valid, replicated))
       metrics = {k: v[:num_valid] for k, v in jax.device_get(metrics).items()}
       bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
       if bad.size:
@@ -431,7 +476,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       record["log_alpha"] = {k: v.tolist() for k, v in log_alphas.items()}
       writer.write_histograms(step, {"log_alpha": np.concatenate(list(log_alphas.values()))})
     writer.write_scalars(step, scalars)
-    checkpoints.append_line(workdir / HISTORY_FILE, json.dumps(record))
+    if checkpoints.is_primary_process():
+      checkpoints.append_line(workdir / HISTORY_FILE, json.dumps(record))
     mngr.save(step, args=ocp.args.StandardSave(state),
               metrics={checkpoints.BEST_METRIC: val["accuracy"]})
     logging.info("epoch %d/%d: val accuracy %.4f, loss %.4f (%.1f s)", epoch + 1,

@@ -33,6 +33,10 @@ TINY = {
 }
 
 
+# Two CPU devices in one process, standing in for two GPUs.
+TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
 def tiny_config(**overrides):
   """The base config with TINY and `overrides` applied."""
   c = config_lib.base_config()
@@ -57,8 +61,10 @@ class CreatesAFile:
     return open, (self.path, "w")
 
 
-def run_main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-  """main.py in a fresh process, as a user would run it (output captured as text)."""
+def run_main(*args: str, env: dict[str, str] | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess:
+  """main.py in a fresh process, as a user would run it (output captured as text), with `env`
+  added to its environment."""
   return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout, check=False)
-
+                        env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                        timeout=timeout, check=False)

@@ -459,6 +459,15 @@ def test_label_out_of_range(tmp_path):
     data.load_dataset(_config("fashion_mnist", folder))
 
 
+def test_test_images_of_another_shape(tmp_path):
+  _, folder = write_fashion_mnist(tmp_path, gz=False)
+  (folder / "t10k-images-idx3-ubyte").write_bytes(_idx(np.zeros((BATCH, 14, 14), np.uint8)))
+  with pytest.raises(data.DataError, match=r"test split .* shape \(14, 14, 1\), the training "
+                     r"split \(28, 28, 1\)") as e:
+    data.load_dataset(_config("fashion_mnist", folder))
+  _check_one_line(e, str(folder))
+
+
 # --- On device --------------------------------------------------------------
 
 

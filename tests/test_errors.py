@@ -20,11 +20,10 @@ import typing
 
 import pytest
 
-from conftest import REPO, CreatesAFile, tiny_config, tiny_flags
+from conftest import REPO, TWO_DEVICES, CreatesAFile, run_main, tiny_config, tiny_flags
 from l0jax import checkpoints, locking, train
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
-TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
 def tree_listing(path) -> dict[str, tuple[int, int, str]]:
@@ -38,13 +37,6 @@ def tree_listing(path) -> dict[str, tuple[int, int, str]]:
       digest = hashlib.sha256(open(full, "rb").read()).hexdigest() if is_file else ""
       listing[os.path.relpath(full, path)] = (stat.st_size, stat.st_mtime_ns, digest)
   return listing
-
-
-def main_py(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-  """conftest.run_main with extra environment variables for the child."""
-  return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,
-                        env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                        timeout=300, check=False)
 
 
 def truncated_cifar_archive(folder) -> str:
@@ -133,6 +125,9 @@ def cases(tmp_path_factory) -> dict[str, Case]:
       "droprate_init_1": (TRAIN + ["--config.droprate_init=1.0"], None, missing, None),
       "indivisible_batch": (TRAIN + ["--config.batch_size=33"], TWO_DEVICES, missing, None),
       "unknown_dataset": (TRAIN + ["--config.dataset=imagenet"], None, missing, None),
+      "negative_seed": (TRAIN + ["--config.seed=-1"], None, missing, None),
+      "seed_of_33_bits": (TRAIN + [f"--config.seed={2**32}"], None, missing, None),
+      "process_id_alone": (TRAIN + ["--process_id=1"], None, missing, None),
       "missing_config_file": (["--config=configs/nope.py"], None, missing, None),
       "missing_data_dir": (TRAIN + ["--config.dataset=cifar10",
                                     f"--config.data_dir={root / 'no_data'}"], None, missing, None),
@@ -171,7 +166,7 @@ def cases(tmp_path_factory) -> dict[str, Case]:
   before = {name: tree_listing(watched) if watched else None
             for name, (_, _, _, watched) in specs.items()}
   with locking.held(busy, "--workdir"), concurrent.futures.ThreadPoolExecutor(4) as pool:
-    futures = {name: pool.submit(main_py, *args, f"--workdir={workdir}", env=env)
+    futures = {name: pool.submit(run_main, *args, f"--workdir={workdir}", env=env)
                for name, (args, env, workdir, _) in specs.items()}
   return {name: Case(futures[name].result(), workdir, watched, before[name])
           for name, (_, _, workdir, watched) in specs.items()}
@@ -205,6 +200,9 @@ REFUSALS = {
     "droprate_init_1": ["droprate_init=1.0 must lie in (0, 1)"],
     "indivisible_batch": ["batch_size=33", "2 devices"],
     "unknown_dataset": ["dataset='imagenet'"],
+    "negative_seed": ["seed=-1 must be an integer in [0, 2**32)"],
+    "seed_of_33_bits": [f"seed={2**32} must be"],
+    "process_id_alone": ["--process_id set without --multihost"],
     "missing_config_file": ["configs/nope.py"],
     "missing_data_dir": ["does not exist"],
     "empty_data_dir": ["cifar-10-python.tar.gz"],
@@ -260,7 +258,7 @@ def test_a_second_run_in_a_workdir_is_refused_until_the_first_is_killed(tmp_path
     while locking.holder(workdir) != f"process {first.pid}":
       assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-3000:]
       time.sleep(0.2)
-    second = main_py(*TRAIN, "--config.num_epochs=1000", f"--workdir={workdir}")
+    second = run_main(*TRAIN, "--config.num_epochs=1000", f"--workdir={workdir}")
   finally:
     first.kill()
     first.communicate()

@@ -1,5 +1,8 @@
 """The compact network computes the gated network's test-time logits, and survives export."""
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -112,11 +115,41 @@ def test_verify_reports_agreement_and_refuses_a_wrong_network():
 def test_saved_artifact_reloads_with_any_batch_size(tmp_path):
   net = gated_net()
   params = export.compact_params(net)
-  export.save(tmp_path / "export", params, images(4))
+  export.save(tmp_path / "export", params, images(4), {"checkpoint_step": 14})
   infer = export.load_inference(tmp_path / "export")
   x = images(7, seed=1)
   np.testing.assert_allclose(infer(x), gated_logits(net, x), rtol=1e-5, atol=1e-5)
   exported = jax.export.deserialize(bytearray((tmp_path / "export" / export.ARTIFACT).read_bytes()))
   assert set(exported.platforms) == set(export.PLATFORMS)
+  assert json.loads((tmp_path / "export" / export.METRICS_FILE).read_text()) == {
+      "checkpoint_step": 14}
+  assert sorted(os.listdir(tmp_path)) == ["export"]  # no temporary folder left
   with pytest.raises(UserError, match="no exported network"):
     export.load_inference(tmp_path)
+
+
+def test_an_export_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+  """A save that dies before its renames leaves the previous export, and so does one killed
+  between its two renames once the next save has begun; a folder mixing two exports is refused."""
+  first = gated_net(seed=0)
+  folder = tmp_path / "export"
+  export.save(folder, export.compact_params(first), images(2), {"net": "first"})
+  x = images(3, seed=2)
+  want = gated_logits(first, x)
+
+  def fail(*args, **kwargs):
+    raise RuntimeError("killed")
+  second = export.compact_params(gated_net(seed=1))
+  monkeypatch.setattr(export, "_check_close", fail)  # once every file of the new one is written
+  for killed_between_renames in (False, True):
+    if killed_between_renames:
+      folder.rename(tmp_path / ".export.old")
+    with pytest.raises(RuntimeError, match="killed"):
+      export.save(folder, second, images(2), {"net": "second"})
+    np.testing.assert_allclose(export.load_inference(folder)(x), want, rtol=1e-5, atol=1e-5)
+    assert json.loads((folder / export.METRICS_FILE).read_text()) == {"net": "first"}
+
+  artifact = folder / export.ARTIFACT
+  artifact.write_bytes(artifact.read_bytes() + b" ")  # as if copied over from another export
+  with pytest.raises(UserError, match=f"not one whole export: 1 file.*{export.ARTIFACT}"):
+    export.load_inference(folder)

@@ -23,10 +23,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
-from conftest import REPO, tiny_flags
-from l0jax import checkpoints
-from test_errors import TWO_DEVICES, tree_listing
+from conftest import REPO, TWO_DEVICES, tiny_flags
+from l0jax import checkpoints, train
+from test_errors import tree_listing
 
 NUM_EPOCHS = 3  # 14 steps each: checkpoints at steps 14, 28 and 42.
 # One step per compiled call, as on CPU by default: the quickest to trace and to run here.
@@ -211,3 +212,30 @@ def test_only_damaged_checkpoints_is_an_error_naming_them(env, background, tmp_p
   assert last.startswith("error: no checkpoint in ") and "left untouched" in last, last
   assert all(folder in last for folder in damaged), last
   assert tree_listing(workdir) == before
+
+
+def test_a_damaged_history_line_is_reported_and_the_rest_kept(env, background, tmp_path):
+  """Only the epochs after the newest checkpoint are written again; a damaged line before it is
+  named, with the epoch it leaves without a record, and the file as it was is kept."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_run(background), workdir)
+  path = workdir / "history.jsonl"
+  lines = path.read_text().splitlines(keepends=True)
+  lines[1] = lines[1][:40] + "\n"  # epoch 2's line cut, the lines around it intact
+  path.write_text("".join(lines))
+  returncode, log = Main(env, *TRAIN, f"--workdir={workdir}").wait()
+  assert returncode == 0, log[-3000:]
+  copies = [n for n in os.listdir(workdir) if n.startswith("history.jsonl.damaged-")]
+  assert len(copies) == 1 and (workdir / copies[0]).read_text() == "".join(lines)
+  assert re.search(rf"{path}: line\(s\) 2 are damaged; no record is left of epoch\(s\) 2; the "
+                   rf"file as it was is kept in {workdir / copies[0]}", log), log[-3000:]
+  full = history(reference_run(background))
+  assert history(str(workdir)) == [full[0], full[2]]
+
+
+def test_history_lines_cut_short_or_damaged(tmp_path):
+  records = [json.dumps({"epoch": e, "step": 14 * (e + 1)}) for e in range(3)]
+  path = tmp_path / "history.jsonl"
+  path.write_text(records[0] + "\n{\"epo\n" + records[2] + "\n" + records[2][:10])
+  kept, damaged = train.read_history(epath.Path(tmp_path))
+  assert kept == [(0, records[0]), (2, records[2])] and damaged == [2]  # the cut last line is not

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from conftest import REPO, run_main, tiny_config, tiny_flags
+from conftest import REPO, TWO_DEVICES, run_main, tiny_config, tiny_flags
 from l0jax import checkpoints, model, train
 
 
@@ -250,8 +250,10 @@ def test_retraining_keeps_the_pruning_runs_gates_and_trains_its_weights(finished
   assert os.path.getsize(os.path.join(retrained, "analysis", "trajectories.png")) > 1000
 
 
-def test_export_of_a_finished_run(finished_runs):
+def test_export_of_a_finished_run(finished_runs, tmp_path):
+  """On one device, and on two (as two GPUs would be) with the same results."""
   _, tuned, _ = finished_runs
+  on_two = shutil.copytree(tuned, tmp_path / "tuned")
   exported = run_main("--mode=export", f"--workdir={tuned}")
   assert exported.returncode == 0, exported.stderr[-3000:]
   metrics = json.load(open(os.path.join(tuned, "export", "export_metrics.json")))
@@ -260,6 +262,22 @@ def test_export_of_a_finished_run(finished_runs):
   assert metrics["params_compact"] <= json.load(open(os.path.join(tuned, "test_metrics.json")))[
       "params_kept"]
   assert os.path.exists(os.path.join(tuned, "export", "inference.jax_export"))
+  exported = run_main("--mode=export", f"--workdir={on_two}", env=TWO_DEVICES)
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  two = json.load(open(on_two / "export" / "export_metrics.json"))
+  assert {k: two[k] for k in metrics if k != "max_abs_logit_diff"} == {
+      k: metrics[k] for k in metrics if k != "max_abs_logit_diff"}
+  assert two["max_abs_logit_diff"] < 1e-4
+
+
+def test_testing_on_two_devices_gives_the_one_device_result(finished_runs, tmp_path):
+  base = shutil.copytree(finished_runs[0], tmp_path / "base")
+  one = json.load(open(base / "test_metrics.json"))
+  tested = run_main("--mode=test", f"--workdir={base}", env=TWO_DEVICES)
+  assert tested.returncode == 0, tested.stderr[-3000:]
+  two = json.load(open(base / "test_metrics.json"))
+  assert two.pop("test_loss") == pytest.approx(one.pop("test_loss"), rel=1e-5)
+  assert two == one
 
 
 def test_one_step_per_call_and_a_scan_of_steps_agree():

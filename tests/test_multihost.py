@@ -1,0 +1,65 @@
+"""Two processes on localhost (one CPU device each) as two hosts: `main.py --multihost`.
+
+They train one tiny run together, are killed mid-run and resume, then test and
+export it. The run must come out as one process with two devices trains it
+(two hosts with one GPU each and one host with two GPUs split the batch the
+same way), with one set of checkpoints and one history. Every process costs
+seconds of imports and tracing, so the reference runs beside the first pair,
+and the two modes after training run one pair each.
+"""
+
+import json
+import os
+import socket
+
+import pytest
+
+from conftest import TWO_DEVICES, tiny_flags
+from l0jax import evaluation, export
+from test_resume import Main, env, history, resumed_from, step_dirs  # pylint: disable=unused-import
+
+TRAIN = ["--config=configs/gated.py", *tiny_flags()]  # 2 epochs of 14 steps
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def together(env: dict[str, str], *args: str) -> list[Main]:
+  """`main.py --multihost ARGS` as processes 0 and 1 of two, started at once."""
+  flags = ["--multihost", f"--coordinator_address=localhost:{free_port()}", "--num_processes=2"]
+  return [Main(env, *args, *flags, f"--process_id={i}") for i in range(2)]
+
+
+def finish(processes: list[Main]) -> list[str]:
+  """Their stderr, once each ended well."""
+  logs = []
+  for process in processes:
+    returncode, log = process.wait()
+    assert returncode == 0, log[-3000:]
+    logs.append(log)
+  return logs
+
+
+def test_two_processes_train_resume_test_and_export_as_one_with_two_devices(env, tmp_path):
+  workdir, reference = str(tmp_path / "run"), str(tmp_path / "reference")
+  one = Main({**env, **TWO_DEVICES}, *TRAIN, f"--workdir={reference}")
+  first = together(env, *TRAIN, f"--workdir={workdir}")
+  # Killed both, a few steps into the second epoch (after the first checkpoint).
+  first[0].kill_when(lambda: first[0].step >= 14 + 3 and "14" in step_dirs(workdir))
+  first[1].proc.kill()
+  first[1].wait()
+  logs = finish(together(env, *TRAIN, f"--workdir={workdir}"))
+  assert all(resumed_from(log) == 14 for log in logs), [l[-2000:] for l in logs]
+  finish([one])
+  assert step_dirs(workdir) == step_dirs(reference) == ["14", "28"]
+  assert history(workdir) == history(reference)  # epochs 0 and 1, once each
+  finish(together(env, "--mode=test", f"--workdir={workdir}"))
+  finish(together(env, "--mode=export", f"--workdir={workdir}"))
+  tested = json.load(open(os.path.join(workdir, evaluation.TEST_METRICS_FILE)))
+  exported = json.load(open(os.path.join(workdir, evaluation.EXPORT_DIR, export.METRICS_FILE)))
+  assert tested["checkpoint_step"] == exported["checkpoint_step"] == 28
+  assert exported["test_accuracy_gated"] == pytest.approx(tested["test_accuracy"], abs=1e-6)
+  assert not [n for n in os.listdir(workdir) if n.startswith(".")]  # no temporary folder
