@@ -65,23 +65,22 @@ def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator)
                                                       dataset.num_classes)
   run = train.Run(config, dataset, network, params, batch_stats, mesh,
                   train.make_evaluate(network, dataset))
-  tx, state = train.initial_state(run)
+  tx, state = train.initial_state(run)  # replicated over the mesh
   replicated = NamedSharding(mesh, P())
-  state = jax.device_put(state, replicated)
-  images = jax.device_put(dataset.train_images, replicated)
-  labels = jax.device_put(dataset.train_labels, replicated)
+  images = train.put(dataset.train_images, replicated)
+  labels = train.put(dataset.train_labels, replicated)
   train_steps = train.make_train_steps(network, tx, config, dataset, mesh)
   eval_images = dataset.train_images[:FLAGS.eval_examples]
   eval_set = train.put_eval_set(eval_images, dataset.train_labels[:FLAGS.eval_examples],
                                 train.eval_batch_size(config, len(eval_images)), mesh)
   steps = train.steps_per_call(config, FLAGS.epoch_examples // config.batch_size)
-  valid = np.ones(steps, bool)
+  valid = train.put(np.ones(steps, bool), replicated)
 
   def train_call():
     nonlocal state
     indices = rng.integers(0, len(dataset.train_images), (steps, config.batch_size), dtype=np.int32)
     state, metrics = train_steps(state, images, labels,
-                                 jax.device_put(indices, NamedSharding(mesh, P(None, "data"))),
+                                 train.put(indices, NamedSharding(mesh, P(None, "data"))),
                                  valid)
     if not np.all(np.isfinite(jax.device_get(metrics)["loss"])):
       raise FloatingPointError("the training loss is not finite")
