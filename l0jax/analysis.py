@@ -274,7 +274,6 @@ def analyze(workdir: str, which: str = "best") -> dict[str, Any]:
     raise UserError(f"{workdir}/{train.HISTORY_FILE} has no epoch ending at the {which} "
                     f"checkpoint's step {metrics['checkpoint_step']}")
   out = workdir / ANALYSIS_DIR
-  out.mkdir(parents=True, exist_ok=True)
   epoch = chosen["epoch"] + 1
   title = (f"{workdir.name}: {_percent(metrics['macs_kept_fraction'])} of the MACs and "
            f"{_percent(metrics['params_kept_fraction'])} of the parameters kept")
@@ -293,10 +292,13 @@ def analyze(workdir: str, which: str = "best") -> dict[str, Any]:
       history, epoch, which, config.lambda_l0 if config.use_gate and config.train_gates else None,
       gate_fractions)
   total = {s: sum(c[s] for c in layer_states.values()) for s in STATES}
-  for name, fig in figures.items():
-    save_figure(fig, out / name)
-  (out / SUMMARY_FILE).write_text(summary_markdown(workdir, config, history, which, chosen, metrics,
-                                                   tested, layer_states, total, list(figures)))
-  print(f"{out}: {', '.join(figures)} and {SUMMARY_FILE}")
+  if checkpoints.is_primary_process():  # With --multihost, the others drew the same.
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+      save_figure(fig, out / name)
+    (out / SUMMARY_FILE).write_text(summary_markdown(workdir, config, history, which, chosen,
+                                                     metrics, tested, layer_states, total,
+                                                     list(figures)))
+    print(f"{out}: {', '.join(figures)} and {SUMMARY_FILE}")
   return {"tested": tested, "checkpoint_step": metrics["checkpoint_step"], "gates": total,
           "layers": layer_states, "files": [*figures, SUMMARY_FILE]}
