@@ -33,7 +33,8 @@ from l0jax import data, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["128"], "Training batch sizes to time.")
-flags.DEFINE_list("dtypes", ["auto"], "compute_dtype values to time (auto, float32, bfloat16).")
+flags.DEFINE_list("dtypes", ["auto"], "compute_dtype values to time (auto, float32, bfloat16, "
+                  "bfloat16_matmuls).")
 flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0 is the SPEC's GoogleNet).")
 flags.DEFINE_integer("image_size", 32, "Square synthetic images of this size, 3 channels.")
 flags.DEFINE_integer("num_train", 10_000, "Synthetic images; 90% of them are the training split.")
@@ -140,7 +141,8 @@ def benchmark(dtype: str, batch_size: int, dataset: data.Dataset, mesh) -> list[
     train_rate, eval_rate = nets[use_gate].train_images / t.s, nets[use_gate].eval_images / e.s
     compile_s, eval_compile_s = t.first_s - t.s, e.first_s - e.s
     results.append({
-        "dtype": jnp.dtype(train.compute_dtype(dtype)).name, "batch_size": batch_size,
+        "dtype": jnp.dtype(train.compute_dtype(dtype)).name if dtype == "auto" else dtype,
+        "batch_size": batch_size,
         "gates": use_gate, "steps_per_call": nets[use_gate].train_images // batch_size,
         "train_images_per_s": round(train_rate, 1),
         "eval_images_per_s": round(eval_rate, 1),
@@ -157,12 +159,17 @@ def benchmark(dtype: str, batch_size: int, dataset: data.Dataset, mesh) -> list[
   return results
 
 
-def main(argv):
-  del argv
+def synthetic_dataset() -> data.Dataset:
+  """`--num_train` synthetic uint8 images of `--image_size`, 3 channels."""
   config = config_lib.base_config()
   config.update(dataset="synthetic", synthetic_image_size=FLAGS.image_size,
                 synthetic_num_train=FLAGS.num_train)
-  dataset = data.load_dataset(config)
+  return data.load_dataset(config)
+
+
+def main(argv):
+  del argv
+  dataset = synthetic_dataset()
   mesh = train.data_mesh()
   results = [r for dtype in FLAGS.dtypes for batch_size in map(int, FLAGS.batch_sizes)
              for r in benchmark(dtype, batch_size, dataset, mesh)]
@@ -174,12 +181,12 @@ def main(argv):
           "epochs": FLAGS.epochs, "epoch_examples": FLAGS.epoch_examples,
           "val_examples": FLAGS.val_examples},
       "results": results}))
-  print(f"\n{'dtype':<9} {'batch':>6} {'gates':>5} {'train img/s':>12} {'eval img/s':>11} "
+  print(f"\n{'dtype':<16} {'batch':>6} {'gates':>5} {'train img/s':>12} {'eval img/s':>11} "
         f"{'eval/train':>10} {'compile s':>10} {'gate cost':>9} {'(CPU time)':>10} "
         f"{'est. run s':>10}")
   percent = lambda r, key: f"{r[key]:+.1%}" if key in r else ""
   for r in results:
-    print(f"{r['dtype']:<9} {r['batch_size']:>6} {'yes' if r['gates'] else 'no':>5} "
+    print(f"{r['dtype']:<16} {r['batch_size']:>6} {'yes' if r['gates'] else 'no':>5} "
           f"{r['train_images_per_s']:>12,.0f} {r['eval_images_per_s']:>11,.0f} "
           f"{r['eval_images_per_s'] / r['train_images_per_s']:>9.1f}x "
           f"{r['train_compile_s']:>10.1f} {percent(r, 'gate_overhead'):>9} "

@@ -1,0 +1,88 @@
+r"""Where the time to the first training step goes, in a fresh process, as `main.py` starts.
+
+  python -m benchmarks.startup                           # full width, 32x32x3, batch 128
+
+Wall and CPU seconds of each stage: importing JAX and l0jax, the synthetic
+data, `train.create_network` (building and initialising the network), the
+optimizer state, and the first `train.make_train_steps` call (tracing,
+compiling, one step); then a second call, for the step alone. Prints one
+JSON object, then a table.
+"""
+
+import json
+import os
+import sys
+import time
+
+START = time.perf_counter(), time.process_time()
+
+# pylint: disable=wrong-import-position
+import jax
+import numpy as np
+from absl import app, flags
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from l0jax import config as config_lib
+from l0jax import data, train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("compute_dtype", "auto", "config.compute_dtype.")
+flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0 is the SPEC's GoogleNet).")
+flags.DEFINE_integer("batch_size", 128, "Training batch size.")
+
+
+def main(argv):
+  del argv
+  stages = {}
+  last = START
+
+  def stage(name: str):
+    nonlocal last
+    now = time.perf_counter(), time.process_time()
+    stages[name] = {"wall_s": round(now[0] - last[0], 2), "cpu_s": round(now[1] - last[1], 2)}
+    last = now
+
+  stage("import")
+  config = config_lib.base_config()
+  config.update(dataset="synthetic", compute_dtype=FLAGS.compute_dtype,
+                width_multiplier=FLAGS.width_multiplier, batch_size=FLAGS.batch_size)
+  dataset = data.load_dataset(config)
+  mesh = train.data_mesh()
+  stage("data")
+  network, params, batch_stats = train.create_network(config, dataset.train_images.shape[1:],
+                                                      dataset.num_classes)
+  stage("create_network")
+  run = train.Run(config, dataset, network, params, batch_stats, mesh, None)
+  tx, state = train.initial_state(run)
+  replicated = NamedSharding(mesh, P())
+  state, images, labels = jax.device_put((state, dataset.train_images, dataset.train_labels),
+                                         replicated)
+  stage("optimizer state")
+  train_steps = train.make_train_steps(network, tx, config, dataset, mesh)
+  indices = NamedSharding(mesh, P(None, "data"))
+  rng = np.random.default_rng(0)
+
+  def call():
+    nonlocal state
+    batch = rng.integers(0, len(dataset.train_images), (1, config.batch_size), dtype=np.int32)
+    state, metrics = train_steps(state, images, labels, jax.device_put(batch, indices),
+                                 np.ones(1, bool))
+    jax.device_get(metrics)
+
+  call()
+  stage("first training call")
+  total = {k: round(sum(s[k] for s in stages.values()), 2) for k in ("wall_s", "cpu_s")}
+  call()
+  stage("a later training call")
+  print(json.dumps({"compute_dtype": config.compute_dtype, "width_multiplier":
+                    FLAGS.width_multiplier, "load_average": os.getloadavg(),
+                    "to_first_step": total, "stages": stages}))
+  print(f"\n{'stage':<22} {'wall s':>7} {'CPU s':>7}")
+  for name, s in stages.items():
+    print(f"{name:<22} {s['wall_s']:>7.1f} {s['cpu_s']:>7.1f}")
+  print(f"{'to the first step':<22} {total['wall_s']:>7.1f} {total['cpu_s']:>7.1f}")
+  print(f"load average {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)
