@@ -1,15 +1,16 @@
 r"""l0jax's training and evaluation images/s beside the same GoogleNet in PyTorch, same cores.
 
-  python -m benchmarks.versus_pytorch                  # full width, batch 128, 32x32x3, ~5 min
+  python -m benchmarks.versus_pytorch                  # full width, batch 128, 32x32x3
 
 Times, in one process and interleaved (A, B, C, A, B, C, ...) so that load
 from other processes hits all alike, the training call `main.py` makes
 (`benchmarks/throughput.py` describes it) for each of `--dtypes`, with and
-without gates, and PyTorch's fastest CPU recipe for the same network
-(`benchmarks/pytorch_googlenet.py`): bfloat16 autocast, channels-last, AdamW,
-`--threads` threads, a random batch of uint8 images flipped and normalised
-each step. Then the evaluation calls, the same way. Prints one JSON object,
-then a table with each variant's ratio to PyTorch's (gated to gated).
+without gates, and the same network in PyTorch
+(`benchmarks/pytorch_googlenet.py`) in bfloat16 autocast and in float32, both
+channels-last, AdamW, `--threads` threads, a random batch of uint8 images
+flipped and normalised each step. Then the evaluation calls, the same way.
+Prints one JSON object, then a table with each l0jax variant's ratio to the
+faster PyTorch precision (gated to gated, ungated to ungated).
 PyTorch is optional: without it the PyTorch rows are skipped, with a line
 that says so. It takes `benchmarks/throughput.py`'s flags.
 """
@@ -42,7 +43,7 @@ def l0jax_calls(dtype: str, use_gate: bool, dataset: data.Dataset, mesh) -> thro
   return throughput.network_calls(config, dataset, mesh, np.random.default_rng(FLAGS.seed))
 
 
-def pytorch_calls(use_gate: bool, num_images: int) -> throughput.Calls:
+def pytorch_calls(use_gate: bool, bfloat16: bool, num_images: int) -> throughput.Calls:
   import torch  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
   from benchmarks import pytorch_googlenet  # pylint: disable=import-outside-toplevel
@@ -59,7 +60,7 @@ def pytorch_calls(use_gate: bool, num_images: int) -> throughput.Calls:
       lr=config.learning_rate, weight_decay=config.weight_decay)
   images = torch.randint(0, 256, (num_images, 3, size, size), dtype=torch.uint8)
   labels = torch.randint(0, 10, (num_images,))
-  autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+  autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16)
 
   def normalize(x):
     return ((x.float() - 127.5) / 64.0).contiguous(memory_format=torch.channels_last)
@@ -113,9 +114,10 @@ def main(argv):
   if have_pytorch():
     import torch  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(FLAGS.threads)
-    for use_gate in (False, True):
-      nets[f"pytorch bf16 autocast{' gated' if use_gate else ''}"] = pytorch_calls(
-          use_gate, len(dataset.train_images))
+    for precision in ("bf16 autocast", "float32"):
+      for use_gate in (False, True):
+        nets[f"pytorch {precision}{' gated' if use_gate else ''}"] = pytorch_calls(
+            use_gate, precision != "float32", len(dataset.train_images))
     pytorch = f"PyTorch {torch.__version__}, {FLAGS.threads} threads"
   else:
     pytorch = None
@@ -136,8 +138,12 @@ def main(argv):
     if name.endswith(" gated"):
       r["gate_overhead"] = round(results[name[:-6]]["train_images_per_s"]
                                  / r["train_images_per_s"] - 1, 4)
-    reference = f"pytorch bf16 autocast{' gated' if name.endswith(' gated') else ''}"
     if pytorch and not name.startswith("pytorch"):
+      # The faster PyTorch precision, gated or not as this variant.
+      reference = max((n for n in results if n.startswith("pytorch")
+                       and n.endswith(" gated") == name.endswith(" gated")),
+                      key=lambda n: results[n]["train_images_per_s"])
+      r["pytorch_reference"] = reference
       r["vs_pytorch"] = round(r["train_images_per_s"] / results[reference]["train_images_per_s"], 3)
       r["vs_pytorch_cpu_time"] = round(r["train_images_per_cpu_s"]
                                        / results[reference]["train_images_per_cpu_s"], 3)
@@ -150,7 +156,7 @@ def main(argv):
   print(f"\n{'variant':<32} {'train img/s':>11} {'img/CPU-s':>9} {'vs PyTorch':>10} "
         f"{'(CPU time)':>10} {'gate cost':>9} {'eval img/s':>10} {'eval/train':>10}")
   for name, r in results.items():
-    ratio = lambda key: f"{r[key]:.2f}x" if key in r else ""
+    ratio = lambda key, r=r: f"{r[key]:.2f}x" if key in r else ""
     gate = f"{r['gate_overhead']:+.1%}" if "gate_overhead" in r else ""
     print(f"{name:<32} {r['train_images_per_s']:>11,.1f} {r['train_images_per_cpu_s']:>9,.1f} "
           f"{ratio('vs_pytorch'):>10} {ratio('vs_pytorch_cpu_time'):>10} {gate:>9} "
