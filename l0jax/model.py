@@ -149,8 +149,9 @@ def bfloat16_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """A stride-1 'SAME' NHWC convolution of float32 arrays, in bfloat16 with float32 accumulation.
 
   XLA's own convolution, not im2col or a sum of shifted 1x1 dots: on this
-  project's CPU XLA:CPU ran it as fast as those or faster, forward and
-  backward (results/throughput_cpu/convolutions.txt). Its gradients are such
+  project's CPU those took 2-2.5x its CPU time on a block's 3x3 shape, forward
+  and backward; im2col won only on the 3-channel stem
+  (results/throughput_cpu/convolutions_under_load.txt). Its gradients are such
   convolutions of the cotangent rounded to bfloat16, written out because JAX's
   would convolve the float32 cotangent in float32.
   """
