@@ -55,8 +55,7 @@ def main(argv):
   run = train.Run(config, dataset, network, params, batch_stats, mesh, None)
   tx, state = train.initial_state(run)
   replicated = NamedSharding(mesh, P())
-  state, images, labels = jax.device_put((state, dataset.train_images, dataset.train_labels),
-                                         replicated)
+  images, labels = (train.put(a, replicated) for a in (dataset.train_images, dataset.train_labels))
   stage("optimizer state")
   train_steps = train.make_train_steps(network, tx, config, dataset, mesh)
   indices = NamedSharding(mesh, P(None, "data"))
@@ -65,7 +64,7 @@ def main(argv):
   def call():
     nonlocal state
     batch = rng.integers(0, len(dataset.train_images), (1, config.batch_size), dtype=np.int32)
-    state, metrics = train_steps(state, images, labels, jax.device_put(batch, indices),
+    state, metrics = train_steps(state, images, labels, train.put(batch, indices),
                                  np.ones(1, bool))
     jax.device_get(metrics)
 
