@@ -11,7 +11,6 @@ traceback instead).
 """
 
 import contextlib
-import logging as py_logging
 import os
 import sys
 import traceback
@@ -22,6 +21,7 @@ from ml_collections import config_flags
 
 from l0jax import config as config_lib
 from l0jax import locking
+from l0jax import writers
 from l0jax.errors import UserError, os_failure
 
 MODES = ("train", "test", "export", "analyze")
@@ -184,26 +184,6 @@ def run(mode: str, workdir: str):
     analysis.analyze(workdir, FLAGS.checkpoint)
 
 
-class QuietLibraries(py_logging.Filter):
-  """Keeps Orbax's per-checkpoint INFO chatter off the console; its warnings still show.
-
-  The errors that Orbax's, clu's and asyncio's background threads log when a
-  write fails keep their first line but not their pages of traceback: the
-  failure reaches the main thread, which reports it in one line.
-  """
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    library = next((lib for lib in ("orbax", "clu", "asyncio") if f"/{lib}/" in record.pathname),
-                   None)
-    if library == "orbax" and record.levelno < py_logging.WARNING:
-      return False
-    if library and record.levelno >= py_logging.ERROR and not FLAGS.debug:
-      first_line = (record.getMessage().splitlines() or [""])[0]
-      record.msg, record.args = f"{first_line[:300]} (traceback left out)", None
-      record.exc_info = record.exc_text = None
-    return True
-
-
 def quiet_unraisable(unraisable) -> None:
   """sys.unraisablehook: one debug line instead of a traceback.
 
@@ -215,7 +195,7 @@ def quiet_unraisable(unraisable) -> None:
 
 
 def main(argv: list[str]) -> None:
-  logging.get_absl_handler().addFilter(QuietLibraries())
+  logging.get_absl_handler().addFilter(writers.QuietLibraries(tracebacks=FLAGS.debug))
   if not FLAGS.debug:
     sys.unraisablehook = quiet_unraisable
   if len(argv) > 1:

@@ -287,13 +287,28 @@ class Run(NamedTuple):
 
 
 def setup(config: ml_collections.ConfigDict) -> Run:
+  """The data and the initial network, each announced on the console as it is ready."""
   config_lib.validate(config)
   if config.batch_size % jax.device_count():
     raise UserError(f"batch_size={config.batch_size} does not divide over "
                     f"{jax.device_count()} devices")
+  start = time.monotonic()
   dataset = data.load_dataset(config)
+  logging.info("Data: %s from %s: %s training, %s validation, %s test images of %s (%.1f s).",
+               dataset.name, dataset.source, *(f"{len(x):,}" for x in (
+                   dataset.train_images, dataset.val_images, dataset.test_images)), "x".join(map(str, dataset.train_images.shape[1:])),
+               time.monotonic() - start)
+  start = time.monotonic()
   network, params, batch_stats = create_network(config, dataset.train_images.shape[1:],
                                                 dataset.num_classes)
+  num_params, macs = accounting.totals(accounting.count(
+      network.arch, None, image_hw=network.image_shape[0], in_channels=network.image_shape[-1],
+      num_classes=network.num_classes))
+  logging.info("Network: GoogleNet at width %g, %s, %s parameters, %.2f M MACs per image, "
+               "%s on %d %s device(s) (%.1f s).", config.width_multiplier,
+               "gated" if config.use_gate else "no gates", f"{num_params:,}", macs / 1e6,
+               jnp.dtype(network.dtype).name, jax.device_count(), jax.default_backend(),
+               time.monotonic() - start)
   return Run(config, dataset, network, params, batch_stats, data_mesh(),
              make_evaluate(network, dataset))
 
@@ -422,21 +437,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   labels = _replicate(ds.train_labels, mesh)
   val_set = put_eval_set(ds.val_images, ds.val_labels, eval_batch_size(config, len(ds.val_images)),
                          mesh)
-  writer, progress = writers.create(str(workdir), num_steps)
+  writer = writers.MetricWriter(str(workdir), enabled=jax.process_index() == 0)
   step = int(state.step)
+  progress = writers.Progress(num_steps, epoch_steps, step)
   start_epoch = step // epoch_steps
   if checkpoints.is_primary_process():
     history = _resumed_history(workdir, start_epoch)
     checkpoints.write_text_atomically(workdir / HISTORY_FILE, "".join(l + "\n" for l in history))
   if step == 0:
     writer.write_hparams({k: v for k, v in config.items() if not isinstance(v, (tuple, list))})
-  logging.info("%s: %d training examples from %s, %d steps per epoch, %d epochs, %s on %d device(s).",
-               ds.name, len(ds.train_images), ds.source, epoch_steps, config.num_epochs,
-               jnp.dtype(network.dtype).name, jax.device_count())
+  logging.info("Training: %d epochs of %d steps of %d images, from step %d; compiling the "
+               "training step.", config.num_epochs, epoch_steps, config.batch_size, step)
 
   val = {}
   batch_sharding, replicated = NamedSharding(mesh, P(None, "data")), NamedSharding(mesh, P())
   chunk = steps_per_call(config, epoch_steps)
+  first_call = True
   for epoch in range(start_epoch, config.num_epochs):
     order = epoch_order(config.seed, epoch, len(ds.train_images), config.batch_size)
     epoch_start = time.monotonic()
@@ -445,10 +461,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       indices = order[first:first + chunk]
       num_valid = len(indices)
       indices = np.pad(indices, ((0, chunk - num_valid), (0, 0)))
+      call_start = time.monotonic()
       state, metrics = train_steps(state, images, labels,
                                    put(indices, batch_sharding),
                                    put(np.arange(chunk) < num_valid, replicated))
       metrics = {k: v[:num_valid] for k, v in jax.device_get(metrics).items()}
+      if first_call:
+        logging.info("Compiled and ran the first training call in %.1f s.",
+                     time.monotonic() - call_start)
+        first_call = False
       bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
       if bad.size:
         mngr.wait_until_finished()  # The last good epoch's save may still be in flight.
@@ -460,28 +481,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       step += num_valid
       epoch_metrics.append(metrics)
       window.append(metrics)
-      if step // config.log_every_steps > (step - num_valid) // config.log_every_steps:
-        writer.write_scalars(step, {**{f"train/{k}": v for k, v in _means(window).items()},
+      # Every log_every_steps, and at the epoch's end whatever remains of the window.
+      if (step // config.log_every_steps > (step - num_valid) // config.log_every_steps
+          or step % epoch_steps == 0):
+        means = _means(window)
+        writer.write_scalars(step, {**{f"train/{k}": v for k, v in means.items()},
                                     "train/learning_rate": schedule(step - 1)})
+        logging.info("step %d/%d: train loss %.4f, accuracy %.4f%s", step, num_steps,
+                     means["loss"], means["accuracy"],
+                     f", L0 term {means['l0']:.4g}, expected MACs kept "
+                     f"{means['expected_macs_kept']:.1%}" if config.use_gate else "")
         window = []
-      progress(step)
+      progress(step, num_valid * config.batch_size)
     val = evaluate_split(run, state.params, state.batch_stats, ds.val_images, ds.val_labels)
     record = {"epoch": epoch, "step": step, "epoch_seconds": time.monotonic() - epoch_start,
               **{f"train_{k}": v for k, v in _means(epoch_metrics).items()},
               **{f"val_{k}": v for k, v in val.items()}}
     scalars = {f"val/{k}": v for k, v in val.items()}
+    pruning = ""
     if config.use_gate:
       net = nnx.merge(network.graphdef, state.params, state.batch_stats)
       log_alphas = {k: np.asarray(v) for k, v in net.log_alphas().items()}
       record["log_alpha"] = {k: v.tolist() for k, v in log_alphas.items()}
-      writer.write_histograms(step, {"log_alpha": np.concatenate(list(log_alphas.values()))})
+      writer.write_histograms(step, {f"log_alpha/{k}": v for k, v in log_alphas.items()})
+      costs = accounting.report(log_alphas, config, network.image_shape, network.num_classes)
+      scalars.update({"gates/open": costs["gated_channels_kept"] / costs["gated_channels_full"],
+                      "gates/macs_kept": costs["macs_kept_fraction"]})
+      pruning = (f"; gates open {scalars['gates/open']:.1%}, MACs kept "
+                 f"{costs['macs_kept_fraction']:.1%}, L0 term {record['train_l0']:.4g}")
     writer.write_scalars(step, scalars)
     if checkpoints.is_primary_process():
       checkpoints.append_line(workdir / HISTORY_FILE, json.dumps(record))
     mngr.save(step, args=ocp.args.StandardSave(state),
               metrics={checkpoints.BEST_METRIC: val["accuracy"]})
-    logging.info("epoch %d/%d: val accuracy %.4f, loss %.4f (%.1f s)", epoch + 1,
-                 config.num_epochs, val["accuracy"], val["loss"], record["epoch_seconds"])
+    logging.info("epoch %d/%d: train accuracy %.4f, val accuracy %.4f (loss %.4f)%s (%.1f s)",
+                 epoch + 1, config.num_epochs, record["train_accuracy"], val["accuracy"],
+                 val["loss"], pruning, record["epoch_seconds"])
   mngr.wait_until_finished()
-  writer.flush()
+  writer.close()
   return val

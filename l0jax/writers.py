@@ -1,78 +1,113 @@
-"""Metric writers and progress reports, with a console fallback.
+"""Where training reports go: TensorBoard event files, and progress lines on the console.
 
-clu's writers and periodic actions import TensorFlow. Where it is missing
-(the GPU machine has none) training goes on with console-only writers and says
-so once, instead of failing.
+The event files are written with tensorboardX, which needs no TensorFlow:
+scalars, one histogram of `log_alpha` per gated layer, and the run's
+hyperparameters (TensorBoard's HPARAMS tab). The console's lines are
+`Progress`'s and the training loop's.
 """
 
+import logging as py_logging
 import time
 from typing import Any, Mapping
 
-import jax
+import numpy as np
 from absl import logging
+from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams as hparams_summaries
+
+# The metrics TensorBoard's HPARAMS tab lists beside each run's hyperparameters.
+HPARAM_METRICS = ("val/accuracy", "val/loss", "train/open_gates", "train/expected_macs_kept")
 
 
-class ConsoleWriter:
-  """The subset of clu's MetricWriter that training uses, printed through absl."""
+class QuietLibraries(py_logging.Filter):
+  """For absl's handler: libraries' INFO chatter stays off the console (Orbax on every
+  checkpoint, JAX probing for backends); their warnings still show.
+
+  The errors that Orbax's, tensorboardX's and asyncio's background threads log
+  when a write fails keep their first line but not their pages of traceback
+  (unless `tracebacks`): the failure reaches the main thread, which reports it
+  in one line.
+  """
+
+  def __init__(self, tracebacks: bool = False):
+    super().__init__()
+    self._tracebacks = tracebacks
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    library = next((lib for lib in ("orbax", "jax", "tensorboardX", "asyncio")
+                    if f"/{lib}/" in record.pathname), None)
+    if library in ("orbax", "jax") and record.levelno < py_logging.WARNING:
+      return False
+    if library not in (None, "jax") and record.levelno >= py_logging.ERROR and not self._tracebacks:
+      first_line = (record.getMessage().splitlines() or [""])[0]
+      record.msg, record.args = f"{first_line[:300]} (traceback left out)", None
+      record.exc_info = record.exc_text = None
+    return True
+
+
+class MetricWriter:
+  """TensorBoard event files in `logdir`; nothing is written where `enabled` is False."""
+
+  def __init__(self, logdir: str, enabled: bool = True):
+    self._writer = SummaryWriter(logdir=logdir) if enabled else None
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    logging.info("[%d] %s", step, ", ".join(f"{k}={float(v):.5g}" for k, v in scalars.items()))
+    if self._writer:
+      for tag, value in scalars.items():
+        self._writer.add_scalar(tag, float(value), step)
 
-  def write_histograms(self, step: int, arrays: Mapping[str, Any], num_buckets=None) -> None:
-    del step, arrays, num_buckets  # A histogram does not read well on a console.
+  def write_histograms(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
+    if self._writer:
+      for tag, values in arrays.items():
+        self._writer.add_histogram(tag, np.asarray(values), step)
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-    logging.info("hparams: %s", dict(hparams))
+    """`hparams` (bool, int, float or str values) for the HPARAMS tab."""
+    if self._writer:
+      for summary in hparams_summaries(dict(hparams), {name: 0.0 for name in HPARAM_METRICS}):
+        self._writer.file_writer.add_summary(summary)
 
   def flush(self) -> None:
-    pass
+    if self._writer:
+      self._writer.flush()
 
   def close(self) -> None:
-    pass
+    if self._writer:
+      self._writer.close()
 
 
-class ConsoleProgress:
-  """Steps/s and ETA on the console, every `every_secs` seconds."""
+class Progress:
+  """Speed and time left on the console, every `every_secs` seconds.
 
-  def __init__(self, num_train_steps: int, every_secs: float = 60.0):
-    self._total = num_train_steps
+  Every 10 s until the first epoch this process runs is over (so that a new
+  user sees at once that it works and how long it will take), then every 60 s.
+  """
+
+  def __init__(self, num_steps: int, epoch_steps: int, first_step: int,
+               every_secs: tuple[float, float] = (10.0, 60.0)):
+    self._total = num_steps
+    self._epoch_steps = epoch_steps
+    self._first_epoch_end = (first_step // epoch_steps + 1) * epoch_steps
     self._every = every_secs
-    self._last = None
+    self._last = None  # (step, time) of the last report, or of the first call
 
-  def __call__(self, step: int, t: float | None = None) -> None:
+  def __call__(self, step: int, images_per_step: int, t: float | None = None) -> None:
     t = time.monotonic() if t is None else t
-    if self._last is None:
+    if self._last is None:  # The first call compiled: speed is measured from here.
       self._last = (step, t)
       return
     last_step, last_t = self._last
-    if t - last_t < self._every or step == last_step:
+    every = self._every[0] if last_step < self._first_epoch_end else self._every[1]
+    if t - last_t < every or step == last_step:
       return
     rate = (step - last_step) / (t - last_t)
-    eta_min = (self._total - step) / rate / 60 if rate > 0 else float("inf")
-    logging.info("step %d/%d: %.1f steps/s, ETA %.1f min", step, self._total, rate, eta_min)
+    epoch_end = -(-step // self._epoch_steps) * self._epoch_steps
+    logging.info("step %d/%d (epoch %d): %.1f steps/s, %.0f images/s; epoch done in %s, "
+                 "training in %s", step, self._total, -(-step // self._epoch_steps), rate,
+                 rate * images_per_step, _duration((epoch_end - step) / rate),
+                 _duration((self._total - step) / rate))
     self._last = (step, t)
 
 
-def _tensorboard_missing() -> str | None:
-  try:
-    from clu import metric_writers  # pylint: disable=unused-import,import-outside-toplevel
-    from clu import periodic_actions  # pylint: disable=unused-import,import-outside-toplevel
-  except ImportError as e:
-    return str(e)
-  return None
-
-
-def create(workdir: str, num_train_steps: int):
-  """Returns (writer, progress): clu's TensorBoard writer and ReportProgress, or console ones."""
-  missing = _tensorboard_missing()
-  if missing is not None:
-    logging.warning("No TensorBoard event files for this run (%s); metrics go to the console. "
-                    "Install tensorflow-cpu and tensorboard (requirements.txt) for TensorBoard.",
-                    missing)
-    return ConsoleWriter(), ConsoleProgress(num_train_steps)
-  from clu import metric_writers, periodic_actions  # pylint: disable=import-outside-toplevel
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
-                                             every_secs=60.0)
-  return writer, progress
-
+def _duration(seconds: float) -> str:
+  return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"

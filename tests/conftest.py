@@ -68,3 +68,19 @@ def run_main(*args: str, env: dict[str, str] | None = None,
   return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,
                         env={**os.environ, **(env or {})}, capture_output=True, text=True,
                         timeout=timeout, check=False)
+
+
+def read_events(logdir: str) -> list:
+  """Every Event in the TensorBoard event files of `logdir` (TFRecord framing, CRCs unchecked)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  events = []
+  for name in sorted(os.listdir(logdir)):
+    if name.startswith("events.out.tfevents."):
+      with open(os.path.join(logdir, name), "rb") as f:
+        blob = f.read()
+      offset = 0
+      while offset < len(blob):  # [length u64][crc u32][data][crc u32]
+        length = int.from_bytes(blob[offset:offset + 8], "little")
+        events.append(event_pb2.Event.FromString(blob[offset + 12:offset + 12 + length]))
+        offset += 16 + length
+  return events

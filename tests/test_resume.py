@@ -34,7 +34,7 @@ NUM_EPOCHS = 3  # 14 steps each: checkpoints at steps 14, 28 and 42.
 TRAIN = ["--config=configs/gated.py", *tiny_flags(num_epochs=NUM_EPOCHS)]
 # The learning rate jumps to 1e30 after the first epoch: the loss is NaN two steps later.
 NAN = ["--config=configs/gated.py", *tiny_flags(lr_factor=1e33)]
-STEP_LOGGED = re.compile(r"\[(\d+)\] train/")  # the metric writers' line after each compiled call
+STEP_LOGGED = re.compile(r"step (\d+)/\d+: train loss")  # the line after each logged window
 
 
 class Main:
