@@ -1,0 +1,121 @@
+r"""The quick start: a network trained, pruned and examined in minutes, on a CPU, offline.
+
+  python -m l0jax.quickstart --workdir=runs/quickstart
+
+Fashion-MNIST from Debian's package (`apt-get install dataset-fashion-mnist`;
+or `--data_dir=` a folder with its four IDX files), a GoogleNet at a quarter
+of the width, batch 64, AdamW lr 0.003:
+
+  WORKDIR/baseline  configs/baseline.py, 2 epochs: the network to prune
+  WORKDIR/pruned    configs/finetune.py from it, 2 epochs with the MACs penalty
+                    (lambda 40): gates close where the multiply-accumulates are
+
+Then the pruned network's last checkpoint is tested (test accuracy, and the
+per-layer table of what was kept), exported (the compact network, checked
+against the gated one) and analysed (figures in WORKDIR/pruned/analysis/).
+Each step prints the `main.py` command that does the same on its own, and
+runs in this process. Run again, it resumes where it stopped. The wall time
+and output of one run on this project's CPU are in results/quickstart/.
+"""
+
+import importlib.util
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+import ml_collections
+from absl import app, flags, logging
+
+from l0jax import analysis, data, evaluation, train, writers
+from l0jax.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+COMMON = {"dataset": "fashion_mnist", "width_multiplier": 0.25, "batch_size": 64,
+          "learning_rate": 0.003, "num_epochs": 2}
+# name: (config file, its overrides besides COMMON; "{baseline}" is WORKDIR/baseline)
+STAGES = {
+    "baseline": ("baseline", {}),
+    "pruned": ("finetune", {"penalty": "macs", "lambda_l0": 40.0, "init_from": "{baseline}"}),
+}
+CHECKPOINT = "last"  # the network the penalty made, not an earlier one that validated better
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Where the two runs go (WORKDIR/baseline, WORKDIR/pruned).")
+flags.DEFINE_string("data_dir", "", "A folder with Fashion-MNIST's four IDX files (raw or .gz); "
+                    f"empty: Debian's {data.DEBIAN_FASHION_MNIST_DIR}.")
+
+
+def recipe(name: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """configs/NAME.py's config, as `main.py --config=configs/NAME.py` loads it, with `overrides`."""
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update(overrides)
+  return config
+
+
+def _flag(value: Any) -> str:
+  return f"'({','.join(map(str, value))},)'" if isinstance(value, tuple) else str(value)
+
+
+def command(*args: str, **config: Any) -> str:
+  return " ".join(["python main.py", *args, *(f"--config.{k}={_flag(v)}" for k, v in
+                                               config.items())])
+
+
+def run(workdir: str, data_dir: str = "", overrides: dict[str, Any] | None = None) -> dict:
+  """Trains, prunes, tests, exports and analyses; returns the pruned run's test metrics.
+
+  `overrides` replace COMMON's values (the tests use it for tiny runs).
+  """
+  common = {**COMMON, **({"data_dir": data_dir} if data_dir else {}), **(overrides or {})}
+  if (common["dataset"] == "fashion_mnist" and not common.get("data_dir")
+      and not os.path.isdir(data.DEBIAN_FASHION_MNIST_DIR)):
+    raise UserError(f"the quick start reads Fashion-MNIST from {data.DEBIAN_FASHION_MNIST_DIR}, "
+                    "which is missing: install Debian's package (apt-get install "
+                    "dataset-fashion-mnist), or give --data_dir=FOLDER holding "
+                    "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte "
+                    "and t10k-labels-idx1-ubyte (raw or .gz)")
+
+  start = time.monotonic()
+  workdirs = {name: os.path.join(workdir, name) for name in STAGES}
+  for name, (config_name, own) in STAGES.items():
+    own = {k: v.format(**workdirs) if isinstance(v, str) else v for k, v in own.items()}
+    logging.info("quick start, %s: %s", name, command(
+        f"--config=configs/{config_name}.py", f"--workdir={workdirs[name]}", **common, **own))
+    train.train_and_evaluate(recipe(config_name, {**common, **own}), workdirs[name])
+  pruned = workdirs["pruned"]
+  for mode in ("test", "export", "analyze"):
+    logging.info("quick start, %s: %s", mode, command(
+        f"--mode={mode}", f"--checkpoint={CHECKPOINT}", f"--workdir={pruned}"))
+  baseline = evaluation.test(workdirs["baseline"], CHECKPOINT)
+  result = evaluation.test(pruned, CHECKPOINT)
+  evaluation.export(pruned, CHECKPOINT)
+  analysis.analyze(pruned, CHECKPOINT)
+  print(f"\nQuick start done in {(time.monotonic() - start) / 60:.1f} min: the baseline's test "
+        f"accuracy is {baseline['test_accuracy']:.2%}; pruned, {result['test_accuracy']:.2%} "
+        f"with {result['macs_kept_fraction']:.1%} of its MACs and "
+        f"{result['params_kept_fraction']:.1%} of its parameters. Figures in "
+        f"{os.path.join(pruned, 'analysis')}; TensorBoard: tensorboard --logdir {workdir}")
+  return result
+
+
+def main(argv: list[str]) -> None:
+  logging.get_absl_handler().addFilter(writers.QuietLibraries())
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required")
+  try:
+    run(FLAGS.workdir, FLAGS.data_dir)
+  except UserError as e:
+    logging.flush()
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
