@@ -68,7 +68,9 @@ def export(workdir: str, which: str = "best") -> dict:
   result.update(checkpoint=which, checkpoint_step=step)
   if checkpoints.is_primary_process():  # The others computed the same.
     export_dir = epath.Path(workdir) / EXPORT_DIR
-    export_lib.save(export_dir, params, images[:1], result)
+    export_lib.save(export_dir, params, ds.test_images[:8], ds.mean, ds.std,
+                    {"dataset": ds.name, "source_workdir": str(epath.Path(workdir).resolve()),
+                     "checkpoint_step": step}, result)
     print(f"{export_dir}: compact network with {result['params_compact']:,} parameters; "
           f"test accuracy {result['test_accuracy_compact']:.4f} "
           f"(gated {result['test_accuracy_gated']:.4f}), "

@@ -10,11 +10,13 @@ A 1x1 reduce whose branch is closed entirely feeds nothing and goes too.
 The compact network is a pytree of arrays whose shapes say everything
 (`compact_apply` works at any width and any kept counts); closed channels
 leave zero-size arrays, which `compact_apply` treats explicitly. `save`
-writes the weights with Orbax and the inference function as a jax.export
-artifact with a symbolic batch size, which `load_inference` runs without
-this package's model code. An export folder is written whole, under a
-temporary name, and renamed into place; `load_inference` refuses one whose
-files do not match its manifest.
+writes the inference function as a jax.export artifact with a symbolic batch
+size that takes the data set's own uint8 images (normalisation, weights and
+all inside), a JSON of its input and statistics, and the weights alone with
+Orbax. `load_inference` runs the artifact with JAX alone: no model code, no
+weights to restore. An export folder is written whole, under a temporary
+name, and renamed into place; `load_inference` refuses one whose files do not
+match its manifest.
 """
 
 import hashlib
@@ -30,6 +32,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
+from l0jax import data
 from l0jax import gates
 from l0jax import model
 from l0jax.errors import UserError
@@ -42,6 +45,7 @@ ARTIFACT = "inference.jax_export"
 METRICS_FILE = "export_metrics.json"
 # The sha256 of every other file in the folder: what makes a mix of two exports detectable.
 MANIFEST = "manifest.json"
+INFO_FILE = "inference.json"  # what the artifact takes and gives, and its normalisation
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # the artifact runs wherever the user serves it
 # Largest |logit difference| between two float32 evaluations of the same network, as a
 # fraction of the largest |logit| (at least 1). Folding BN and gates reorders float32
@@ -164,10 +168,6 @@ def verify(net: model.GoogleNet, params: dict[str, Any], images: np.ndarray, lab
   }
 
 
-def _abstract(tree: Any) -> Any:
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
-
-
 def _storable(tree: Any) -> Any:
   """Orbax refuses zero-size arrays; they carry nothing but a shape, which the artifact holds."""
   return jax.tree.map(lambda a: a if a.size else None, tree)
@@ -191,14 +191,23 @@ def _sibling(export_dir: epath.Path, what: str) -> epath.Path:
   return export_dir.parent / f".{export_dir.name}.{what}"
 
 
-def save(export_dir: str | os.PathLike, params: dict[str, Any], example_images: jax.Array,
-         metrics: dict[str, Any]) -> None:
-  """Writes the weights (Orbax), the inference function (jax.export, any batch size), `metrics`
-  and a manifest of their hashes, as one folder that replaces `export_dir` whole.
+def serving_function(params: dict[str, Any], mean: np.ndarray,
+                     std: np.ndarray) -> Callable[[jax.Array], jax.Array]:
+  """uint8 NHWC images, as the data set stores them -> logits, normalisation included."""
+  return lambda images: compact_apply(params, data.normalize(images, mean, std))
 
-  Everything goes into a temporary folder first, is reloaded and run on
-  `example_images` from there, and the folder is then renamed into place, so
-  that a killed export leaves the previous export or this one, never a mix.
+
+def save(export_dir: str | os.PathLike, params: dict[str, Any], example_images: np.ndarray,
+         mean: np.ndarray, std: np.ndarray, info: dict[str, Any],
+         metrics: dict[str, Any]) -> None:
+  """Writes the inference function (jax.export: weights and normalisation inside, any batch
+  size), a JSON of what it takes (INFO_FILE, with `info`), the weights alone (Orbax),
+  `metrics` and a manifest of their hashes, as one folder that replaces `export_dir` whole.
+
+  `example_images` are uint8 [N, H, W, C]. Everything goes into a temporary
+  folder first, is reloaded and run on `example_images` from there, and the
+  folder is then renamed into place, so that a killed export leaves the
+  previous export or this one, never a mix.
   """
   export_dir = epath.Path(export_dir).resolve()
   tmp, old = _sibling(export_dir, "tmp"), _sibling(export_dir, "old")
@@ -211,14 +220,19 @@ def save(export_dir: str | os.PathLike, params: dict[str, Any], example_images: 
   params = jax.tree.map(np.asarray, params)  # Host arrays: one process writes them.
   with _checkpointer() as checkpointer:
     checkpointer.save(tmp / PARAMS_DIR, _storable(params))
+  serve = jax.jit(serving_function(params, mean, std))
   batch, = jax.export.symbolic_shape("b")
-  images = jax.ShapeDtypeStruct((batch, *example_images.shape[1:]), jnp.float32)
-  lowered = jax.export.export(jax.jit(compact_apply), platforms=PLATFORMS)
-  exported = lowered(_abstract(params), images)
+  images = jax.ShapeDtypeStruct((batch, *example_images.shape[1:]), jnp.uint8)
+  exported = jax.export.export(serve, platforms=PLATFORMS)(images)
   (tmp / ARTIFACT).write_bytes(exported.serialize())
+  (tmp / INFO_FILE).write_text(json.dumps({
+      **info, "input_shape": list(example_images.shape[1:]), "input_dtype": "uint8",
+      "num_classes": int(exported.out_avals[0].shape[-1]),
+      "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+      "output": "logits, float32 [batch, num_classes]"}, indent=2) + "\n")
   (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
   (tmp / MANIFEST).write_text(json.dumps(_file_hashes(tmp), indent=2) + "\n")
-  want = np.asarray(jax.jit(compact_apply)(params, example_images))
+  want = np.asarray(serve(example_images))
   got = np.asarray(load_inference(tmp)(example_images))
   _check_close(float(np.max(np.abs(want - got))), float(np.max(np.abs(want))),
                f"the reloaded {ARTIFACT} and the compact network")
@@ -249,17 +263,39 @@ def _check_whole(export_dir: epath.Path) -> None:
                     "; export again")
 
 
-def load_inference(export_dir: str | os.PathLike) -> Callable[[jax.Array], jax.Array]:
-  """images -> logits from a `save`d export; needs JAX and Orbax only."""
+def _damaged(path: epath.Path, e: Exception) -> UserError:
+  return UserError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                   "export the run again (--mode=export)")
+
+
+def load_inference(export_dir: str | os.PathLike) -> Callable[[np.ndarray], jax.Array]:
+  """uint8 images [batch, *input_shape] -> logits, from a `save`d export; needs JAX only.
+
+  A missing or damaged file of the export raises a UserError that names it.
+  """
   export_dir = epath.Path(export_dir).resolve()
-  if not (export_dir / ARTIFACT).exists() or not (export_dir / PARAMS_DIR).exists():
-    raise UserError(f"{export_dir} holds no exported network ({ARTIFACT} and {PARAMS_DIR}/)")
+  for name in (ARTIFACT, INFO_FILE):
+    if not (export_dir / name).is_file():
+      raise UserError(f"{export_dir} holds no exported network: {name} is missing (an export "
+                      "made before it existed takes float32 images: export the run again)")
   _check_whole(export_dir)
-  exported = jax.export.deserialize(bytearray((export_dir / ARTIFACT).read_bytes()))
-  (abstract_params, _), _ = jax.tree.unflatten(exported.in_tree, exported.in_avals)
-  with _checkpointer() as checkpointer:
-    stored = checkpointer.restore(export_dir / PARAMS_DIR, _storable(_abstract(abstract_params)))
-  params = jax.tree.map(lambda s, a: jnp.zeros(a.shape, a.dtype) if s is None else s,
-                        stored, abstract_params, is_leaf=lambda s: s is None)
+  try:
+    info = json.loads((export_dir / INFO_FILE).read_text())
+    input_shape = tuple(info["input_shape"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise _damaged(export_dir / INFO_FILE, e) from e
+  try:
+    exported = jax.export.deserialize(bytearray((export_dir / ARTIFACT).read_bytes()))
+  except Exception as e:  # pylint: disable=broad-except  # flatbuffers raise all sorts.
+    raise _damaged(export_dir / ARTIFACT, e) from e
   call = jax.jit(exported.call)
-  return lambda images: call(params, images)
+
+  def infer(images: np.ndarray) -> jax.Array:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.shape[1:] != input_shape:
+      raise ValueError(f"the exported network takes uint8 images of shape [batch, "
+                       f"{', '.join(map(str, input_shape))}], not {images.dtype} "
+                       f"{list(images.shape)}")
+    return call(images)
+
+  return infer

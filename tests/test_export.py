@@ -2,6 +2,9 @@
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -112,18 +115,76 @@ def test_verify_reports_agreement_and_refuses_a_wrong_network():
     export.verify(net, wrong, x, labels, batch_size=4)
 
 
-def test_saved_artifact_reloads_with_any_batch_size(tmp_path):
+MEAN, STD = np.array([120.0, 110.0, 100.0]), np.array([60.0, 65.0, 70.0])
+# A fresh Python that has JAX but never imports l0jax: the export's file and JSON suffice.
+STANDALONE = """
+import json, sys
+import jax, numpy as np
+folder = sys.argv[1]
+info = json.load(open(f"{folder}/inference.json"))
+exported = jax.export.deserialize(bytearray(open(f"{folder}/inference.jax_export", "rb").read()))
+images = np.load(f"{folder}/../images.npy")
+assert images.dtype == np.dtype(info["input_dtype"]) and list(images.shape[1:]) == info["input_shape"]
+np.save(f"{folder}/../logits.npy", np.asarray(exported.call(images)))
+assert not [m for m in sys.modules if m.startswith("l0jax")]
+"""
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  """A gated network and its export, from uint8 images."""
   net = gated_net()
-  params = export.compact_params(net)
-  export.save(tmp_path / "export", params, images(4), {"checkpoint_step": 14})
-  infer = export.load_inference(tmp_path / "export")
-  x = images(7, seed=1)
-  np.testing.assert_allclose(infer(x), gated_logits(net, x), rtol=1e-5, atol=1e-5)
-  exported = jax.export.deserialize(bytearray((tmp_path / "export" / export.ARTIFACT).read_bytes()))
+  folder = tmp_path_factory.mktemp("export") / "export"
+  uint8 = np.random.default_rng(0).integers(0, 256, (4, HW, HW, 3), dtype=np.uint8)
+  export.save(folder, export.compact_params(net), uint8, MEAN, STD, {"dataset": "fixture"},
+              {"checkpoint_step": 14})
+  return net, folder
+
+
+def normalized(images):
+  return (images.astype(np.float32) - MEAN.astype(np.float32)) / STD.astype(np.float32)
+
+
+def test_export_takes_uint8_images_of_any_batch_size_and_says_so(saved):
+  net, folder = saved
+  x = np.random.default_rng(1).integers(0, 256, (7, HW, HW, 3), dtype=np.uint8)
+  np.testing.assert_allclose(export.load_inference(folder)(x), gated_logits(net, normalized(x)),
+                             rtol=1e-5, atol=1e-5)
+  info = json.loads((folder / export.INFO_FILE).read_text())
+  assert info == {"dataset": "fixture", "input_shape": [HW, HW, 3], "input_dtype": "uint8",
+                  "num_classes": CLASSES, "mean": MEAN.tolist(), "std": STD.tolist(),
+                  "output": "logits, float32 [batch, num_classes]"}
+  exported = jax.export.deserialize(bytearray((folder / export.ARTIFACT).read_bytes()))
   assert set(exported.platforms) == set(export.PLATFORMS)
-  assert json.loads((tmp_path / "export" / export.METRICS_FILE).read_text()) == {
-      "checkpoint_step": 14}
-  assert sorted(os.listdir(tmp_path)) == ["export"]  # no temporary folder left
+  assert json.loads((folder / export.METRICS_FILE).read_text()) == {"checkpoint_step": 14}
+  assert sorted(os.listdir(folder.parent)) == ["export"]  # no temporary folder left
+  with pytest.raises(ValueError, match="takes uint8 images"):
+    export.load_inference(folder)(normalized(x))
+
+
+def test_export_runs_in_a_fresh_process_without_l0jax(saved):
+  net, folder = saved
+  x = np.random.default_rng(2).integers(0, 256, (5, HW, HW, 3), dtype=np.uint8)
+  np.save(folder.parent / "images.npy", x)
+  subprocess.run([sys.executable, "-c", STANDALONE, str(folder)], check=True, cwd=folder.parent,
+                 env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  np.testing.assert_allclose(np.load(folder.parent / "logits.npy"),
+                             gated_logits(net, normalized(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("damage,named", [
+    (lambda f: (f / export.ARTIFACT).unlink(), export.ARTIFACT),
+    (lambda f: (f / export.ARTIFACT).write_bytes((f / export.ARTIFACT).read_bytes()[:500]),
+     export.ARTIFACT),
+    (lambda f: (f / export.INFO_FILE).write_text("{"), export.INFO_FILE),
+])
+def test_a_damaged_export_names_the_file(saved, tmp_path, damage, named):
+  folder = tmp_path / "export"
+  shutil.copytree(saved[1], folder)
+  damage(folder)
+  with pytest.raises(UserError, match=named) as e:
+    export.load_inference(folder)
+  assert "\n" not in str(e.value)
   with pytest.raises(UserError, match="no exported network"):
     export.load_inference(tmp_path)
 
@@ -146,6 +207,39 @@ def test_an_export_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
       folder.rename(tmp_path / ".export.old")
     with pytest.raises(RuntimeError, match="killed"):
       export.save(folder, second, images(2), {"net": "second"})
+    np.testing.assert_allclose(export.load_inference(folder)(x), want, rtol=1e-5, atol=1e-5)
+    assert json.loads((folder / export.METRICS_FILE).read_text()) == {"net": "first"}
+
+  artifact = folder / export.ARTIFACT
+  artifact.write_bytes(artifact.read_bytes() + b" ")  # as if copied over from another export
+  with pytest.raises(UserError, match=f"not one whole export: 1 file.*{export.ARTIFACT}"):
+    export.load_inference(folder)
+
+
+def uint8_images(n, seed):
+  return np.random.default_rng(seed).integers(0, 256, (n, HW, HW, 3), dtype=np.uint8)
+
+
+def test_an_export_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+  """A save that dies before its renames leaves the previous export, and so does one killed
+  between its two renames once the next save has begun; a folder mixing two exports is refused."""
+  first = gated_net(seed=0)
+  folder = tmp_path / "export"
+  save = lambda params, metrics: export.save(folder, params, uint8_images(2, 0), MEAN, STD, {},
+                                             metrics)
+  save(export.compact_params(first), {"net": "first"})
+  x = uint8_images(3, 2)
+  want = gated_logits(first, normalized(x))
+
+  def fail(*args, **kwargs):
+    raise RuntimeError("killed")
+  second = export.compact_params(gated_net(seed=1))
+  monkeypatch.setattr(export, "_check_close", fail)  # once every file of the new one is written
+  for killed_between_renames in (False, True):
+    if killed_between_renames:
+      folder.rename(tmp_path / ".export.old")
+    with pytest.raises(RuntimeError, match="killed"):
+      save(second, {"net": "second"})
     np.testing.assert_allclose(export.load_inference(folder)(x), want, rtol=1e-5, atol=1e-5)
     assert json.loads((folder / export.METRICS_FILE).read_text()) == {"net": "first"}
 

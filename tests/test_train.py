@@ -262,6 +262,10 @@ def test_export_of_a_finished_run(finished_runs, tmp_path):
   assert metrics["params_compact"] <= json.load(open(os.path.join(tuned, "test_metrics.json")))[
       "params_kept"]
   assert os.path.exists(os.path.join(tuned, "export", "inference.jax_export"))
+  info = json.load(open(os.path.join(tuned, "export", "inference.json")))
+  assert info["dataset"] == "synthetic" and info["num_classes"] == 10
+  assert info["input_shape"] == [8, 8, 3] and info["input_dtype"] == "uint8"
+  assert len(info["mean"]) == len(info["std"]) == 3
   exported = run_main("--mode=export", f"--workdir={on_two}", env=TWO_DEVICES)
   assert exported.returncode == 0, exported.stderr[-3000:]
   two = json.load(open(on_two / "export" / "export_metrics.json"))
