@@ -5,6 +5,12 @@ r"""l0jax: train, test, export and analyse L0-gated GoogleNets.
   python main.py --mode=test --checkpoint=last --workdir=runs/gated    # the newest instead
   python main.py --mode=export --workdir=runs/gated                    # compact network
   python main.py --mode=analyze --workdir=runs/gated                   # figures of the gates
+  python -m l0jax.quickstart --workdir=runs/quickstart                 # all of it, in minutes
+
+Any config field can be set with --config.FIELD=VALUE (--config.lambda_l0=1.0,
+--config.lr_milestones='(10,20)'): the fields, their defaults and what they do are
+in l0jax/config.py and the README's "Config fields"; configs/*.py say what each
+recipe changes.
 
 Bad input ends with one line on stderr and exit status 2 (--debug shows the
 traceback instead).
@@ -102,10 +108,17 @@ def _flag_error(e: Exception) -> str:
   return f"the config has no field {name}" + (f" ({' '.join(hint)})" if hint else "")
 
 
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with flag errors (an unknown config key, a wrong type) as one line."""
   try:
     return FLAGS(argv)
+  except SystemExit:
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+      sys.exit(0)  # absl exits with 1 after printing the help that was asked for.
+    raise
   except Exception as e:  # pylint: disable=broad-except  # The --config file may raise anything.
     if "--debug" in argv:
       raise
@@ -173,8 +186,10 @@ def run(mode: str, workdir: str):
   if FLAGS.multihost:
     join_processes()
   if mode == "train":
+    from l0jax import checkpoints  # pylint: disable=import-outside-toplevel
+    given = config_flags.get_override_values(FLAGS["config"])
     with workdir_lock(workdir):  # Before anything compiles: a second run is refused at once.
-      train.train_and_evaluate(config, workdir)
+      train.train_and_evaluate(checkpoints.with_source_fields(workdir, config, given), workdir)
   elif mode == "test":
     evaluation.test(workdir, FLAGS.checkpoint)
   elif mode == "export":

@@ -10,7 +10,7 @@ disk) is found when it is restored, and set aside for an older one.
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Collection
 
 import jax
 import ml_collections
@@ -221,6 +221,31 @@ def restore_step(mngr: ocp.CheckpointManager, step: int, target: Any = None) -> 
     return mngr.restore(step, args=args)
   except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore raise all sorts.
     raise UserError(f"cannot restore {_unreadable(mngr, step, e)}") from e
+
+
+def with_source_fields(workdir: str, config: ml_collections.ConfigDict,
+                       given: Collection[str]) -> ml_collections.ConfigDict:
+  """`config` with the data and network of the run it continues, where not `given`.
+
+  The run continued is the one in `workdir` when resuming (RESUME_FIELDS),
+  else `init_from`'s (SOURCE_FIELDS). A field given on the command line is
+  kept, and checked against the source later (`check_same_network`,
+  `init_source`).
+  """
+  if (epath.Path(workdir) / CONFIG_FILE).is_file():
+    source, fields = workdir, config_lib.RESUME_FIELDS
+  elif config.init_from and (epath.Path(config.init_from) / CONFIG_FILE).is_file():
+    source, fields = config.init_from, config_lib.SOURCE_FIELDS
+  else:
+    return config
+  saved = load_config(source)
+  taken = {f: saved[f] for f in fields if f not in given and saved[f] != config[f]}
+  if taken:
+    logging.info("From %s: %s.", epath.Path(source) / CONFIG_FILE,
+                 ", ".join(f"{k}={v!r}" for k, v in taken.items()))
+    config = config.copy_and_resolve_references()
+    config.update(taken)
+  return config
 
 
 def init_source(init_from: str, config: ml_collections.ConfigDict

@@ -155,7 +155,7 @@ def cases(tmp_path_factory) -> dict[str, Case]:
       "config_json_is_a_folder": (["--mode=test"], None, config_folder, config_folder),
       "config_file_raises": ([f"--config={raising_config}"], None, missing, None),
       "config_file_does_not_parse": ([f"--config={broken_config}"], None, missing, None),
-      "resume_other_split": (TRAIN, None, older, older),
+      "resume_other_split": (TRAIN + ["--config.val_split=hash"], None, older, older),
       "workdir_in_use": (TRAIN, None, busy, busy),
       "workdir_under_a_file": (TRAIN, None, str(root / "a_file" / "run"), None),
       "debug": (TRAIN + ["--config.lambda_l0=-0.5", "--debug"], None, missing, None),
@@ -236,6 +236,12 @@ def test_every_refusal_case_is_checked(cases):
 def test_bad_input_is_refused(cases, name):
   case = cases[name]
   check_refused(case, *(f.format(watched=case.watched) for f in REFUSALS[name]))
+
+
+def test_help_exits_0_and_points_to_the_config_fields():
+  result = main_py("--help")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "--config.FIELD=VALUE" in result.stdout and "l0jax/config.py" in result.stdout
 
 
 def test_debug_shows_the_traceback(cases):

@@ -18,6 +18,7 @@ from flax import nnx
 
 from conftest import REPO, TWO_DEVICES, read_events, run_main, tiny_config, tiny_flags
 from l0jax import checkpoints, model, train
+from l0jax import config as config_lib
 
 
 def load_config_file(name: str):
@@ -25,6 +26,44 @@ def load_config_file(name: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def test_a_continued_run_takes_the_data_and_network_of_its_source(tmp_path):
+  base, older = tmp_path / "base", tmp_path / "older"
+  base.mkdir()
+  older.mkdir()
+  checkpoints.save_config(str(base), tiny_config(use_gate=False, width_multiplier=0.5))
+  config = load_config_file("finetune")
+  config.init_from = str(base)
+  tuned = checkpoints.with_source_fields(str(tmp_path / "tuned"), config, given={"init_from"})
+  assert (tuned.dataset, tuned.width_multiplier, tuned.synthetic_image_size) == (
+      "synthetic", 0.5, 8)
+  assert tuned.use_gate and tuned.lambda_l0 == config.lambda_l0  # the recipe's own
+  # What the command line gives stays, for init_source to refuse if it does not fit.
+  wider = checkpoints.with_source_fields(str(tmp_path / "tuned"), config,
+                                         given={"init_from", "width_multiplier"})
+  assert wider.width_multiplier == 1.0 and wider.dataset == "synthetic"
+  # Resuming keeps the run's own network and split; a config saved before val_split
+  # existed used the seeded one.
+  saved = tiny_config(width_multiplier=0.5).to_dict()
+  del saved["val_split"]
+  (older / "config.json").write_text(json.dumps(saved))
+  resumed = checkpoints.with_source_fields(str(older), load_config_file("gated"), given=())
+  assert (resumed.val_split, resumed.width_multiplier, resumed.dataset) == (
+      "seeded", 0.5, "synthetic")
+
+
+def test_readme_config_table_has_every_field_and_every_recipes_value():
+  with open(os.path.join(REPO, "README.md")) as f:
+    rows = [line.split("|")[1:3] for line in f if line.startswith("| `")]
+  base = config_lib.base_config()
+  for field in base:
+    row = next((r for r in rows if f"`{field}`" in r[0]), None)
+    assert row is not None, f"README's config table lacks {field}"
+    for recipe in sorted(os.listdir(os.path.join(REPO, "configs"))):
+      name = recipe.removesuffix(".py")
+      if recipe.endswith(".py") and load_config_file(name)[field] != base[field]:
+        assert name in row[1], f"README's row of {field} lacks {name}'s value"
 
 
 def test_gated_without_gates_is_the_baseline():
