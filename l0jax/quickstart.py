@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 from absl import app, flags, logging
 
-from l0jax import analysis, data, evaluation, train, writers
+from l0jax import analysis, data, evaluation, locking, train, writers
 from l0jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -86,7 +86,8 @@ def run(workdir: str, data_dir: str = "", overrides: dict[str, Any] | None = Non
     own = {k: v.format(**workdirs) if isinstance(v, str) else v for k, v in own.items()}
     logging.info("quick start, %s: %s", name, command(
         f"--config=configs/{config_name}.py", f"--workdir={workdirs[name]}", **common, **own))
-    train.train_and_evaluate(recipe(config_name, {**common, **own}), workdirs[name])
+    with locking.held(workdirs[name], "--workdir"):  # as main.py trains: one process at a time
+      train.train_and_evaluate(recipe(config_name, {**common, **own}), workdirs[name])
   pruned = workdirs["pruned"]
   for mode in ("test", "export", "analyze"):
     logging.info("quick start, %s: %s", mode, command(
