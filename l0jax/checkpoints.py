@@ -110,7 +110,8 @@ def check_same_network(workdir: str, config: ml_collections.ConfigDict) -> None:
   differences = architecture_differences(load_config(workdir), config,
                                          config_lib.ARCHITECTURE_FIELDS + ("val_split",))
   if differences:
-    raise UserError(f"{workdir} holds a run of a different network or split ({'; '.join(differences)}); "
+    raise UserError(f"{workdir} holds a run of a different network or split "
+                    f"({'; '.join(differences)}); "
                     "it was left untouched. Train into another workdir, or resume with the "
                     f"saved settings in {epath.Path(workdir) / CONFIG_FILE}")
 

@@ -294,10 +294,10 @@ def setup(config: ml_collections.ConfigDict) -> Run:
                     f"{jax.device_count()} devices")
   start = time.monotonic()
   dataset = data.load_dataset(config)
+  sizes = [f"{len(x):,}" for x in (dataset.train_images, dataset.val_images, dataset.test_images)]
   logging.info("Data: %s from %s: %s training, %s validation, %s test images of %s (%.1f s).",
-               dataset.name, dataset.source, *(f"{len(x):,}" for x in (
-                   dataset.train_images, dataset.val_images, dataset.test_images)), "x".join(map(str, dataset.train_images.shape[1:])),
-               time.monotonic() - start)
+               dataset.name, dataset.source, *sizes,
+               "x".join(map(str, dataset.train_images.shape[1:])), time.monotonic() - start)
   start = time.monotonic()
   network, params, batch_stats = create_network(config, dataset.train_images.shape[1:],
                                                 dataset.num_classes)

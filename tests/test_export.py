@@ -124,7 +124,8 @@ folder = sys.argv[1]
 info = json.load(open(f"{folder}/inference.json"))
 exported = jax.export.deserialize(bytearray(open(f"{folder}/inference.jax_export", "rb").read()))
 images = np.load(f"{folder}/../images.npy")
-assert images.dtype == np.dtype(info["input_dtype"]) and list(images.shape[1:]) == info["input_shape"]
+assert images.dtype == np.dtype(info["input_dtype"])
+assert list(images.shape[1:]) == info["input_shape"]
 np.save(f"{folder}/../logits.npy", np.asarray(exported.call(images)))
 assert not [m for m in sys.modules if m.startswith("l0jax")]
 """
