@@ -403,7 +403,7 @@ def _download_and_prepare(builder, url: str) -> None:
 
 
 def _ways_to_provide(name: str, spec: _Spec) -> str:
-  ways = ("Provide it by: TFDS with network access; "
+  ways = ("Provide it by: TFDS with network access (pip install -r requirements-tfds.txt); "
           f"--config.data_dir=<a folder with {spec.expected()}>")
   if name == "fashion_mnist":
     return ways + "; apt-get install dataset-fashion-mnist."
