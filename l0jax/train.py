@@ -510,6 +510,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       pruning = (f"; gates open {scalars['gates/open']:.1%}, MACs kept "
                  f"{costs['macs_kept_fraction']:.1%}, L0 term {record['train_l0']:.4g}")
     writer.write_scalars(step, scalars)
+    writer.flush()  # TensorBoard shows each epoch as it ends.
     if checkpoints.is_primary_process():
       checkpoints.append_line(workdir / HISTORY_FILE, json.dumps(record))
     mngr.save(step, args=ocp.args.StandardSave(state),

@@ -7,13 +7,15 @@ hyperparameters (TensorBoard's HPARAMS tab). The console's lines are
 """
 
 import logging as py_logging
+import os
 import time
 from typing import Any, Mapping
 
 import numpy as np
 from absl import logging
-from tensorboardX import SummaryWriter
-from tensorboardX.summary import hparams as hparams_summaries
+from tensorboardX import summary as summaries
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2
 
 # The metrics TensorBoard's HPARAMS tab lists beside each run's hyperparameters.
 HPARAM_METRICS = ("val/accuracy", "val/loss", "train/open_gates", "train/expected_macs_kept")
@@ -46,34 +48,43 @@ class QuietLibraries(py_logging.Filter):
 
 
 class MetricWriter:
-  """TensorBoard event files in `logdir`; nothing is written where `enabled` is False."""
+  """TensorBoard event files in `logdir`; nothing is written where `enabled` is False.
+
+  Events are written by the calling thread, not tensorboardX's background one,
+  so that a write the disk refuses raises its OSError here (main.py reports
+  it in one line) instead of killing that thread and blocking training.
+  """
 
   def __init__(self, logdir: str, enabled: bool = True):
-    self._writer = SummaryWriter(logdir=logdir) if enabled else None
+    self._events = None
+    if enabled:
+      os.makedirs(logdir, exist_ok=True)
+      self._events = EventsWriter(os.path.join(logdir, "events"))
+
+  def _write(self, step: int, summaries: list) -> None:
+    if self._events:
+      for summary in summaries:
+        self._events.write_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                                 summary=summary))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    if self._writer:
-      for tag, value in scalars.items():
-        self._writer.add_scalar(tag, float(value), step)
+    self._write(step, [summaries.scalar(tag, float(v)) for tag, v in scalars.items()])
 
   def write_histograms(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
-    if self._writer:
-      for tag, values in arrays.items():
-        self._writer.add_histogram(tag, np.asarray(values), step)
+    self._write(step, [summaries.histogram(tag, np.asarray(values), bins="auto")
+                       for tag, values in arrays.items()])
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     """`hparams` (bool, int, float or str values) for the HPARAMS tab."""
-    if self._writer:
-      for summary in hparams_summaries(dict(hparams), {name: 0.0 for name in HPARAM_METRICS}):
-        self._writer.file_writer.add_summary(summary)
+    self._write(0, list(summaries.hparams(dict(hparams), {name: 0.0 for name in HPARAM_METRICS})))
 
   def flush(self) -> None:
-    if self._writer:
-      self._writer.flush()
+    if self._events:
+      self._events.flush()
 
   def close(self) -> None:
-    if self._writer:
-      self._writer.close()
+    if self._events:
+      self._events.close()
 
 
 class Progress:
