@@ -89,13 +89,14 @@ def run(workdir: str, data_dir: str = "", overrides: dict[str, Any] | None = Non
     with locking.held(workdirs[name], "--workdir"):  # as main.py trains: one process at a time
       train.train_and_evaluate(recipe(config_name, {**common, **own}), workdirs[name])
   pruned = workdirs["pruned"]
-  for mode in ("test", "export", "analyze"):
+  baseline = evaluation.test(workdirs["baseline"], CHECKPOINT)
+  done = {}
+  for mode, step in (("test", evaluation.test), ("export", evaluation.export),
+                     ("analyze", analysis.analyze)):
     logging.info("quick start, %s: %s", mode, command(
         f"--mode={mode}", f"--checkpoint={CHECKPOINT}", f"--workdir={pruned}"))
-  baseline = evaluation.test(workdirs["baseline"], CHECKPOINT)
-  result = evaluation.test(pruned, CHECKPOINT)
-  evaluation.export(pruned, CHECKPOINT)
-  analysis.analyze(pruned, CHECKPOINT)
+    done[mode] = step(pruned, CHECKPOINT)
+  result = done["test"]
   print(f"\nQuick start done in {(time.monotonic() - start) / 60:.1f} min: the baseline's test "
         f"accuracy is {baseline['test_accuracy']:.2%}; pruned, {result['test_accuracy']:.2%} "
         f"with {result['macs_kept_fraction']:.1%} of its MACs and "
