@@ -437,7 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   labels = _replicate(ds.train_labels, mesh)
   val_set = put_eval_set(ds.val_images, ds.val_labels, eval_batch_size(config, len(ds.val_images)),
                          mesh)
-  writer = writers.MetricWriter(str(workdir), enabled=jax.process_index() == 0)
+  writer = writers.MetricWriter(str(workdir), enabled=checkpoints.is_primary_process())
   step = int(state.step)
   progress = writers.Progress(num_steps, epoch_steps, step)
   start_epoch = step // epoch_steps
