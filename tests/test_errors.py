@@ -239,7 +239,7 @@ def test_bad_input_is_refused(cases, name):
 
 
 def test_help_exits_0_and_points_to_the_config_fields():
-  result = main_py("--help")
+  result = run_main("--help")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "--config.FIELD=VALUE" in result.stdout and "l0jax/config.py" in result.stdout
 
