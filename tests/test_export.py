@@ -190,33 +190,6 @@ def test_a_damaged_export_names_the_file(saved, tmp_path, damage, named):
     export.load_inference(tmp_path)
 
 
-def test_an_export_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
-  """A save that dies before its renames leaves the previous export, and so does one killed
-  between its two renames once the next save has begun; a folder mixing two exports is refused."""
-  first = gated_net(seed=0)
-  folder = tmp_path / "export"
-  export.save(folder, export.compact_params(first), images(2), {"net": "first"})
-  x = images(3, seed=2)
-  want = gated_logits(first, x)
-
-  def fail(*args, **kwargs):
-    raise RuntimeError("killed")
-  second = export.compact_params(gated_net(seed=1))
-  monkeypatch.setattr(export, "_check_close", fail)  # once every file of the new one is written
-  for killed_between_renames in (False, True):
-    if killed_between_renames:
-      folder.rename(tmp_path / ".export.old")
-    with pytest.raises(RuntimeError, match="killed"):
-      export.save(folder, second, images(2), {"net": "second"})
-    np.testing.assert_allclose(export.load_inference(folder)(x), want, rtol=1e-5, atol=1e-5)
-    assert json.loads((folder / export.METRICS_FILE).read_text()) == {"net": "first"}
-
-  artifact = folder / export.ARTIFACT
-  artifact.write_bytes(artifact.read_bytes() + b" ")  # as if copied over from another export
-  with pytest.raises(UserError, match=f"not one whole export: 1 file.*{export.ARTIFACT}"):
-    export.load_inference(folder)
-
-
 def uint8_images(n, seed):
   return np.random.default_rng(seed).integers(0, 256, (n, HW, HW, 3), dtype=np.uint8)
 
