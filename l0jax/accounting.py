@@ -96,10 +96,21 @@ def count(arch: model.Architecture, kept: Mapping[str, Kept] | None, *, image_hw
   return layers + [Layer("head", 1, 1, c_in, num_classes, kept_in, num_classes, per_output=1)]
 
 
+def test_time_kept(log_alphas: Mapping[str, jax.Array]) -> dict[str, Kept]:
+  """Kept channels at test time, those whose test-time gate is > 0, as traceable jnp scalars."""
+  kept = {name: jnp.sum(gates.test_gate(la) > 0) for name, la in log_alphas.items()}
+  return {name: Kept(n, n > 0) for name, n in kept.items()}
+
+
 def deterministic_kept(log_alphas: Mapping[str, jax.Array]) -> dict[str, Kept]:
-  """Kept channels after training: those whose test-time gate is > 0 (needs concrete values)."""
-  kept = {name: int(jnp.sum(gates.test_gate(la) > 0)) for name, la in log_alphas.items()}
-  return {name: Kept(n, int(n > 0)) for name, n in kept.items()}
+  """`test_time_kept` as ints, for the report after training (needs concrete values)."""
+  return {name: Kept(int(k.channels), int(k.alive))
+          for name, k in test_time_kept(log_alphas).items()}
+
+
+def all_closed(arch: model.Architecture) -> dict[str, Kept]:
+  """Every gated channel pruned: what is left is the stem and the head (their biases)."""
+  return {name: Kept(0, 0) for name in gate_names(arch)}
 
 
 def expected_kept(log_alphas: Mapping[str, jax.Array]) -> dict[str, Kept]:
@@ -124,13 +135,19 @@ def penalties(log_alphas: Mapping[str, jax.Array], arch: model.Architecture, *, 
   if not log_alphas:
     return {kind: jnp.zeros(()) for kind in PENALTIES}
   shape = dict(image_hw=image_hw, in_channels=in_channels, num_classes=num_classes)
-  params, macs = totals(count(arch, expected_kept(log_alphas), **shape))
-  params_full, macs_full = totals(count(arch, None, **shape))
   return {
       "mean_gate": jnp.mean(jnp.concatenate([gates.prob_open(la) for la in log_alphas.values()])),
-      "params": params / params_full,
-      "macs": macs / macs_full,
+      **kept_fractions(arch, expected_kept(log_alphas), **shape),
   }
+
+
+def kept_fractions(arch: model.Architecture, kept: Mapping[str, Kept] | None, *, image_hw: int,
+                   in_channels: int, num_classes: int) -> dict[str, Count]:
+  """{'params': ..., 'macs': ...}: the kept fractions of the full network's counts."""
+  shape = dict(image_hw=image_hw, in_channels=in_channels, num_classes=num_classes)
+  (params, macs), (params_full, macs_full) = (totals(count(arch, kept, **shape)),
+                                              totals(count(arch, None, **shape)))
+  return {"params": params / params_full, "macs": macs / macs_full}
 
 
 def penalty(kind: str, log_alphas: Mapping[str, jax.Array], arch: model.Architecture, *,

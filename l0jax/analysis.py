@@ -18,17 +18,13 @@ from etils import epath
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from l0jax import checkpoints, evaluation, gates, train
+from l0jax import accounting, budget, checkpoints, evaluation, gates, model, train
+from l0jax.gates import OPEN_AT, PRUNE_AT
 from l0jax.errors import UserError
 
 ANALYSIS_DIR = "analysis"
 SUMMARY_FILE = "summary.md"
 DPI = 110
-# The test-time gate is 0 (the channel is pruned) iff log_alpha <= PRUNE_AT, and
-# 1 (the channel passes unscaled) iff log_alpha >= OPEN_AT; in between it is
-# undecided: kept, but scaled by a gate strictly between 0 and 1.
-PRUNE_AT = math.log(-gates.GAMMA / gates.ZETA)  # -log 11
-OPEN_AT = math.log((1 - gates.GAMMA) / (gates.ZETA - 1))  # +log 11
 STATES = ("pruned", "undecided", "open")
 STATE_COLORS = {"pruned": "tab:gray", "undecided": "tab:orange", "open": "tab:blue"}
 
@@ -157,8 +153,7 @@ def channels_figure(layers: Sequence[dict], title: str) -> Figure:
   return fig
 
 
-def trajectories_figure(history: Sequence[dict], marked_epoch: int, which: str,
-                        lambda_l0: float | None,  # None: not in the loss
+def trajectories_figure(history: Sequence[dict], marked_epoch: int, which: str, l0_title: str,
                         gate_fractions: dict[str, np.ndarray] | None) -> Figure:
   """Per epoch: accuracy and cross-entropy; with gates, the L0 term and what is kept too.
 
@@ -180,8 +175,7 @@ def trajectories_figure(history: Sequence[dict], marked_epoch: int, which: str,
   ax["loss"].set(title="cross-entropy")
   if gate_fractions:
     ax["l0"].plot(epochs, series("train_l0"), color="tab:red", **dots)
-    ax["l0"].set(title="L0 term (not in the loss: gates fixed)" if lambda_l0 is None
-                 else f"L0 term (times lambda_l0 = {lambda_l0:g} in the loss)")
+    ax["l0"].set(title=l0_title)
     for key, label in (("train_open_gates", "open gates (test-time gate > 0)"),
                        ("train_expected_params_kept", "expected parameters kept"),
                        ("train_expected_macs_kept", "expected MACs kept")):
@@ -203,8 +197,69 @@ def trajectories_figure(history: Sequence[dict], marked_epoch: int, which: str,
   return fig
 
 
+def realised_costs(history: Sequence[dict], config,
+                   layers: Sequence[dict]) -> dict[str, np.ndarray]:
+  """The test-time kept fractions ('params', 'macs') at the end of every epoch, from its gates.
+
+  The image shape and class count are read off the report's `layers` (the
+  stem's input and the head's output), so nothing but the workdir's files is needed.
+  """
+  stem, head = layers[0], layers[-1]
+  arch = model.Architecture.at_width(config.width_multiplier)
+  shape = dict(image_hw=stem["out_hw"], in_channels=stem["c_in"], num_classes=head["c_out"])
+  per_epoch = [accounting.kept_fractions(arch, accounting.deterministic_kept(
+      {k: np.asarray(v, np.float32) for k, v in h["log_alpha"].items()}), **shape)
+      for h in history]
+  return {kind: np.array([f[kind] for f in per_epoch]) for kind in ("params", "macs")}
+
+
+def budget_figure(history: Sequence[dict], marked_epoch: int, which: str, kind: str,
+                  target: float, realised: np.ndarray, settled_from: int) -> Figure:
+  """Per epoch: the realised (test-time) cost against the target, and the multipliers."""
+  epochs = _epochs(history)
+  series = lambda key: np.array([h[key] for h in history])
+  what = "MACs" if kind == "macs" else "parameters"
+  dots = dict(marker=".", ms=5)
+  fig = Figure(figsize=(12, 4.2), layout="constrained")
+  cost, multipliers = fig.subplots(1, 2)
+  cost.axhspan(100 * target - 2, 100 * target + 2, color="tab:green", alpha=0.12, lw=0,
+               label="target +- 2 pp")
+  cost.plot(epochs, 100 * series("train_target"), color="k", ls="--",
+            label="t, the schedule's target (epoch mean)", **dots)
+  cost.plot(epochs, 100 * series(f"train_expected_{kind}_kept"), color="tab:orange",
+            label="expected cost under the gate noise (epoch mean)", **dots)
+  cost.plot(epochs, 100 * series("train_cost"), color="tab:purple", lw=0.8,
+            label="c, the cost the constraint reads (epoch mean)", **dots)
+  cost.plot(epochs, 100 * realised, color="tab:blue", lw=2,
+            label="realised: test-time cost at the epoch's end", **dots)
+  cost.set(title=f"{what} kept against the target", ylabel="%", ylim=(0, 105))
+  multipliers.plot(epochs, series("train_l1"), label="l1", **dots)
+  multipliers.plot(epochs, series("train_l2"), label="l2", **dots)
+  multipliers.set(title="Lagrange multipliers (epoch mean)")
+  for ax in (cost, multipliers):
+    ax.axvline(marked_epoch, color="k", lw=0.6, alpha=0.4)
+    if settled_from < len(history):  # epochs are drawn 1-based, at their end
+      ax.axvspan(settled_from + 0.5, len(history) + 0.5, color="0.5", alpha=0.12, lw=0,
+                 label="gates settled for the budget, fixed")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(f"pruning to {100 * target:g}% of the {what} (thin grey line: {which} "
+               "checkpoint)", fontsize=10)
+  return fig
+
+
 def _percent(x: float) -> str:
   return f"{100 * x:.1f}%"
+
+
+def _l0_title(config) -> str:
+  if not (config.use_gate and config.train_gates):
+    return "L0 term (not in the loss: gates fixed)"
+  if budget.target_of(config):
+    return "L0 term: the Lagrangian l1 (c - t) + l2 (c - t)^2, in the loss"
+  return f"L0 term (times lambda_l0 = {config.lambda_l0:g} in the loss)"
 
 
 def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], which: str,
@@ -215,6 +270,11 @@ def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], which
   minutes = sum(h["epoch_seconds"] for h in history) / 60
   if not config.use_gate:
     kind = "without gates"
+  elif budget.target_of(config):
+    what, target = budget.target_of(config)
+    kind = (f"with L0 gates pruned to a budget of {_percent(target)} of the "
+            f"{'MACs' if what == 'macs' else 'parameters'} (realised: "
+            f"{_percent(metrics[f'{what}_kept_fraction'])})")
   elif config.train_gates:
     kind = f"with L0 gates (lambda_l0 = {config.lambda_l0:g}, penalty {config.penalty})"
   else:
@@ -288,9 +348,13 @@ def analyze(workdir: str, which: str = "best") -> dict[str, Any]:
         log_alphas, f"log_alpha at the {which} checkpoint (epoch {epoch}); {title}")
     figures["log_alpha_trajectories.png"] = log_alpha_trajectory_figure(history, epoch, which)
     figures["channels.png"] = channels_figure(metrics["layers"], title)
-  figures["trajectories.png"] = trajectories_figure(
-      history, epoch, which, config.lambda_l0 if config.use_gate and config.train_gates else None,
-      gate_fractions)
+  target = budget.target_of(config)
+  if target:
+    realised = realised_costs(history, config, metrics["layers"])[target[0]]
+    figures["budget.png"] = budget_figure(history, epoch, which, *target, realised,
+                                          budget.settle_epoch(config))
+  figures["trajectories.png"] = trajectories_figure(history, epoch, which, _l0_title(config),
+                                                    gate_fractions)
   total = {s: sum(c[s] for c in layer_states.values()) for s in STATES}
   if checkpoints.is_primary_process():  # With --multihost, the others drew the same.
     out.mkdir(parents=True, exist_ok=True)

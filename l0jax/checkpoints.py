@@ -134,6 +134,21 @@ def manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.Checkpo
   return ocp.CheckpointManager(epath.Path(workdir).absolute() / CHECKPOINTS_DIR, options=options)
 
 
+def on_disk(state: tuple) -> dict[str, Any]:
+  """A NamedTuple state as it is saved: its fields, without those that are None.
+
+  So a state with a field added since (the multipliers of a budget, None in
+  a run without one) saves exactly as before, and old checkpoints restore.
+  """
+  return {k: v for k, v in state._asdict().items() if v is not None}
+
+
+def _restore_into(mngr: ocp.CheckpointManager, step: int, target: tuple) -> tuple:
+  """A checkpoint restored into the structure of the NamedTuple `target` (see `on_disk`)."""
+  restored = mngr.restore(step, args=ocp.args.StandardRestore(on_disk(target)))
+  return type(target)(**restored)
+
+
 def _why(e: Exception) -> str:
   """What Orbax or TensorStore raised, in one line (their messages run to pages)."""
   return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
@@ -186,7 +201,7 @@ def restore_latest(workdir: str, target: Any) -> tuple[int, Any] | None:
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       mngr.metrics(step)[BEST_METRIC]  # pylint: disable=expression-not-assigned
-      state = mngr.restore(step, args=ocp.args.StandardRestore(target))
+      state = _restore_into(mngr, step, target)
     except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore raise all sorts.
       logging.warning("Cannot restore the checkpoint %s; trying an older one.",
                       _unreadable(mngr, step, e))
@@ -215,11 +230,12 @@ def _flat(tree) -> dict[str, Any]:
   return {_path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def restore_step(mngr: ocp.CheckpointManager, step: int, target: Any = None) -> Any:
-  """One checkpoint, into `target`'s structure (or as saved); a damaged one is a UserError."""
-  args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
+def restore_step(mngr: ocp.CheckpointManager, step: int, target: tuple | None = None) -> Any:
+  """One checkpoint, into `target`'s structure (a NamedTuple) or as saved; damaged: UserError."""
   try:
-    return mngr.restore(step, args=args)
+    if target is None:
+      return mngr.restore(step, args=ocp.args.StandardRestore())
+    return _restore_into(mngr, step, target)
   except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore raise all sorts.
     raise UserError(f"cannot restore {_unreadable(mngr, step, e)}") from e
 

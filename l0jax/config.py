@@ -62,6 +62,21 @@ def base_config() -> ml_collections.ConfigDict:
   # What the L0 term measures: mean_gate (the seed's mean P(z != 0), so its
   # lambda values transfer), params or macs (expected kept fraction).
   c.penalty = "mean_gate"
+  # Prune to a budget instead (l0jax/budget.py): the kept fraction of the
+  # full network's MACs (or parameters) the run must end at, in (0, 1]; at
+  # most one of the two; 0: no target. With a target the L0 term is
+  # l1 * (c - t) + l2 * (c - t)^2, its multipliers learnt by gradient ascent,
+  # and lambda_l0 and penalty are not used.
+  c.target_macs = 0.0
+  c.target_params = 0.0
+  # Share of the training steps over which the target t falls from 1.
+  c.target_warmup = 1 / 3
+  # From this share of the epochs on, the gates are decided for the
+  # test-time cost closest to the target from below, and fixed; the weights
+  # train on. 1: never (the run ends wherever the Lagrangian is).
+  c.fix_gates_after = 0.75
+  # Adam's learning rate for the multipliers l1 and l2 (ascent).
+  c.multiplier_learning_rate = 0.02
 
   # --- Optimisation -----------------------------------------------------
   c.num_epochs = 180
@@ -104,6 +119,7 @@ PENALTIES = ("mean_gate", "params", "macs")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "bfloat16_matmuls")
 VAL_SPLITS = ("hash", "seeded")
 CHECKPOINTS = ("best", "last")
+TARGET_KINDS = ("macs", "params")  # what a budget is a fraction of: config.target_{kind}
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -124,6 +140,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
         "train_gates=False keeps the gates of a pruned run: it needs use_gate=True and "
         "init_from=WORKDIR_OF_A_GATED_RUN")
   check(c.lambda_l0 >= 0, f"lambda_l0={c.lambda_l0} must be >= 0")
+  for kind in TARGET_KINDS:
+    target = c[f"target_{kind}"]
+    check(0 <= target <= 1, f"target_{kind}={target} must lie in (0, 1] (0: no target)")
+  targets = [f"target_{kind}={c[f'target_{kind}']}" for kind in TARGET_KINDS
+             if c[f"target_{kind}"]]
+  check(len(targets) <= 1, f"{' and '.join(targets)}: set one target, not both")
+  check(not targets or (c.use_gate and c.train_gates),
+        "a target (target_macs, target_params) prunes with trained gates: it needs "
+        "use_gate=True and train_gates=True")
+  check(0 <= c.target_warmup <= 1,
+        f"target_warmup={c.target_warmup} must lie in [0, 1] (a share of the steps)")
+  check(0 < c.fix_gates_after <= 1,
+        f"fix_gates_after={c.fix_gates_after} must lie in (0, 1] (a share of the epochs)")
+  check(c.multiplier_learning_rate > 0,
+        f"multiplier_learning_rate={c.multiplier_learning_rate} must be > 0")
   check(0 < c.droprate_init < 1, f"droprate_init={c.droprate_init} must lie in (0, 1)")
   check(c.width_multiplier > 0, f"width_multiplier={c.width_multiplier} must be > 0")
   check(c.learning_rate > 0, f"learning_rate={c.learning_rate} must be > 0")

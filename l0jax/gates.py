@@ -14,6 +14,11 @@ from flax import nnx
 BETA = 2.0 / 3.0  # temperature
 GAMMA, ZETA = -0.1, 1.1  # stretch interval
 EPS = 1e-6
+# The test-time gate is 0 (the channel is pruned) iff log_alpha <= PRUNE_AT, and
+# 1 (the channel passes unscaled) iff log_alpha >= OPEN_AT; in between it is
+# undecided: kept, but scaled by a gate strictly between 0 and 1.
+PRUNE_AT = math.log(-GAMMA / ZETA)  # -log 11
+OPEN_AT = math.log((1 - GAMMA) / (ZETA - 1))  # +log 11
 
 
 def _stretch_and_clip(s: jax.Array) -> jax.Array:

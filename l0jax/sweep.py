@@ -1,4 +1,11 @@
-r"""A lambda sweep on one dataset: the baseline, L0 from scratch, L0 fine-tuned from the baseline.
+r"""A sweep on one dataset: the baseline, L0 from scratch, L0 fine-tuned from the baseline.
+
+  python -m l0jax.sweep --sweep_dir=runs/fmnist_budget --scratch_lambdas= --finetune_lambdas= \
+      --target_macs=0.5,0.3,0.2 --retrain_budgets --config.dataset=fashion_mnist
+
+prunes the baseline to each budget in one run (configs/prune_to_budget.py),
+then retrains each pruned network with its gates fixed; lambdas are the
+advanced route:
 
   python -m l0jax.sweep --sweep_dir=runs/fmnist \
       --scratch_lambdas=0.25,0.5,1 --finetune_lambdas=10,20,30,50 \
@@ -12,19 +19,23 @@ checkpoint (`--checkpoint=last`: the network its lambda made; the best by
 validation accuracy can be one from before the gates closed), exactly as a
 user would run it, so that one crash does not end the sweep:
 
-  SWEEP_DIR/baseline             configs/baseline.py
-  SWEEP_DIR/scratch_lambda{L}    configs/gated.py     lambda_l0=L
-  SWEEP_DIR/finetune_lambda{L}   configs/finetune.py  lambda_l0=L, init_from=SWEEP_DIR/baseline
-  SWEEP_DIR/retrain_lambda{L}    configs/retrain.py   init_from=SWEEP_DIR/finetune_lambda{L}
+  SWEEP_DIR/baseline            baseline.py         -
+  SWEEP_DIR/scratch_lambda{L}   gated.py            lambda_l0=L
+  SWEEP_DIR/finetune_lambda{L}  finetune.py         lambda_l0=L, init_from=SWEEP_DIR/baseline
+  SWEEP_DIR/budget_macs{T}      prune_to_budget.py  target_macs=T, init_from=SWEEP_DIR/baseline
+  SWEEP_DIR/retrain_lambda{L}   retrain.py          init_from=SWEEP_DIR/finetune_lambda{L}
+  SWEEP_DIR/retrain_macs{T}     retrain.py          init_from=SWEEP_DIR/budget_macs{T}
 
-(the last: the network fine-tuning at lambda L pruned, retrained with its
-gates fixed, for each L of `--retrain_lambdas`). `--config.KEY=VALUE` goes to
-every member; `--baseline.KEY=VALUE` (`--scratch.`, `--finetune.`,
-`--retrain.`) to one kind, over the common value. A member is
-finished when its test_metrics.json of the last checkpoint exists: finished
-members are skipped and an unfinished one resumes from its checkpoints, so a
-rerun of an interrupted sweep continues it. Each member's console output goes
-to its `sweep.log`.
+(recipes in configs/; `budget_params{T}` for `--target_params`; the retrained
+ones: the network fine-tuning at lambda L, or to budget T, pruned, retrained
+with its gates fixed, for each L of `--retrain_lambdas` and, with
+`--retrain_budgets`, each budget). `--config.KEY=VALUE` goes to every member;
+`--baseline.KEY=VALUE` (`--scratch.`, `--finetune.`, `--budget.`, `--retrain.`)
+to one kind, over the common value. A member is finished when its
+test_metrics.json of the last checkpoint exists: finished members are skipped
+and an unfinished one resumes from its checkpoints, so a rerun of an
+interrupted sweep continues it. Each member's console output goes to its
+`sweep.log`.
 
 Then SWEEP_DIR gets results.json, results.md (the table) and front.png from
 the finished members' test_metrics.json. "Train time" is the sum of the
@@ -48,13 +59,16 @@ from absl import app, flags, logging
 from matplotlib.figure import Figure
 
 from l0jax import analysis, evaluation, locking
+from l0jax import config as config_lib
 from l0jax.errors import UserError, os_failure
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-KINDS = ("baseline", "scratch", "finetune", "retrain")
+KINDS = ("baseline", "scratch", "finetune", "budget", "retrain")
 CONFIG_FILES = {"baseline": "baseline.py", "scratch": "gated.py", "finetune": "finetune.py",
-                "retrain": "retrain.py"}
-SWEEP_KEYS = ("lambda_l0", "init_from")  # set by the sweep, per member
+                "budget": "prune_to_budget.py", "retrain": "retrain.py"}
+# Set by the sweep, per member.
+SWEEP_KEYS = ("lambda_l0", "init_from", *(f"target_{kind}" for kind in config_lib.TARGET_KINDS))
+COST_NAMES = {"macs": "MACs", "params": "params"}
 LOG_FILE = "sweep.log"
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 RESULTS_FILE, TABLE_FILE, FRONT_FILE = "results.json", "results.md", "front.png"
@@ -65,11 +79,13 @@ TESTED_AT = "last"
 # baseline's test accuracy, with at most TARGET_MACS of its MACs.
 TOLERANCE_PP = 0.5
 TARGET_MACS = 0.5
-MARKERS = {"baseline": "*", "scratch": "o", "finetune": "s", "retrain": "D"}
-COLORS = {"baseline": "k", "scratch": "tab:orange", "finetune": "tab:blue", "retrain": "tab:green"}
+MARKERS = {"baseline": "*", "scratch": "o", "finetune": "s", "budget": "^", "retrain": "D"}
+COLORS = {"baseline": "k", "scratch": "tab:orange", "finetune": "tab:blue", "budget": "tab:red",
+          "retrain": "tab:green"}
 LABELS = {"baseline": "baseline (no gates)", "scratch": "L0 from scratch",
           "finetune": "L0 fine-tuned from the baseline",
-          "retrain": "fine-tuned, then retrained with its gates fixed"}
+          "budget": "pruned from the baseline to a budget",
+          "retrain": "pruned, then retrained with its gates fixed"}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sweep_dir", None, "Where the members' workdirs and the results go.")
@@ -79,6 +95,11 @@ flags.DEFINE_list("finetune_lambdas", ["10", "20", "30", "50"],
 flags.DEFINE_list("retrain_lambdas", [],
                   "Of --finetune_lambdas: the fine-tuned runs whose network is then retrained "
                   "with its gates fixed.")
+flags.DEFINE_list("target_macs", [], "Kept fractions of the MACs to prune the baseline to, "
+                  "one run each (configs/prune_to_budget.py).")
+flags.DEFINE_list("target_params", [], "Kept fractions of the parameters, likewise.")
+flags.DEFINE_bool("retrain_budgets", False,
+                  "Retrain every network pruned to a budget with its gates fixed.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +109,8 @@ class Member:
   name: str
   kind: str
   settings: dict[str, str]
-  lambda_l0: float | None = None  # The lambda that pruned its network.
+  lambda_l0: float | None = None  # The lambda that pruned its network...
+  target: tuple[str, float] | None = None  # ...or the budget: (kind of cost, kept fraction).
   after: str | None = None  # The member whose checkpoint it starts from.
 
   def commands(self, sweep_dir: pathlib.Path) -> list[list[str]]:
@@ -110,16 +132,19 @@ def parse_settings(args: Sequence[str]) -> dict[str, dict[str, str]]:
     scope, key, value = match.groups()
     if key in SWEEP_KEYS:
       raise UserError(f"{key} is set by the sweep for each run; use --scratch_lambdas / "
-                      "--finetune_lambdas / --retrain_lambdas (fine-tuning starts from "
-                      "SWEEP_DIR/baseline, retraining from the fine-tuned run)")
+                      "--finetune_lambdas / --target_macs / --target_params / "
+                      "--retrain_lambdas / --retrain_budgets (fine-tuning starts from "
+                      "SWEEP_DIR/baseline, retraining from the pruned run)")
     (common if scope == "config" else own[scope])[key] = value
   return {kind: {**common, **own[kind]} for kind in KINDS}
 
 
 def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
          finetune_lambdas: Sequence[float], settings: dict[str, dict[str, str]],
-         retrain_lambdas: Sequence[float] = ()) -> list[Member]:
-  """The baseline, the from-scratch runs, the fine-tuned runs, their retraining, in that order."""
+         retrain_lambdas: Sequence[float] = (), targets: Sequence[tuple[str, float]] = (),
+         retrain_budgets: bool = False) -> list[Member]:
+  """The baseline, the from-scratch runs, the fine-tuned runs, the budget runs, their
+  retraining, in that order. `targets`: (kind of cost, kept fraction) pairs."""
   if set(retrain_lambdas) - set(finetune_lambdas):
     raise UserError(f"--retrain_lambdas={','.join(map(str, retrain_lambdas))}: each must be one "
                     f"of --finetune_lambdas={','.join(map(str, finetune_lambdas))}, the run it "
@@ -137,8 +162,25 @@ def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
       own = {} if kind == "retrain" else {"lambda_l0": repr(lam)}
       if after:
         own["init_from"] = str(sweep_dir / after)
-      members.append(Member(f"{kind}_lambda{lam:g}", kind, {**settings[kind], **own}, lam, after))
-  return members
+      members.append(Member(f"{kind}_lambda{lam:g}", kind, {**settings[kind], **own}, lam,
+                            after=after))
+  if len(set(targets)) != len(targets):
+    raise UserError(f"a target is listed twice: {list(targets)}")
+  for cost, target in targets:
+    if not 0 < target <= 1:
+      raise UserError(f"--target_{cost}={target:g} must lie in (0, 1]")
+    name = f"{cost}{target:g}"
+    # One target: the recipe's default one is unset for a budget of the other kind.
+    own = {**{f"target_{kind}": repr(target if kind == cost else 0.0)
+              for kind in config_lib.TARGET_KINDS}, "init_from": str(sweep_dir / "baseline")}
+    members.append(Member(f"budget_{name}", "budget", {**settings["budget"], **own},
+                          target=(cost, target), after="baseline"))
+    if retrain_budgets:
+      members.append(Member(f"retrain_{name}", "retrain", {
+          **settings["retrain"], "init_from": str(sweep_dir / f"budget_{name}")},
+                            target=(cost, target), after=f"budget_{name}"))
+  # Retraining after what it retrains, in the order given.
+  return sorted(members, key=lambda m: m.kind == "retrain")
 
 
 def is_finished(workdir: pathlib.Path) -> bool:
@@ -238,6 +280,8 @@ def collect(sweep_dir: pathlib.Path, members: Sequence[Member], command: str) ->
     history = analysis.load_history(workdir)
     runs.append({
         "name": member.name, "kind": member.kind, "lambda_l0": member.lambda_l0,
+        "target_kind": member.target[0] if member.target else None,
+        "target": member.target[1] if member.target else None,
         **{k: metrics[k] for k in ("dataset", "test_accuracy", "checkpoint_step", "params_full",
                                    "params_kept", "params_kept_fraction", "macs_full",
                                    "macs_kept", "macs_kept_fraction")},
@@ -260,6 +304,13 @@ def _lambda(run: dict[str, Any]) -> str:
   return "-" if run["lambda_l0"] is None else f"{run['lambda_l0']:g}"
 
 
+def _target(run: dict[str, Any]) -> str:
+  """'50% MACs' for a run pruned to a budget; '-' for the rest."""
+  if run.get("target") is None:
+    return "-"
+  return f"{100 * run['target']:g}% {COST_NAMES[run['target_kind']]}"
+
+
 def _hours_or_minutes(seconds: float) -> str:
   return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
@@ -267,14 +318,15 @@ def _hours_or_minutes(seconds: float) -> str:
 def table_markdown(results: dict[str, Any]) -> str:
   """The runs as a markdown table, with the command that made them and the best trade-off."""
   lines = [f"# L0 sweep on {results['dataset']}", "", f"`{results['command']}`", "",
-           "| run | lambda_l0 | test accuracy | vs baseline | params kept | MACs kept | epochs "
-           "| train time |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "| run | lambda_l0 | test accuracy | vs baseline | target | params kept | MACs kept "
+           "| epochs | train time |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in results["runs"]:
     change = r.get("test_accuracy_change_pp")
     versus = "-" if change is None or r["kind"] == "baseline" else f"{change:+.2f} pp"
     lines.append(
         f"| {r['name']} | {_lambda(r)} | {100 * r['test_accuracy']:.2f}% | {versus} | "
-        f"{100 * r['params_kept_fraction']:.1f}% | {100 * r['macs_kept_fraction']:.1f}% | "
+        f"{_target(r)} | {100 * r['params_kept_fraction']:.1f}% | "
+        f"{100 * r['macs_kept_fraction']:.1f}% | "
         f"{r['epochs']} | {_hours_or_minutes(r['train_seconds'])} |")
   best = next((r for r in results["runs"] if r["name"] == results["best_trade_off"]), None)
   lines.append("")
@@ -314,9 +366,10 @@ def front_figure(results: dict[str, Any]) -> Figure:
       ax.plot(x, y, marker=MARKERS[kind], color=COLORS[kind], ms=12 if kind == "baseline" else 6,
               lw=0.8, label=LABELS[kind])
       for r, xi, yi in zip(runs, x, y):
-        if r["lambda_l0"] is not None:
-          ax.annotate(f"{r['lambda_l0']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4),
-                      fontsize=7, color=COLORS[kind])
+        label = _lambda(r) if r["lambda_l0"] is not None else _target(r)
+        if label != "-":
+          ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                      color=COLORS[kind])
     if key == "macs_kept_fraction":
       ax.axvline(100 * TARGET_MACS, color="k", lw=0.6, ls=":",
                  label=f"target: at most {TARGET_MACS:.0%} of the MACs")
@@ -325,7 +378,8 @@ def front_figure(results: dict[str, Any]) -> Figure:
   axes[0].set_ylabel("test accuracy (%)")
   # Below the axes, where it hides no run.
   fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
-  fig.suptitle(f"{results['dataset']}: test accuracy against cost (labels: lambda_l0)", fontsize=10)
+  fig.suptitle(f"{results['dataset']}: test accuracy against cost (labels: lambda_l0 or target)",
+               fontsize=10)
   return fig
 
 
@@ -339,9 +393,12 @@ def write_results(sweep_dir: pathlib.Path, results: dict[str, Any]) -> None:
 
 def sweep(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
           finetune_lambdas: Sequence[float], retrain_lambdas: Sequence[float],
-          settings: dict[str, dict[str, str]], command: str) -> dict[str, Any]:
+          settings: dict[str, dict[str, str]], command: str,
+          targets: Sequence[tuple[str, float]] = (), retrain_budgets: bool = False
+          ) -> dict[str, Any]:
   """Runs every unfinished member in turn, then writes the results; returns them."""
-  members = plan(sweep_dir, scratch_lambdas, finetune_lambdas, settings, retrain_lambdas)
+  members = plan(sweep_dir, scratch_lambdas, finetune_lambdas, settings, retrain_lambdas,
+                 targets, retrain_budgets)
   start = time.monotonic()
   finished = [run_member(m, sweep_dir) for m in members]
   results = collect(sweep_dir, members, command)
@@ -369,7 +426,10 @@ def main(argv: list[str]) -> None:
                       _floats("finetune_lambdas", FLAGS.finetune_lambdas),
                       _floats("retrain_lambdas", FLAGS.retrain_lambdas),
                       parse_settings(argv[1:]),
-                      shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]))
+                      shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]),
+                      [(kind, target) for kind in config_lib.TARGET_KINDS
+                       for target in _floats(f"target_{kind}", FLAGS[f"target_{kind}"].value)],
+                      FLAGS.retrain_budgets)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

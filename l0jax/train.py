@@ -23,7 +23,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from l0jax import accounting, checkpoints, data, gates, model, writers
+from l0jax import accounting, budget as budget_lib, checkpoints, data, gates, model, writers
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -35,6 +35,9 @@ class TrainState(NamedTuple):
   params: nnx.State
   batch_stats: nnx.State
   opt_state: optax.OptState
+  # The multipliers of a run pruned to a budget; None otherwise (and in
+  # checkpoints written before budgets existed).
+  lagrangian: budget_lib.Lagrangian | None = None
 
 
 class Network(NamedTuple):
@@ -45,6 +48,12 @@ class Network(NamedTuple):
   image_shape: tuple[int, int, int]
   num_classes: int
   dtype: Any
+
+  @property
+  def input_counts(self) -> dict[str, int]:
+    """What the cost accounting needs to know about the input, besides the architecture."""
+    return dict(image_hw=self.image_shape[0], in_channels=self.image_shape[-1],
+                num_classes=self.num_classes)
 
   def apply(self, params, batch_stats, images, *, train: bool, gate_key=None):
     """Logits and the updated BN statistics, as a pure function of the arrays."""
@@ -113,16 +122,20 @@ def fix_gates(params: nnx.State) -> nnx.State:
       lambda path, x: jax.lax.stop_gradient(x) if _is_gate(path) else x, params)
 
 
+def keep_gates(params: nnx.State, old: nnx.State) -> nnx.State:
+  """`params` with the gates' log_alpha of `old`."""
+  return jax.tree_util.tree_map_with_path(lambda path, x, o: o if _is_gate(path) else x,
+                                          params, old)
+
+
 def gate_metrics(network: Network, net: model.GoogleNet, penalty: str) -> dict[str, jax.Array]:
   """The L0 term and the gate statistics worth watching; zeros without gates."""
   if not net.use_gate:
     return {"l0": jnp.zeros(()), "open_gates": jnp.ones(()),
             "expected_params_kept": jnp.ones(()), "expected_macs_kept": jnp.ones(())}
   log_alphas = net.log_alphas()
-  counts = dict(arch=network.arch, image_hw=network.image_shape[0],
-                in_channels=network.image_shape[-1], num_classes=network.num_classes)
   flat = jnp.concatenate(list(log_alphas.values()))
-  l0 = accounting.penalties(log_alphas, **counts)
+  l0 = accounting.penalties(log_alphas, network.arch, **network.input_counts)
   return {
       "l0": l0[penalty],
       "open_gates": jnp.mean(gates.test_gate(flat) > 0),
@@ -131,38 +144,76 @@ def gate_metrics(network: Network, net: model.GoogleNet, penalty: str) -> dict[s
   }
 
 
+def budget_metrics(budget: budget_lib.Budget, network: Network, net: model.GoogleNet,
+                   metrics: dict[str, jax.Array], step: jax.Array,
+                   multipliers: budget_lib.Multipliers, settled: bool) -> dict[str, jax.Array]:
+  """The Lagrangian as the L0 term, and what it is made of: t, c, l1, l2; the test-time cost.
+
+  Once the gates are settled, c is the test-time cost: the one they were fixed for.
+  """
+  test_time = accounting.kept_fractions(network.arch, accounting.test_time_kept(net.log_alphas()),
+                                        **network.input_counts)[budget.kind]
+  target = budget.target_at(step)
+  cost = test_time if settled else metrics[f"expected_{budget.kind}_kept"]
+  return {"l0": budget_lib.lagrangian_term(multipliers, cost, target), "target": target,
+          "cost": cost, f"test_time_{budget.kind}_kept": test_time, "l1": multipliers.l1,
+          "l2": multipliers.l2}
+
+
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
                network: Network, tx: optax.GradientTransformation,
-               config: ml_collections.ConfigDict, mean, std) -> tuple[TrainState, dict]:
+               config: ml_collections.ConfigDict, mean, std,
+               budget: budget_lib.Budget | None = None,
+               settled: bool = False) -> tuple[TrainState, dict]:
   """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch.
 
-  With `train_gates=False` the gates act with their test-time values and
+  With a `budget` the L0 term is its Lagrangian instead, and its multipliers
+  take one step of gradient ascent on the same loss. With `train_gates=False`,
+  or a budget's gates `settled`, the gates act with their test-time values and
   only the cross-entropy is minimised, over the weights alone.
   """
   aug_key, gate_key = jax.random.split(key)
   # Augmented in float32 and rounded to the compute dtype once.
   images = data.augment(aug_key, data.normalize(images, mean, std)).astype(network.dtype)
-  if not config.train_gates:
+  gates_fixed = settled or not config.train_gates
+  if gates_fixed:
     gate_key = None  # The test-time gates.
 
-  def loss_fn(params, batch_stats):
-    if not config.train_gates:
+  def loss_fn(params, batch_stats, multipliers):
+    if gates_fixed:
       params = fix_gates(params)
     logits, batch_stats, net = network.apply(params, batch_stats, images, train=True,
                                              gate_key=gate_key)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     metrics = gate_metrics(network, net, config.penalty)
-    loss = ce + config.lambda_l0 * metrics["l0"] if config.train_gates else ce
+    if budget:
+      metrics.update(budget_metrics(budget, network, net, metrics, state.step, multipliers,
+                                    settled))
+      loss = ce if settled else ce + metrics["l0"]
+    else:
+      loss = ce + config.lambda_l0 * metrics["l0"] if config.train_gates else ce
     metrics.update(loss=loss, cross_entropy=ce, accuracy=jnp.mean(logits.argmax(-1) == labels))
     return loss, (batch_stats, metrics)
 
-  grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params, state.batch_stats)
+  if budget and not settled:
+    (grads, multiplier_grads), (batch_stats, metrics) = jax.grad(
+        loss_fn, argnums=(0, 2), has_aux=True)(state.params, state.batch_stats,
+                                               state.lagrangian.multipliers)
+    lagrangian = budget.ascend(state.lagrangian, multiplier_grads)
+  else:
+    grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, state.lagrangian and state.lagrangian.multipliers)
+    lagrangian = state.lagrangian
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+  if settled:
+    # Adam's momentum would move the gates without a gradient: they stay as settled.
+    params = keep_gates(params, state.params)
+  return TrainState(state.step + 1, params, batch_stats, opt_state, lagrangian), metrics
 
 
-def make_train_steps(network: Network, tx, config, dataset: data.Dataset, mesh) -> Callable:
+def make_train_steps(network: Network, tx, config, dataset: data.Dataset, mesh,
+                     budget: budget_lib.Budget | None = None, settled: bool = False) -> Callable:
   """A compiled `(state, images, labels, indices[n, B], valid[n]) -> (state, per-step metrics)`.
 
   Every call has the same number of steps, so it compiles once; the last call
@@ -173,7 +224,8 @@ def make_train_steps(network: Network, tx, config, dataset: data.Dataset, mesh) 
   metrics are 0.
   """
   step_fn = functools.partial(train_step, network=network, tx=tx, config=config,
-                              mean=dataset.mean, std=dataset.std)
+                              mean=dataset.mean, std=dataset.std, budget=budget,
+                              settled=settled)
   train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   batch_sharding = NamedSharding(mesh, P("data"))
 
@@ -298,6 +350,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
   logging.info("Data: %s from %s: %s training, %s validation, %s test images of %s (%.1f s).",
                dataset.name, dataset.source, *sizes,
                "x".join(map(str, dataset.train_images.shape[1:])), time.monotonic() - start)
+  budget_lib.check_reachable(config, dataset.train_images.shape[1:], dataset.num_classes)
   start = time.monotonic()
   network, params, batch_stats = create_network(config, dataset.train_images.shape[1:],
                                                 dataset.num_classes)
@@ -383,6 +436,32 @@ def steps_per_epoch(run: Run) -> int:
   return steps
 
 
+def run_budget(run: Run) -> budget_lib.Budget | None:
+  return budget_lib.Budget.from_config(run.config, steps_per_epoch(run))
+
+
+def settle_gates(run: Run, budget: budget_lib.Budget, state: TrainState) -> TrainState:
+  """`state` with its gates decided for the budget at test time (budget.settle), and says how."""
+  net = nnx.merge(run.network.graphdef, state.params, state.batch_stats)
+  before = {k: np.asarray(v) for k, v in net.log_alphas().items()}
+  after = budget_lib.settle(before, budget.kind, budget.target, run.network.arch,
+                            **run.network.input_counts)
+  for i, block in enumerate(net.blocks):
+    for branch, gate in zip(model.BRANCHES, block.gates):
+      gate.log_alpha.value = jnp.asarray(after[f"block{i + 1}/{branch}"])
+  kept = {when: {k: np.asarray(gates.test_gate(v)) > 0 for k, v in las.items()}
+          for when, las in (("before", before), ("after", after))}
+  cost = {when: accounting.kept_fractions(run.network.arch, accounting.deterministic_kept(las),
+                                          **run.network.input_counts)[budget.kind]
+          for when, las in (("before", before), ("after", after))}
+  changed = lambda a, b: sum(int(np.sum(kept[a][k] & ~kept[b][k])) for k in before)
+  logging.info("Gates settled for the budget: test-time %s kept %.4f -> %.4f (target %g); "
+               "%d channels closed, %d opened; from now on they are fixed.", budget.kind,
+               cost["before"], cost["after"], budget.target, changed("before", "after"),
+               changed("after", "before"))
+  return state._replace(params=nnx.state(net, nnx.Param))
+
+
 def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
   """The optimizer and the step-0 state, replicated over the run's mesh.
 
@@ -390,7 +469,9 @@ def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
   evaluate it (Orbax restores into the target's shardings).
   """
   tx = create_optimizer(run.config, steps_per_epoch(run))
-  state = TrainState(jnp.zeros((), jnp.int32), run.params, run.batch_stats, tx.init(run.params))
+  budget = run_budget(run)
+  state = TrainState(jnp.zeros((), jnp.int32), run.params, run.batch_stats, tx.init(run.params),
+                     budget.init() if budget else None)
   return tx, _replicate(state, run.mesh)
 
 
@@ -424,7 +505,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   elif config.init_from:
     params, batch_stats = checkpoints.load_weights(config.init_from, config, state.params,
                                                    state.batch_stats)
-    state = _replicate(TrainState(state.step, params, batch_stats, tx.init(params)), mesh)
+    state = _replicate(state._replace(params=params, batch_stats=batch_stats,
+                                      opt_state=tx.init(params)), mesh)
     logging.info("Network weights from the %s checkpoint of %s; %s.", config.init_checkpoint,
                  config.init_from, f"gates start at droprate_init={config.droprate_init:g}"
                  if config.train_gates else "its gates kept, fixed")
@@ -432,7 +514,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if checkpoints.is_primary_process():
     checkpoints.save_config(str(workdir), config)
 
-  train_steps = make_train_steps(network, tx, config, ds, mesh)
+  budget = run_budget(run)
+  train_steps = make_train_steps(network, tx, config, ds, mesh, budget)
+  if budget:
+    settled_steps = make_train_steps(network, tx, config, ds, mesh, budget, settled=True)
   images = _replicate(ds.train_images, mesh)
   labels = _replicate(ds.train_labels, mesh)
   val_set = put_eval_set(ds.val_images, ds.val_labels, eval_batch_size(config, len(ds.val_images)),
@@ -454,6 +539,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   chunk = steps_per_call(config, epoch_steps)
   first_call = True
   for epoch in range(start_epoch, config.num_epochs):
+    if budget and epoch == budget.settle_epoch:  # at the epoch's start: resumed runs too
+      state = _replicate(settle_gates(run, budget, state), mesh)
+    steps = settled_steps if budget and epoch >= budget.settle_epoch else train_steps
     order = epoch_order(config.seed, epoch, len(ds.train_images), config.batch_size)
     epoch_start = time.monotonic()
     epoch_metrics, window = [], []  # per-call metrics of the epoch and of the logging window
@@ -462,9 +550,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       num_valid = len(indices)
       indices = np.pad(indices, ((0, chunk - num_valid), (0, 0)))
       call_start = time.monotonic()
-      state, metrics = train_steps(state, images, labels,
-                                   put(indices, batch_sharding),
-                                   put(np.arange(chunk) < num_valid, replicated))
+      state, metrics = steps(state, images, labels, put(indices, batch_sharding),
+                             put(np.arange(chunk) < num_valid, replicated))
       metrics = {k: v[:num_valid] for k, v in jax.device_get(metrics).items()}
       if first_call:
         logging.info("Compiled and ran the first training call in %.1f s.",
@@ -513,7 +600,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.flush()  # TensorBoard shows each epoch as it ends.
     if checkpoints.is_primary_process():
       checkpoints.append_line(workdir / HISTORY_FILE, json.dumps(record))
-    mngr.save(step, args=ocp.args.StandardSave(state),
+    mngr.save(step, args=ocp.args.StandardSave(checkpoints.on_disk(state)),
               metrics={checkpoints.BEST_METRIC: val["accuracy"]})
     logging.info("epoch %d/%d: train accuracy %.4f, val accuracy %.4f (loss %.4f)%s (%.1f s)",
                  epoch + 1, config.num_epochs, record["train_accuracy"], val["accuracy"],

@@ -158,6 +158,15 @@ def cases(tmp_path_factory) -> dict[str, Case]:
       "resume_other_split": (TRAIN + ["--config.val_split=hash"], None, older, older),
       "workdir_in_use": (TRAIN, None, busy, busy),
       "workdir_under_a_file": (TRAIN, None, str(root / "a_file" / "run"), None),
+      "target_above_1": (TRAIN + ["--config.target_macs=1.5"], None, missing, None),
+      "negative_target": (TRAIN + ["--config.target_params=-0.5"], None, missing, None),
+      "two_targets": (TRAIN + ["--config.target_macs=0.5", "--config.target_params=0.5"], None,
+                      missing, None),
+      "target_without_gates": (TRAIN + ["--config.target_macs=0.5", "--config.use_gate=False"],
+                               None, missing, None),
+      "target_with_fixed_gates": (TRAIN + ["--config.target_macs=0.5", "--config.train_gates=False",
+                                           f"--config.init_from={resumed}"], None, missing, None),
+      "target_below_the_floor": (TRAIN + ["--config.target_macs=0.01"], None, missing, None),
       "debug": (TRAIN + ["--config.lambda_l0=-0.5", "--debug"], None, missing, None),
   }
   # Each case its own absent workdir: a training process creates it while it runs.
@@ -225,6 +234,13 @@ REFUSALS = {
     "resume_other_split": ["val_split: 'seeded' there, 'hash' here"],
     "workdir_in_use": [f"is in use by process {os.getpid()}"],
     "workdir_under_a_file": ["cannot write in --workdir=", "Not a directory"],
+    "target_above_1": ["target_macs=1.5 must lie in (0, 1]"],
+    "negative_target": ["target_params=-0.5 must lie in (0, 1]"],
+    "two_targets": ["target_macs=0.5 and target_params=0.5", "set one target"],
+    "target_without_gates": ["use_gate=True and train_gates=True"],
+    "target_with_fixed_gates": ["use_gate=True and train_gates=True"],
+    "target_below_the_floor": ["target_macs=0.01 is below what this network can reach",
+                               "stem and head"],
 }
 
 

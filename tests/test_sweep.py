@@ -55,7 +55,29 @@ def test_each_kind_gets_its_recipe_its_lambda_and_the_settings_meant_for_it(tmp_
       assert train == main + [config, workdir, *settings]
 
 
+def test_budget_runs_get_their_recipe_their_target_and_their_retraining(tmp_path):
+  settings = sweep.parse_settings(["--config.num_epochs=3", "--budget.num_epochs=2"])
+  members = sweep.plan(tmp_path, [], [20.0], settings, [20.0],
+                       [("macs", 0.5), ("params", 0.25)], retrain_budgets=True)
+  assert [m.name for m in members] == ["baseline", "finetune_lambda20", "budget_macs0.5",
+                                       "budget_params0.25", "retrain_lambda20",
+                                       "retrain_macs0.5", "retrain_params0.25"]
+  assert [m.target for m in members[-2:]] == [("macs", 0.5), ("params", 0.25)]
+  configs = os.path.join(REPO, "configs")
+  train, _ = members[3].commands(tmp_path)
+  assert train[2:] == [f"--config={configs}/prune_to_budget.py",
+                       f"--workdir={tmp_path}/budget_params0.25", "--config.num_epochs=2",
+                       "--config.target_macs=0.0", "--config.target_params=0.25",
+                       f"--config.init_from={tmp_path}/baseline"]
+  train, _ = members[-1].commands(tmp_path)
+  assert train[-1] == f"--config.init_from={tmp_path}/budget_params0.25"
+  for bad in ([("macs", 0.0)], [("params", 1.5)], [("macs", 0.5), ("macs", 0.5)]):
+    with pytest.raises(UserError):
+      sweep.plan(tmp_path, [], [], settings, targets=bad)
+
+
 @pytest.mark.parametrize("args", [["--config.lambda_l0=1"], ["--finetune.init_from=/a/run"],
+                                  ["--budget.target_macs=0.5"],
                                   ["--num_epochs=3"], ["--config.num_epochs", "3"]])
 def test_arguments_it_cannot_hand_on_are_refused(args):
   with pytest.raises(UserError):
@@ -161,8 +183,8 @@ def test_the_table_and_results_hold_each_runs_test_metrics(tiny_sweep, tmp_path)
     for key in ("test_accuracy", "params_kept_fraction", "macs_kept_fraction", "macs_kept"):
       assert run[key] == metrics[key]
     assert run["train_seconds"] == sum(h["epoch_seconds"] for h in history)
-    _, lam, accuracy, change, params, macs, epochs, _ = rows[run["name"]]
-    assert lam == ("-" if run["kind"] == "baseline" else "20")
+    _, lam, accuracy, change, target, params, macs, epochs, _ = rows[run["name"]]
+    assert lam == ("-" if run["kind"] == "baseline" else "20") and target == "-"
     assert float(accuracy.rstrip("%")) == pytest.approx(100 * metrics["test_accuracy"], abs=0.005)
     assert float(params.rstrip("%")) == pytest.approx(100 * metrics["params_kept_fraction"],
                                                       abs=0.05)

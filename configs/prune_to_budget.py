@@ -1,0 +1,21 @@
+"""Prune a trained baseline to a budget in one run: by default, to half of its MACs.
+
+  python main.py --config=configs/prune_to_budget.py --workdir=runs/half \\
+      --config.init_from=WORKDIR_OF_A_BASELINE_RUN [--config.target_macs=0.25]
+
+The recipe of configs/finetune.py (gates added to the trained network, then
+fine-tuned), with the L0 term a Lagrangian that brings the network's
+test-time cost to the target (l0jax/budget.py) instead of a lambda_l0 to
+guess. `--config.target_params=F` (with `--config.target_macs=0`) budgets
+parameters instead. Then configs/retrain.py, with `init_from` this run's
+workdir, retrains the pruned network with its gates fixed. What it gave on
+Fashion-MNIST: results/fashion_mnist_budget/.
+"""
+
+from configs import finetune
+
+
+def get_config():
+  c = finetune.get_config()
+  c.target_macs = 0.5
+  return c

@@ -1,0 +1,168 @@
+"""Pruning to a budget: a Lagrangian on the kept fraction of MACs or parameters.
+
+After CoFiPruning (Xia et al., ACL 2022; Wang et al., EMNLP 2020). With a
+target `t` the L0 term of the loss is
+
+  l1 * (c - t) + l2 * (c - t)^2
+
+where `c` is the expected kept fraction of the network's MACs (or
+parameters) under the gates' distribution. The network minimises it; the
+multipliers `l1`, `l2` maximise it, by gradient ascent with their own Adam:
+`l1` grows while the network costs more than `t` and shrinks while it costs
+less, and `l2` only grows, stiffening the constraint the longer it is missed.
+So no lambda has to be guessed: the multipliers find the pressure that holds
+the cost at `t`. `t` falls linearly from 1 (the whole network) to the target
+over the first `target_warmup` share of the steps, so that a trained network
+is pruned gradually.
+
+The expected cost is not what the test counts (a channel whose test-time
+gate is > 0), and a controller that is still swinging around `t` can stop
+anywhere on its swing. So the last epochs, from `fix_gates_after`, settle:
+the gates are decided once, greedily by `log_alpha`, to the test-time cost
+closest to `t` from below (`settle`), and then fixed, while the weights
+train on without gate noise for the network that will be tested.
+"""
+
+import dataclasses
+from typing import Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from l0jax import accounting, gates, model
+from l0jax import config as config_lib
+from l0jax.errors import UserError
+
+
+class Multipliers(NamedTuple):
+  l1: jax.Array
+  l2: jax.Array
+
+
+class Lagrangian(NamedTuple):
+  """The multipliers and their optimizer state: part of the TrainState, so checkpointed."""
+
+  multipliers: Multipliers
+  opt_state: optax.OptState
+
+
+def lagrangian_term(multipliers: Multipliers, cost: jax.Array, target: jax.Array) -> jax.Array:
+  """l1 * (c - t) + l2 * (c - t)^2: 0 at the target, whatever the multipliers."""
+  gap = cost - target
+  return multipliers.l1 * gap + multipliers.l2 * gap**2
+
+
+def target_of(config: ml_collections.ConfigDict) -> tuple[str, float] | None:
+  """(kind, target) of a run pruned to a budget; None for a run with lambda_l0."""
+  targets = [(kind, config[f"target_{kind}"]) for kind in config_lib.TARGET_KINDS
+             if config[f"target_{kind}"]]
+  return targets[0] if targets else None
+
+
+def settle_epoch(config: ml_collections.ConfigDict) -> int:
+  """The first epoch trained with the gates settled (`num_epochs`: none is)."""
+  return round(config.fix_gates_after * config.num_epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """A run's target, when its schedule moves, and how its multipliers learn."""
+
+  kind: str
+  target: float
+  warmup_steps: int
+  settle_epoch: int  # the first epoch trained with the gates settled and fixed
+  learning_rate: float
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, epoch_steps: int) -> "Budget | None":
+    kind_target = target_of(config)
+    if kind_target is None:
+      return None
+    return cls(*kind_target,
+               warmup_steps=round(config.target_warmup * config.num_epochs * epoch_steps),
+               settle_epoch=settle_epoch(config),
+               learning_rate=config.multiplier_learning_rate)
+
+  @property
+  def optimizer(self) -> optax.GradientTransformation:
+    return optax.adam(self.learning_rate)
+
+  def init(self) -> Lagrangian:
+    multipliers = Multipliers(jnp.zeros(()), jnp.zeros(()))
+    return Lagrangian(multipliers, self.optimizer.init(multipliers))
+
+  def target_at(self, step: jax.Array) -> jax.Array:
+    """t: 1 at step 0, the target from `warmup_steps` on, linear in between."""
+    progress = jnp.clip(step / max(self.warmup_steps, 1), 0.0, 1.0)
+    return 1.0 + (self.target - 1.0) * progress
+
+  def ascend(self, lagrangian: Lagrangian, grads: Multipliers) -> Lagrangian:
+    """One step of gradient *ascent* on the multipliers: Adam on the negated gradient."""
+    updates, opt_state = self.optimizer.update(jax.tree.map(jnp.negative, grads),
+                                               lagrangian.opt_state, lagrangian.multipliers)
+    return Lagrangian(optax.apply_updates(lagrangian.multipliers, updates), opt_state)
+
+
+# Where `settle` puts a gate it closes: below gates.PRUNE_AT by a margin that
+# no float rounding crosses.
+CLOSED_LOG_ALPHA = gates.PRUNE_AT - 1.0
+
+
+def settle(log_alphas: Mapping[str, np.ndarray], kind: str, target: float,
+           arch: model.Architecture, *, image_hw: int, in_channels: int,
+           num_classes: int) -> dict[str, np.ndarray]:
+  """The gates decided for a test-time cost at most `target`, as close to it as greedy gets.
+
+  Channels kept at test time are closed in order of rising log_alpha while
+  the cost is above the target; then closed ones are opened (fully, at
+  gates.OPEN_AT), highest log_alpha first, wherever one still fits. Kept
+  channels keep their log_alpha, and with it their test-time scale.
+  """
+  shape = dict(image_hw=image_hw, in_channels=in_channels, num_classes=num_classes)
+  log_alphas = {name: np.asarray(la, np.float32) for name, la in log_alphas.items()}
+  kept = {name: np.asarray(gates.test_gate(la)) > 0 for name, la in log_alphas.items()}
+  was_kept = {name: k.copy() for name, k in kept.items()}
+
+  def cost() -> float:
+    counts = {name: accounting.Kept(int(k.sum()), int(k.any())) for name, k in kept.items()}
+    return accounting.kept_fractions(arch, counts, **shape)[kind]
+
+  rising = sorted((float(la[i]), name, i) for name, la in log_alphas.items()
+                  for i in range(la.size))
+  for _, name, i in rising:
+    if cost() <= target:
+      break
+    kept[name][i] = False
+  for _, name, i in reversed(rising):
+    if not kept[name][i]:
+      kept[name][i] = True
+      kept[name][i] = cost() <= target
+  return {name: np.where(kept[name] & ~was_kept[name], gates.OPEN_AT,
+                         np.where(kept[name], la, np.minimum(la, CLOSED_LOG_ALPHA)))
+          .astype(np.float32) for name, la in log_alphas.items()}
+
+
+def floor(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
+          num_classes: int) -> dict[str, float]:
+  """The smallest kept fractions any gate state reaches: every gate closed, stem and head left."""
+  arch = model.Architecture.at_width(config.width_multiplier)
+  return accounting.kept_fractions(arch, accounting.all_closed(arch), image_hw=image_shape[0],
+                                   in_channels=image_shape[-1], num_classes=num_classes)
+
+
+def check_reachable(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
+                    num_classes: int) -> None:
+  """Refuses a target below what the network keeps with every gate closed."""
+  kind_target = target_of(config)
+  if kind_target is None:
+    return
+  kind, target = kind_target
+  lowest = floor(config, image_shape, num_classes)[kind]
+  if target < lowest:
+    raise UserError(f"config: target_{kind}={target:g} is below what this network can reach: "
+                    f"with every gate closed its stem and head still keep {lowest:.4f} of its "
+                    f"{'MACs' if kind == 'macs' else 'parameters'}")
