@@ -52,7 +52,7 @@ ARCH = model.Architecture.at_width(0.25)
 SHAPE = dict(image_hw=8, in_channels=3, num_classes=10)
 
 
-def test_time_cost(log_alphas, kind="macs") -> float:
+def realised_cost(log_alphas, kind="macs") -> float:
   return accounting.kept_fractions(ARCH, accounting.deterministic_kept(log_alphas), **SHAPE)[kind]
 
 
@@ -65,9 +65,9 @@ def test_settled_gates_fit_the_budget_and_no_closed_one_would(kind, target, spre
   before = {n: np.asarray(jax.random.uniform(k, (c,), minval=spread[0], maxval=spread[1]))
             for n, k, c in zip(names, keys, outputs)}
   after = budget.settle(before, kind, target, ARCH, **SHAPE)
-  assert test_time_cost(after, kind) <= target < test_time_cost(before, kind) or spread[1] < 0
+  assert realised_cost(after, kind) <= target < realised_cost(before, kind) or spread[1] < 0
   if spread[1] < 0:  # every gate closed before: the most open ones are opened, fully
-    assert test_time_cost(before, kind) < test_time_cost(after, kind) <= target
+    assert realised_cost(before, kind) < realised_cost(after, kind) <= target
   for name in names:
     was, now = (np.asarray(gates.test_gate(x[name])) > 0 for x in (before, after))
     np.testing.assert_array_equal(after[name][was & now], before[name][was & now])
@@ -76,7 +76,7 @@ def test_settled_gates_fit_the_budget_and_no_closed_one_would(kind, target, spre
     for i in np.flatnonzero(~now):  # greedy to the end: no closed channel fits any more
       opened = {**after, name: after[name].copy()}
       opened[name][i] = gates.OPEN_AT
-      assert test_time_cost(opened, kind) > target
+      assert realised_cost(opened, kind) > target
 
 
 def test_the_floor_is_the_stem_and_the_head():
@@ -121,6 +121,8 @@ def test_a_tiny_run_lands_at_its_target(budget_run):
     assert all(np.isfinite(h[key]) for h in history), key
   assert history[-1]["train_target"] == pytest.approx(TARGET)
   assert history[-1]["train_l2"] > 0
+  # Before the gates settled, the Lagrangian had brought the expected cost near the target.
+  assert abs(history[budget.settle_epoch(tiny_config(**RUN)) - 1]["train_cost"] - TARGET) < 0.1
 
 
 def test_its_analysis_plots_the_realised_cost_against_the_target(budget_run):

@@ -191,7 +191,7 @@ def test_the_table_and_results_hold_each_runs_test_metrics(tiny_sweep, tmp_path)
     assert float(macs.rstrip("%")) == pytest.approx(100 * metrics["macs_kept_fraction"], abs=0.05)
     assert int(epochs) == len(history) == 1
   assert rows["finetune_lambda20"][3] == "-0.46 pp"
-  assert rows["finetune_lambda20"][4:6] == ["43.2%", "38.8%"]
+  assert rows["finetune_lambda20"][5:7] == ["43.2%", "38.8%"]
   assert "Fewest MACs within 0.5 pp of the baseline's test accuracy: finetune_lambda20" in table
 
 
