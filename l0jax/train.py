@@ -346,11 +346,11 @@ def setup(config: ml_collections.ConfigDict) -> Run:
                     f"{jax.device_count()} devices")
   start = time.monotonic()
   dataset = data.load_dataset(config)
+  budget_lib.check_reachable(config, dataset.train_images.shape[1:], dataset.num_classes)
   sizes = [f"{len(x):,}" for x in (dataset.train_images, dataset.val_images, dataset.test_images)]
   logging.info("Data: %s from %s: %s training, %s validation, %s test images of %s (%.1f s).",
                dataset.name, dataset.source, *sizes,
                "x".join(map(str, dataset.train_images.shape[1:])), time.monotonic() - start)
-  budget_lib.check_reachable(config, dataset.train_images.shape[1:], dataset.num_classes)
   start = time.monotonic()
   network, params, batch_stats = create_network(config, dataset.train_images.shape[1:],
                                                 dataset.num_classes)
