@@ -80,7 +80,7 @@ class Budget:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, epoch_steps: int) -> "Budget | None":
     kind_target = target_of(config)
-    if kind_target is None:
+    if kind_target is None or config.mask:  # A mask meets its target before training.
       return None
     return cls(*kind_target,
                warmup_steps=round(config.target_warmup * config.num_epochs * epoch_steps),

@@ -269,13 +269,13 @@ def init_source(init_from: str, config: ml_collections.ConfigDict
                 ) -> tuple[ocp.CheckpointManager, int]:
   """The manager and `init_checkpoint` step of `init_from`, once it fits this network.
 
-  Its gates are only needed when they are kept (`train_gates=False`).
+  Its gates are only needed when they are kept (`config_lib.gates_from_init`).
   """
   if not epath.Path(init_from).is_dir():
     raise UserError(f"init_from={init_from} does not exist (it should be a training workdir)")
   fields = ("dataset", "width_multiplier", "synthetic_image_size")
   differences = architecture_differences(load_config(init_from), config,
-                                         fields if config.train_gates else fields + ("use_gate",))
+                                         fields + ("use_gate",) if config_lib.gates_from_init(config) else fields)
   if differences:
     raise UserError(f"init_from={init_from} is a different network: {'; '.join(differences)}")
   return chosen_step(init_from, config.init_checkpoint)
@@ -296,7 +296,7 @@ def load_weights(init_from: str, config: ml_collections.ConfigDict, params, batc
   def take(prefix, tree):
     def replace(path, leaf):
       key = prefix + _path_str(path)
-      if "/gates/" in key and config.train_gates:
+      if "/gates/" in key and not config_lib.gates_from_init(config):
         return leaf
       if key not in source or source[key].shape != leaf.shape:
         raise UserError(f"init_from={init_from} does not fit this network at {key}")

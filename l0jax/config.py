@@ -56,6 +56,12 @@ def base_config() -> ml_collections.ConfigDict:
   # are loaded and fixed at their test-time values (pruned channels stay 0, no
   # gate noise, no L0 gradient), and only the weights learn.
   c.train_gates = True
+  # A one-shot mask instead, the methods L0 is compared with (l0jax/masks.py):
+  # l1_norm (largest filter L1 norms first, Li et al. 2017) or random channels
+  # of init_from's network, kept while they fit target_macs (or
+  # target_params), then fixed like a pruned run's gates (train_gates=False).
+  # "": none.
+  c.mask = ""
 
   # --- Objective --------------------------------------------------------
   c.lambda_l0 = 0.5
@@ -119,7 +125,13 @@ PENALTIES = ("mean_gate", "params", "macs")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "bfloat16_matmuls")
 VAL_SPLITS = ("hash", "seeded")
 CHECKPOINTS = ("best", "last")
+MASKS = ("", "l1_norm", "random")
 TARGET_KINDS = ("macs", "params")  # what a budget is a fraction of: config.target_{kind}
+
+
+def gates_from_init(c: ml_collections.ConfigDict) -> bool:
+  """Whether the run takes init_from's gates (retraining what it pruned), fixed."""
+  return not c.train_gates and not c.mask
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -146,9 +158,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   targets = [f"target_{kind}={c[f'target_{kind}']}" for kind in TARGET_KINDS
              if c[f"target_{kind}"]]
   check(len(targets) <= 1, f"{' and '.join(targets)}: set one target, not both")
-  check(not targets or (c.use_gate and c.train_gates),
+  check(c.mask in MASKS, f"mask={c.mask!r} is not one of {', '.join(m for m in MASKS if m)}")
+  check(not c.mask or (targets and c.use_gate and not c.train_gates and c.init_from),
+        f"mask={c.mask} keeps channels of a trained network up to a budget and fixes them: it "
+        "needs init_from=WORKDIR, a target_macs (or target_params), use_gate=True and "
+        "train_gates=False")
+  check(not targets or c.mask or (c.use_gate and c.train_gates),
         "a target (target_macs, target_params) prunes with trained gates: it needs "
-        "use_gate=True and train_gates=True")
+        "use_gate=True and train_gates=True (or a mask)")
   check(0 <= c.target_warmup <= 1,
         f"target_warmup={c.target_warmup} must lie in [0, 1] (a share of the steps)")
   check(0 < c.fix_gates_after <= 1,

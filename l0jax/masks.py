@@ -4,7 +4,8 @@
 *Pruning Filters for Efficient ConvNets*, ICLR 2017): every gated output
 channel is scored by the L1 norm of the filter that makes it, and channels
 are kept from the highest score down while the network's MACs stay within the
-budget. `random` keeps channels in a random order the same way: the floor
+budget (of MACs, or of parameters). `random` keeps channels in a random
+order the same way: the floor
 any pruning method must beat. A channel that would overshoot the budget is
 passed over for cheaper ones further down the order, so both land just under
 it.
@@ -14,7 +15,7 @@ A mask is a set of gate values: `log_alpha` of `KEPT` (test-time gate 1) or
 fixed, as when retraining the network an L0 run pruned.
 """
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -26,27 +27,25 @@ METHODS = ("l1_norm", "random")
 KEPT, PRUNED = 10.0, -10.0
 
 
-def _macs(arch: model.Architecture, counts: Mapping[str, int], shape: dict) -> int:
-  kept = {name: accounting.Kept(n, int(n > 0)) for name, n in counts.items()}
-  return accounting.totals(accounting.count(arch, kept, **shape))[1]
-
-
-def keep_in_order(arch: model.Architecture, order: Sequence[tuple[str, int]], budget: float, *,
-                  image_hw: int, in_channels: int, num_classes: int) -> dict[str, np.ndarray]:
+def keep_in_order(arch: model.Architecture, order: Sequence[tuple[str, int]], kind: str,
+                  budget: float, *, image_hw: int, in_channels: int,
+                  num_classes: int) -> dict[str, np.ndarray]:
   """Which channels to keep, taking `order`'s (gate name, channel) pairs while they fit.
 
+  `kind` is what the budget is a kept fraction of: "macs" or "params".
   Returns a boolean array per gate name. The cost of a channel depends on the
   others (the first channel of a branch also brings its reduce conv back), so
   each candidate is counted with the ones kept before it.
   """
   shape = dict(image_hw=image_hw, in_channels=in_channels, num_classes=num_classes)
   sizes = dict(zip(accounting.gate_names(arch), (c for b in arch.blocks for c in b.outputs)))
-  limit = budget * _macs(arch, sizes, shape)
+  cost = lambda counts: accounting.kept_fractions(
+      arch, {name: accounting.Kept(n, int(n > 0)) for name, n in counts.items()}, **shape)[kind]
   kept = {name: np.zeros(c, bool) for name, c in sizes.items()}
   counts = dict.fromkeys(sizes, 0)
   for name, channel in order:
     more = {**counts, name: counts[name] + 1}
-    if _macs(arch, more, shape) <= limit:
+    if cost(more) <= budget:
       counts = more
       kept[name][channel] = True
   return kept
@@ -67,10 +66,10 @@ def filter_l1_norms(params) -> dict[str, np.ndarray]:
   return norms
 
 
-def mask_log_alphas(method: str, params, arch: model.Architecture, budget: float, *,
+def mask_log_alphas(method: str, params, arch: model.Architecture, kind: str, budget: float, *,
                     key: jax.Array, image_hw: int, in_channels: int,
                     num_classes: int) -> dict[str, np.ndarray]:
-  """Gate values (`KEPT` or `PRUNED`) of a `method` mask at `budget` of the MACs, by gate name.
+  """Gate values (`KEPT` or `PRUNED`) of a `method` mask at `budget` of the `kind` cost.
 
   `key` draws the `random` order; `l1_norm` ignores it and breaks ties by
   network order.
@@ -84,6 +83,6 @@ def mask_log_alphas(method: str, params, arch: model.Architecture, budget: float
     order = np.argsort(-scores, kind="stable")
   else:
     order = np.asarray(jax.random.permutation(key, len(channels)))
-  kept = keep_in_order(arch, [channels[i] for i in order], budget, image_hw=image_hw,
+  kept = keep_in_order(arch, [channels[i] for i in order], kind, budget, image_hw=image_hw,
                        in_channels=in_channels, num_classes=num_classes)
   return {name: np.where(k, KEPT, PRUNED).astype(np.float32) for name, k in kept.items()}

@@ -23,7 +23,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from l0jax import accounting, budget as budget_lib, checkpoints, data, gates, model, writers
+from l0jax import accounting, budget as budget_lib, checkpoints, data, gates, masks, model, writers
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -440,15 +440,25 @@ def run_budget(run: Run) -> budget_lib.Budget | None:
   return budget_lib.Budget.from_config(run.config, steps_per_epoch(run))
 
 
-def settle_gates(run: Run, budget: budget_lib.Budget, state: TrainState) -> TrainState:
-  """`state` with its gates decided for the budget at test time (budget.settle), and says how."""
+def with_log_alphas(run: Run, state: TrainState, log_alphas: dict[str, np.ndarray]) -> TrainState:
+  """`state` with every gate's log_alpha replaced, by name as `model.GoogleNet.log_alphas` has it."""
   net = nnx.merge(run.network.graphdef, state.params, state.batch_stats)
-  before = {k: np.asarray(v) for k, v in net.log_alphas().items()}
-  after = budget_lib.settle(before, budget.kind, budget.target, run.network.arch,
-                            **run.network.input_counts)
   for i, block in enumerate(net.blocks):
     for branch, gate in zip(model.BRANCHES, block.gates):
-      gate.log_alpha.value = jnp.asarray(after[f"block{i + 1}/{branch}"])
+      gate.log_alpha.value = jnp.asarray(log_alphas[f"block{i + 1}/{branch}"])
+  return state._replace(params=nnx.state(net, nnx.Param))
+
+
+def log_alphas_of(run: Run, state: TrainState) -> dict[str, np.ndarray]:
+  net = nnx.merge(run.network.graphdef, state.params, state.batch_stats)
+  return {k: np.asarray(v) for k, v in net.log_alphas().items()}
+
+
+def settle_gates(run: Run, budget: budget_lib.Budget, state: TrainState) -> TrainState:
+  """`state` with its gates decided for the budget at test time (budget.settle), and says how."""
+  before = log_alphas_of(run, state)
+  after = budget_lib.settle(before, budget.kind, budget.target, run.network.arch,
+                            **run.network.input_counts)
   kept = {when: {k: np.asarray(gates.test_gate(v)) > 0 for k, v in las.items()}
           for when, las in (("before", before), ("after", after))}
   cost = {when: accounting.kept_fractions(run.network.arch, accounting.deterministic_kept(las),
@@ -459,7 +469,22 @@ def settle_gates(run: Run, budget: budget_lib.Budget, state: TrainState) -> Trai
                "%d channels closed, %d opened; from now on they are fixed.", budget.kind,
                cost["before"], cost["after"], budget.target, changed("before", "after"),
                changed("after", "before"))
-  return state._replace(params=nnx.state(net, nnx.Param))
+  return with_log_alphas(run, state, after)
+
+
+def mask_gates(run: Run, state: TrainState) -> TrainState:
+  """`state` with the gates of the one-shot `config.mask` of its (loaded) weights, and says so."""
+  config = run.config
+  kind, target = budget_lib.target_of(config)
+  log_alphas = masks.mask_log_alphas(
+      config.mask, state.params, run.network.arch, kind, target,
+      key=jax.random.fold_in(jax.random.key(config.seed), 2), **run.network.input_counts)
+  cost = accounting.kept_fractions(run.network.arch, accounting.deterministic_kept(log_alphas),
+                                   **run.network.input_counts)[kind]
+  logging.info("Mask %s: %d of %d gated channels kept, %.4f of the %s (target %g); fixed.",
+               config.mask, sum(int(np.sum(la == masks.KEPT)) for la in log_alphas.values()),
+               sum(la.size for la in log_alphas.values()), cost, kind, target)
+  return with_log_alphas(run, state, log_alphas)
 
 
 def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
@@ -505,11 +530,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   elif config.init_from:
     params, batch_stats = checkpoints.load_weights(config.init_from, config, state.params,
                                                    state.batch_stats)
-    state = _replicate(state._replace(params=params, batch_stats=batch_stats,
-                                      opt_state=tx.init(params)), mesh)
+    state = state._replace(params=params, batch_stats=batch_stats)
+    if config.mask:
+      state = mask_gates(run, state)
+    state = _replicate(state._replace(opt_state=tx.init(state.params)), mesh)
     logging.info("Network weights from the %s checkpoint of %s; %s.", config.init_checkpoint,
                  config.init_from, f"gates start at droprate_init={config.droprate_init:g}"
-                 if config.train_gates else "its gates kept, fixed")
+                 if config.train_gates else "its gates kept, fixed"
+                 if config_lib.gates_from_init(config) else f"gates from the {config.mask} mask")
   mngr = checkpoints.manager(str(workdir), keep=config.keep_checkpoints)
   if checkpoints.is_primary_process():
     checkpoints.save_config(str(workdir), config)

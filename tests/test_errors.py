@@ -167,6 +167,9 @@ def cases(tmp_path_factory) -> dict[str, Case]:
       "target_with_fixed_gates": (TRAIN + ["--config.target_macs=0.5", "--config.train_gates=False",
                                            f"--config.init_from={resumed}"], None, missing, None),
       "target_below_the_floor": (TRAIN + ["--config.target_macs=0.01"], None, missing, None),
+      "unknown_mask": (TRAIN + ["--config.mask=magnitude"], None, missing, None),
+      "mask_without_target": (["--config=configs/mask.py", "--config.target_macs=0",
+                               f"--config.init_from={resumed}"], None, missing, None),
       "debug": (TRAIN + ["--config.lambda_l0=-0.5", "--debug"], None, missing, None),
   }
   # Each case its own absent workdir: a training process creates it while it runs.
@@ -241,6 +244,8 @@ REFUSALS = {
     "target_with_fixed_gates": ["use_gate=True and train_gates=True"],
     "target_below_the_floor": ["target_macs=0.01 is below what this network can reach",
                                "stem and head"],
+    "unknown_mask": ["mask='magnitude' is not one of l1_norm, random"],
+    "mask_without_target": ["mask=l1_norm keeps channels", "a target_macs (or target_params)"],
 }
 
 

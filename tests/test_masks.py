@@ -24,7 +24,7 @@ def params():
 
 
 def mask(method, budget, params, seed=0):
-  log_alphas = masks.mask_log_alphas(method, params, ARCH, budget, key=jax.random.key(seed),
+  log_alphas = masks.mask_log_alphas(method, params, ARCH, "macs", budget, key=jax.random.key(seed),
                                      **SHAPE)
   for la in log_alphas.values():
     z = np.asarray(gates.test_gate(la))
@@ -52,7 +52,7 @@ def test_l1_norm_takes_channels_by_descending_filter_norm(params):
   norms = masks.filter_l1_norms(params)
   by_norm = sorted(((name, j) for name, n in norms.items() for j in range(n.size)),
                    key=lambda c: -norms[c[0]][c[1]])
-  expected = masks.keep_in_order(ARCH, by_norm, 0.5, **SHAPE)
+  expected = masks.keep_in_order(ARCH, by_norm, "macs", 0.5, **SHAPE)
   assert all(np.array_equal(kept[name], expected[name]) for name in kept)
   scores, flat = (np.concatenate(list(d.values())) for d in (norms, kept))
   assert np.median(scores[flat]) > np.median(scores[~flat])
@@ -66,4 +66,4 @@ def test_random_masks_follow_the_key(params):
   assert all(np.array_equal(a[name], again[name]) for name in a)
   assert not all(np.array_equal(a[name], b[name]) for name in a)
   with pytest.raises(ValueError, match="unknown mask method"):
-    masks.mask_log_alphas("magnitude", params, ARCH, 0.5, key=jax.random.key(0), **SHAPE)
+    masks.mask_log_alphas("magnitude", params, ARCH, "macs", 0.5, key=jax.random.key(0), **SHAPE)

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, TWO_DEVICES, read_events, run_main, tiny_config, tiny_flags
-from l0jax import checkpoints, model, train
+from l0jax import accounting, checkpoints, masks, model, train
 from l0jax import config as config_lib
 
 
@@ -287,6 +287,27 @@ def test_retraining_keeps_the_pruning_runs_gates_and_trains_its_weights(finished
   summary = open(os.path.join(retrained, "analysis", "summary.md")).read()
   assert f"retrained with the gates of `{tuned}` fixed" in summary
   assert os.path.getsize(os.path.join(retrained, "analysis", "trajectories.png")) > 1000
+
+
+def test_a_mask_prunes_the_baseline_to_its_budget_and_stays_fixed(finished_runs, tmp_path):
+  base, _, _ = finished_runs
+  masked = str(tmp_path / "masked")
+  result = run_main("--config=configs/mask.py", f"--workdir={masked}", f"--config.init_from={base}",
+                    "--config.mask=random", "--config.target_macs=0.4", *tiny_flags(num_epochs=1))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Mask random:" in result.stderr and "gates from the random mask" in result.stderr
+  after = saved_state(masked, "last")
+  log_alphas = {f"block{int(b) + 1}/{branch}": np.asarray(g["log_alpha"]["value"])
+                for b, block in after["params"]["blocks"].items()
+                for branch, g in zip(model.BRANCHES, block["gates"].values())}
+  assert all(set(np.unique(la)) <= {masks.KEPT, masks.PRUNED} for la in log_alphas.values())
+  arch = model.Architecture.at_width(0.25)
+  shape = dict(image_hw=8, in_channels=3, num_classes=10)
+  cost = accounting.kept_fractions(arch, accounting.deterministic_kept(log_alphas), **shape)
+  assert 0.3 < cost["macs"] <= 0.4
+  kernel = lambda state: state["params"]["stem"]["conv"]["kernel"]["value"]
+  assert not np.array_equal(kernel(saved_state(base, "best")), kernel(after))
+  assert history_line(masked)["train_loss"] == history_line(masked)["train_cross_entropy"]
 
 
 def test_export_of_a_finished_run(finished_runs, tmp_path):
