@@ -37,6 +37,15 @@ and an unfinished one resumes from its checkpoints, so a rerun of an
 interrupted sweep continues it. Each member's console output goes to its
 `sweep.log`.
 
+A comparison that would survive review (results/fashion_mnist/PROTOCOL.md)
+adds `--control` (the baseline trained on with nothing pruned, as long as the
+pruned runs: `--control.num_epochs`), `--masks=l1_norm,random` (the simple
+methods, at the cost each budget run realised: SWEEP_DIR/l1_norm_macs{T},
+configs/mask.py from the baseline), `--scratch_budgets` (each budget also
+from scratch: SWEEP_DIR/scratch_macs{T}) and `--seeds=0,1,2` (every member
+once per seed, SWEEP_DIR/NAME_seed{S}, started from and compared with the
+same seed's runs).
+
 Then SWEEP_DIR gets results.json, results.md (the table) and front.png from
 the finished members' test_metrics.json. "Train time" is the sum of the
 member's epoch times in history.jsonl (training and validation; not process
@@ -56,18 +65,22 @@ import time
 from typing import Any, Sequence
 
 from absl import app, flags, logging
+import numpy as np
 from matplotlib.figure import Figure
 
-from l0jax import analysis, evaluation, locking
+from l0jax import analysis, evaluation, locking, stats
 from l0jax import config as config_lib
 from l0jax.errors import UserError, os_failure
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-KINDS = ("baseline", "scratch", "finetune", "budget", "retrain")
-CONFIG_FILES = {"baseline": "baseline.py", "scratch": "gated.py", "finetune": "finetune.py",
-                "budget": "prune_to_budget.py", "retrain": "retrain.py"}
+KINDS = ("baseline", "control", "scratch", "finetune", "budget", "retrain", "l1_norm", "random")
+CONFIG_FILES = {"baseline": "baseline.py", "control": "baseline.py", "scratch": "gated.py",
+                "finetune": "finetune.py", "budget": "prune_to_budget.py", "retrain": "retrain.py",
+                "l1_norm": "mask.py", "random": "mask.py"}
+MASKS = ("l1_norm", "random")  # kinds that are one-shot masks (config.mask), same names
 # Set by the sweep, per member.
-SWEEP_KEYS = ("lambda_l0", "init_from", *(f"target_{kind}" for kind in config_lib.TARGET_KINDS))
+SWEEP_KEYS = ("lambda_l0", "init_from", "seed", "mask",
+              *(f"target_{kind}" for kind in config_lib.TARGET_KINDS))
 COST_NAMES = {"macs": "MACs", "params": "params"}
 LOG_FILE = "sweep.log"
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
@@ -75,17 +88,23 @@ RESULTS_FILE, TABLE_FILE, FRONT_FILE = "results.json", "results.md", "front.png"
 # Members are tested at their last checkpoint: the network their lambda made.
 # The best by validation can be one from before the gates closed.
 TESTED_AT = "last"
-# The target: a pruned network within TOLERANCE_PP percentage points of the
-# baseline's test accuracy, with at most TARGET_MACS of its MACs.
-TOLERANCE_PP = 0.5
+# The best trade-off: of the pruned runs with at most TARGET_MACS of the MACs,
+# the one with the highest validation accuracy (test accuracy chooses nothing).
 TARGET_MACS = 0.5
-MARKERS = {"baseline": "*", "scratch": "o", "finetune": "s", "budget": "^", "retrain": "D"}
-COLORS = {"baseline": "k", "scratch": "tab:orange", "finetune": "tab:blue", "budget": "tab:red",
-          "retrain": "tab:green"}
-LABELS = {"baseline": "baseline (no gates)", "scratch": "L0 from scratch",
+NOT_PRUNED = ("baseline", "control")
+MARKERS = {"baseline": "*", "control": "P", "scratch": "o", "finetune": "s", "budget": "^",
+           "retrain": "D", "l1_norm": "v", "random": "x"}
+COLORS = {"baseline": "k", "control": "0.4", "scratch": "tab:orange", "finetune": "tab:blue",
+          "budget": "tab:red", "retrain": "tab:green", "l1_norm": "tab:purple",
+          "random": "tab:brown"}
+LABELS = {"baseline": "baseline (no gates)",
+          "control": "baseline trained on, nothing pruned (same budget)",
+          "scratch": "L0 from scratch",
           "finetune": "L0 fine-tuned from the baseline",
           "budget": "pruned from the baseline to a budget",
-          "retrain": "pruned, then retrained with its gates fixed"}
+          "retrain": "pruned, then retrained with its gates fixed",
+          "l1_norm": "L1-norm filters at the same cost, trained",
+          "random": "random channels at the same cost, trained"}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sweep_dir", None, "Where the members' workdirs and the results go.")
@@ -100,6 +119,14 @@ flags.DEFINE_list("target_macs", [], "Kept fractions of the MACs to prune the ba
 flags.DEFINE_list("target_params", [], "Kept fractions of the parameters, likewise.")
 flags.DEFINE_bool("retrain_budgets", False,
                   "Retrain every network pruned to a budget with its gates fixed.")
+flags.DEFINE_bool("scratch_budgets", False,
+                  "Also prune to every budget from scratch (configs/gated.py with the target).")
+flags.DEFINE_list("masks", [], "Simple methods to compare with at the cost each budget run "
+                  f"realised: {', '.join(MASKS)} (configs/mask.py from the baseline).")
+flags.DEFINE_bool("control", False, "The baseline trained on with nothing pruned, for as long "
+                  "as the pruned runs train after it (--control.num_epochs).")
+flags.DEFINE_list("seeds", [], "Run every member once per seed (members named NAME_seed{S}); "
+                  "empty: once, with the config's seed.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +139,9 @@ class Member:
   lambda_l0: float | None = None  # The lambda that pruned its network...
   target: tuple[str, float] | None = None  # ...or the budget: (kind of cost, kept fraction).
   after: str | None = None  # The member whose checkpoint it starts from.
+  # The member whose realised cost is this one's budget (a mask's), read once it is tested.
+  cost_of: str | None = None
+  seed: int | None = None
 
   def commands(self, sweep_dir: pathlib.Path) -> list[list[str]]:
     """Train (or resume), then test: the two main.py command lines."""
@@ -142,9 +172,20 @@ def parse_settings(args: Sequence[str]) -> dict[str, dict[str, str]]:
 def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
          finetune_lambdas: Sequence[float], settings: dict[str, dict[str, str]],
          retrain_lambdas: Sequence[float] = (), targets: Sequence[tuple[str, float]] = (),
-         retrain_budgets: bool = False) -> list[Member]:
-  """The baseline, the from-scratch runs, the fine-tuned runs, the budget runs, their
-  retraining, in that order. `targets`: (kind of cost, kept fraction) pairs."""
+         retrain_budgets: bool = False, *, scratch_budgets: bool = False,
+         masks: Sequence[str] = (), control: bool = False,
+         seeds: Sequence[int] = ()) -> list[Member]:
+  """The baseline, the from-scratch runs, the fine-tuned runs, the budget runs (from the
+  baseline, and from scratch), the control, then their retraining and the masks at the budget
+  runs' costs; all of it once per seed of `seeds`, seed by seed. `targets`: (kind of cost,
+  kept fraction) pairs."""
+  if unknown := set(masks) - set(MASKS):
+    raise UserError(f"--masks: {', '.join(sorted(unknown))} is not one of {', '.join(MASKS)}")
+  if masks and not targets:
+    raise UserError("--masks compares with budget runs at their cost: it needs --target_macs or "
+                    "--target_params")
+  if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+    raise UserError(f"--seeds={','.join(map(str, seeds))}: each seed once, each >= 0")
   if set(retrain_lambdas) - set(finetune_lambdas):
     raise UserError(f"--retrain_lambdas={','.join(map(str, retrain_lambdas))}: each must be one "
                     f"of --finetune_lambdas={','.join(map(str, finetune_lambdas))}, the run it "
@@ -179,8 +220,43 @@ def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
       members.append(Member(f"retrain_{name}", "retrain", {
           **settings["retrain"], "init_from": str(sweep_dir / f"budget_{name}")},
                             target=(cost, target), after=f"budget_{name}"))
-  # Retraining after what it retrains, in the order given.
-  return sorted(members, key=lambda m: m.kind == "retrain")
+    if scratch_budgets:
+      members.append(Member(f"scratch_{name}", "scratch", {
+          **settings["scratch"], **{k: v for k, v in own.items() if k != "init_from"}},
+                            target=(cost, target)))
+    for method in masks:
+      # At the cost the budget run realised, not its target: both then cost the same.
+      members.append(Member(f"{method}_{name}", method, {
+          **settings[method], "mask": method, "init_from": str(sweep_dir / "baseline")},
+                            target=(cost, target), after=f"budget_{name}",
+                            cost_of=f"budget_{name}"))
+  if control:
+    members.append(Member("control", "control", {
+        **settings["control"], "init_from": str(sweep_dir / "baseline")}, after="baseline"))
+  # Retraining and masks after what they start from or match, in the order given.
+  members = sorted(members, key=lambda m: m.kind in ("retrain",) + MASKS)
+  return [_for_seed(m, seed) for seed in seeds for m in members] if seeds else members
+
+
+def _for_seed(member: Member, seed: int) -> Member:
+  """`member` as one seed's run: NAME_seed{S}, started from and matched with the same seed's."""
+  named = lambda name: name and f"{name}_seed{seed}"
+  settings = {**member.settings, "seed": str(seed)}
+  if "init_from" in settings:
+    settings["init_from"] = named(settings["init_from"])
+  return dataclasses.replace(member, name=named(member.name), settings=settings,
+                             after=named(member.after), cost_of=named(member.cost_of), seed=seed)
+
+
+def realised_cost(member: Member, sweep_dir: pathlib.Path) -> Member:
+  """A mask member with its budget set to what its `cost_of` member's test measured."""
+  if not member.cost_of:
+    return member
+  metrics = json.loads((sweep_dir / member.cost_of / evaluation.TEST_METRICS_FILE).read_text())
+  cost = member.target[0]
+  targets = {f"target_{kind}": repr(metrics[f"{cost}_kept_fraction"] if kind == cost else 0.0)
+             for kind in config_lib.TARGET_KINDS}
+  return dataclasses.replace(member, settings={**member.settings, **targets})
 
 
 def is_finished(workdir: pathlib.Path) -> bool:
@@ -249,6 +325,7 @@ def run_member(member: Member, sweep_dir: pathlib.Path) -> bool:
     logging.error("%s: not run, because %s, which it starts from, did not finish", member.name,
                   member.after)
     return False
+  member = realised_cost(member, sweep_dir)
   workdir.mkdir(parents=True, exist_ok=True)
   log_path = workdir / LOG_FILE
   for what, command in zip(("training", "testing"), member.commands(sweep_dir)):
@@ -280,24 +357,53 @@ def collect(sweep_dir: pathlib.Path, members: Sequence[Member], command: str) ->
     history = analysis.load_history(workdir)
     runs.append({
         "name": member.name, "kind": member.kind, "lambda_l0": member.lambda_l0,
+        "seed": member.seed,
         "target_kind": member.target[0] if member.target else None,
         "target": member.target[1] if member.target else None,
         **{k: metrics[k] for k in ("dataset", "test_accuracy", "checkpoint_step", "params_full",
                                    "params_kept", "params_kept_fraction", "macs_full",
                                    "macs_kept", "macs_kept_fraction")},
+        "val_accuracy": history[-1]["val_accuracy"],  # at the last checkpoint, the one tested
         "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history),
     })
-  baseline = next((r for r in runs if r["kind"] == "baseline"), None)
-  best = None
-  if baseline:
-    for run in runs:
-      run["test_accuracy_change_pp"] = 100 * (run["test_accuracy"] - baseline["test_accuracy"])
-    near = [r for r in runs if r["kind"] != "baseline"
-            and r["test_accuracy_change_pp"] >= -TOLERANCE_PP]
-    best = min(near, key=lambda r: r["macs_kept_fraction"], default=None)
-  return {"command": command, "dataset": runs[0]["dataset"] if runs else None,
-          "runs": runs, "unfinished": unfinished, "tolerance_pp": TOLERANCE_PP,
-          "best_trade_off": best["name"] if best else None}
+  baselines = {r["seed"]: r for r in runs if r["kind"] == "baseline"}
+  for run in runs:
+    if run["seed"] in baselines:  # The same seed's baseline.
+      run["test_accuracy_change_pp"] = 100 * (run["test_accuracy"]
+                                              - baselines[run["seed"]]["test_accuracy"])
+  best = max((r for r in runs if r["kind"] not in NOT_PRUNED
+              and r["macs_kept_fraction"] <= TARGET_MACS),
+             key=lambda r: r["val_accuracy"], default=None)
+  results = {"command": command, "dataset": runs[0]["dataset"] if runs else None,
+             "runs": runs, "unfinished": unfinished,
+             "best_trade_off": best["name"] if best else None}
+  if any(r["seed"] is not None for r in runs):
+    results["groups"] = seed_groups(runs)
+  return results
+
+
+def seed_groups(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The runs that differ only in their seed, as one row each: means, spreads, and each pruned
+  group's paired difference to the control (or, without one, the baseline) of the same seeds."""
+  groups: dict[str, list[dict[str, Any]]] = {}
+  for run in runs:
+    groups.setdefault(run["name"].rsplit("_seed", 1)[0], []).append(run)
+  reference = "control" if "control" in groups else "baseline"
+  by_seed = {r["seed"]: r["test_accuracy"] for r in groups.get(reference, [])}
+  rows = []
+  for name, members in groups.items():
+    row = {"name": name, "kind": members[0]["kind"], "target": members[0]["target"],
+           "target_kind": members[0]["target_kind"], "lambda_l0": members[0]["lambda_l0"],
+           "seeds": [r["seed"] for r in members]}
+    for key in ("test_accuracy", "val_accuracy", "macs_kept_fraction", "params_kept_fraction"):
+      row[key] = stats.spread([r[key] for r in members])._asdict()
+    paired = [r for r in members if r["seed"] in by_seed]
+    if name != reference and len(paired) >= 2:
+      row["versus"] = reference
+      row["paired_difference"] = stats.paired_interval(
+          [r["test_accuracy"] for r in paired], [by_seed[r["seed"]] for r in paired])._asdict()
+    rows.append(row)
+  return rows
 
 
 def _lambda(run: dict[str, Any]) -> str:
@@ -331,13 +437,15 @@ def table_markdown(results: dict[str, Any]) -> str:
   best = next((r for r in results["runs"] if r["name"] == results["best_trade_off"]), None)
   lines.append("")
   if best:
-    lines.append(f"Fewest MACs within {results['tolerance_pp']:g} pp of the baseline's test "
-                 f"accuracy: {best['name']}, {100 * best['macs_kept_fraction']:.1f}% of the MACs "
-                 f"and {100 * best['params_kept_fraction']:.1f}% of the parameters at "
-                 f"{100 * best['test_accuracy']:.2f}% ({best['test_accuracy_change_pp']:+.2f} pp).")
+    lines.append(f"Best trade-off, chosen by validation accuracy among the pruned runs with at "
+                 f"most {TARGET_MACS:.0%} of the MACs: {best['name']} (validation "
+                 f"{100 * best['val_accuracy']:.2f}%), {100 * best['macs_kept_fraction']:.1f}% of "
+                 f"the MACs and {100 * best['params_kept_fraction']:.1f}% of the parameters at "
+                 f"{100 * best['test_accuracy']:.2f}% test accuracy.")
   else:
-    lines.append(f"No pruned run is within {results['tolerance_pp']:g} pp of the baseline's test "
-                 "accuracy.")
+    lines.append(f"No pruned run has at most {TARGET_MACS:.0%} of the MACs.")
+  if results.get("groups"):
+    lines += ["", *groups_markdown(results["groups"])]
   total = sum(r["train_seconds"] for r in results["runs"])
   lines += ["", f"Train time: the sum of a run's epoch times in its history.jsonl; "
             f"{_hours_or_minutes(total)} for these {len(results['runs'])} runs."]
@@ -346,30 +454,65 @@ def table_markdown(results: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _mean_sd(spread: dict[str, float], scale: float = 100, unit: str = "%") -> str:
+  sd = "-" if spread["sd"] != spread["sd"] else f"{scale * spread['sd']:.2f}"  # NaN: one seed
+  return f"{scale * spread['mean']:.2f}{unit} +- {sd}"
+
+
+def groups_markdown(groups: Sequence[dict[str, Any]]) -> list[str]:
+  """Mean +- sample standard deviation over seeds, and paired differences with 95% intervals."""
+  lines = ["## Over seeds", "",
+           "Mean +- sample standard deviation over the seeds. Paired difference: the test "
+           "accuracy minus that of the same seed's control (or baseline), its mean and 95% "
+           "interval (Student's t over the seeds).", "",
+           "| runs | seeds | test accuracy | MACs kept | params kept | paired difference | vs |",
+           "|---|---|---:|---:|---:|---:|---|"]
+  for g in groups:
+    paired = g.get("paired_difference")
+    difference = ("-" if not paired else
+                  f"{100 * paired['mean']:+.2f} pp [{100 * paired['low']:+.2f}, "
+                  f"{100 * paired['high']:+.2f}]")
+    lines.append(f"| {g['name']} | {','.join(map(str, g['seeds']))} | "
+                 f"{_mean_sd(g['test_accuracy'])} | {_mean_sd(g['macs_kept_fraction'])} | "
+                 f"{_mean_sd(g['params_kept_fraction'])} | {difference} | {g.get('versus', '-')} |")
+  return lines
+
+
+def _points(results: dict[str, Any], key: str) -> list[dict[str, Any]]:
+  """What the front plots: each run, or with seeds each group's means and spreads."""
+  if not results.get("groups"):
+    return [dict(r, x=100 * r[key], y=100 * r["test_accuracy"], xerr=0.0, yerr=0.0)
+            for r in results["runs"]]
+  sd = lambda spread: 0.0 if spread["sd"] != spread["sd"] else 100 * spread["sd"]
+  return [dict(g, x=100 * g[key]["mean"], y=100 * g["test_accuracy"]["mean"], xerr=sd(g[key]),
+               yerr=sd(g["test_accuracy"])) for g in results["groups"]]
+
+
 def front_figure(results: dict[str, Any]) -> Figure:
-  """Test accuracy against kept MACs and against kept parameters, the baseline's level marked."""
+  """Test accuracy against kept MACs and against kept parameters, the baseline's level marked.
+
+  With seeds, each point is a group's mean, its error bars one standard deviation.
+  """
   fig = Figure(figsize=(11, 5), layout="constrained")
   axes = fig.subplots(1, 2, sharey=True)
-  baseline = next((r for r in results["runs"] if r["kind"] == "baseline"), None)
   for ax, key, what in ((axes[0], "macs_kept_fraction", "MACs"),
                         (axes[1], "params_kept_fraction", "parameters")):
-    if baseline:
-      level = 100 * baseline["test_accuracy"]
-      ax.axhspan(level - results["tolerance_pp"], level, color="0.9", lw=0,
-                 label=f"within {results['tolerance_pp']:g} pp of the baseline")
-      ax.axhline(level, color="k", lw=0.6, ls="--")
+    points = _points(results, key)
     for kind in KINDS:
-      runs = sorted((r for r in results["runs"] if r["kind"] == kind), key=lambda r: r[key])
+      runs = sorted((p for p in points if p["kind"] == kind), key=lambda p: p["x"])
       if not runs:
         continue
-      x, y = [100 * r[key] for r in runs], [100 * r["test_accuracy"] for r in runs]
-      ax.plot(x, y, marker=MARKERS[kind], color=COLORS[kind], ms=12 if kind == "baseline" else 6,
-              lw=0.8, label=LABELS[kind])
-      for r, xi, yi in zip(runs, x, y):
-        label = _lambda(r) if r["lambda_l0"] is not None else _target(r)
+      if kind == "baseline":
+        ax.axhline(float(np.mean([p["y"] for p in runs])), color="k", lw=0.6, ls="--")
+      ax.errorbar([p["x"] for p in runs], [p["y"] for p in runs],
+                  xerr=[p["xerr"] for p in runs], yerr=[p["yerr"] for p in runs],
+                  marker=MARKERS[kind], color=COLORS[kind], ms=12 if kind == "baseline" else 6,
+                  lw=0.8, capsize=2, label=LABELS[kind])
+      for p in runs:
+        label = _lambda(p) if p["lambda_l0"] is not None else _target(p)
         if label != "-":
-          ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                      color=COLORS[kind])
+          ax.annotate(label, (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4),
+                      fontsize=7, color=COLORS[kind])
     if key == "macs_kept_fraction":
       ax.axvline(100 * TARGET_MACS, color="k", lw=0.6, ls=":",
                  label=f"target: at most {TARGET_MACS:.0%} of the MACs")
@@ -378,8 +521,9 @@ def front_figure(results: dict[str, Any]) -> Figure:
   axes[0].set_ylabel("test accuracy (%)")
   # Below the axes, where it hides no run.
   fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
-  fig.suptitle(f"{results['dataset']}: test accuracy against cost (labels: lambda_l0 or target)",
-               fontsize=10)
+  over = " (means over seeds, +- one sd)" if results.get("groups") else ""
+  fig.suptitle(f"{results['dataset']}: test accuracy against cost{over} "
+               "(labels: lambda_l0 or target)", fontsize=10)
   return fig
 
 
@@ -394,11 +538,14 @@ def write_results(sweep_dir: pathlib.Path, results: dict[str, Any]) -> None:
 def sweep(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
           finetune_lambdas: Sequence[float], retrain_lambdas: Sequence[float],
           settings: dict[str, dict[str, str]], command: str,
-          targets: Sequence[tuple[str, float]] = (), retrain_budgets: bool = False
-          ) -> dict[str, Any]:
-  """Runs every unfinished member in turn, then writes the results; returns them."""
+          targets: Sequence[tuple[str, float]] = (), retrain_budgets: bool = False,
+          **more: Any) -> dict[str, Any]:
+  """Runs every unfinished member in turn, then writes the results; returns them.
+
+  `more`: plan's keyword arguments (scratch_budgets, masks, control, seeds).
+  """
   members = plan(sweep_dir, scratch_lambdas, finetune_lambdas, settings, retrain_lambdas,
-                 targets, retrain_budgets)
+                 targets, retrain_budgets, **more)
   start = time.monotonic()
   finished = [run_member(m, sweep_dir) for m in members]
   results = collect(sweep_dir, members, command)
@@ -416,6 +563,13 @@ def _floats(flag: str, values: Sequence[str]) -> list[float]:
     raise UserError(f"--{flag} must be a comma-separated list of numbers, not {values}") from None
 
 
+def _seeds(values: Sequence[str]) -> list[int]:
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    raise UserError(f"--seeds must be a comma-separated list of integers, not {values}") from None
+
+
 def main(argv: list[str]) -> None:
   try:
     if not FLAGS.sweep_dir:
@@ -429,7 +583,9 @@ def main(argv: list[str]) -> None:
                       shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]),
                       [(kind, target) for kind in config_lib.TARGET_KINDS
                        for target in _floats(f"target_{kind}", FLAGS[f"target_{kind}"].value)],
-                      FLAGS.retrain_budgets)
+                      FLAGS.retrain_budgets, scratch_budgets=FLAGS.scratch_budgets,
+                      masks=FLAGS.masks, control=FLAGS.control,
+                      seeds=_seeds(FLAGS.seeds))
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

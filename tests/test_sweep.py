@@ -103,6 +103,55 @@ def test_a_run_tested_at_its_best_checkpoint_is_tested_again(tmp_path):
   assert sweep.is_finished(tmp_path)
 
 
+def test_a_comparison_plans_controls_masks_and_seeds_each_from_its_own_seeds_runs(tmp_path):
+  settings = sweep.parse_settings(["--control.num_epochs=4", "--l1_norm.num_epochs=4"])
+  members = sweep.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], True, masks=["l1_norm"],
+                       control=True, scratch_budgets=True, seeds=[0, 1])
+  names = [m.name for m in members]
+  assert names[:5] == ["baseline_seed0", "budget_macs0.5_seed0", "scratch_macs0.5_seed0",
+                       "control_seed0", "retrain_macs0.5_seed0"]
+  assert names[5] == "l1_norm_macs0.5_seed0" and len(names) == 12 and names[6] == "baseline_seed1"
+  by_name = {m.name: m for m in members}
+  mask = by_name["l1_norm_macs0.5_seed1"]
+  assert mask.settings["init_from"] == str(tmp_path / "baseline_seed1")
+  assert mask.settings["seed"] == "1" and mask.settings["mask"] == "l1_norm"
+  assert mask.after == mask.cost_of == "budget_macs0.5_seed1"
+  assert by_name["control_seed1"].settings["num_epochs"] == "4"
+  assert "init_from" not in by_name["scratch_macs0.5_seed0"].settings
+  # A mask's budget is the cost its budget run realised, read once that run is tested.
+  (tmp_path / "budget_macs0.5_seed1").mkdir()
+  (tmp_path / "budget_macs0.5_seed1" / evaluation.TEST_METRICS_FILE).write_text(
+      json.dumps({"macs_kept_fraction": 0.4871, "params_kept_fraction": 0.7}))
+  train, _ = sweep.realised_cost(mask, tmp_path).commands(tmp_path)
+  assert "--config.target_macs=0.4871" in train and "--config.target_params=0.0" in train
+  with pytest.raises(UserError, match="not one of l1_norm, random"):
+    sweep.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], masks=["magnitude"])
+  with pytest.raises(UserError, match="needs --target_macs"):
+    sweep.plan(tmp_path, [], [], settings, [], [], masks=["random"])
+
+
+def test_groups_over_seeds_pair_each_run_with_its_seeds_control():
+  def run(name, kind, seed, accuracy, macs):
+    return {"name": f"{name}_seed{seed}", "kind": kind, "seed": seed, "target": None,
+            "target_kind": None, "lambda_l0": None, "test_accuracy": accuracy,
+            "val_accuracy": accuracy, "macs_kept_fraction": macs, "params_kept_fraction": macs}
+  runs = [run("control", "control", s, a, 1.0) for s, a in enumerate([0.90, 0.92, 0.91])]
+  runs += [run("l1_norm_macs0.5", "l1_norm", s, a, m)
+           for s, a, m in zip(range(3), [0.89, 0.90, 0.90], [0.49, 0.5, 0.48])]
+  groups = {g["name"]: g for g in sweep.seed_groups(runs)}
+  assert set(groups) == {"control", "l1_norm_macs0.5"} and "versus" not in groups["control"]
+  pruned = groups["l1_norm_macs0.5"]
+  assert pruned["seeds"] == [0, 1, 2] and pruned["versus"] == "control"
+  assert pruned["test_accuracy"]["mean"] == pytest.approx(0.89667, abs=1e-5)
+  assert pruned["macs_kept_fraction"]["sd"] == pytest.approx(0.01)
+  # Differences -0.01, -0.02, -0.01: mean -0.01333, sd 0.005774, half-width 4.303 sd / sqrt(3).
+  paired = pruned["paired_difference"]
+  assert paired["mean"] == pytest.approx(-0.013333, abs=1e-6)
+  assert paired["high"] - paired["mean"] == pytest.approx(4.303 * 0.0057735 / 3**0.5, abs=1e-6)
+  table = "\n".join(sweep.groups_markdown(sweep.seed_groups(runs)))
+  assert "| l1_norm_macs0.5 | 0,1,2 | 89.67% +- 0.58 |" in table and "-1.33 pp [" in table
+
+
 def sweep_command(sweep_dir, *args: str) -> list[str]:
   return [sys.executable, "-m", "l0jax.sweep", f"--sweep_dir={sweep_dir}", "--scratch_lambdas=",
           *tiny_flags(num_epochs=1), *args]
@@ -192,7 +241,8 @@ def test_the_table_and_results_hold_each_runs_test_metrics(tiny_sweep, tmp_path)
     assert int(epochs) == len(history) == 1
   assert rows["finetune_lambda20"][3] == "-0.46 pp"
   assert rows["finetune_lambda20"][5:7] == ["43.2%", "38.8%"]
-  assert "Fewest MACs within 0.5 pp of the baseline's test accuracy: finetune_lambda20" in table
+  assert ("Best trade-off, chosen by validation accuracy among the pruned runs with at most 50% "
+          "of the MACs: finetune_lambda20") in table
 
 
 def test_a_failed_runs_line_is_its_error_not_jaxs_note():
