@@ -1,7 +1,8 @@
 """A trained network pruned once by a simple rule, then trained with that mask fixed.
 
   python main.py --config=configs/mask.py --workdir=runs/l1_half \
-      --config.init_from=WORKDIR_OF_A_BASELINE_RUN [--config.mask=random] [--config.target_macs=0.25]
+      --config.init_from=WORKDIR_OF_A_BASELINE_RUN \
+      [--config.mask=random] [--config.target_macs=0.25]
 
 The methods L0 pruning is compared with (l0jax/masks.py): `l1_norm` keeps the
 channels whose filters have the largest L1 norms (Li et al., ICLR 2017),

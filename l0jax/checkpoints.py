@@ -275,7 +275,8 @@ def init_source(init_from: str, config: ml_collections.ConfigDict
     raise UserError(f"init_from={init_from} does not exist (it should be a training workdir)")
   fields = ("dataset", "width_multiplier", "synthetic_image_size")
   differences = architecture_differences(load_config(init_from), config,
-                                         fields + ("use_gate",) if config_lib.gates_from_init(config) else fields)
+                                         fields + ("use_gate",)
+                                         if config_lib.gates_from_init(config) else fields)
   if differences:
     raise UserError(f"init_from={init_from} is a different network: {'; '.join(differences)}")
   return chosen_step(init_from, config.init_checkpoint)

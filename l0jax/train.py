@@ -441,7 +441,7 @@ def run_budget(run: Run) -> budget_lib.Budget | None:
 
 
 def with_log_alphas(run: Run, state: TrainState, log_alphas: dict[str, np.ndarray]) -> TrainState:
-  """`state` with every gate's log_alpha replaced, by name as `model.GoogleNet.log_alphas` has it."""
+  """`state` with each gate's log_alpha replaced, by the names `GoogleNet.log_alphas` gives."""
   net = nnx.merge(run.network.graphdef, state.params, state.batch_stats)
   for i, block in enumerate(net.blocks):
     for branch, gate in zip(model.BRANCHES, block.gates):
