@@ -615,8 +615,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     scalars = {f"val/{k}": v for k, v in val.items()}
     pruning = ""
     if config.use_gate:
-      net = nnx.merge(network.graphdef, state.params, state.batch_stats)
-      log_alphas = {k: np.asarray(v) for k, v in net.log_alphas().items()}
+      log_alphas = log_alphas_of(run, state)
       record["log_alpha"] = {k: v.tolist() for k, v in log_alphas.items()}
       writer.write_histograms(step, {f"log_alpha/{k}": v for k, v in log_alphas.items()})
       costs = accounting.report(log_alphas, config, network.image_shape, network.num_classes)
