@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 from absl import app, flags, logging
 
-from l0jax import analysis, data, evaluation, locking, train, writers
+from l0jax import analysis, cli, data, evaluation, locking, train
 from l0jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -106,18 +106,15 @@ def run(workdir: str, data_dir: str = "", overrides: dict[str, Any] | None = Non
 
 
 def main(argv: list[str]) -> None:
-  logging.get_absl_handler().addFilter(writers.QuietLibraries())
+  cli.quiet_libraries()
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required")
-  try:
+    cli.fail("--workdir is required")
+  with cli.one_line_errors("the quick start", "What was complete is kept: fix this and run the "
+                           "same command again to resume"):
     run(FLAGS.workdir, FLAGS.data_dir)
-  except UserError as e:
-    logging.flush()
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -68,9 +68,9 @@ from absl import app, flags, logging
 import numpy as np
 from matplotlib.figure import Figure
 
-from l0jax import analysis, evaluation, locking, stats
+from l0jax import analysis, cli, evaluation, locking, stats
 from l0jax import config as config_lib
-from l0jax.errors import UserError, os_failure
+from l0jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 KINDS = ("baseline", "control", "scratch", "finetune", "budget", "retrain", "l1_norm", "random")
@@ -571,7 +571,9 @@ def _seeds(values: Sequence[str]) -> list[int]:
 
 
 def main(argv: list[str]) -> None:
-  try:
+  cli.quiet_libraries()
+  with cli.one_line_errors("the sweep", "The finished runs are kept: fix this and run the same "
+                           "command again"):
     if not FLAGS.sweep_dir:
       raise UserError("--sweep_dir is required")
     sweep_dir = pathlib.Path(FLAGS.sweep_dir).absolute()
@@ -586,17 +588,10 @@ def main(argv: list[str]) -> None:
                       FLAGS.retrain_budgets, scratch_budgets=FLAGS.scratch_budgets,
                       masks=FLAGS.masks, control=FLAGS.control,
                       seeds=_seeds(FLAGS.seeds))
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except OSError as e:  # Its log or results on a full disk, in a read-only folder.
-    print(f"error: the sweep stopped, as the system refused a write: {os_failure(e)}; the "
-          "finished runs are kept: fix this and run the same command again", file=sys.stderr)
-    sys.exit(2)
   if results["unfinished"]:
     sys.exit(1)
 
 
 if __name__ == "__main__":
   # Flags the sweep does not know are the members' settings, handed to `main`.
-  app.run(main, flags_parser=lambda argv: FLAGS(argv, known_only=True))
+  app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, known_only=True))

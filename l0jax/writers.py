@@ -6,7 +6,6 @@ hyperparameters (TensorBoard's HPARAMS tab). The console's lines are
 `Progress`'s and the training loop's.
 """
 
-import logging as py_logging
 import os
 import time
 from typing import Any, Mapping
@@ -19,32 +18,6 @@ from tensorboardX.proto import event_pb2
 
 # The metrics TensorBoard's HPARAMS tab lists beside each run's hyperparameters.
 HPARAM_METRICS = ("val/accuracy", "val/loss", "train/open_gates", "train/expected_macs_kept")
-
-
-class QuietLibraries(py_logging.Filter):
-  """For absl's handler: libraries' INFO chatter stays off the console (Orbax on every
-  checkpoint, JAX probing for backends); their warnings still show.
-
-  The errors that Orbax's, tensorboardX's and asyncio's background threads log
-  when a write fails keep their first line but not their pages of traceback
-  (unless `tracebacks`): the failure reaches the main thread, which reports it
-  in one line.
-  """
-
-  def __init__(self, tracebacks: bool = False):
-    super().__init__()
-    self._tracebacks = tracebacks
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    library = next((lib for lib in ("orbax", "jax", "tensorboardX", "asyncio")
-                    if f"/{lib}/" in record.pathname), None)
-    if library in ("orbax", "jax") and record.levelno < py_logging.WARNING:
-      return False
-    if library not in (None, "jax") and record.levelno >= py_logging.ERROR and not self._tracebacks:
-      first_line = (record.getMessage().splitlines() or [""])[0]
-      record.msg, record.args = f"{first_line[:300]} (traceback left out)", None
-      record.exc_info = record.exc_text = None
-    return True
 
 
 class MetricWriter:

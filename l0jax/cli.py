@@ -1,0 +1,205 @@
+"""The command lines' plumbing, shared by main.py, the sweep and the quick start.
+
+Bad input (a flag, a --config file or value, a workdir) ends with one line
+on stderr, `error: ...`, and exit status 2, and so does a write the system
+refuses (a full disk, a read-only folder); anything else is a bug and keeps
+its traceback. Libraries' INFO chatter and background tracebacks stay off the
+console (`quiet_libraries`).
+"""
+
+import contextlib
+import logging as py_logging
+import os
+import sys
+import traceback
+from typing import Iterator, NoReturn
+
+from absl import flags, logging
+
+from l0jax.errors import UserError, os_failure
+
+FLAGS = flags.FLAGS
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def fail(message: str) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def config_file_error(e: OSError) -> str:
+  # ml_collections lists every path it tried; the last line says why the file did not load.
+  return f"cannot load --config: {str(e).splitlines()[-1].strip()}"
+
+
+def _config_path(argv: list[str]) -> str | None:
+  """The file of --config=PATH[:ARGS] (or --config PATH[:ARGS]) in `argv`, as an absolute path."""
+  for i, arg in enumerate(argv):
+    value = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+        argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+    if value is not None:
+      return os.path.abspath(value.split(":", 1)[0])
+  return None
+
+
+def raised_in_config_file(e: BaseException, argv: list[str]) -> str | None:
+  """"FILE, line N: what it raised" if the --config file itself raised `e` (or what caused it).
+
+  ml_collections and absl re-raise what the file raised as other exceptions;
+  the file's own error is found along the chain of causes.
+  """
+  path = _config_path(argv)
+  seen = set()
+  while path and e is not None and id(e) not in seen:
+    seen.add(id(e))
+    lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__)
+             if os.path.abspath(frame.filename) == path]
+    if isinstance(e, SyntaxError) and e.filename and os.path.abspath(e.filename) == path:
+      lines.append(e.lineno)
+    if lines:
+      what = (str(e).splitlines() or [""])[0]
+      return f"{path}, line {lines[-1]}: {type(e).__name__}: {what}"
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _flag_error(e: Exception) -> str:
+  if isinstance(e, flags.Error):
+    return str(e).splitlines()[0]
+  if isinstance(e, OSError):
+    return config_file_error(e)
+  # --config.KEY for a KEY that the config lacks: ml_collections raises
+  # AttributeError(KeyError("'KEY'\nDid you mean ...")).
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  name, *hint = str(e.args[0] if e.args else e).splitlines()
+  return f"the config has no field {name}" + (f" ({' '.join(hint)})" if hint else "")
+
+
+def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
+  """absl's parser, with flag errors (an unknown config key, a wrong type) as one line.
+
+  `known_only`: flags it does not know are returned with the arguments (the
+  sweep hands them to its members).
+  """
+  try:
+    return FLAGS(argv, known_only=known_only)
+  except SystemExit:
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+      sys.exit(0)  # absl exits with 1 after printing the help that was asked for.
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # The --config file may raise anything.
+    if "--debug" in argv:
+      raise
+    in_config_file = raised_in_config_file(e, argv)
+    if in_config_file:
+      fail(in_config_file)
+    if not isinstance(e, (flags.Error, OSError, AttributeError, KeyError)):
+      raise
+    fail(_flag_error(e))
+
+
+class QuietLibraries(py_logging.Filter):
+  """For absl's handler: libraries' INFO chatter stays off the console (Orbax on every
+  checkpoint, JAX probing for backends); their warnings still show.
+
+  The errors that Orbax's, tensorboardX's and asyncio's background threads log
+  when a write fails keep their first line but not their pages of traceback
+  (unless `tracebacks`): the failure reaches the main thread, which reports it
+  in one line.
+  """
+
+  def __init__(self, tracebacks: bool = False):
+    super().__init__()
+    self._tracebacks = tracebacks
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    library = next((lib for lib in ("orbax", "jax", "tensorboardX", "asyncio")
+                    if f"/{lib}/" in record.pathname), None)
+    if library in ("orbax", "jax") and record.levelno < py_logging.WARNING:
+      return False
+    if library not in (None, "jax") and record.levelno >= py_logging.ERROR and not self._tracebacks:
+      first_line = (record.getMessage().splitlines() or [""])[0]
+      record.msg, record.args = f"{first_line[:300]} (traceback left out)", None
+      record.exc_info = record.exc_text = None
+    return True
+
+
+def _quiet_unraisable(unraisable) -> None:
+  """sys.unraisablehook: one debug line instead of a traceback.
+
+  TensorStore reports this way what its callbacks raise into Orbax's closed
+  event loop after a write failed: pages of "Event loop is closed" before the
+  one line that reports the failure.
+  """
+  logging.debug("Ignored: %s: %s", unraisable.exc_type.__name__, unraisable.exc_value)
+
+
+def quiet_libraries(debug: bool = False) -> None:
+  """Libraries' INFO lines and background tracebacks off the console, unless `debug`."""
+  logging.get_absl_handler().addFilter(QuietLibraries(tracebacks=debug))
+  if not debug:
+    sys.unraisablehook = _quiet_unraisable
+
+
+@contextlib.contextmanager
+def one_line_errors(what: str, kept: str, *, debug: bool = False) -> Iterator[None]:
+  """A UserError, or a write the system refused, as one `error:` line and exit status 2.
+
+  `what` names what stopped ("--mode=train"), `kept` what of it survives a
+  refused write, to be run again. `debug` lets every exception through.
+  """
+  try:
+    yield
+  except UserError as e:
+    if debug:
+      raise
+    logging.flush()
+    fail(str(e))
+  except Exception as e:  # pylint: disable=broad-except  # Only an OS failure is not a bug.
+    reason = os_failure(e)
+    if debug or reason is None:
+      raise
+    logging.flush()
+    print(f"error: {what} stopped, as the system refused a write: {reason}. {kept}",
+          file=sys.stderr, flush=True)
+    # Not sys.exit: at exit, TensorBoard's and Orbax's writers would try the failed writes again,
+    # and print pages of tracebacks after this line.
+    os._exit(2)  # pylint: disable=protected-access
+
+
+def checked_config(config, argv: list[str]):
+  """The --config file's config with its overrides, its values checked before JAX loads.
+
+  `config` is the flag's value (None: no --config given), `argv` the command line.
+  """
+  from l0jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  if config is None:
+    raise UserError("--mode=train needs --config=configs/SOMETHING.py")
+  try:
+    config_lib.validate(config)
+  except OSError as e:  # ml_collections reports an OSError of the config file at its first use.
+    raise UserError(raised_in_config_file(e, argv) or config_file_error(e)) from e
+  return config
+
+
+def join_processes(coordinator_address: str | None, num_processes: int | None,
+                   process_id: int | None) -> None:
+  """jax.distributed.initialize with the values that are set; JAX finds the others or says why.
+
+  On CPU the processes exchange arrays through gloo, JAX's default there.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except ValueError as e:  # "coordinator_address should be defined.", a process_id too large
+    raise UserError(f"--multihost: {e} Set --coordinator_address, --num_processes and "
+                    "--process_id (or run under a cluster JAX detects, such as Slurm)") from e
+  # gloo gives the processes 30 s to meet at their first collective, and one
+  # can compile for longer while another reads the compilation cache. So they
+  # meet at a barrier of JAX's coordination service first (minutes), then start
+  # gloo together; later collectives wait as long as they must.
+  ocp.multihost.sync_global_processes("l0jax: joined", processes=set(range(jax.process_count())))
+  multihost_utils.sync_global_devices("l0jax: collectives started")
