@@ -63,8 +63,16 @@ def gate_channels(x: jax.Array, log_alpha: jax.Array, key: jax.Array | None = No
   return x * z[:, None, None, :].astype(x.dtype)
 
 
+class LogAlpha(nnx.Param):
+  """The log_alpha of a gated layer's output channels: how every part of l0jax finds a gate.
+
+  A `Param` (it trains, and checkpoints written when gates were plain Params
+  restore into it), but never weight-decayed (`train.create_optimizer`).
+  """
+
+
 class L0Gate(nnx.Module):
   """The log_alpha of one gated layer's output channels (`gate_channels` applies them)."""
 
   def __init__(self, num_channels: int, droprate_init: float, *, rngs: nnx.Rngs):
-    self.log_alpha = nnx.Param(init_log_alpha(droprate_init)(rngs.params(), (num_channels,)))
+    self.log_alpha = LogAlpha(init_log_alpha(droprate_init)(rngs.params(), (num_channels,)))

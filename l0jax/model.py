@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from l0jax import gates
+from l0jax import graph as graph_lib
 
 STEM_CHANNELS = 64
 BRANCHES = ("1x1", "3x3", "5x5", "pool")  # concatenation order of a block's outputs
@@ -260,6 +261,7 @@ class GoogleNet(nnx.Module):
                width_multiplier: float = 1.0, droprate_init: float = 0.5,
                dtype=jnp.float32, bfloat16_matmuls: bool = False, rngs: nnx.Rngs):
     arch = Architecture.at_width(width_multiplier)
+    self.arch, self.in_channels, self.num_classes = arch, in_channels, num_classes
     self.use_gate = use_gate
     self.stem = ConvBN(in_channels, arch.stem, 3, dtype=dtype, bfloat16_matmuls=bfloat16_matmuls,
                        rngs=rngs)
@@ -281,8 +283,54 @@ class GoogleNet(nnx.Module):
     x = jnp.mean(x, axis=(1, 2))
     return self.head(x).astype(jnp.float32)
 
+  def channel_graph(self, image_hw: int) -> graph_lib.Graph:
+    return channel_graph(self.arch, use_gate=self.use_gate, image_hw=image_hw,
+                         in_channels=self.in_channels, num_classes=self.num_classes)
+
   def log_alphas(self) -> dict[str, jax.Array]:
     """Every gate's log_alpha, named `block{i}/{branch}` (1-based), in network order."""
     return {f"block{i + 1}/{branch}": gate.log_alpha[...]
             for i, block in enumerate(self.blocks)
             for branch, gate in zip(BRANCHES, block.gates)}
+
+
+def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_channels: int,
+                  num_classes: int) -> graph_lib.Graph:
+  """The GoogleNet's channel graph: its layers' names and paths, its gates' names.
+
+  A gate is named for the branch output it decides, `block{i}/{branch}`
+  (1-based, `BRANCHES`), as the run's history has always recorded them.
+  """
+  def conv_bn(name, inputs, c_in, c_out, kernel, path, gate=None):
+    return graph_lib.Layer(name, inputs, c_in, c_out, kernel, gate=gate if use_gate else None,
+                           path=(*path, "conv"), bn=(*path, "bn"))
+
+  nodes, gate_list = [conv_bn("stem", (graph_lib.INPUT,), in_channels, arch.stem, 3, ("stem",))], []
+  x, c_in = ("stem",), arch.stem
+  for i, spec in enumerate(arch.blocks):
+    block, path = f"block{i + 1}", ("blocks", i)
+    names = {b: f"{block}/{b}" for b in BRANCHES}
+    if use_gate:
+      gate_list += [graph_lib.Gate(names[b], c, (*path, "gates", j, "log_alpha"))
+                    for j, (b, c) in enumerate(zip(BRANCHES, spec.outputs))]
+    layer = lambda conv, *args, gate=None: conv_bn(f"{block}/{conv}", *args, (*path, conv), gate)
+    nodes += [
+        layer("branch1", x, c_in, spec.out1, 1, gate=names["1x1"]),
+        layer("branch3_reduce", x, c_in, spec.red3, 1),
+        layer("branch3", (f"{block}/branch3_reduce",), spec.red3, spec.out3, 3,
+              gate=names["3x3"]),
+        layer("branch5_reduce", x, c_in, spec.red5, 1),
+        layer("branch5", (f"{block}/branch5_reduce",), spec.red5, spec.out5, 5,
+              gate=names["5x5"]),
+        graph_lib.Pool(f"{block}/pool", x),
+        layer("branch_pool", (f"{block}/pool",), c_in, spec.out_pool, 1, gate=names["pool"]),
+    ]
+    x = tuple(f"{block}/{conv}" for conv in ("branch1", "branch3", "branch5", "branch_pool"))
+    c_in = sum(spec.outputs)
+    if i in POOL_AFTER:
+      nodes.append(graph_lib.Pool(f"{block}/max_pool", x, stride=2))
+      x = (f"{block}/max_pool",)
+  nodes += [graph_lib.Pool("global_pool", x, kind="mean"),
+            graph_lib.Layer("head", ("global_pool",), c_in, num_classes, dense=True, relu=False,
+                            path=("head",))]
+  return graph_lib.Graph(image_hw, in_channels, tuple(nodes), tuple(gate_list))

@@ -1,0 +1,333 @@
+"""The channel graph: what the cost accounting, the penalties and the export know of a network.
+
+A network states its graph once (`model.GoogleNet.channel_graph` is one);
+everything that counts, penalises or compacts channels reads the graph and
+nothing else of the architecture. A graph is a tuple of nodes in the order
+the network computes them; the last one gives the logits. Each node names the
+nodes it reads in `inputs`; several names are concatenated on channels, in
+that order. `INPUT` is the image.
+
+- `Layer`: a conv (`kernel` x `kernel`, `stride`, `padding`) or, with
+  `dense=True`, a dense layer on a [batch, channels] input; then optional
+  BatchNorm (eval mode) and ReLU. `path` says where the module holds the
+  `nnx.Conv` / `nnx.Linear` (attribute names and list indices), `bn` its
+  `nnx.BatchNorm`, if any. `gate` names the `Gate` that decides its output
+  channels, or None.
+- `Pool`: max-pool (`window`, `stride`, symmetric `padding`) or, with
+  `kind="mean"`, the global average pool that gives [batch, channels].
+- `Add`: the elementwise sum of its inputs (a residual add), then ReLU if `relu`.
+- `Pad`: an identity shortcut that changes shape (He et al.'s option A):
+  `x[:, ::stride, ::stride]` with `before` and `after` zero channels added.
+- `Gate`: the `gates.LogAlpha` variable at `path` in the module, `size`
+  channels. A gate multiplies its layer's outputs after BN and ReLU, before
+  anything reads them (`gates.gate_channels`), so it is a non-negative
+  per-channel scale that max/mean pools and ReLU commute with, and that the
+  export folds into the layers that read it.
+
+Channels tied by a residual add are not gated: an `Add`'s or a `Pad`'s inputs
+must carry no gate, so that a pruned channel never has to be pruned in two
+places at once; in a ResNet, gate the channels inside each residual block
+(the first conv's outputs). A layer whose outputs reach an `Add` or a `Pad`
+is always counted whole.
+
+An ungated layer that only gated layers read is counted as removed when all
+of their gates are closed (a GoogleNet's 1x1 reduce conv whose branch is
+closed): the export drops it too.
+
+Spatial sizes are derived from `input_hw` and each node's stride and padding,
+never stated. A graph that contradicts itself (a name read before it is
+produced, a channel count that disagrees, a gate that does not fit its
+layer) raises `GraphError` naming the node, when it is built; `check` holds a
+graph against the module's arrays. Example, a two-conv chain::
+
+    Graph(input_hw=32, in_channels=3, gates=(Gate("conv1", 16, ("gate", "log_alpha")),),
+          nodes=(Layer("conv1", (INPUT,), 3, 16, kernel=3, gate="conv1",
+                       path=("conv1", "conv"), bn=("conv1", "bn")),
+                 Pool("pool", ("conv1",), window=2, stride=2, padding=0),
+                 Layer("conv2", ("pool",), 16, 32, kernel=3, path=("conv2",)),
+                 Pool("avg", ("conv2",), kind="mean"),
+                 Layer("head", ("avg",), 32, 10, dense=True, relu=False, path=("head",))))
+"""
+
+import dataclasses
+import functools
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from l0jax import gates
+from l0jax.errors import UserError
+
+INPUT = "input"  # the name that reads the network's input images
+Path = tuple[str | int, ...]
+
+
+class GraphError(UserError):
+  """A channel graph that contradicts itself or the module it describes; names the node."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """A conv, or a dense layer; its BN and ReLU; and the gate on its output channels."""
+
+  name: str
+  inputs: tuple[str, ...]
+  c_in: int
+  c_out: int
+  kernel: int = 1
+  stride: int = 1
+  padding: str | int = "SAME"  # as `nnx.Conv` takes it: "SAME", or the same pad on every side
+  dense: bool = False
+  gate: str | None = None
+  relu: bool = True
+  path: Path = ()
+  bn: Path | None = None
+  bias: bool = True
+
+  @property
+  def per_output(self) -> int:
+    """Parameters besides the weights per output channel: the bias, BN's scale and shift."""
+    return int(self.bias) + (2 if self.bn is not None else 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+  """A max-pool, or (kind="mean") the global average pool that ends a conv stack."""
+
+  name: str
+  inputs: tuple[str, ...]
+  kind: str = "max"
+  window: int = 3
+  stride: int = 1
+  padding: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Add:
+  """A residual add of ungated inputs with the same shape, then ReLU if `relu`."""
+
+  name: str
+  inputs: tuple[str, ...]
+  relu: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Pad:
+  """Option A's shortcut: every `stride`-th pixel, zero channels `before` and `after`."""
+
+  name: str
+  inputs: tuple[str, ...]
+  stride: int = 1
+  before: int = 0
+  after: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+  """A `gates.LogAlpha` of `size` channels, at `path` in the module."""
+
+  name: str
+  size: int
+  path: Path
+
+
+Node = Layer | Pool | Add | Pad
+
+
+class Segment(NamedTuple):
+  """A run of channels of a node's output: who made them and which gate scales them."""
+
+  producers: tuple[str, ...]  # layers (or INPUT); several when an Add summed them
+  gate: str | None
+  channels: int
+
+
+class _Shape(NamedTuple):
+  hw: int
+  segments: tuple[Segment, ...]
+
+  @property
+  def channels(self) -> int:
+    return sum(s.channels for s in self.segments)
+
+
+def _conv_hw(hw: int, kernel: int, stride: int, padding: str | int) -> int:
+  if padding == "SAME":
+    return -(-hw // stride)
+  return (hw + 2 * padding - kernel) // stride + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Graph:
+  """A network's channel structure; see the module docstring."""
+
+  input_hw: int
+  in_channels: int
+  nodes: tuple[Node, ...]
+  gates: tuple[Gate, ...] = ()
+
+  def __post_init__(self):
+    self._shapes  # pylint: disable=pointless-statement  # Validates now, not at first use.
+
+  @functools.cached_property
+  def _shapes(self) -> dict[str, _Shape]:
+    """Every node's output size and channel segments, checked as they are derived."""
+    if not self.nodes:
+      raise GraphError("the channel graph has no nodes")
+    gate_sizes = {g.name: g.size for g in self.gates}
+    if len(gate_sizes) != len(self.gates):
+      raise GraphError("the channel graph names a gate twice")
+    shapes = {INPUT: _Shape(self.input_hw, (Segment((INPUT,), None, self.in_channels),))}
+    gated = {}
+    for node in self.nodes:
+      if node.name in shapes:
+        raise GraphError(f"{node.name}: a second node of that name")
+      if not node.inputs:
+        raise GraphError(f"{node.name}: reads nothing")
+      for name in node.inputs:
+        if name not in shapes:
+          raise GraphError(f"{node.name}: reads {name!r}, which no earlier node produces")
+      read = [shapes[name] for name in node.inputs]
+      hw = read[0].hw
+      if any(r.hw != hw for r in read) and not isinstance(node, Add):
+        raise GraphError(f"{node.name}: concatenates inputs of different spatial sizes "
+                         f"{[r.hw for r in read]}")
+      segments = tuple(s for r in read for s in r.segments)
+      channels = sum(r.channels for r in read)
+      if isinstance(node, Layer):
+        if channels != node.c_in:
+          raise GraphError(f"{node.name}: reads {channels} channels from {list(node.inputs)}, "
+                           f"but states c_in={node.c_in}")
+        if node.dense and hw != 1:
+          raise GraphError(f"{node.name}: a dense layer reads {hw}x{hw} images; pool them first")
+        if node.gate is not None:
+          if node.gate not in gate_sizes:
+            raise GraphError(f"{node.name}: its gate {node.gate!r} is not one of the graph's")
+          if gate_sizes[node.gate] != node.c_out:
+            raise GraphError(f"{node.name}: its gate {node.gate!r} has "
+                             f"{gate_sizes[node.gate]} channels, the layer c_out={node.c_out}")
+          if node.gate in gated:
+            raise GraphError(f"{node.name}: its gate {node.gate!r} already gates "
+                             f"{gated[node.gate]}")
+          gated[node.gate] = node.name
+        hw = 1 if node.dense else _conv_hw(hw, node.kernel, node.stride, node.padding)
+        shapes[node.name] = _Shape(hw, (Segment((node.name,), node.gate, node.c_out),))
+        continue
+      if isinstance(node, (Add, Pad)):
+        for s in segments:
+          if s.gate is not None:
+            raise GraphError(f"{node.name}: reads channels gated by {s.gate!r}; channels tied "
+                             "by a residual add or shortcut must be ungated")
+      producers = tuple(dict.fromkeys(p for s in segments for p in s.producers))
+      if isinstance(node, Add):
+        if len({(r.hw, r.channels) for r in read}) != 1:
+          raise GraphError(f"{node.name}: adds inputs of different shapes "
+                           f"{[(r.hw, r.hw, r.channels) for r in read]}")
+        shapes[node.name] = _Shape(hw, (Segment(producers, None, read[0].channels),))
+      elif isinstance(node, Pad):
+        shapes[node.name] = _Shape(-(-hw // node.stride), (
+            Segment(producers, None, channels + node.before + node.after),))
+      elif node.kind == "mean":
+        shapes[node.name] = _Shape(1, segments)
+      elif node.kind == "max":
+        shapes[node.name] = _Shape(_conv_hw(hw, node.window, node.stride, node.padding),
+                                   segments)
+      else:
+        raise GraphError(f"{node.name}: unknown pool kind {node.kind!r}; 'max' or 'mean'")
+    if unused := set(gate_sizes) - set(gated):
+      raise GraphError(f"gate(s) {sorted(unused)} gate no layer of the graph")
+    return shapes
+
+  @property
+  def layers(self) -> tuple[Layer, ...]:
+    """The conv and dense layers, in network order: the rows of the cost report."""
+    return tuple(n for n in self.nodes if isinstance(n, Layer))
+
+  def out_hw(self, name: str) -> int:
+    """The spatial size of a node's output (1 for dense layers and the global pool)."""
+    return self._shapes[name].hw
+
+  def segments(self, name: str) -> tuple[Segment, ...]:
+    """What a node's output channels are made of, in order."""
+    return self._shapes[name].segments
+
+  def input_segments(self, node: Node) -> tuple[Segment, ...]:
+    """What a node reads: its inputs' segments, concatenated."""
+    return tuple(s for name in node.inputs for s in self._shapes[name].segments)
+
+  @functools.cached_property
+  def readers(self) -> dict[str, tuple[Layer, ...]]:
+    """The layers that read each layer's (or the input's) channels, through pools and adds."""
+    readers = {name: [] for name in (INPUT, *(l.name for l in self.layers))}
+    for layer in self.layers:
+      for s in self.input_segments(layer):
+        for p in s.producers:
+          if layer not in readers[p]:
+            readers[p].append(layer)
+    return {name: tuple(r) for name, r in readers.items()}
+
+  @functools.cached_property
+  def whole(self) -> frozenset[str]:
+    """Layers always counted whole: tied by an Add or Pad, or read by the output."""
+    whole = {p for s in self.segments(self.nodes[-1].name) for p in s.producers}
+    for node in self.nodes:
+      if isinstance(node, (Add, Pad)):
+        whole.update(p for s in self.input_segments(node) for p in s.producers)
+    return frozenset(whole)
+
+  def gated_layer(self, gate: str) -> Layer:
+    """The layer whose output channels `gate` decides."""
+    return next(l for l in self.layers if l.gate == gate)
+
+  def log_alphas(self, module: nnx.Module) -> dict[str, jax.Array]:
+    """Every gate's log_alpha in `module`, by gate name, in the graph's order."""
+    return {g.name: _at(module, g.path)[...] for g in self.gates}
+
+  def set_log_alphas(self, module: nnx.Module, log_alphas: Mapping[str, Any]) -> None:
+    """Replaces the log_alpha of each gate named in `log_alphas`, in place."""
+    for g in self.gates:
+      if g.name in log_alphas:
+        _at(module, g.path).set_value(jnp.asarray(log_alphas[g.name], jnp.float32))
+
+  def check(self, module: nnx.Module) -> None:
+    """Raises GraphError unless `module`'s arrays are where and what the graph says."""
+    for layer in self.layers:
+      try:
+        weights = _at(module, layer.path)
+        bn = None if layer.bn is None else _at(module, layer.bn)
+      except (AttributeError, IndexError, KeyError, TypeError) as e:
+        raise GraphError(f"{layer.name}: the module has nothing at its path ({e})") from e
+      want = ((layer.c_in, layer.c_out) if layer.dense
+              else (layer.kernel, layer.kernel, layer.c_in, layer.c_out))
+      kernel = getattr(weights, "kernel", None)
+      if kernel is None or tuple(kernel.shape) != want:
+        raise GraphError(f"{layer.name}: the module's kernel at {_show(layer.path)} has shape "
+                         f"{None if kernel is None else tuple(kernel.shape)}, the graph says "
+                         f"{want}")
+      if (getattr(weights, "bias", None) is not None) != layer.bias:
+        raise GraphError(f"{layer.name}: bias={layer.bias} in the graph, not in the module")
+      if bn is not None and tuple(bn.scale.shape) != (layer.c_out,):
+        raise GraphError(f"{layer.name}: its BatchNorm at {_show(layer.bn)} has "
+                         f"{bn.scale.shape[0]} channels, the layer c_out={layer.c_out}")
+    found = {path for path, v in nnx.iter_graph(module) if isinstance(v, gates.LogAlpha)}
+    for g in self.gates:
+      if g.path not in found:
+        raise GraphError(f"gate {g.name}: no gates.LogAlpha at {_show(g.path)} in the module")
+      if (shape := tuple(_at(module, g.path).shape)) != (g.size,):
+        raise GraphError(f"gate {g.name}: the module's log_alpha has shape {shape}, "
+                         f"the graph says ({g.size},)")
+    if extra := found - {g.path for g in self.gates}:
+      raise GraphError(f"the module has gates the graph does not list: "
+                       f"{', '.join(sorted(_show(p) for p in extra))}")
+
+
+def _show(path: Path) -> str:
+  return "/".join(map(str, path))
+
+
+def _at(module: Any, path: Sequence[str | int]) -> Any:
+  for key in path:
+    module = module[key] if isinstance(key, int) else getattr(module, key)
+  return module
