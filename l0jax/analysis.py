@@ -306,9 +306,15 @@ def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], which
         f"between 0 and 1, i.e. log_alpha in ({PRUNE_AT:.3f}, {OPEN_AT:.3f})).",
     ]
     if total["undecided"]:
-      lines += ["", f"{_percent(total['undecided'] / num_gates)} of the gates are undecided: "
-                "kept, but scaled. Many of them are a sign that training stopped before the gates "
-                "settled, or that the temperature keeps them from settling."]
+      share = _percent(total["undecided"] / num_gates)
+      settled = budget.settle_epoch(config)
+      if budget.target_of(config) and chosen["epoch"] >= settled:
+        why = (f"the budget fixed every gate from epoch {settled + 1} on (`fix_gates_after`), "
+               "so these keep the scale they had learnt, and the weights trained with it")
+      else:
+        why = ("many of them are a sign that training stopped before the gates settled, or "
+               "that the temperature keeps them from settling")
+      lines += ["", f"{share} of the gates are undecided: kept, but scaled; {why}."]
     lines += ["", "| gated layer | channels | pruned | undecided | open | log_alpha min | median "
               "| max |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, counts in layer_states.items():

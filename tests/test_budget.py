@@ -130,6 +130,8 @@ def test_its_analysis_plots_the_realised_cost_against_the_target(budget_run):
   assert "budget.png" in result["files"]
   summary = open(f"{budget_run}/analysis/{analysis.SUMMARY_FILE}").read()
   assert "pruned to a budget of 50.0% of the MACs" in summary
+  assert result["gates"]["undecided"] > 0  # so that the next line says something
+  assert "the budget fixed every gate from epoch" in summary
   metrics = json.loads(open(f"{budget_run}/{evaluation.TEST_METRICS_FILE}").read())
   realised = analysis.realised_costs(analysis.load_history(budget_run),
                                       tiny_config(**RUN), metrics["layers"])["macs"]
