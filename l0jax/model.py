@@ -187,32 +187,46 @@ def _bfloat16_spatial_conv(inputs: jax.Array, kernel: jax.Array, *args, **kwargs
   return bfloat16_conv(inputs, kernel)
 
 
-def conv_function(kernel_size: int, bfloat16_matmuls: bool):
-  """What `nnx.Conv` calls for one of this network's convolutions."""
+def conv_function(kernel_size: int, bfloat16_matmuls: bool, stride: int = 1):
+  """What `nnx.Conv` calls for one convolution (odd kernel, padded to keep the size; NHWC).
+
+  A strided one is XLA's own, in float32: the faster paths here are written
+  for stride 1, and a network has few strided convolutions (the ResNet two).
+  """
+  if stride != 1:
+    return jax.lax.conv_general_dilated
   if bfloat16_matmuls:
     return _bfloat16_pointwise_conv if kernel_size == 1 else _bfloat16_spatial_conv
   return pointwise_conv if kernel_size == 1 else jax.lax.conv_general_dilated
 
 
 class ConvBN(nnx.Module):
-  """conv (with bias) + BatchNorm + ReLU, initialised as the UvA tutorial does.
+  """conv + BatchNorm + ReLU, initialised as the UvA tutorial does.
 
-  With `bfloat16_matmuls` the convolution multiplies in bfloat16 and sums in
-  float32, forward and backward; everything else computes in `dtype`.
+  The GoogleNet's convs have a bias; a ResNet's do not (`use_bias=False`: BN
+  follows) and its block's second conv adds the shortcut before the ReLU
+  (`relu=False`). Padded by kernel // 2 on each side, as PyTorch's CIFAR
+  ResNets are: a strided conv's output j is centred on input `stride * j`,
+  the pixel the ResNet's shortcut keeps. With `bfloat16_matmuls` a stride-1
+  convolution multiplies in bfloat16 and sums in float32, forward and
+  backward; everything else computes in `dtype`.
   """
 
-  def __init__(self, c_in: int, c_out: int, kernel: int, *, dtype, bfloat16_matmuls: bool,
+  def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1,
+               use_bias: bool = True, relu: bool = True, dtype, bfloat16_matmuls: bool,
                rngs: nnx.Rngs):
     self.conv = nnx.Conv(
-        c_in, c_out, (kernel, kernel), padding="SAME", dtype=dtype,
-        kernel_init=nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
-        conv_general_dilated=conv_function(kernel, bfloat16_matmuls),
+        c_in, c_out, (kernel, kernel), strides=stride, padding=kernel // 2, use_bias=use_bias,
+        dtype=dtype, kernel_init=nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
+        conv_general_dilated=conv_function(kernel, bfloat16_matmuls, stride),
         rngs=rngs)
     # PyTorch's BN momentum 0.1 is Flax's 0.9.
     self.bn = nnx.BatchNorm(c_out, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.relu = relu
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    return nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+    y = self.bn(self.conv(x), use_running_average=not train)
+    return nnx.relu(y) if self.relu else y
 
 
 class InceptionBlock(nnx.Module):

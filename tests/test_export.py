@@ -21,14 +21,12 @@ WIDTH, HW, CLASSES = 0.25, 12, 10  # 12 -> 6 -> 3 after the pools
 PRUNED, PARTIAL, OPEN = -6.0, 0.0, 6.0
 
 
-def gated_net(*, closed_branch=(2, 2), closed_block=4, use_gate=True, seed=0) -> model.GoogleNet:
-  """Random weights, BN statistics and gates: a mix of pruned, partly and fully open channels.
+def randomize(net: nnx.Module, log_alpha, seed: int = 0) -> nnx.Module:
+  """`net` (abstract, from nnx.eval_shape) with random weights and BN statistics, and the gates
+  `log_alpha(path, shape, rng)` gives.
 
-  `closed_branch` (block, branch) and `closed_block` (0-based) close entirely.
   Built from NumPy values, which spares the compiles of eager initialisation.
   """
-  net = nnx.eval_shape(lambda: model.GoogleNet(CLASSES, 3, use_gate=use_gate,
-                                               width_multiplier=WIDTH, rngs=nnx.Rngs(0)))
   rng = np.random.default_rng(seed)
 
   def value(path, shape):
@@ -39,16 +37,28 @@ def gated_net(*, closed_branch=(2, 2), closed_block=4, use_gate=True, seed=0) ->
       return rng.uniform(0.3, 2.0, shape)
     if name == "scale":
       return rng.uniform(0.5, 1.5, shape)
-    if name == "log_alpha":  # path: blocks, i, gates, j, log_alpha
-      if path[1] == closed_block or (path[1], path[3]) == closed_branch:
-        return np.full(shape, PRUNED)
-      return rng.choice([PRUNED, PARTIAL, OPEN], shape) + rng.uniform(-1.5, 1.5, shape)
+    if name == "log_alpha":
+      return log_alpha(path, shape, rng)
     return rng.normal(0.0, 0.2, shape)  # conv and head biases, BN means and shifts
 
   for path, variable in nnx.iter_graph(net):
     if isinstance(variable, nnx.Variable):
       variable.set_value(jnp.asarray(value(path, variable.shape), jnp.float32))
   return net
+
+
+def gated_net(*, closed_branch=(2, 2), closed_block=4, use_gate=True, seed=0) -> model.GoogleNet:
+  """Random weights, BN statistics and gates: a mix of pruned, partly and fully open channels.
+
+  `closed_branch` (block, branch) and `closed_block` (0-based) close entirely.
+  """
+  def log_alpha(path, shape, rng):  # path: blocks, i, gates, j, log_alpha
+    if path[1] == closed_block or (path[1], path[3]) == closed_branch:
+      return np.full(shape, PRUNED)
+    return rng.choice([PRUNED, PARTIAL, OPEN], shape) + rng.uniform(-1.5, 1.5, shape)
+
+  return randomize(nnx.eval_shape(lambda: model.GoogleNet(
+      CLASSES, 3, use_gate=use_gate, width_multiplier=WIDTH, rngs=nnx.Rngs(0))), log_alpha, seed)
 
 
 gated_logits = nnx.jit(lambda net, x: net(x, train=False))

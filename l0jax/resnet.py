@@ -1,0 +1,130 @@
+"""The CIFAR ResNets of He, Zhang, Ren & Sun 2016, section 4.2 (SPEC section 8), optionally gated.
+
+Depth 6n + 2: a 3x3 stem of 16 channels, three stages of n basic blocks of
+16, 32 and 64 channels (the first block of stages 2 and 3 halves the map),
+global average pool, dense head. The shortcut is the paper's option A: the
+identity, and where a block changes the shape, its input subsampled by 2 and
+padded with zero channels after its own (no parameters).
+
+Gates sit on each block's inner channels, the first conv's outputs, which the
+block's second conv alone reads. A block's output channels are not gated:
+the residual adds tie each of them to the same channel of every block of its
+stage and of the stage's input, so that it could only go with all of those
+(the channel graph refuses gates on tied channels); the stages keep their
+widths. When all of a block's gates close, the block adds a constant (its
+second conv's BN of zero inputs) to its input, then the ReLU.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from l0jax import gates
+from l0jax import graph as graph_lib
+from l0jax import model
+
+STAGE_CHANNELS = (16, 32, 64)
+
+
+def blocks_per_stage(depth: int) -> int:
+  """n of depth = 6n + 2."""
+  return (depth - 2) // 6
+
+
+def shortcut(x: jax.Array, c_out: int, stride: int) -> jax.Array:
+  """Option A: `x` subsampled by `stride` (pixel stride * j), zero channels added up to c_out."""
+  x = x[:, ::stride, ::stride]
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, c_out - x.shape[-1])))
+
+
+class BasicBlock(nnx.Module):
+  """conv3x3 + BN + ReLU, its outputs optionally gated; conv3x3 + BN; + shortcut; ReLU."""
+
+  def __init__(self, c_in: int, c_out: int, stride: int, *, use_gate: bool, droprate_init: float,
+               dtype, bfloat16_matmuls: bool, rngs: nnx.Rngs):
+    conv = functools.partial(model.ConvBN, kernel=3, use_bias=False, dtype=dtype,
+                             bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
+    self.conv1 = conv(c_in, c_out, stride=stride)
+    self.conv2 = conv(c_out, c_out, relu=False)
+    self.gate = gates.L0Gate(c_out, droprate_init, rngs=rngs) if use_gate else None
+    self.stride = stride
+
+  def __call__(self, x: jax.Array, train: bool, gate_key: jax.Array | None) -> jax.Array:
+    y = self.conv1(x, train)
+    if self.gate is not None:
+      y = gates.gate_channels(y, self.gate.log_alpha[...], gate_key)
+    y = self.conv2(y, train)
+    return nnx.relu(y + shortcut(x, y.shape[-1], self.stride))
+
+
+class ResNet(nnx.Module):
+  """Stem, three stages of basic blocks, global average pool, dense head.
+
+  Called as `model.GoogleNet` is: `gate_key` draws training gates, none gives
+  the test-time ones; `dtype` and `bfloat16_matmuls` as there.
+  """
+
+  def __init__(self, num_classes: int, in_channels: int, *, depth: int = 20,
+               use_gate: bool = True, width_multiplier: float = 1.0,
+               droprate_init: float = 0.5, dtype=jnp.float32, bfloat16_matmuls: bool = False,
+               rngs: nnx.Rngs):
+    widths = [model.scale_channels(c, width_multiplier) for c in STAGE_CHANNELS]
+    self.in_channels, self.num_classes = in_channels, num_classes
+    self.stem = model.ConvBN(in_channels, widths[0], 3, use_bias=False, dtype=dtype,
+                             bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
+    block = functools.partial(BasicBlock, use_gate=use_gate, droprate_init=droprate_init,
+                              dtype=dtype, bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
+    n = blocks_per_stage(depth)
+    c_ins = [widths[0]] + widths[:-1]
+    self.stages = nnx.List([
+        nnx.List([block(c_in if b == 0 else c, c, 2 if s > 0 and b == 0 else 1)
+                  for b in range(n)])
+        for s, (c_in, c) in enumerate(zip(c_ins, widths))
+    ])
+    self.head = nnx.Linear(widths[-1], num_classes, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool, gate_key: jax.Array | None = None) -> jax.Array:
+    x = self.stem(x, train)
+    blocks = [block for stage in self.stages for block in stage]
+    keys = (jax.random.split(gate_key, len(blocks)) if gate_key is not None
+            else [None] * len(blocks))
+    for block, key in zip(blocks, keys):
+      x = block(x, train, key)
+    x = jnp.mean(x, axis=(1, 2))
+    return self.head(x).astype(jnp.float32)
+
+  def channel_graph(self, image_hw: int) -> graph_lib.Graph:
+    """The network's channel graph. A block is `stage{s}/block{b}` (1-based): its layers
+    `.../conv1` and `.../conv2`, its output `.../add`; its gate is named for the block."""
+    def conv_bn(name, inputs, conv_bn_module, path, gate=None):
+      conv = conv_bn_module.conv
+      return graph_lib.Layer(name, inputs, conv.in_features, conv.out_features, kernel=3,
+                             stride=conv.strides, padding=1, gate=gate, relu=conv_bn_module.relu,
+                             path=(*path, "conv"), bn=(*path, "bn"), bias=False)
+
+    nodes, gate_list = [conv_bn("stem", (graph_lib.INPUT,), self.stem, ("stem",))], []
+    x = "stem"
+    for s, stage in enumerate(self.stages):
+      for b, block in enumerate(stage):
+        name, path = f"stage{s + 1}/block{b + 1}", ("stages", s, b)
+        if block.gate is not None:
+          gate_list.append(graph_lib.Gate(name, block.gate.log_alpha.shape[0],
+                                          (*path, "gate", "log_alpha")))
+        nodes += [
+            conv_bn(f"{name}/conv1", (x,), block.conv1, (*path, "conv1"),
+                    gate=name if block.gate is not None else None),
+            conv_bn(f"{name}/conv2", (f"{name}/conv1",), block.conv2, (*path, "conv2")),
+        ]
+        shortcut = x
+        c_in, c_out = block.conv1.conv.in_features, block.conv2.conv.out_features
+        if block.stride != 1 or c_in != c_out:
+          shortcut = f"{name}/shortcut"
+          nodes.append(graph_lib.Pad(shortcut, (x,), stride=block.stride, after=c_out - c_in))
+        x = f"{name}/add"
+        nodes.append(graph_lib.Add(x, (f"{name}/conv2", shortcut)))
+    nodes += [graph_lib.Pool("global_pool", (x,), kind="mean"),
+              graph_lib.Layer("head", ("global_pool",), self.head.in_features, self.num_classes,
+                              dense=True, relu=False, path=("head",))]
+    return graph_lib.Graph(image_hw, self.in_channels, tuple(nodes), tuple(gate_list))
