@@ -16,7 +16,6 @@ Bad input ends with one line on stderr and exit status 2 (--debug shows the
 traceback instead).
 """
 
-import contextlib
 import sys
 
 from absl import app, flags
@@ -24,7 +23,6 @@ from ml_collections import config_flags
 
 from l0jax import cli
 from l0jax import config as config_lib
-from l0jax import locking
 from l0jax.errors import UserError
 
 MODES = ("train", "test", "export", "analyze")
@@ -51,14 +49,6 @@ flags.DEFINE_integer("process_id", None, "--multihost: this process's index, fro
 flags.DEFINE_bool("debug", False, "Show Python tracebacks for bad input too.")
 
 
-def workdir_lock(workdir: str) -> contextlib.AbstractContextManager:
-  """Training's hold on `workdir`, taken by process 0 alone: a run's processes share it."""
-  import jax  # pylint: disable=import-outside-toplevel
-  if jax.process_index() > 0:
-    return contextlib.nullcontext()
-  return locking.held(workdir, "--workdir")
-
-
 def check_multihost_flags() -> None:
   given = [f"--{name}" for name in ("coordinator_address", "num_processes", "process_id")
            if FLAGS[name].present]
@@ -75,10 +65,11 @@ def run(mode: str, workdir: str) -> None:
   if FLAGS.multihost:
     cli.join_processes(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if mode == "train":
-    from l0jax import checkpoints  # pylint: disable=import-outside-toplevel
+    from l0jax import workdirs  # pylint: disable=import-outside-toplevel
     given = config_flags.get_override_values(FLAGS["config"])
-    with workdir_lock(workdir):  # Before anything compiles: a second run is refused at once.
-      train.train_and_evaluate(checkpoints.with_source_fields(workdir, config, given), workdir)
+    # Before anything compiles: a second run is refused at once.
+    with workdirs.training_lock(workdir):
+      train.train_and_evaluate(workdirs.with_source_fields(workdir, config, given), workdir)
   elif mode == "test":
     evaluation.test(workdir, FLAGS.checkpoint)
   elif mode == "export":

@@ -1,15 +1,15 @@
 """What a run's gates did: figures and a short summary in WORKDIR/analysis/.
 
-`analyze(workdir)` reads only what training and testing left in the workdir:
-config.json, history.jsonl (with every gate's log_alpha per epoch) and
-test_metrics.json when it was tested at the same checkpoint (best or last);
-otherwise the cost report is made from that checkpoint. Figures are drawn on
+`analyze(workdir)` reads only what training and testing left in the workdir
+(through l0jax/workdirs.py): config.json, history.jsonl (with every gate's
+log_alpha per epoch) and test_metrics.json when it was tested at the same
+checkpoint (best or last); otherwise that checkpoint's costs are counted from
+the gates its epoch's record holds. No data is loaded and no network is
+built. Figures are drawn on
 matplotlib `Figure`s and rendered by Agg, never through pyplot, so no display
 is needed and no global state is touched.
 """
 
-import json
-import math
 import os
 from typing import Any, Sequence
 
@@ -18,11 +18,10 @@ from etils import epath
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from l0jax import accounting, budget, checkpoints, evaluation, gates, model, train
+from l0jax import accounting, budget, data, gates, model, workdirs
 from l0jax.gates import OPEN_AT, PRUNE_AT
 from l0jax.errors import UserError
 
-ANALYSIS_DIR = "analysis"
 SUMMARY_FILE = "summary.md"
 DPI = 110
 STATES = ("pruned", "undecided", "open")
@@ -33,25 +32,28 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> None:
   fig.savefig(path, dpi=DPI)
 
 
-def load_history(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-  """The run's per-epoch records: what training wrote, less damaged lines (resuming names them)."""
-  workdir = epath.Path(workdir)
-  history = [json.loads(line) for _, line in train.read_history(workdir)[0]]
-  if not history:
-    raise UserError(f"{workdir} has no {train.HISTORY_FILE} entries yet; train into it first")
-  return history
-
-
-def checkpoint_metrics(workdir: epath.Path, which: str) -> tuple[dict[str, Any], bool]:
-  """(test_metrics.json, True) if tested at the `which` checkpoint, else its costs and False."""
-  path = workdir / evaluation.TEST_METRICS_FILE
-  if path.exists():
-    metrics = json.loads(path.read_text())
-    if metrics.get("checkpoint", "best") == which:
-      return metrics, True
-  run, state, step = evaluation.restore(str(workdir), which)
+def checkpoint_metrics(workdir: epath.Path, which: str, config,
+                       history: Sequence[dict]) -> tuple[dict[str, Any], bool]:
+  """(test_metrics.json, True) if tested at the `which` checkpoint; else that checkpoint's costs,
+  counted from the gates its epoch's record holds, and False."""
+  metrics = workdirs.read_test_metrics(workdir)
+  if metrics is not None and metrics.get("checkpoint", "best") == which:
+    return metrics, True
+  _, step = workdirs.chosen_step(str(workdir), which)
+  record = _record_at(history, step, workdir, which)
+  log_alphas = {k: np.asarray(v, np.float32) for k, v in record.get("log_alpha", {}).items()}
+  image_shape, num_classes = data.image_shape_and_classes(config)
   return {"checkpoint_step": step,
-          **evaluation.cost_report(run, evaluation.gated_network(run, state))}, False
+          **accounting.report(log_alphas, config, image_shape, num_classes)}, False
+
+
+def _record_at(history: Sequence[dict], step: int, workdir: epath.Path, which: str) -> dict:
+  """The history record of the epoch that ended at `step`, the `which` checkpoint's."""
+  record = next((h for h in history if h["step"] == step), None)
+  if record is None:
+    raise UserError(f"{workdir / workdirs.HISTORY_FILE} has no epoch ending at the {which} "
+                    f"checkpoint's step {step}")
+  return record
 
 
 def gate_states(log_alpha: np.ndarray) -> dict[str, np.ndarray]:
@@ -332,14 +334,11 @@ def analyze(workdir: str, which: str = "best") -> dict[str, Any]:
   per gated layer), whether the run was tested, and the files written.
   """
   workdir = epath.Path(workdir)
-  config = checkpoints.load_config(str(workdir))
-  history = load_history(workdir)
-  metrics, tested = checkpoint_metrics(workdir, which)
-  chosen = next((h for h in history if h["step"] == metrics["checkpoint_step"]), None)
-  if chosen is None:
-    raise UserError(f"{workdir}/{train.HISTORY_FILE} has no epoch ending at the {which} "
-                    f"checkpoint's step {metrics['checkpoint_step']}")
-  out = workdir / ANALYSIS_DIR
+  config = workdirs.load_config(str(workdir))
+  history = workdirs.load_history(workdir)
+  metrics, tested = checkpoint_metrics(workdir, which, config, history)
+  chosen = _record_at(history, metrics["checkpoint_step"], workdir, which)
+  out = workdir / workdirs.ANALYSIS_DIR
   epoch = chosen["epoch"] + 1
   title = (f"{workdir.name}: {_percent(metrics['macs_kept_fraction'])} of the MACs and "
            f"{_percent(metrics['params_kept_fraction'])} of the parameters kept")
@@ -362,7 +361,7 @@ def analyze(workdir: str, which: str = "best") -> dict[str, Any]:
   figures["trajectories.png"] = trajectories_figure(history, epoch, which, _l0_title(config),
                                                     gate_fractions)
   total = {s: sum(c[s] for c in layer_states.values()) for s in STATES}
-  if checkpoints.is_primary_process():  # With --multihost, the others drew the same.
+  if workdirs.is_primary_process():  # With --multihost, the others drew the same.
     out.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
       save_figure(fig, out / name)

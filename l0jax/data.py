@@ -239,6 +239,7 @@ class _Format:
 
 @dataclasses.dataclass(frozen=True)
 class _Spec:
+  image_shape: tuple[int, int, int]  # (height, width, channels)
   num_classes: int
   tfds_name: str
   download_url: str  # what TFDS downloads from; probed before trying
@@ -252,7 +253,7 @@ class _Spec:
 _CIFAR10_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _SPECS = {
     "cifar10": _Spec(
-        num_classes=10, tfds_name="cifar10",
+        image_shape=(32, 32, 3), num_classes=10, tfds_name="cifar10",
         download_url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
         formats=(
             _Format("CIFAR-10 python", "cifar-10-batches-py", "cifar-10-python.tar.gz",
@@ -262,7 +263,7 @@ _SPECS = {
                     _cifar_split(_cifar_binary(1))),
         )),
     "cifar100": _Spec(
-        num_classes=100, tfds_name="cifar100",
+        image_shape=(32, 32, 3), num_classes=100, tfds_name="cifar100",
         download_url="https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
         formats=(
             _Format("CIFAR-100 python", "cifar-100-python", "cifar-100-python.tar.gz",
@@ -271,7 +272,7 @@ _SPECS = {
                     ("train.bin",), ("test.bin",), _cifar_split(_cifar_binary(2))),
         )),
     "fashion_mnist": _Spec(
-        num_classes=10, tfds_name="fashion_mnist",
+        image_shape=(28, 28, 1), num_classes=10, tfds_name="fashion_mnist",
         download_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         formats=(
             _Format("IDX files", None, None,
@@ -487,6 +488,17 @@ def _check_split(images: np.ndarray, labels: np.ndarray, num_classes: int, where
                     f"expected [0, {num_classes})")
 
 
+def image_shape_and_classes(config: ml_collections.ConfigDict
+                            ) -> tuple[tuple[int, int, int], int]:
+  """The (height, width, channels) of `config.dataset`'s images and its number of classes,
+  known without loading it."""
+  if config.dataset == "synthetic":
+    size = config.synthetic_image_size
+    return (size, size, 3), SYNTHETIC_NUM_CLASSES
+  spec = _SPECS[config.dataset]
+  return spec.image_shape, spec.num_classes
+
+
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   """Loads `config.dataset` and splits off the fixed validation set.
 
@@ -525,6 +537,9 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   if loaded is None:
     loaded = _load_tfds(name, spec, data_dir)
   train, test, source = loaded
+  if train[0].shape[1:] != spec.image_shape:
+    raise DataError(f"The training split of {source} has images of shape {train[0].shape[1:]}, "
+                    f"not {name}'s {spec.image_shape}.")
   return _make_dataset(name, train, test, spec.num_classes, config, source)
 
 

@@ -10,21 +10,18 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from l0jax import accounting, checkpoints, data, export as export_lib, train
-
-TEST_METRICS_FILE = "test_metrics.json"
-EXPORT_DIR = "export"
+from l0jax import accounting, data, export as export_lib, train, workdirs
 
 
 def restore(workdir: str, which: str = "best",
             **overrides) -> tuple[train.Run, train.TrainState, int]:
   """The run in `workdir` (its saved config, with `overrides`) at its `which` checkpoint."""
-  config = checkpoints.load_config(workdir)
+  config = workdirs.load_config(workdir)
   config.update(overrides)
-  mngr, step = checkpoints.chosen_step(workdir, which)
+  mngr, step = workdirs.chosen_step(workdir, which)
   run = train.setup(config)
   _, state = train.initial_state(run)
-  state = checkpoints.restore_step(mngr, step, state)
+  state = workdirs.restore_step(mngr, step, state)
   return run, state, step
 
 
@@ -46,8 +43,8 @@ def test(workdir: str, which: str = "best") -> dict:
   result = {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
             "checkpoint": which, "checkpoint_step": step, "dataset": ds.name,
             "use_gate": run.config.use_gate, "lambda_l0": run.config.lambda_l0, **costs}
-  if checkpoints.is_primary_process():
-    checkpoints.write_json_atomically(epath.Path(workdir) / TEST_METRICS_FILE, result)
+  if workdirs.is_primary_process():
+    workdirs.write_test_metrics(workdir, result)
     print(f"{workdir}: {ds.name} test accuracy {metrics['accuracy']:.4f} "
           f"({len(ds.test_images)} images, {which} checkpoint: step {step})")
     print(accounting.format_table(costs))
@@ -66,8 +63,8 @@ def export(workdir: str, which: str = "best") -> dict:
   images = np.asarray(jax.jit(lambda x: data.normalize(x, ds.mean, ds.std))(ds.test_images))
   result = export_lib.verify(net, params, images, ds.test_labels, run.config.eval_batch_size)
   result.update(checkpoint=which, checkpoint_step=step)
-  if checkpoints.is_primary_process():  # The others computed the same.
-    export_dir = epath.Path(workdir) / EXPORT_DIR
+  if workdirs.is_primary_process():  # The others computed the same.
+    export_dir = epath.Path(workdir) / workdirs.EXPORT_DIR
     export_lib.save(export_dir, params, ds.test_images[:8], ds.mean, ds.std,
                     {"dataset": ds.name, "source_workdir": str(epath.Path(workdir).resolve()),
                      "checkpoint_step": step}, result)

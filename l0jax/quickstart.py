@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 from absl import app, flags, logging
 
-from l0jax import analysis, cli, data, evaluation, locking, train
+from l0jax import analysis, cli, data, evaluation, train, workdirs
 from l0jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -81,15 +81,15 @@ def run(workdir: str, data_dir: str = "", overrides: dict[str, Any] | None = Non
                     "and t10k-labels-idx1-ubyte (raw or .gz)")
 
   start = time.monotonic()
-  workdirs = {name: os.path.join(workdir, name) for name in STAGES}
+  stage_dirs = {name: os.path.join(workdir, name) for name in STAGES}
   for name, (config_name, own) in STAGES.items():
-    own = {k: v.format(**workdirs) if isinstance(v, str) else v for k, v in own.items()}
+    own = {k: v.format(**stage_dirs) if isinstance(v, str) else v for k, v in own.items()}
     logging.info("quick start, %s: %s", name, command(
-        f"--config=configs/{config_name}.py", f"--workdir={workdirs[name]}", **common, **own))
-    with locking.held(workdirs[name], "--workdir"):  # as main.py trains: one process at a time
-      train.train_and_evaluate(recipe(config_name, {**common, **own}), workdirs[name])
-  pruned = workdirs["pruned"]
-  baseline = evaluation.test(workdirs["baseline"], CHECKPOINT)
+        f"--config=configs/{config_name}.py", f"--workdir={stage_dirs[name]}", **common, **own))
+    with workdirs.training_lock(stage_dirs[name]):  # as main.py trains: one process at a time
+      train.train_and_evaluate(recipe(config_name, {**common, **own}), stage_dirs[name])
+  pruned = stage_dirs["pruned"]
+  baseline = evaluation.test(stage_dirs["baseline"], CHECKPOINT)
   done = {}
   for mode, step in (("test", evaluation.test), ("export", evaluation.export),
                      ("analyze", analysis.analyze)):
@@ -101,7 +101,8 @@ def run(workdir: str, data_dir: str = "", overrides: dict[str, Any] | None = Non
         f"accuracy is {baseline['test_accuracy']:.2%}; pruned, {result['test_accuracy']:.2%} "
         f"with {result['macs_kept_fraction']:.1%} of its MACs and "
         f"{result['params_kept_fraction']:.1%} of its parameters. Figures in "
-        f"{os.path.join(pruned, 'analysis')}; TensorBoard: tensorboard --logdir {workdir}")
+        f"{os.path.join(pruned, workdirs.ANALYSIS_DIR)}; TensorBoard: tensorboard --logdir "
+        f"{workdir}")
   return result
 
 

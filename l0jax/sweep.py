@@ -68,7 +68,7 @@ from absl import app, flags, logging
 import numpy as np
 from matplotlib.figure import Figure
 
-from l0jax import analysis, cli, evaluation, locking, stats
+from l0jax import analysis, cli, locking, stats, workdirs
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -82,7 +82,6 @@ MASKS = ("l1_norm", "random")  # kinds that are one-shot masks (config.mask), sa
 SWEEP_KEYS = ("lambda_l0", "init_from", "seed", "mask",
               *(f"target_{kind}" for kind in config_lib.TARGET_KINDS))
 COST_NAMES = {"macs": "MACs", "params": "params"}
-LOG_FILE = "sweep.log"
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 RESULTS_FILE, TABLE_FILE, FRONT_FILE = "results.json", "results.md", "front.png"
 # Members are tested at their last checkpoint: the network their lambda made.
@@ -252,7 +251,7 @@ def realised_cost(member: Member, sweep_dir: pathlib.Path) -> Member:
   """A mask member with its budget set to what its `cost_of` member's test measured."""
   if not member.cost_of:
     return member
-  metrics = json.loads((sweep_dir / member.cost_of / evaluation.TEST_METRICS_FILE).read_text())
+  metrics = workdirs.read_test_metrics(sweep_dir / member.cost_of)
   cost = member.target[0]
   targets = {f"target_{kind}": repr(metrics[f"{cost}_kept_fraction"] if kind == cost else 0.0)
              for kind in config_lib.TARGET_KINDS}
@@ -261,8 +260,8 @@ def realised_cost(member: Member, sweep_dir: pathlib.Path) -> Member:
 
 def is_finished(workdir: pathlib.Path) -> bool:
   """Tested at TESTED_AT (a test of another checkpoint is done again)."""
-  path = workdir / evaluation.TEST_METRICS_FILE
-  return path.exists() and json.loads(path.read_text()).get("checkpoint") == TESTED_AT
+  metrics = workdirs.read_test_metrics(workdir)
+  return metrics is not None and metrics.get("checkpoint") == TESTED_AT
 
 
 # A line that says what went wrong: main.py's one-line refusal, or a traceback's exception line.
@@ -327,7 +326,7 @@ def run_member(member: Member, sweep_dir: pathlib.Path) -> bool:
     return False
   member = realised_cost(member, sweep_dir)
   workdir.mkdir(parents=True, exist_ok=True)
-  log_path = workdir / LOG_FILE
+  log_path = workdir / workdirs.SWEEP_LOG_FILE
   for what, command in zip(("training", "testing"), member.commands(sweep_dir)):
     logging.info("%s: %s (output in %s)", member.name, what, log_path)
     start = time.monotonic()
@@ -353,8 +352,8 @@ def collect(sweep_dir: pathlib.Path, members: Sequence[Member], command: str) ->
     if not is_finished(workdir):
       unfinished.append(member.name)
       continue
-    metrics = json.loads((workdir / evaluation.TEST_METRICS_FILE).read_text())
-    history = analysis.load_history(workdir)
+    metrics = workdirs.read_test_metrics(workdir)
+    history = workdirs.load_history(workdir)
     runs.append({
         "name": member.name, "kind": member.kind, "lambda_l0": member.lambda_l0,
         "seed": member.seed,

@@ -8,7 +8,6 @@ exactly as if it had never stopped.
 """
 
 import functools
-import json
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -23,12 +22,9 @@ from etils import epath
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from l0jax import accounting, budget as budget_lib, checkpoints, data, gates, masks, model, writers
+from l0jax import accounting, budget as budget_lib, data, gates, masks, model, workdirs, writers
 from l0jax import config as config_lib
 from l0jax.errors import UserError
-
-HISTORY_FILE = "history.jsonl"
-
 
 class TrainState(NamedTuple):
   step: jax.Array
@@ -387,47 +383,6 @@ def _replicate(tree, mesh):
   return jax.tree.map(lambda a: put(a, NamedSharding(mesh, P())), jax.device_get(tree))
 
 
-def read_history(workdir: epath.Path) -> tuple[list[tuple[int, str]], list[int]]:
-  """(epoch, line) for each intact line of history.jsonl, and the numbers of the damaged lines.
-
-  A last line without its newline was cut short by a crash; it is neither.
-  """
-  path = workdir / HISTORY_FILE
-  if not path.exists():
-    return [], []
-  text = path.read_text()
-  lines = text.splitlines()
-  if lines and not text.endswith("\n"):
-    lines.pop()
-  records, damaged = [], []
-  for number, line in enumerate(lines, 1):
-    try:
-      records.append((int(json.loads(line)["epoch"]), line))
-    except (ValueError, KeyError, TypeError):
-      damaged.append(number)
-  return records, damaged
-
-
-def _resumed_history(workdir: epath.Path, before_epoch: int) -> list[str]:
-  """The history lines a run resumed at `before_epoch` keeps; it trains and writes the rest again.
-
-  A damaged line is reported, and the file as it was is copied beside it, so
-  that no record of an epoch before `before_epoch` goes silently.
-  """
-  records, damaged = read_history(workdir)
-  kept = [line for epoch, line in records if epoch < before_epoch]
-  if damaged:
-    missing = sorted(set(range(before_epoch)) - {e for e, _ in records})
-    copy = workdir / f"{HISTORY_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-    (workdir / HISTORY_FILE).copy(copy)
-    logging.warning("%s: line(s) %s are damaged; %s; the file as it was is kept in %s.",
-                    workdir / HISTORY_FILE, ", ".join(map(str, damaged)),
-                    f"no record is left of epoch(s) {', '.join(str(e + 1) for e in missing)}"
-                    if missing else "every epoch before the checkpoint still has its record",
-                    copy)
-  return kept
-
-
 def steps_per_epoch(run: Run) -> int:
   steps = len(run.dataset.train_images) // run.config.batch_size
   if steps == 0:
@@ -512,9 +467,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   network, init_from, damaged checkpoints) is checked before the first write
   to `workdir`.
   """
-  checkpoints.check_same_network(workdir, config)
-  if config.init_from and not checkpoints.has_checkpoints(workdir):
-    checkpoints.init_source(config.init_from, config)  # Before the data and network are built.
+  workdirs.check_same_network(workdir, config)
+  if config.init_from and not workdirs.has_checkpoints(workdir):
+    workdirs.init_source(config.init_from, config)  # Before the data and network are built.
   run = setup(config)
   workdir = epath.Path(workdir)
   ds, network, mesh = run.dataset, run.network, run.mesh
@@ -523,12 +478,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_steps = epoch_steps * config.num_epochs
   schedule = learning_rate_schedule(config, epoch_steps)
 
-  restored = checkpoints.restore_latest(str(workdir), state)
+  restored = workdirs.restore_latest(str(workdir), state)
   if restored is not None:
     latest, state = restored
     logging.info("Resuming %s from step %d.", workdir, latest)
   elif config.init_from:
-    params, batch_stats = checkpoints.load_weights(config.init_from, config, state.params,
+    params, batch_stats = workdirs.load_weights(config.init_from, config, state.params,
                                                    state.batch_stats)
     state = state._replace(params=params, batch_stats=batch_stats)
     if config.mask:
@@ -538,9 +493,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  config.init_from, f"gates start at droprate_init={config.droprate_init:g}"
                  if config.train_gates else "its gates kept, fixed"
                  if config_lib.gates_from_init(config) else f"gates from the {config.mask} mask")
-  mngr = checkpoints.manager(str(workdir), keep=config.keep_checkpoints)
-  if checkpoints.is_primary_process():
-    checkpoints.save_config(str(workdir), config)
+  mngr = workdirs.manager(str(workdir), keep=config.keep_checkpoints)
+  if workdirs.is_primary_process():
+    workdirs.save_config(str(workdir), config)
 
   budget = run_budget(run)
   train_steps = make_train_steps(network, tx, config, ds, mesh, budget)
@@ -550,13 +505,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   labels = _replicate(ds.train_labels, mesh)
   val_set = put_eval_set(ds.val_images, ds.val_labels, eval_batch_size(config, len(ds.val_images)),
                          mesh)
-  writer = writers.MetricWriter(str(workdir), enabled=checkpoints.is_primary_process())
+  writer = writers.MetricWriter(str(workdir), enabled=workdirs.is_primary_process())
   step = int(state.step)
   progress = writers.Progress(num_steps, epoch_steps, step)
   start_epoch = step // epoch_steps
-  if checkpoints.is_primary_process():
-    history = _resumed_history(workdir, start_epoch)
-    checkpoints.write_text_atomically(workdir / HISTORY_FILE, "".join(l + "\n" for l in history))
+  if workdirs.is_primary_process():
+    workdirs.keep_history_before(workdir, start_epoch)
   if step == 0:
     writer.write_hparams({k: v for k, v in config.items() if not isinstance(v, (tuple, list))})
   logging.info("Training: %d epochs of %d steps of %d images, from step %d; compiling the "
@@ -625,10 +579,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  f"{costs['macs_kept_fraction']:.1%}, L0 term {record['train_l0']:.4g}")
     writer.write_scalars(step, scalars)
     writer.flush()  # TensorBoard shows each epoch as it ends.
-    if checkpoints.is_primary_process():
-      checkpoints.append_line(workdir / HISTORY_FILE, json.dumps(record))
-    mngr.save(step, args=ocp.args.StandardSave(checkpoints.on_disk(state)),
-              metrics={checkpoints.BEST_METRIC: val["accuracy"]})
+    if workdirs.is_primary_process():
+      workdirs.append_history(workdir, record)
+    mngr.save(step, args=ocp.args.StandardSave(workdirs.on_disk(state)),
+              metrics={workdirs.BEST_METRIC: val["accuracy"]})
     logging.info("epoch %d/%d: train accuracy %.4f, val accuracy %.4f (loss %.4f)%s (%.1f s)",
                  epoch + 1, config.num_epochs, record["train_accuracy"], val["accuracy"],
                  val["loss"], pruning, record["epoch_seconds"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from l0jax import analysis, checkpoints, evaluation, gates, locking, train
+from l0jax import analysis, data, evaluation, gates, locking, train, workdirs
 
 # Accounting layer names of the gated branch outputs.
 BRANCH_LAYERS = {"1x1": "branch1", "3x3": "branch3", "5x5": "branch5", "pool": "branch_pool"}
@@ -46,14 +46,14 @@ def test_thresholds_are_where_the_test_time_gate_reaches_0_and_1():
 
 def test_a_gated_run_gets_figures_and_a_summary_that_match_its_metrics(gated_run):
   result = analysis.analyze(gated_run)
-  out = os.path.join(gated_run, analysis.ANALYSIS_DIR)
+  out = os.path.join(gated_run, workdirs.ANALYSIS_DIR)
   assert sorted(result["files"]) == sorted(["log_alpha.png", "log_alpha_trajectories.png",
                                             "channels.png", "trajectories.png", "summary.md"])
   for name in result["files"]:
     assert os.path.getsize(os.path.join(out, name)) > 1000, name
 
-  metrics = read(gated_run, evaluation.TEST_METRICS_FILE)
-  best = next(h for h in analysis.load_history(gated_run)
+  metrics = read(gated_run, workdirs.TEST_METRICS_FILE)
+  best = next(h for h in workdirs.load_history(gated_run)
               if h["step"] == metrics["checkpoint_step"])
   log_alpha = np.concatenate([np.asarray(v, np.float32) for v in best["log_alpha"].values()])
   undecided = np.sum((log_alpha > analysis.PRUNE_AT) & (log_alpha < analysis.OPEN_AT))
@@ -74,16 +74,20 @@ def test_a_gated_run_gets_figures_and_a_summary_that_match_its_metrics(gated_run
   assert f"**{result['gates']['undecided']} undecided**" in summary
 
 
-def test_an_untested_run_gets_the_same_costs_from_its_best_checkpoint(gated_run, tmp_path):
-  metrics = read(gated_run, evaluation.TEST_METRICS_FILE)
+def test_an_untested_run_gets_the_same_costs_from_its_best_checkpoint(gated_run, tmp_path,
+                                                                     monkeypatch):
+  metrics = read(gated_run, workdirs.TEST_METRICS_FILE)
   workdir = shutil.copytree(gated_run, tmp_path / "untested",
-                            ignore=shutil.ignore_patterns(evaluation.TEST_METRICS_FILE,
-                                                           analysis.ANALYSIS_DIR))
+                            ignore=shutil.ignore_patterns(workdirs.TEST_METRICS_FILE,
+                                                           workdirs.ANALYSIS_DIR))
+  # Counted from its history's gates: neither the data nor the network is needed.
+  monkeypatch.setattr(data, "load_dataset", lambda config: pytest.fail("loaded the data"))
+  monkeypatch.setattr(train, "setup", lambda config: pytest.fail("built the run"))
   result = analysis.analyze(str(workdir))
   assert not result["tested"] and result["checkpoint_step"] == metrics["checkpoint_step"]
   pruned = metrics["gated_channels_full"] - metrics["gated_channels_kept"]
   assert result["gates"]["pruned"] == pruned
-  summary = (workdir / analysis.ANALYSIS_DIR / "summary.md").read_text()
+  summary = (workdir / workdirs.ANALYSIS_DIR / "summary.md").read_text()
   assert "not tested at its best checkpoint yet" in summary
   assert table_rows(summary)[:2] == [
       f"| parameters | {metrics['params_full']:,} | {metrics['params_kept']:,} | "
@@ -94,38 +98,38 @@ def test_an_untested_run_gets_the_same_costs_from_its_best_checkpoint(gated_run,
 
 def test_the_last_checkpoint_is_analysed_when_asked_for(gated_run, tmp_path):
   workdir = shutil.copytree(gated_run, tmp_path / "last")  # tested at its best checkpoint
-  last = analysis.load_history(workdir)[-1]
+  last = workdirs.load_history(workdir)[-1]
   result = analysis.analyze(str(workdir), "last")
   assert not result["tested"] and result["checkpoint_step"] == last["step"]
   pruned = np.sum(np.concatenate(list(last["log_alpha"].values())) <= analysis.PRUNE_AT)
   assert result["gates"]["pruned"] == pruned
-  summary = (workdir / analysis.ANALYSIS_DIR / "summary.md").read_text()
+  summary = (workdir / workdirs.ANALYSIS_DIR / "summary.md").read_text()
   assert f"Last checkpoint: epoch {last['epoch'] + 1} (step {last['step']})" in summary
 
 
 def test_a_run_without_gates_gets_its_trajectories_and_says_so(gated_run, tmp_path):
   # What an ungated run leaves (test_train checks it): no log_alpha in its history.
   workdir = shutil.copytree(gated_run, tmp_path / "ungated", ignore=shutil.ignore_patterns(
-      analysis.ANALYSIS_DIR))
-  for name in ("config.json", evaluation.TEST_METRICS_FILE):
+      workdirs.ANALYSIS_DIR))
+  for name in ("config.json", workdirs.TEST_METRICS_FILE):
     (workdir / name).write_text(json.dumps({**read(workdir, name), "use_gate": False}))
   history = [{k: v for k, v in h.items() if k != "log_alpha"}
-             for h in analysis.load_history(workdir)]
+             for h in workdirs.load_history(workdir)]
   (workdir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
   result = analysis.analyze(str(workdir))
   assert result["files"] == ["trajectories.png", "summary.md"]
   assert result["gates"] == {"pruned": 0, "undecided": 0, "open": 0}
-  summary = (workdir / analysis.ANALYSIS_DIR / "summary.md").read_text()
+  summary = (workdir / workdirs.ANALYSIS_DIR / "summary.md").read_text()
   assert "without gates" in summary and "No gates" in summary
 
 
 def test_reading_a_run_that_is_training_says_so(gated_run, caplog):
   """Test, export and analyze may read a workdir while it trains; they say which step they read."""
-  _, best = checkpoints.chosen_step(gated_run, "best")
-  last = checkpoints.manager(gated_run, read_only=True).latest_step()
+  _, best = workdirs.chosen_step(gated_run, "best")
+  last = workdirs.manager(gated_run, read_only=True).latest_step()
   assert not any("is being trained" in r.getMessage() for r in caplog.records)
   with locking.held(gated_run, "--workdir"):  # As the training process holds it.
-    checkpoints.chosen_step(gated_run, "best")
+    workdirs.chosen_step(gated_run, "best")
   message = next(r.getMessage() for r in caplog.records if "is being trained" in r.getMessage())
   assert f"by process {os.getpid()}: this reads its best checkpoint, step {best}" in message
   assert (f"(the newest is step {last})" in message) == (last > best)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from l0jax import accounting, analysis, budget, checkpoints, evaluation, gates, model, train
+from l0jax import accounting, analysis, budget, evaluation, gates, model, train, workdirs
 from l0jax.errors import UserError
 from test_resume import saved_arrays
 
@@ -95,7 +95,7 @@ def test_a_state_without_a_budget_saves_as_before():
   run = train.setup(tiny_config())
   _, state = train.initial_state(run)
   assert state.lagrangian is None
-  assert list(checkpoints.on_disk(state)) == ["step", "params", "batch_stats", "opt_state"]
+  assert list(workdirs.on_disk(state)) == ["step", "params", "batch_stats", "opt_state"]
 
 
 # Pruned from scratch (droprate_init 0.5) at a learning rate that lets the
@@ -114,9 +114,9 @@ def budget_run(tmp_path_factory) -> str:
 
 
 def test_a_tiny_run_lands_at_its_target(budget_run):
-  metrics = json.loads(open(f"{budget_run}/{evaluation.TEST_METRICS_FILE}").read())
+  metrics = json.loads(open(f"{budget_run}/{workdirs.TEST_METRICS_FILE}").read())
   assert abs(metrics["macs_kept_fraction"] - TARGET) <= TOLERANCE, metrics["macs_kept_fraction"]
-  history = analysis.load_history(budget_run)
+  history = workdirs.load_history(budget_run)
   for key in ("train_target", "train_cost", "train_l1", "train_l2"):
     assert all(np.isfinite(h[key]) for h in history), key
   assert history[-1]["train_target"] == pytest.approx(TARGET)
@@ -132,8 +132,8 @@ def test_its_analysis_plots_the_realised_cost_against_the_target(budget_run):
   assert "pruned to a budget of 50.0% of the MACs" in summary
   assert result["gates"]["undecided"] > 0  # so that the next line says something
   assert "the budget fixed every gate from epoch" in summary
-  metrics = json.loads(open(f"{budget_run}/{evaluation.TEST_METRICS_FILE}").read())
-  realised = analysis.realised_costs(analysis.load_history(budget_run),
+  metrics = json.loads(open(f"{budget_run}/{workdirs.TEST_METRICS_FILE}").read())
+  realised = analysis.realised_costs(workdirs.load_history(budget_run),
                                       tiny_config(**RUN), metrics["layers"])["macs"]
   assert realised[-1] == pytest.approx(metrics["macs_kept_fraction"])
 
@@ -143,9 +143,9 @@ def test_a_resumed_run_continues_bitwise_with_its_multipliers(budget_run, tmp_pa
   last = max(reference)
   assert any("lagrangian" in name for name in reference[last])
   workdir = shutil.copytree(budget_run, tmp_path / "run")
-  shutil.rmtree(workdir / checkpoints.CHECKPOINTS_DIR / str(last))  # as if killed before it
-  lines = (workdir / train.HISTORY_FILE).read_text().splitlines()
-  (workdir / train.HISTORY_FILE).write_text("\n".join(lines[:-1]) + "\n")
+  shutil.rmtree(workdir / workdirs.CHECKPOINTS_DIR / str(last))  # as if killed before it
+  lines = (workdir / workdirs.HISTORY_FILE).read_text().splitlines()
+  (workdir / workdirs.HISTORY_FILE).write_text("\n".join(lines[:-1]) + "\n")
   train.train_and_evaluate(tiny_config(**RUN), str(workdir))
   resumed = saved_arrays(str(workdir))[last]
   assert resumed.keys() == reference[last].keys()

@@ -21,7 +21,7 @@ import typing
 import pytest
 
 from conftest import REPO, TWO_DEVICES, CreatesAFile, run_main, tiny_config, tiny_flags
-from l0jax import checkpoints, locking, train
+from l0jax import locking, train, workdirs
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
 
@@ -68,7 +68,7 @@ def crafted_cifar_folder(folder) -> str:
 def saved_run(workdir, **overrides) -> str:
   """A workdir as training leaves it (config, history, a checkpoint folder), for a tiny network."""
   workdir.mkdir()
-  checkpoints.save_config(str(workdir), tiny_config(**overrides))
+  workdirs.save_config(str(workdir), tiny_config(**overrides))
   (workdir / "history.jsonl").write_text(json.dumps({"epoch": 0, "step": 14}) + "\n")
   (workdir / "checkpoints" / "14").mkdir(parents=True)
   (workdir / "checkpoints" / "14" / "commit_success.txt").write_text("ok")
@@ -330,7 +330,7 @@ def test_a_history_line_is_appended_whole_or_not_at_all(tmp_path, monkeypatch):
 
   monkeypatch.setattr(os, "write", short_then_full)
   with pytest.raises(OSError, match="No space left") as e:
-    checkpoints.append_line(path, '{"epoch": 1}')
+    workdirs.append_line(path, '{"epoch": 1}')
   assert e.value.filename == str(path)
   assert path.read_text() == '{"epoch": 0}\n'
 
@@ -342,8 +342,8 @@ def test_a_full_disk_stops_the_run_in_one_line_keeping_what_was_complete(tmp_pat
   """
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(tiny_config(num_epochs=1), workdir)
-  kept = tree_listing(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR))
-  history = open(os.path.join(workdir, train.HISTORY_FILE)).read()
+  kept = tree_listing(os.path.join(workdir, workdirs.CHECKPOINTS_DIR))
+  history = open(os.path.join(workdir, workdirs.HISTORY_FILE)).read()
 
   # Epoch 1's checkpoint does not fit: its files are larger than the limit, the others not.
   result = subprocess.run([sys.executable, "-c", SMALL_FILES_ONLY, "50000",
@@ -354,11 +354,11 @@ def test_a_full_disk_stops_the_run_in_one_line_keeping_what_was_complete(tmp_pat
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: --mode=train stopped") and "File too large" in last, last
   assert "run the same command again to resume" in last
-  after = tree_listing(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR))
+  after = tree_listing(os.path.join(workdir, workdirs.CHECKPOINTS_DIR))
   assert {k: v for k, v in after.items() if k in kept} == kept
-  assert checkpoints.load_config(workdir) == tiny_config()  # Whole, as the resume wrote it.
+  assert workdirs.load_config(workdir) == tiny_config()  # Whole, as the resume wrote it.
   assert not [name for name in os.listdir(workdir) if name.endswith(".tmp")]
-  epochs = [json.loads(l)["epoch"] for l in open(os.path.join(workdir, train.HISTORY_FILE))]
-  assert open(os.path.join(workdir, train.HISTORY_FILE)).read().startswith(history)
+  epochs = [json.loads(l)["epoch"] for l in open(os.path.join(workdir, workdirs.HISTORY_FILE))]
+  assert open(os.path.join(workdir, workdirs.HISTORY_FILE)).read().startswith(history)
   assert epochs in ([0], [0, 1])  # Epoch 1's line, if written, is whole; a resume rewrites it.
-  assert checkpoints.manager(workdir, read_only=True).all_steps() == [14]  # Where it resumes.
+  assert workdirs.manager(workdir, read_only=True).all_steps() == [14]  # Where it resumes.

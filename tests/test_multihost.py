@@ -15,7 +15,7 @@ import socket
 import pytest
 
 from conftest import TWO_DEVICES, tiny_flags
-from l0jax import evaluation, export
+from l0jax import export, workdirs
 from test_resume import Main, env, history, resumed_from, step_dirs  # pylint: disable=unused-import
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]  # 2 epochs of 14 steps
@@ -58,8 +58,8 @@ def test_two_processes_train_resume_test_and_export_as_one_with_two_devices(env,
   assert history(workdir) == history(reference)  # epochs 0 and 1, once each
   finish(together(env, "--mode=test", f"--workdir={workdir}"))
   finish(together(env, "--mode=export", f"--workdir={workdir}"))
-  tested = json.load(open(os.path.join(workdir, evaluation.TEST_METRICS_FILE)))
-  exported = json.load(open(os.path.join(workdir, evaluation.EXPORT_DIR, export.METRICS_FILE)))
+  tested = json.load(open(os.path.join(workdir, workdirs.TEST_METRICS_FILE)))
+  exported = json.load(open(os.path.join(workdir, workdirs.EXPORT_DIR, export.METRICS_FILE)))
   assert tested["checkpoint_step"] == exported["checkpoint_step"] == 28
   assert exported["test_accuracy_gated"] == pytest.approx(tested["test_accuracy"], abs=1e-6)
   assert not [n for n in os.listdir(workdir) if n.startswith(".")]  # no temporary folder

@@ -26,7 +26,7 @@ import pytest
 from etils import epath
 
 from conftest import REPO, TWO_DEVICES, tiny_flags
-from l0jax import checkpoints, train
+from l0jax import workdirs
 from test_errors import tree_listing
 
 NUM_EPOCHS = 3  # 14 steps each: checkpoints at steps 14, 28 and 42.
@@ -77,7 +77,7 @@ class Main:
 
 
 def checkpoint_names(workdir: str) -> list[str]:
-  folder = os.path.join(workdir, checkpoints.CHECKPOINTS_DIR)
+  folder = os.path.join(workdir, workdirs.CHECKPOINTS_DIR)
   return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
@@ -93,7 +93,7 @@ def resumed_from(log: str) -> int | None:
 
 def saved_arrays(workdir: str) -> dict[int, dict[str, np.ndarray]]:
   """Every kept checkpoint's arrays (parameters, gates, BN statistics, optimizer state) by path."""
-  mngr = checkpoints.manager(workdir, read_only=True)
+  mngr = workdirs.manager(workdir, read_only=True)
   return {step: {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in
                  jax.tree_util.tree_flatten_with_path(
                      mngr.restore(step, args=ocp.args.StandardRestore()))[0]}
@@ -181,7 +181,7 @@ def test_a_loss_that_turns_nan_stops_the_run_naming_the_step(background):
 
 def damage(workdir: str, step: int) -> str:
   """Truncates a checkpoint's largest file, as a copy cut short would; returns the step's folder."""
-  folder = os.path.join(workdir, checkpoints.CHECKPOINTS_DIR, str(step))
+  folder = os.path.join(workdir, workdirs.CHECKPOINTS_DIR, str(step))
   files = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
   largest = max(files, key=os.path.getsize)
   os.truncate(largest, os.path.getsize(largest) // 2)
@@ -196,7 +196,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_for_the_one_before(env, backgr
   assert returncode == 0, log[-3000:]
   assert f"Cannot restore the checkpoint {newest} (" in log
   assert resumed_from(log) == 14 * (NUM_EPOCHS - 1)
-  assert [n.split("-")[0] for n in os.listdir(os.path.join(workdir, checkpoints.CORRUPT_DIR))] == [
+  assert [n.split("-")[0] for n in os.listdir(os.path.join(workdir, workdirs.CORRUPT_DIR))] == [
       str(14 * NUM_EPOCHS)]
   assert_same_run(workdir, reference_run(background))
 
@@ -237,5 +237,5 @@ def test_history_lines_cut_short_or_damaged(tmp_path):
   records = [json.dumps({"epoch": e, "step": 14 * (e + 1)}) for e in range(3)]
   path = tmp_path / "history.jsonl"
   path.write_text(records[0] + "\n{\"epo\n" + records[2] + "\n" + records[2][:10])
-  kept, damaged = train.read_history(epath.Path(tmp_path))
+  kept, damaged = workdirs.read_history(epath.Path(tmp_path))
   assert kept == [(0, records[0]), (2, records[2])] and damaged == [2]  # the cut last line is not

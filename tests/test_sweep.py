@@ -19,7 +19,7 @@ import time
 import pytest
 
 from conftest import REPO, TWO_DEVICES, tiny_flags
-from l0jax import evaluation, sweep
+from l0jax import sweep, workdirs
 from l0jax.errors import UserError
 
 
@@ -95,7 +95,7 @@ def test_only_a_fine_tuned_run_can_be_retrained(tmp_path):
 
 
 def test_a_run_tested_at_its_best_checkpoint_is_tested_again(tmp_path):
-  metrics = tmp_path / evaluation.TEST_METRICS_FILE
+  metrics = tmp_path / workdirs.TEST_METRICS_FILE
   assert not sweep.is_finished(tmp_path)
   metrics.write_text(json.dumps({"checkpoint": "best", "test_accuracy": 0.9}))
   assert not sweep.is_finished(tmp_path)
@@ -120,7 +120,7 @@ def test_a_comparison_plans_controls_masks_and_seeds_each_from_its_own_seeds_run
   assert "init_from" not in by_name["scratch_macs0.5_seed0"].settings
   # A mask's budget is the cost its budget run realised, read once that run is tested.
   (tmp_path / "budget_macs0.5_seed1").mkdir()
-  (tmp_path / "budget_macs0.5_seed1" / evaluation.TEST_METRICS_FILE).write_text(
+  (tmp_path / "budget_macs0.5_seed1" / workdirs.TEST_METRICS_FILE).write_text(
       json.dumps({"macs_kept_fraction": 0.4871, "params_kept_fraction": 0.7}))
   train, _ = sweep.realised_cost(mask, tmp_path).commands(tmp_path)
   assert "--config.target_macs=0.4871" in train and "--config.target_params=0.0" in train
@@ -166,7 +166,7 @@ def run_sweep(sweep_dir, *args: str, env=None) -> subprocess.CompletedProcess:
 def mtimes(workdir) -> dict[str, int]:
   """Modification times of everything in a workdir but the sweep's log."""
   return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-          for d, _, files in os.walk(workdir) for f in files if f != sweep.LOG_FILE}
+          for d, _, files in os.walk(workdir) for f in files if f != workdirs.SWEEP_LOG_FILE}
 
 
 @pytest.fixture(scope="module")
@@ -213,10 +213,10 @@ def test_the_table_and_results_hold_each_runs_test_metrics(tiny_sweep, tmp_path)
   sweep_dir = shutil.copytree(sweep_dir, tmp_path / "sweep")
   tuned = shutil.copytree(sweep_dir / "baseline", sweep_dir / "finetune_lambda20",
                           dirs_exist_ok=True)  # it holds the failed attempt's log
-  metrics = json.loads((tuned / evaluation.TEST_METRICS_FILE).read_text())
+  metrics = json.loads((tuned / workdirs.TEST_METRICS_FILE).read_text())
   metrics.update(use_gate=True, lambda_l0=20.0, test_accuracy=metrics["test_accuracy"] - 0.00456,
                  params_kept_fraction=0.432149, macs_kept_fraction=0.387651)
-  (tuned / evaluation.TEST_METRICS_FILE).write_text(json.dumps(metrics))
+  (tuned / workdirs.TEST_METRICS_FILE).write_text(json.dumps(metrics))
   results = sweep.collect(sweep_dir, sweep.plan(sweep_dir, [], [20.0], sweep.parse_settings([])),
                           "python -m l0jax.sweep ...")
   sweep.write_results(sweep_dir, results)
@@ -227,7 +227,7 @@ def test_the_table_and_results_hold_each_runs_test_metrics(tiny_sweep, tmp_path)
   assert sorted(rows) == ["baseline", "finetune_lambda20"]
   for run in results["runs"]:
     workdir = sweep_dir / run["name"]
-    metrics = json.loads((workdir / evaluation.TEST_METRICS_FILE).read_text())
+    metrics = json.loads((workdir / workdirs.TEST_METRICS_FILE).read_text())
     history = [json.loads(l) for l in (workdir / "history.jsonl").read_text().splitlines()]
     for key in ("test_accuracy", "params_kept_fraction", "macs_kept_fraction", "macs_kept"):
       assert run[key] == metrics[key]

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, TWO_DEVICES, read_events, run_main, tiny_config, tiny_flags
-from l0jax import accounting, checkpoints, masks, model, train
+from l0jax import accounting, masks, model, train, workdirs
 from l0jax import config as config_lib
 
 
@@ -32,15 +32,15 @@ def test_a_continued_run_takes_the_data_and_network_of_its_source(tmp_path):
   base, older = tmp_path / "base", tmp_path / "older"
   base.mkdir()
   older.mkdir()
-  checkpoints.save_config(str(base), tiny_config(use_gate=False, width_multiplier=0.5))
+  workdirs.save_config(str(base), tiny_config(use_gate=False, width_multiplier=0.5))
   config = load_config_file("finetune")
   config.init_from = str(base)
-  tuned = checkpoints.with_source_fields(str(tmp_path / "tuned"), config, given={"init_from"})
+  tuned = workdirs.with_source_fields(str(tmp_path / "tuned"), config, given={"init_from"})
   assert (tuned.dataset, tuned.width_multiplier, tuned.synthetic_image_size) == (
       "synthetic", 0.5, 8)
   assert tuned.use_gate and tuned.lambda_l0 == config.lambda_l0  # the recipe's own
   # What the command line gives stays, for init_source to refuse if it does not fit.
-  wider = checkpoints.with_source_fields(str(tmp_path / "tuned"), config,
+  wider = workdirs.with_source_fields(str(tmp_path / "tuned"), config,
                                          given={"init_from", "width_multiplier"})
   assert wider.width_multiplier == 1.0 and wider.dataset == "synthetic"
   # Resuming keeps the run's own network and split; a config saved before val_split
@@ -48,7 +48,7 @@ def test_a_continued_run_takes_the_data_and_network_of_its_source(tmp_path):
   saved = tiny_config(width_multiplier=0.5).to_dict()
   del saved["val_split"]
   (older / "config.json").write_text(json.dumps(saved))
-  resumed = checkpoints.with_source_fields(str(older), load_config_file("gated"), given=())
+  resumed = workdirs.with_source_fields(str(older), load_config_file("gated"), given=())
   assert (resumed.val_split, resumed.width_multiplier, resumed.dataset) == (
       "seeded", 0.5, "synthetic")
 
@@ -242,7 +242,7 @@ def test_finetuning_starts_from_the_baselines_weights(finished_runs, tmp_path):
   base, _, _ = finished_runs
   config = tiny_config(init_from=base, droprate_init=0.05)
   network, params, batch_stats = train.create_network(config, (8, 8, 3), 10)
-  params, batch_stats = checkpoints.load_weights(base, config, params, batch_stats)
+  params, batch_stats = workdirs.load_weights(base, config, params, batch_stats)
   saved = saved_state(base, "best")
   np.testing.assert_array_equal(params["stem"]["conv"]["kernel"][...],
                                 saved["params"]["stem"]["conv"]["kernel"]["value"])
@@ -262,7 +262,7 @@ def test_the_last_checkpoint_is_tested_when_asked_for(finished_runs, tmp_path):
 
 
 def saved_state(workdir: str, which: str) -> dict:
-  mngr, step = checkpoints.chosen_step(workdir, which)
+  mngr, step = workdirs.chosen_step(workdir, which)
   return mngr.restore(step, args=ocp.args.StandardRestore())
 
 

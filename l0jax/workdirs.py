@@ -1,12 +1,29 @@
-"""Everything a workdir holds between runs: the resolved config and Orbax checkpoints.
+"""A workdir, the folder one run lives in: its layout, and the reading and writing of its files.
 
-Checkpoints are written by Orbax's CheckpointManager, which writes a step into
-a temporary directory and renames it only once it is complete, keeping the
-newest few plus the best by validation accuracy. A killed save therefore never
-looks like a checkpoint; a step damaged later (a truncated copy, a failing
-disk) is found when it is restored, and set aside for an older one.
+  config.json           the run's resolved config (`save_config`, `load_config`)
+  checkpoints/STEP/     Orbax checkpoints: the newest `keep_checkpoints`, and the best by
+                        validation accuracy (`manager`, `chosen_step`, `restore_latest`)
+  corrupt_checkpoints/  damaged steps, set aside when an older one is resumed
+  history.jsonl         one JSON record per epoch, with every gate's log_alpha
+                        (`append_history`, `load_history`, `keep_history_before`)
+  events.*              TensorBoard's event files (`writers.MetricWriter`)
+  test_metrics.json     what --mode=test measured (`write_test_metrics`, `read_test_metrics`)
+  export/               the compact network of --mode=export (`export.save` fills it)
+  analysis/             the figures and summary of --mode=analyze
+  sweep.log             a sweep member's console output
+  lock                  held while the run trains (`training_lock`)
+
+Files are written whole or not at all: a reader sees the old file or the new
+one, a history line is appended whole, and Orbax writes a step into a
+temporary directory that it renames only once it is complete, so a killed
+save never looks like a checkpoint. A step damaged later (a truncated copy, a
+failing disk) is found when it is restored, and set aside for an older one.
+With several processes (`--multihost`) every one computes the same values and
+the primary one writes the files; every process writes its part of a
+checkpoint, through Orbax.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -23,10 +40,16 @@ from l0jax import locking
 from l0jax.errors import UserError
 
 CONFIG_FILE = "config.json"
-BEST_METRIC = "val_accuracy"
 CHECKPOINTS_DIR = "checkpoints"
 # Where damaged steps are moved when an older good one is resumed instead.
 CORRUPT_DIR = "corrupt_checkpoints"
+HISTORY_FILE = "history.jsonl"
+TEST_METRICS_FILE = "test_metrics.json"
+EXPORT_DIR = "export"
+ANALYSIS_DIR = "analysis"
+SWEEP_LOG_FILE = "sweep.log"
+# The metric Orbax keeps the best checkpoint by; a checkpoint's metrics are saved beside it.
+BEST_METRIC = "val_accuracy"
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
@@ -114,6 +137,79 @@ def check_same_network(workdir: str, config: ml_collections.ConfigDict) -> None:
                     f"({'; '.join(differences)}); "
                     "it was left untouched. Train into another workdir, or resume with the "
                     f"saved settings in {epath.Path(workdir) / CONFIG_FILE}")
+
+
+def training_lock(workdir: str) -> contextlib.AbstractContextManager:
+  """Training's hold on `workdir` (its `lock` file), taken by process 0 alone: a run's processes
+  share it. A second training process is refused in one line naming the holder."""
+  if not is_primary_process():
+    return contextlib.nullcontext()
+  return locking.held(workdir, "--workdir")
+
+
+def read_history(workdir: str | os.PathLike) -> tuple[list[tuple[int, str]], list[int]]:
+  """(epoch, line) for each intact line of history.jsonl, and the numbers of the damaged lines.
+
+  A last line without its newline was cut short by a crash; it is neither.
+  """
+  path = epath.Path(workdir) / HISTORY_FILE
+  if not path.exists():
+    return [], []
+  text = path.read_text()
+  lines = text.splitlines()
+  if lines and not text.endswith("\n"):
+    lines.pop()
+  records, damaged = [], []
+  for number, line in enumerate(lines, 1):
+    try:
+      records.append((int(json.loads(line)["epoch"]), line))
+    except (ValueError, KeyError, TypeError):
+      damaged.append(number)
+  return records, damaged
+
+
+def load_history(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  """The run's per-epoch records: what training wrote, less damaged lines (resuming names them)."""
+  history = [json.loads(line) for _, line in read_history(workdir)[0]]
+  if not history:
+    raise UserError(f"{workdir} has no {HISTORY_FILE} entries yet; train into it first")
+  return history
+
+
+def keep_history_before(workdir: str | os.PathLike, epoch: int) -> None:
+  """Rewrites history.jsonl with the records of the epochs before `epoch` alone, for a run that
+  resumes there and writes the rest again.
+
+  A damaged line is reported, and the file as it was is copied beside it, so
+  that no record of an epoch before `epoch` goes silently.
+  """
+  workdir = epath.Path(workdir)
+  records, damaged = read_history(workdir)
+  kept = [line for e, line in records if e < epoch]
+  if damaged:
+    missing = sorted(set(range(epoch)) - {e for e, _ in records})
+    copy = workdir / f"{HISTORY_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    (workdir / HISTORY_FILE).copy(copy)
+    logging.warning("%s: line(s) %s are damaged; %s; the file as it was is kept in %s.",
+                    workdir / HISTORY_FILE, ", ".join(map(str, damaged)),
+                    f"no record is left of epoch(s) {', '.join(str(e + 1) for e in missing)}"
+                    if missing else "every epoch before the checkpoint still has its record",
+                    copy)
+  write_text_atomically(workdir / HISTORY_FILE, "".join(line + "\n" for line in kept))
+
+
+def append_history(workdir: str | os.PathLike, record: dict[str, Any]) -> None:
+  append_line(epath.Path(workdir) / HISTORY_FILE, json.dumps(record))
+
+
+def write_test_metrics(workdir: str | os.PathLike, metrics: dict[str, Any]) -> None:
+  write_json_atomically(epath.Path(workdir) / TEST_METRICS_FILE, metrics)
+
+
+def read_test_metrics(workdir: str | os.PathLike) -> dict[str, Any] | None:
+  """What --mode=test wrote, or None if the run was not tested."""
+  path = epath.Path(workdir) / TEST_METRICS_FILE
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.CheckpointManager:
