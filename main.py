@@ -60,7 +60,7 @@ def run(mode: str, workdir: str) -> None:
   check_multihost_flags()
   config = cli.checked_config(FLAGS.config, sys.argv) if mode == "train" else None
   # Imported here so that `--help` and bad flags or config values answer without loading JAX.
-  from l0jax import evaluation, train  # pylint: disable=import-outside-toplevel
+  from l0jax import checkpoint_modes, train  # pylint: disable=import-outside-toplevel
 
   if FLAGS.multihost:
     cli.join_processes(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -71,9 +71,9 @@ def run(mode: str, workdir: str) -> None:
     with workdirs.training_lock(workdir):
       train.train_and_evaluate(workdirs.with_source_fields(workdir, config, given), workdir)
   elif mode == "test":
-    evaluation.test(workdir, FLAGS.checkpoint)
+    checkpoint_modes.test(workdir, FLAGS.checkpoint)
   elif mode == "export":
-    evaluation.export(workdir, FLAGS.checkpoint)
+    checkpoint_modes.export(workdir, FLAGS.checkpoint)
   else:
     from l0jax import analysis  # pylint: disable=import-outside-toplevel
     analysis.analyze(workdir, FLAGS.checkpoint)

@@ -50,21 +50,22 @@ def main(argv):
   mesh = train.data_mesh()
   stage("data")
   network, params, batch_stats = train.create_network(config, dataset.train_images.shape[1:],
-                                                      dataset.num_classes)
+                                                      dataset.num_classes, dataset.mean,
+                                                      dataset.std)
   stage("create_network")
-  run = train.Run(config, dataset, network, params, batch_stats, mesh, None)
+  run = train.Run(config, dataset, network, params, batch_stats, mesh)
   tx, state = train.initial_state(run)
   replicated = NamedSharding(mesh, P())
-  images, labels = (train.put(a, replicated) for a in (dataset.train_images, dataset.train_labels))
+  images, labels = (data.put(a, replicated) for a in (dataset.train_images, dataset.train_labels))
   stage("optimizer state")
-  train_steps = train.make_train_steps(network, tx, config, dataset, mesh)
+  train_steps = train.make_train_steps(network, tx, config, mesh)
   indices = NamedSharding(mesh, P(None, "data"))
   rng = np.random.default_rng(0)
 
   def call():
     nonlocal state
     batch = rng.integers(0, len(dataset.train_images), (1, config.batch_size), dtype=np.int32)
-    state, metrics = train_steps(state, images, labels, train.put(batch, indices),
+    state, metrics = train_steps(state, images, labels, data.put(batch, indices),
                                  np.ones(1, bool))
     jax.device_get(metrics)
 

@@ -8,7 +8,7 @@ Synthetic uint8 images of CIFAR-10's shape sit on the devices as in a real
 run. A timed training call is one `train.make_train_steps` call of as many
 steps as a run's calls have (gather, on-device augmentation, forward, L0
 term, AdamW), followed by fetching its per-step metrics, as the training loop
-does; evaluation is one `train.make_evaluate` call. The baseline's and the
+does; evaluation is one `evaluator.Evaluator` call. The baseline's and the
 gated network's calls alternate, so that load from other processes hits both
 alike; on a CPU the gates' cost is also given in CPU time, which such load
 leaves alone. Compile time is the first call's time less a later call's. The
@@ -29,7 +29,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from l0jax import config as config_lib
-from l0jax import data, train
+from l0jax import data, evaluator, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["128"], "Training batch sizes to time.")
@@ -63,31 +63,31 @@ class Calls(NamedTuple):
 def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator) -> Calls:
   """The training and evaluation calls of one network, as `train.train_and_evaluate` makes them."""
   network, params, batch_stats = train.create_network(config, dataset.train_images.shape[1:],
-                                                      dataset.num_classes)
-  run = train.Run(config, dataset, network, params, batch_stats, mesh,
-                  train.make_evaluate(network, dataset))
+                                                      dataset.num_classes, dataset.mean,
+                                                      dataset.std)
+  run = train.Run(config, dataset, network, params, batch_stats, mesh)
   tx, state = train.initial_state(run)  # replicated over the mesh
   replicated = NamedSharding(mesh, P())
-  images = train.put(dataset.train_images, replicated)
-  labels = train.put(dataset.train_labels, replicated)
-  train_steps = train.make_train_steps(network, tx, config, dataset, mesh)
+  images = data.put(dataset.train_images, replicated)
+  labels = data.put(dataset.train_labels, replicated)
+  train_steps = train.make_train_steps(network, tx, config, mesh)
   eval_images = dataset.train_images[:FLAGS.eval_examples]
-  eval_set = train.put_eval_set(eval_images, dataset.train_labels[:FLAGS.eval_examples],
-                                train.eval_batch_size(config, len(eval_images)), mesh)
+  evaluate = evaluator.Evaluator(network, eval_images, dataset.train_labels[:FLAGS.eval_examples],
+                                 config.eval_batch_size, mesh)
   steps = train.steps_per_call(config, FLAGS.epoch_examples // config.batch_size)
-  valid = train.put(np.ones(steps, bool), replicated)
+  valid = data.put(np.ones(steps, bool), replicated)
 
   def train_call():
     nonlocal state
     indices = rng.integers(0, len(dataset.train_images), (steps, config.batch_size), dtype=np.int32)
     state, metrics = train_steps(state, images, labels,
-                                 train.put(indices, NamedSharding(mesh, P(None, "data"))),
+                                 data.put(indices, NamedSharding(mesh, P(None, "data"))),
                                  valid)
     if not np.all(np.isfinite(jax.device_get(metrics)["loss"])):
       raise FloatingPointError("the training loss is not finite")
 
   def evaluate_call():
-    jax.device_get(run.evaluate(state.params, state.batch_stats, *eval_set))
+    evaluate(state.params, state.batch_stats)
 
   return Calls(train_call, evaluate_call, steps * config.batch_size, len(eval_images))
 

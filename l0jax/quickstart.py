@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 from absl import app, flags, logging
 
-from l0jax import analysis, cli, data, evaluation, train, workdirs
+from l0jax import analysis, checkpoint_modes, cli, data, train, workdirs
 from l0jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -89,9 +89,9 @@ def run(workdir: str, data_dir: str = "", overrides: dict[str, Any] | None = Non
     with workdirs.training_lock(stage_dirs[name]):  # as main.py trains: one process at a time
       train.train_and_evaluate(recipe(config_name, {**common, **own}), stage_dirs[name])
   pruned = stage_dirs["pruned"]
-  baseline = evaluation.test(stage_dirs["baseline"], CHECKPOINT)
+  baseline = checkpoint_modes.test(stage_dirs["baseline"], CHECKPOINT)
   done = {}
-  for mode, step in (("test", evaluation.test), ("export", evaluation.export),
+  for mode, step in (("test", checkpoint_modes.test), ("export", checkpoint_modes.export),
                      ("analyze", analysis.analyze)):
     logging.info("quick start, %s: %s", mode, command(
         f"--mode={mode}", f"--checkpoint={CHECKPOINT}", f"--workdir={pruned}"))

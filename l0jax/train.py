@@ -22,7 +22,8 @@ from etils import epath
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from l0jax import accounting, budget as budget_lib, data, gates, masks, model, workdirs, writers
+from l0jax import accounting, budget as budget_lib, data, evaluator, gates, masks, model
+from l0jax import workdirs, writers
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -44,6 +45,9 @@ class Network(NamedTuple):
   image_shape: tuple[int, int, int]
   num_classes: int
   dtype: Any
+  # The training split's per-channel pixel mean and std, that every input is normalised by.
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
 
   @property
   def input_counts(self) -> dict[str, int]:
@@ -76,8 +80,11 @@ def run_once(fn: Callable, *args):
   return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 1})(*args)
 
 
-def create_network(config: ml_collections.ConfigDict, image_shape, num_classes: int):
+def create_network(config: ml_collections.ConfigDict, image_shape, num_classes: int,
+                   mean: np.ndarray, std: np.ndarray):
   """The network's static description and its initial (params, batch_stats).
+
+  `mean` and `std` are the per-channel statistics its inputs are normalised by.
 
   Initialisation runs as one compiled program (`run_once`): op by op it takes seconds.
   """
@@ -91,7 +98,9 @@ def create_network(config: ml_collections.ConfigDict, image_shape, num_classes: 
   params, batch_stats = run_once(lambda k: nnx.split(build(k), nnx.Param, nnx.BatchStat)[1:],
                                  init_key)
   arch = model.Architecture.at_width(config.width_multiplier)
-  return Network(graphdef, arch, tuple(image_shape), num_classes, dtype), params, batch_stats
+  network = Network(graphdef, arch, tuple(image_shape), num_classes, dtype,
+                    tuple(map(float, mean)), tuple(map(float, std)))
+  return network, params, batch_stats
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -158,7 +167,7 @@ def budget_metrics(budget: budget_lib.Budget, network: Network, net: model.Googl
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
                network: Network, tx: optax.GradientTransformation,
-               config: ml_collections.ConfigDict, mean, std,
+               config: ml_collections.ConfigDict,
                budget: budget_lib.Budget | None = None,
                settled: bool = False) -> tuple[TrainState, dict]:
   """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch.
@@ -170,7 +179,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   """
   aug_key, gate_key = jax.random.split(key)
   # Augmented in float32 and rounded to the compute dtype once.
-  images = data.augment(aug_key, data.normalize(images, mean, std)).astype(network.dtype)
+  images = data.normalize(images, network.mean, network.std)
+  images = data.augment(aug_key, images).astype(network.dtype)
   gates_fixed = settled or not config.train_gates
   if gates_fixed:
     gate_key = None  # The test-time gates.
@@ -208,7 +218,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   return TrainState(state.step + 1, params, batch_stats, opt_state, lagrangian), metrics
 
 
-def make_train_steps(network: Network, tx, config, dataset: data.Dataset, mesh,
+def make_train_steps(network: Network, tx, config, mesh,
                      budget: budget_lib.Budget | None = None, settled: bool = False) -> Callable:
   """A compiled `(state, images, labels, indices[n, B], valid[n]) -> (state, per-step metrics)`.
 
@@ -219,8 +229,7 @@ def make_train_steps(network: Network, tx, config, dataset: data.Dataset, mesh,
   the host. `steps_per_call` keeps them to at most one per call; their
   metrics are 0.
   """
-  step_fn = functools.partial(train_step, network=network, tx=tx, config=config,
-                              mean=dataset.mean, std=dataset.std, budget=budget,
+  step_fn = functools.partial(train_step, network=network, tx=tx, config=config, budget=budget,
                               settled=settled)
   train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   batch_sharding = NamedSharding(mesh, P("data"))
@@ -259,50 +268,6 @@ def steps_per_call(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
   return -(-epoch_steps // -(-epoch_steps // n))
 
 
-def make_evaluate(network: Network, dataset: data.Dataset) -> Callable:
-  """`(params, batch_stats, images[nb, B], labels, weights) -> metrics` with test-time gates.
-
-  One compiled call per batch, summed on the device: a loop over batches
-  inside the compiled program would run slowly on CPU (see `steps_per_call`).
-  """
-
-  @jax.jit
-  def batch_sums(params, batch_stats, images, labels, weights):
-    logits, _, _ = network.apply(params, batch_stats,
-                                 data.normalize(images, dataset.mean, dataset.std, network.dtype),
-                                 train=False)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return jnp.sum(weights * (logits.argmax(-1) == labels)), jnp.sum(weights * ce)
-
-  def evaluate(params, batch_stats, images, labels, weights):
-    correct = loss = 0.0
-    for i in range(images.shape[0]):
-      c, l = batch_sums(params, batch_stats, images[i], labels[i], weights[i])
-      correct, loss = correct + c, loss + l
-    count = jnp.sum(weights)
-    return {"accuracy": correct / count, "loss": loss / count}
-
-  return evaluate
-
-
-class EvalSet(NamedTuple):
-  images: jax.Array  # uint8 [num_batches, batch, H, W, C]
-  labels: jax.Array
-  weights: jax.Array  # 0 for the padding that fills the last batch
-
-
-def put_eval_set(images: np.ndarray, labels: np.ndarray, batch_size: int, mesh) -> EvalSet:
-  """An evaluation split on the devices, padded to whole batches sharded over 'data'."""
-  num_batches = -(-len(images) // batch_size)
-  pad = num_batches * batch_size - len(images)
-  weights = np.concatenate([np.ones(len(images), np.float32), np.zeros(pad, np.float32)])
-  images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-  labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-  sharding = NamedSharding(mesh, P(None, "data"))
-  batched = lambda a: put(a.reshape((num_batches, batch_size) + a.shape[1:]), sharding)
-  return EvalSet(batched(images), batched(labels), batched(weights))
-
-
 def epoch_order(seed: int, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
   """The training examples of one epoch, as [steps_per_epoch, batch_size] indices."""
   steps = num_examples // batch_size
@@ -315,13 +280,6 @@ def data_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
 
 
-def eval_batch_size(config: ml_collections.ConfigDict, num_examples: int) -> int:
-  """The configured eval batch, no larger than needed and a multiple of the device count."""
-  n = jax.device_count()
-  size = min(config.eval_batch_size, -(-num_examples // n) * n)
-  return -(-size // n) * n
-
-
 class Run(NamedTuple):
   """A workdir's network, data and compiled functions, shared by training and testing."""
 
@@ -331,7 +289,6 @@ class Run(NamedTuple):
   params: nnx.State
   batch_stats: nnx.State
   mesh: Any
-  evaluate: Callable
 
 
 def setup(config: ml_collections.ConfigDict) -> Run:
@@ -349,7 +306,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
                "x".join(map(str, dataset.train_images.shape[1:])), time.monotonic() - start)
   start = time.monotonic()
   network, params, batch_stats = create_network(config, dataset.train_images.shape[1:],
-                                                dataset.num_classes)
+                                                dataset.num_classes, dataset.mean, dataset.std)
   num_params, macs = accounting.totals(accounting.count(
       network.arch, None, image_hw=network.image_shape[0], in_channels=network.image_shape[-1],
       num_classes=network.num_classes))
@@ -358,29 +315,13 @@ def setup(config: ml_collections.ConfigDict) -> Run:
                "gated" if config.use_gate else "no gates", f"{num_params:,}", macs / 1e6,
                jnp.dtype(network.dtype).name, jax.device_count(), jax.default_backend(),
                time.monotonic() - start)
-  return Run(config, dataset, network, params, batch_stats, data_mesh(),
-             make_evaluate(network, dataset))
-
-
-def evaluate_split(run: Run, params, batch_stats, images, labels) -> dict[str, float]:
-  eval_set = put_eval_set(images, labels, eval_batch_size(run.config, len(images)), run.mesh)
-  return {k: float(v) for k, v in run.evaluate(params, batch_stats, *eval_set).items()}
-
-
-def put(host_array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
-  """An array that every process holds alike on the host, onto the devices of `sharding`.
-
-  Each process fills its own devices. jax.device_put would first compare the
-  value across processes, by a collective per array.
-  """
-  host_array = np.asarray(host_array)
-  return jax.make_array_from_callback(host_array.shape, sharding, lambda i: host_array[i])
+  return Run(config, dataset, network, params, batch_stats, data_mesh())
 
 
 def _replicate(tree, mesh):
   """`tree` whole on every device of `mesh`, through host memory: a device_put of arrays on one
   process's devices onto several processes' devices made broken arrays (jax 0.10.2)."""
-  return jax.tree.map(lambda a: put(a, NamedSharding(mesh, P())), jax.device_get(tree))
+  return jax.tree.map(lambda a: data.put(a, NamedSharding(mesh, P())), jax.device_get(tree))
 
 
 def steps_per_epoch(run: Run) -> int:
@@ -498,13 +439,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdirs.save_config(str(workdir), config)
 
   budget = run_budget(run)
-  train_steps = make_train_steps(network, tx, config, ds, mesh, budget)
+  train_steps = make_train_steps(network, tx, config, mesh, budget)
   if budget:
-    settled_steps = make_train_steps(network, tx, config, ds, mesh, budget, settled=True)
+    settled_steps = make_train_steps(network, tx, config, mesh, budget, settled=True)
   images = _replicate(ds.train_images, mesh)
   labels = _replicate(ds.train_labels, mesh)
-  val_set = put_eval_set(ds.val_images, ds.val_labels, eval_batch_size(config, len(ds.val_images)),
-                         mesh)
+  evaluate_val = evaluator.Evaluator(network, ds.val_images, ds.val_labels, config.eval_batch_size,
+                                     mesh)
   writer = writers.MetricWriter(str(workdir), enabled=workdirs.is_primary_process())
   step = int(state.step)
   progress = writers.Progress(num_steps, epoch_steps, step)
@@ -532,8 +473,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       num_valid = len(indices)
       indices = np.pad(indices, ((0, chunk - num_valid), (0, 0)))
       call_start = time.monotonic()
-      state, metrics = steps(state, images, labels, put(indices, batch_sharding),
-                             put(np.arange(chunk) < num_valid, replicated))
+      state, metrics = steps(state, images, labels, data.put(indices, batch_sharding),
+                             data.put(np.arange(chunk) < num_valid, replicated))
       metrics = {k: v[:num_valid] for k, v in jax.device_get(metrics).items()}
       if first_call:
         logging.info("Compiled and ran the first training call in %.1f s.",
@@ -562,7 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      f"{means['expected_macs_kept']:.1%}" if config.use_gate else "")
         window = []
       progress(step, num_valid * config.batch_size)
-    val = evaluate_split(run, state.params, state.batch_stats, ds.val_images, ds.val_labels)
+    val = evaluate_val(state.params, state.batch_stats)
     record = {"epoch": epoch, "step": step, "epoch_seconds": time.monotonic() - epoch_start,
               **{f"train_{k}": v for k, v in _means(epoch_metrics).items()},
               **{f"val_{k}": v for k, v in val.items()}}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from l0jax import analysis, data, evaluation, gates, locking, train, workdirs
+from l0jax import analysis, checkpoint_modes, data, gates, locking, train, workdirs
 
 # Accounting layer names of the gated branch outputs.
 BRANCH_LAYERS = {"1x1": "branch1", "3x3": "branch3", "5x5": "branch5", "pool": "branch_pool"}
@@ -24,7 +24,7 @@ def gated_run(tmp_path_factory) -> str:
   """
   workdir = str(tmp_path_factory.mktemp("gated"))
   train.train_and_evaluate(tiny_config(droprate_init=0.915), workdir)
-  evaluation.test(workdir)
+  checkpoint_modes.test(workdir)
   return workdir
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from l0jax import accounting, analysis, budget, evaluation, gates, model, train, workdirs
+from l0jax import accounting, analysis, budget, checkpoint_modes, gates, model, train, workdirs
 from l0jax.errors import UserError
 from test_resume import saved_arrays
 
@@ -109,7 +109,7 @@ RUN = dict(target_macs=TARGET, synthetic_num_train=2048, num_epochs=3, learning_
 def budget_run(tmp_path_factory) -> str:
   workdir = str(tmp_path_factory.mktemp("budget") / "run")
   train.train_and_evaluate(tiny_config(**RUN), workdir)
-  evaluation.test(workdir, "last")
+  checkpoint_modes.test(workdir, "last")
   return workdir
 
 

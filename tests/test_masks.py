@@ -19,7 +19,8 @@ def macs(kept):
 
 @pytest.fixture(scope="module")
 def params():
-  _, params, _ = train.create_network(tiny_config(width_multiplier=WIDTH), (8, 8, 3), 10)
+  _, params, _ = train.create_network(tiny_config(width_multiplier=WIDTH), (8, 8, 3), 10, [127.0],
+                                      [70.0])
   return params
 
 

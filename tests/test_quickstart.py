@@ -15,8 +15,8 @@ def test_quick_start_chains_the_recipes_and_modes(tmp_path, monkeypatch):
   monkeypatch.setattr(quickstart.train, "train_and_evaluate",
                       lambda config, workdir: calls.append(("train", workdir, config)))
   for mode in ("test", "export"):
-    monkeypatch.setattr(quickstart.evaluation, mode, lambda workdir, which, mode=mode: calls.append(
-        (mode, workdir, which)) or {"test_accuracy": 0.5, "macs_kept_fraction": 0.5,
+    monkeypatch.setattr(quickstart.checkpoint_modes, mode, lambda workdir, which, mode=mode: (
+        calls.append((mode, workdir, which))) or {"test_accuracy": 0.5, "macs_kept_fraction": 0.5,
                                     "params_kept_fraction": 0.5})
   monkeypatch.setattr(quickstart.analysis, "analyze",
                       lambda workdir, which: calls.append(("analyze", workdir, which)))

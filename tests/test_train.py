@@ -89,7 +89,7 @@ def test_schedule_steps_down_at_the_milestones():
 
 def test_weight_decay_spares_the_gates():
   config = tiny_config(learning_rate=0.1, weight_decay=0.5)
-  network, params, _ = train.create_network(config, (8, 8, 3), 10)
+  network, params, _ = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
   tx = train.create_optimizer(config, steps_per_epoch=1)
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
@@ -110,15 +110,14 @@ def test_epoch_order_is_a_seeded_permutation():
 @pytest.mark.parametrize("use_gate", [False, True])
 def test_train_step_lowers_the_loss_on_a_fixed_batch(use_gate):
   config = tiny_config(use_gate=use_gate, learning_rate=3e-3)
-  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10)
+  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
   tx = train.create_optimizer(config, steps_per_epoch=100)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (32, 8, 8, 3)), jnp.uint8)
   labels = jnp.asarray(rng.integers(0, 10, 32), jnp.int32)
   step = jax.jit(lambda s: train.train_step(s, images, labels, jax.random.key(0), network=network,
-                                            tx=tx, config=config, mean=np.float32(127.0),
-                                            std=np.float32(70.0)))
+                                            tx=tx, config=config))
   losses = []
   for _ in range(15):
     state, metrics = step(state)
@@ -130,13 +129,12 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(use_gate):
 
 def test_bfloat16_steps_compute_in_bfloat16_and_keep_float32_state_and_loss():
   config = tiny_config(compute_dtype="bfloat16")
-  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10)
+  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
   tx = train.create_optimizer(config, steps_per_epoch=100)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
   images = jnp.zeros((4, 8, 8, 3), jnp.uint8)
   step = lambda s: train.train_step(s, images, jnp.zeros(4, jnp.int32), jax.random.key(0),
-                                    network=network, tx=tx, config=config,
-                                    mean=np.float32(127.0), std=np.float32(70.0))
+                                    network=network, tx=tx, config=config)
   new_state, metrics = jax.eval_shape(step, state)
   float32 = jnp.dtype(jnp.float32)
   assert {x.dtype for x in jax.tree.leaves((new_state.params, new_state.batch_stats,
@@ -164,12 +162,11 @@ def test_run_once_gives_the_bits_of_the_default_compile():
 
 def test_bfloat16_matmuls_multiply_in_bfloat16_and_keep_float32_activations():
   config = tiny_config(compute_dtype="bfloat16_matmuls")
-  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10)
+  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
   tx = train.create_optimizer(config, steps_per_epoch=100)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
   step = lambda s: train.train_step(s, jnp.zeros((4, 8, 8, 3), jnp.uint8), jnp.zeros(4, jnp.int32),
-                                    jax.random.key(0), network=network, tx=tx, config=config,
-                                    mean=np.float32(127.0), std=np.float32(70.0))
+                                    jax.random.key(0), network=network, tx=tx, config=config)
   ops = list(_equations(jax.make_jaxpr(step)(state).jaxpr))
   convs = [e for e in ops if e.primitive.name == "conv_general_dilated"]
   dots = [e for e in ops if e.primitive.name == "dot_general"]
@@ -241,7 +238,7 @@ def history_line(workdir: str) -> dict:
 def test_finetuning_starts_from_the_baselines_weights(finished_runs, tmp_path):
   base, _, _ = finished_runs
   config = tiny_config(init_from=base, droprate_init=0.05)
-  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10)
+  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
   params, batch_stats = workdirs.load_weights(base, config, params, batch_stats)
   saved = saved_state(base, "best")
   np.testing.assert_array_equal(params["stem"]["conv"]["kernel"][...],
@@ -349,7 +346,7 @@ def test_one_step_per_call_and_a_scan_of_steps_agree():
   config = tiny_config()
   run = train.setup(config)
   tx, state = train.initial_state(run)
-  train_steps = train.make_train_steps(run.network, tx, config, run.dataset, run.mesh)
+  train_steps = train.make_train_steps(run.network, tx, config, run.mesh)
   images, labels = jnp.asarray(run.dataset.train_images), jnp.asarray(run.dataset.train_labels)
   first = train.epoch_order(0, 0, len(images), config.batch_size)[:1]
   copy = lambda s: jax.tree.map(jnp.copy, s)  # train_steps donates its state.

@@ -26,7 +26,7 @@ for variant in VARIANTS:
            width_multiplier=0.25, batch_size=64, steps_per_call=1, **variant)
   run = train.setup(c)
   tx, state = train.initial_state(run)
-  steps = train.make_train_steps(run.network, tx, c, run.dataset, run.mesh)
+  steps = train.make_train_steps(run.network, tx, c, run.mesh)
   images, labels = jnp.asarray(run.dataset.train_images), jnp.asarray(run.dataset.train_labels)
   indices = train.epoch_order(0, 0, len(images), c.batch_size)[:1]
   name = " ".join(f"{k}={v}" for k, v in variant.items() if k != "init_from")

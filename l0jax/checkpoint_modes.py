@@ -1,4 +1,5 @@
-"""What a finished run is worth: a checkpoint on the test split, and its compact export.
+"""--mode=test and --mode=export: what a trained run's checkpoint is worth on the test split,
+and its compact network.
 
 The checkpoint is the best by validation accuracy unless `which="last"`: a
 pruning run whose gates close late may validate best before they do.
@@ -10,7 +11,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from l0jax import accounting, data, export as export_lib, train, workdirs
+from l0jax import accounting, data, evaluator, export as export_lib, train, workdirs
 
 
 def restore(workdir: str, which: str = "best",
@@ -37,8 +38,9 @@ def test(workdir: str, which: str = "best") -> dict:
   """Evaluates a checkpoint on the test split; prints a summary, writes test_metrics.json."""
   run, state, step = restore(workdir, which)
   ds = run.dataset
-  metrics = train.evaluate_split(run, state.params, state.batch_stats, ds.test_images,
-                                 ds.test_labels)
+  metrics = evaluator.Evaluator(run.network, ds.test_images, ds.test_labels,
+                                run.config.eval_batch_size, run.mesh)(state.params,
+                                                                      state.batch_stats)
   costs = cost_report(run, gated_network(run, state))
   result = {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
             "checkpoint": which, "checkpoint_step": step, "dataset": ds.name,
