@@ -1,7 +1,7 @@
 """The same gated GoogleNet in PyTorch, for `benchmarks/versus_pytorch.py` only.
 
 Channel counts come from `l0jax.model.Architecture`, so the two networks
-cannot differ; the gates are the seed's hard-concrete gates drawn on the
+cannot differ; the gates are the PyTorch original's hard-concrete gates drawn on the
 device, one per example and channel of each block's output, as in l0jax.
 PyTorch is not a dependency of l0jax: only this benchmark imports it.
 """
@@ -69,5 +69,5 @@ class GoogleNet(nn.Module):
     return self.head(self.features(x).mean((2, 3)))
 
   def l0(self) -> torch.Tensor:
-    """The seed's penalty: the mean probability that a gate is open."""
+    """The PyTorch original's penalty: the mean probability that a gate is open."""
     return torch.cat([b.prob_open() for b in self.blocks]).mean()

@@ -1,4 +1,4 @@
-"""The seed's best recipe: gates added to a trained baseline, then fine-tuned.
+"""The PyTorch original's best recipe: gates added to a trained baseline, then fine-tuned.
 
 Set `--config.init_from=WORKDIR_OF_A_BASELINE_RUN`.
 """

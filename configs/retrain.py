@@ -13,7 +13,6 @@ def get_config():
   c = base.base_config()
   c.train_gates = False
   c.init_checkpoint = "last"
-  c.lambda_l0 = 0.0  # No gradient reaches the gates; no L0 term.
   c.num_epochs = 60
   c.lr_milestones = (30, 45)
   return c

@@ -128,7 +128,7 @@ def penalties(log_alphas: Mapping[str, jax.Array], arch: model.Architecture, *, 
               in_channels: int, num_classes: int) -> dict[str, jax.Array]:
   """Every kind of L0 term (PENALTIES), jnp-traceable, from one expected count of the network.
 
-  mean_gate: mean P(z != 0) over all gated channels (the seed's R, so its
+  mean_gate: mean P(z != 0) over all gated channels (the PyTorch original's R, so its
   lambdas transfer); params / macs: expected kept fraction of the full
   network's parameters / MACs. No gates, no penalty.
   """

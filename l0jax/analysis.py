@@ -32,26 +32,26 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> None:
   fig.savefig(path, dpi=DPI)
 
 
-def checkpoint_metrics(workdir: epath.Path, which: str, config,
+def checkpoint_metrics(workdir: epath.Path, checkpoint: str, config,
                        history: Sequence[dict]) -> tuple[dict[str, Any], bool]:
-  """(test_metrics.json, True) if tested at the `which` checkpoint; else that checkpoint's costs,
-  counted from the gates its epoch's record holds, and False."""
+  """(test_metrics.json, True) if tested at `checkpoint` (best or last); else that checkpoint's
+  costs, counted from the gates its epoch's record holds, and False."""
   metrics = workdirs.read_test_metrics(workdir)
-  if metrics is not None and metrics.get("checkpoint", "best") == which:
+  if metrics is not None and metrics.get("checkpoint", "best") == checkpoint:
     return metrics, True
-  _, step = workdirs.chosen_step(str(workdir), which)
-  record = _record_at(history, step, workdir, which)
+  _, step = workdirs.chosen_step(str(workdir), checkpoint)
+  record = _record_at(history, step, workdir, checkpoint)
   log_alphas = {k: np.asarray(v, np.float32) for k, v in record.get("log_alpha", {}).items()}
   image_shape, num_classes = data.image_shape_and_classes(config)
   return {"checkpoint_step": step,
           **accounting.report(log_alphas, config, image_shape, num_classes)}, False
 
 
-def _record_at(history: Sequence[dict], step: int, workdir: epath.Path, which: str) -> dict:
-  """The history record of the epoch that ended at `step`, the `which` checkpoint's."""
+def _record_at(history: Sequence[dict], step: int, workdir: epath.Path, checkpoint: str) -> dict:
+  """The history record of the epoch that ended at `step`, that of `checkpoint` (best or last)."""
   record = next((h for h in history if h["step"] == step), None)
   if record is None:
-    raise UserError(f"{workdir / workdirs.HISTORY_FILE} has no epoch ending at the {which} "
+    raise UserError(f"{workdir / workdirs.HISTORY_FILE} has no epoch ending at the {checkpoint} "
                     f"checkpoint's step {step}")
   return record
 
@@ -104,7 +104,8 @@ def log_alpha_figure(log_alphas: dict[str, np.ndarray], title: str) -> Figure:
   return fig
 
 
-def log_alpha_trajectory_figure(history: Sequence[dict], marked_epoch: int, which: str) -> Figure:
+def log_alpha_trajectory_figure(history: Sequence[dict], marked_epoch: int,
+                                checkpoint: str) -> Figure:
   """log_alpha of every gate over the epochs, one panel per block, one colour per branch."""
   epochs = _epochs(history)
   names = list(history[-1]["log_alpha"])
@@ -132,7 +133,7 @@ def log_alpha_trajectory_figure(history: Sequence[dict], marked_epoch: int, whic
   handles, labels = axes[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
              frameon=False)
-  fig.suptitle(f"log_alpha of every gate per epoch (thin grey line: {which} checkpoint)",
+  fig.suptitle(f"log_alpha of every gate per epoch (thin grey line: {checkpoint} checkpoint)",
                fontsize=10)
   return fig
 
@@ -155,8 +156,8 @@ def channels_figure(layers: Sequence[dict], title: str) -> Figure:
   return fig
 
 
-def trajectories_figure(history: Sequence[dict], marked_epoch: int, which: str, l0_title: str,
-                        gate_fractions: dict[str, np.ndarray] | None) -> Figure:
+def trajectories_figure(history: Sequence[dict], marked_epoch: int, checkpoint: str,
+                        l0_title: str, gate_fractions: dict[str, np.ndarray] | None) -> Figure:
   """Per epoch: accuracy and cross-entropy; with gates, the L0 term and what is kept too.
 
   Points are marked, so that a run of a single epoch still shows.
@@ -195,7 +196,7 @@ def trajectories_figure(history: Sequence[dict], marked_epoch: int, which: str, 
     a.grid(alpha=0.3)
     if a.get_legend_handles_labels()[0]:
       a.legend(fontsize=7)
-  fig.suptitle(f"training per epoch (thin grey line: {which} checkpoint)", fontsize=10)
+  fig.suptitle(f"training per epoch (thin grey line: {checkpoint} checkpoint)", fontsize=10)
   return fig
 
 
@@ -215,7 +216,7 @@ def realised_costs(history: Sequence[dict], config,
   return {kind: np.array([f[kind] for f in per_epoch]) for kind in ("params", "macs")}
 
 
-def budget_figure(history: Sequence[dict], marked_epoch: int, which: str, kind: str,
+def budget_figure(history: Sequence[dict], marked_epoch: int, checkpoint: str, kind: str,
                   target: float, realised: np.ndarray, settled_from: int) -> Figure:
   """Per epoch: the realised (test-time) cost against the target, and the multipliers."""
   epochs = _epochs(history)
@@ -247,7 +248,7 @@ def budget_figure(history: Sequence[dict], marked_epoch: int, which: str, kind: 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.suptitle(f"pruning to {100 * target:g}% of the {what} (thin grey line: {which} "
+  fig.suptitle(f"pruning to {100 * target:g}% of the {what} (thin grey line: {checkpoint} "
                "checkpoint)", fontsize=10)
   return fig
 
@@ -264,7 +265,7 @@ def _l0_title(config) -> str:
   return f"L0 term (times lambda_l0 = {config.lambda_l0:g} in the loss)"
 
 
-def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], which: str,
+def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], checkpoint: str,
                      chosen: dict,
                      metrics: dict, tested: bool, layer_states: dict[str, dict[str, int]],
                      total: dict[str, int], figures: Sequence[str]) -> str:
@@ -282,13 +283,14 @@ def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], which
   else:
     kind = f"retrained with the gates of `{config.init_from}` fixed"
   test = (f"test accuracy {100 * metrics['test_accuracy']:.2f}%" if tested else
-          f"not tested at its {which} checkpoint yet (`--mode=test`); the costs below are "
+          f"not tested at its {checkpoint} checkpoint yet (`--mode=test`); the costs below are "
           "that checkpoint's")
   lines = [
       f"# Analysis of `{workdir}`", "",
       f"{config.dataset}, GoogleNet at width {config.width_multiplier:g} {kind}: "
       f"{len(history)} of {config.num_epochs} epochs, {minutes:.1f} min of training.", "",
-      f"{which.capitalize()} checkpoint: epoch {chosen['epoch'] + 1} (step {chosen['step']}), "
+      f"{checkpoint.capitalize()} checkpoint: epoch {chosen['epoch'] + 1} "
+      f"(step {chosen['step']}), "
       f"validation accuracy {100 * chosen['val_accuracy']:.2f}%; {test}.", "",
       "| | full | kept | kept |", "|---|---:|---:|---:|",
       f"| parameters | {metrics['params_full']:,} | {metrics['params_kept']:,} | "
@@ -303,7 +305,7 @@ def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], which
     lines += [
         f"| gated channels | {num_gates:,} | {total['open'] + total['undecided']:,} | "
         f"{_percent((total['open'] + total['undecided']) / num_gates)} |", "",
-        f"Gates at the {which} checkpoint: {total['pruned']} pruned (test-time gate 0), "
+        f"Gates at the {checkpoint} checkpoint: {total['pruned']} pruned (test-time gate 0), "
         f"{total['open']} fully open (gate 1), **{total['undecided']} undecided** (gate strictly "
         f"between 0 and 1, i.e. log_alpha in ({PRUNE_AT:.3f}, {OPEN_AT:.3f})).",
     ]
@@ -327,17 +329,17 @@ def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], which
   return "\n".join(lines) + "\n"
 
 
-def analyze(workdir: str, which: str = "best") -> dict[str, Any]:
+def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
   """Writes the figures and summary.md of the run in `workdir` into WORKDIR/analysis/.
 
-  Returns the summary's numbers: the `which` checkpoint's gate counts (total and
+  Returns the summary's numbers: the gate counts at `checkpoint` (total and
   per gated layer), whether the run was tested, and the files written.
   """
   workdir = epath.Path(workdir)
   config = workdirs.load_config(str(workdir))
   history = workdirs.load_history(workdir)
-  metrics, tested = checkpoint_metrics(workdir, which, config, history)
-  chosen = _record_at(history, metrics["checkpoint_step"], workdir, which)
+  metrics, tested = checkpoint_metrics(workdir, checkpoint, config, history)
+  chosen = _record_at(history, metrics["checkpoint_step"], workdir, checkpoint)
   out = workdir / workdirs.ANALYSIS_DIR
   epoch = chosen["epoch"] + 1
   title = (f"{workdir.name}: {_percent(metrics['macs_kept_fraction'])} of the MACs and "
@@ -350,23 +352,24 @@ def analyze(workdir: str, which: str = "best") -> dict[str, Any]:
     every_epoch = np.array([np.concatenate(list(h["log_alpha"].values())) for h in history])
     gate_fractions = {s: m.mean(axis=1) for s, m in gate_states(every_epoch).items()}
     figures["log_alpha.png"] = log_alpha_figure(
-        log_alphas, f"log_alpha at the {which} checkpoint (epoch {epoch}); {title}")
-    figures["log_alpha_trajectories.png"] = log_alpha_trajectory_figure(history, epoch, which)
+        log_alphas, f"log_alpha at the {checkpoint} checkpoint (epoch {epoch}); {title}")
+    figures["log_alpha_trajectories.png"] = log_alpha_trajectory_figure(history, epoch,
+                                                                        checkpoint)
     figures["channels.png"] = channels_figure(metrics["layers"], title)
   target = budget.target_of(config)
   if target:
     realised = realised_costs(history, config, metrics["layers"])[target[0]]
-    figures["budget.png"] = budget_figure(history, epoch, which, *target, realised,
+    figures["budget.png"] = budget_figure(history, epoch, checkpoint, *target, realised,
                                           budget.settle_epoch(config))
-  figures["trajectories.png"] = trajectories_figure(history, epoch, which, _l0_title(config),
-                                                    gate_fractions)
+  figures["trajectories.png"] = trajectories_figure(history, epoch, checkpoint,
+                                                    _l0_title(config), gate_fractions)
   total = {s: sum(c[s] for c in layer_states.values()) for s in STATES}
   if workdirs.is_primary_process():  # With --multihost, the others drew the same.
     out.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
       save_figure(fig, out / name)
-    (out / SUMMARY_FILE).write_text(summary_markdown(workdir, config, history, which, chosen,
-                                                     metrics, tested, layer_states, total,
+    (out / SUMMARY_FILE).write_text(summary_markdown(workdir, config, history, checkpoint,
+                                                     chosen, metrics, tested, layer_states, total,
                                                      list(figures)))
     print(f"{out}: {', '.join(figures)} and {SUMMARY_FILE}")
   return {"tested": tested, "checkpoint_step": metrics["checkpoint_step"], "gates": total,

@@ -1,7 +1,7 @@
 """--mode=test and --mode=export: what a trained run's checkpoint is worth on the test split,
 and its compact network.
 
-The checkpoint is the best by validation accuracy unless `which="last"`: a
+The checkpoint is the best by validation accuracy unless `checkpoint="last"`: a
 pruning run whose gates close late may validate best before they do.
 """
 
@@ -14,12 +14,12 @@ from flax import nnx
 from l0jax import accounting, data, evaluator, export as export_lib, train, workdirs
 
 
-def restore(workdir: str, which: str = "best",
+def restore(workdir: str, checkpoint: str = "best",
             **overrides) -> tuple[train.Run, train.TrainState, int]:
-  """The run in `workdir` (its saved config, with `overrides`) at its `which` checkpoint."""
+  """The run in `workdir` (its saved config, with `overrides`) at `checkpoint` (best or last)."""
   config = workdirs.load_config(workdir)
   config.update(overrides)
-  mngr, step = workdirs.chosen_step(workdir, which)
+  mngr, step = workdirs.chosen_step(workdir, checkpoint)
   run = train.setup(config)
   _, state = train.initial_state(run)
   state = workdirs.restore_step(mngr, step, state)
@@ -34,29 +34,31 @@ def cost_report(run: train.Run, net) -> dict:
   return accounting.report(net, run.config, run.network.image_shape, run.network.num_classes)
 
 
-def test(workdir: str, which: str = "best") -> dict:
+def test(workdir: str, checkpoint: str = "best") -> dict:
   """Evaluates a checkpoint on the test split; prints a summary, writes test_metrics.json."""
-  run, state, step = restore(workdir, which)
+  run, state, step = restore(workdir, checkpoint)
   ds = run.dataset
   metrics = evaluator.Evaluator(run.network, ds.test_images, ds.test_labels,
                                 run.config.eval_batch_size, run.mesh)(state.params,
                                                                       state.batch_stats)
   costs = cost_report(run, gated_network(run, state))
   result = {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
-            "checkpoint": which, "checkpoint_step": step, "dataset": ds.name,
-            "use_gate": run.config.use_gate, "lambda_l0": run.config.lambda_l0, **costs}
+            "checkpoint": checkpoint, "checkpoint_step": step, "dataset": ds.name,
+            "use_gate": run.config.use_gate,
+            # The L0 term's weight in the loss: none with the gates fixed.
+            "lambda_l0": run.config.lambda_l0 if run.config.train_gates else 0.0, **costs}
   if workdirs.is_primary_process():
     workdirs.write_test_metrics(workdir, result)
     print(f"{workdir}: {ds.name} test accuracy {metrics['accuracy']:.4f} "
-          f"({len(ds.test_images)} images, {which} checkpoint: step {step})")
+          f"({len(ds.test_images)} images, {checkpoint} checkpoint: step {step})")
     print(accounting.format_table(costs))
   return result
 
 
-def export(workdir: str, which: str = "best") -> dict:
+def export(workdir: str, checkpoint: str = "best") -> dict:
   """Builds the compact network from a checkpoint, checks it on the test split, saves it."""
   # The compact network is checked in float32, whatever the run trained in.
-  run, state, step = restore(workdir, which, compute_dtype="float32")
+  run, state, step = restore(workdir, checkpoint, compute_dtype="float32")
   if not run.config.use_gate:
     logging.info("%s has no gates: the compact network is the whole network, BN folded.", workdir)
   ds = run.dataset
@@ -64,7 +66,7 @@ def export(workdir: str, which: str = "best") -> dict:
   params = export_lib.compact_params(net)
   images = np.asarray(jax.jit(lambda x: data.normalize(x, ds.mean, ds.std))(ds.test_images))
   result = export_lib.verify(net, params, images, ds.test_labels, run.config.eval_batch_size)
-  result.update(checkpoint=which, checkpoint_step=step)
+  result.update(checkpoint=checkpoint, checkpoint_step=step)
   if workdirs.is_primary_process():  # The others computed the same.
     export_dir = epath.Path(workdir) / workdirs.EXPORT_DIR
     export_lib.save(export_dir, params, ds.test_images[:8], ds.mean, ds.std,

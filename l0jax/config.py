@@ -1,7 +1,7 @@
 """The base config every file in `configs/` starts from.
 
 Each field below is documented where it is set; `configs/*.py` only change
-what makes their recipe different. Defaults reproduce the seed's
+what makes their recipe different. Defaults reproduce the PyTorch original's
 L0-from-scratch recipe on CIFAR-10 (SPEC section 4).
 """
 
@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.use_gate = True
   # Scales every channel count; 1.0 is the SPEC's GoogleNet.
   c.width_multiplier = 1.0
-  # Sets the gates' initial log_alpha to log((1 - p) / p), as the seed did
+  # Sets the gates' initial log_alpha to log((1 - p) / p), as the PyTorch original did
   # (Louizos et al.'s "drop rate"): 0.5 from scratch, small when fine-tuning a
   # trained network so its channels start open. It is not the probability
   # that a gate is exactly 0, which the stretch makes smaller: 1 - P(z != 0)
@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Objective --------------------------------------------------------
   c.lambda_l0 = 0.5
-  # What the L0 term measures: mean_gate (the seed's mean P(z != 0), so its
+  # What the L0 term measures: mean_gate (the PyTorch original's mean P(z != 0), so its
   # lambda values transfer), params or macs (expected kept fraction).
   c.penalty = "mean_gate"
   # Prune to a budget instead (l0jax/budget.py): the kept fraction of the

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from l0jax.config import VAL_SPLITS
+from l0jax.config import DATASETS, VAL_SPLITS
 from l0jax.errors import UserError
 
 # Installed by Debian's `dataset-fashion-mnist`: the four official IDX files, gzipped.
@@ -41,7 +41,7 @@ SPLIT_SEED = 0
 VAL_FRACTION = 0.1
 SYNTHETIC_SEED = 0
 SYNTHETIC_NUM_CLASSES = 10
-# The seed's augmentation: crop area as a fraction of the image, and w/h ratio.
+# The PyTorch original's augmentation: crop area as a fraction of the image, and w/h ratio.
 CROP_AREA = (0.8, 1.0)
 CROP_RATIO = (0.9, 1.1)
 
@@ -281,7 +281,6 @@ _SPECS = {
                     _idx_split, gz_members=True),
         )),
 }
-DATASETS = (*_SPECS, "synthetic")
 
 
 # --- Finding and reading local files ----------------------------------------
@@ -640,7 +639,7 @@ def _resized_crop(image: jax.Array, top: jax.Array, left: jax.Array, h: jax.Arra
 
 
 def augment(key: jax.Array, images: jax.Array) -> jax.Array:
-  """The seed's training augmentation: a random flip and resized crop per example.
+  """The PyTorch original's training augmentation: a random flip and resized crop per example.
 
   Horizontal flip with p=0.5, then a random resized crop back to H x W with
   area scale in CROP_AREA and log-uniform aspect ratio in CROP_RATIO, bilinear

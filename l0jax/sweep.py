@@ -86,7 +86,7 @@ PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 RESULTS_FILE, TABLE_FILE, FRONT_FILE = "results.json", "results.md", "front.png"
 # Members are tested at their last checkpoint: the network their lambda made.
 # The best by validation can be one from before the gates closed.
-TESTED_AT = "last"
+CHECKPOINT = "last"
 # The best trade-off: of the pruned runs with at most TARGET_MACS of the MACs,
 # the one with the highest validation accuracy (test accuracy chooses nothing).
 TARGET_MACS = 0.5
@@ -147,7 +147,7 @@ class Member:
     main, workdir = [sys.executable, str(REPO / "main.py")], f"--workdir={sweep_dir / self.name}"
     return [main + [f"--config={REPO / 'configs' / CONFIG_FILES[self.kind]}", workdir,
                     *(f"--config.{k}={v}" for k, v in self.settings.items())],
-            main + ["--mode=test", f"--checkpoint={TESTED_AT}", workdir]]
+            main + ["--mode=test", f"--checkpoint={CHECKPOINT}", workdir]]
 
 
 def parse_settings(args: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -259,9 +259,9 @@ def realised_cost(member: Member, sweep_dir: pathlib.Path) -> Member:
 
 
 def is_finished(workdir: pathlib.Path) -> bool:
-  """Tested at TESTED_AT (a test of another checkpoint is done again)."""
+  """Tested at CHECKPOINT (a test of another checkpoint is done again)."""
   metrics = workdirs.read_test_metrics(workdir)
-  return metrics is not None and metrics.get("checkpoint") == TESTED_AT
+  return metrics is not None and metrics.get("checkpoint") == CHECKPOINT
 
 
 # A line that says what went wrong: main.py's one-line refusal, or a traceback's exception line.

@@ -254,11 +254,11 @@ def _unreadable(mngr: ocp.CheckpointManager, step: int, e: Exception) -> str:
   return f"{mngr.directory / str(step)} ({_why(e)})"
 
 
-def chosen_step(workdir: str, which: str = "best") -> tuple[ocp.CheckpointManager, int]:
+def chosen_step(workdir: str, checkpoint: str = "best") -> tuple[ocp.CheckpointManager, int]:
   """A read-only manager of a finished (or running) workdir and its best or last step."""
   try:
     mngr = manager(workdir, read_only=True)
-    step = mngr.best_step() if which == "best" else mngr.latest_step()
+    step = mngr.best_step() if checkpoint == "best" else mngr.latest_step()
   except Exception as e:  # pylint: disable=broad-except  # A damaged step's metrics.
     raise UserError(f"cannot read the checkpoints in {workdir}: {_why(e)}") from e
   if step is None:
@@ -267,7 +267,7 @@ def chosen_step(workdir: str, which: str = "best") -> tuple[ocp.CheckpointManage
   if trainer:
     newest = mngr.latest_step()
     logging.warning("%s is being trained by %s: this reads its %s checkpoint, step %d%s.",
-                    workdir, trainer, which, step,
+                    workdir, trainer, checkpoint, step,
                     f" (the newest is step {newest})" if newest > step else "")
   return mngr, step
 
@@ -369,10 +369,10 @@ def init_source(init_from: str, config: ml_collections.ConfigDict
   """
   if not epath.Path(init_from).is_dir():
     raise UserError(f"init_from={init_from} does not exist (it should be a training workdir)")
-  fields = ("dataset", "width_multiplier", "synthetic_image_size")
-  differences = architecture_differences(load_config(init_from), config,
-                                         fields + ("use_gate",)
-                                         if config_lib.gates_from_init(config) else fields)
+  # The gates' presence matters only when they are taken.
+  fields = tuple(f for f in config_lib.ARCHITECTURE_FIELDS
+                 if f != "use_gate" or config_lib.gates_from_init(config))
+  differences = architecture_differences(load_config(init_from), config, fields)
   if differences:
     raise UserError(f"init_from={init_from} is a different network: {'; '.join(differences)}")
   return chosen_step(init_from, config.init_checkpoint)

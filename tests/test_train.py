@@ -72,7 +72,7 @@ def test_gated_without_gates_is_the_baseline():
   assert gated.to_dict() == load_config_file("baseline").to_dict()
 
 
-def test_defaults_are_the_seeds_recipes():
+def test_defaults_are_the_pytorch_originals_recipes():
   scratch, finetune = load_config_file("gated"), load_config_file("finetune")
   assert (scratch.num_epochs, scratch.batch_size, scratch.learning_rate, scratch.weight_decay) == (
       180, 128, 1e-3, 1e-4)
