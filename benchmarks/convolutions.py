@@ -24,7 +24,7 @@ from absl import app, flags
 from l0jax import model
 
 FLAGS = flags.FLAGS
-flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0 is the SPEC's GoogleNet).")
+flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0: the full GoogleNet).")
 flags.DEFINE_integer("batch_size", 128, "Images a call.")
 flags.DEFINE_integer("image_size", 32, "The stem's map size.")
 flags.DEFINE_integer("repeats", 5, "Timed calls per candidate (the median counts).")

@@ -22,7 +22,7 @@ from flax import nnx
 from l0jax import accounting, export, model
 
 FLAGS = flags.FLAGS
-flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0 is the SPEC's GoogleNet).")
+flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0: the full GoogleNet).")
 flags.DEFINE_integer("image_size", 32, "Square input images of this size, 3 channels.")
 flags.DEFINE_integer("num_classes", 10, "Classes of the dense head.")
 flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")

@@ -35,7 +35,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["128"], "Training batch sizes to time.")
 flags.DEFINE_list("dtypes", ["auto"], "compute_dtype values to time (auto, float32, bfloat16, "
                   "bfloat16_matmuls).")
-flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0 is the SPEC's GoogleNet).")
+flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0: the full GoogleNet).")
 flags.DEFINE_integer("image_size", 32, "Square synthetic images of this size, 3 channels.")
 flags.DEFINE_integer("num_train", 10_000, "Synthetic images; 90% of them are the training split.")
 flags.DEFINE_integer("steps", 0, "config.steps_per_call: training steps per compiled call "

@@ -1,7 +1,7 @@
 """A trained network pruned once by a simple rule, then trained with that mask fixed.
 
-  python main.py --config=configs/mask.py --workdir=runs/l1_half \
-      --config.init_from=WORKDIR_OF_A_BASELINE_RUN \
+  python main.py --config=configs/mask.py --workdir=runs/l1_half \\
+      --config.init_from=WORKDIR_OF_A_BASELINE_RUN \\
       [--config.mask=random] [--config.target_macs=0.25]
 
 The methods L0 pruning is compared with (l0jax/masks.py): `l1_norm` keeps the
@@ -9,8 +9,8 @@ channels whose filters have the largest L1 norms (Li et al., ICLR 2017),
 `random` channels in a random order, each while they fit the budget; then the
 weights train as in configs/retrain.py, the mask fixed. Give it the budget an
 L0 run realised (its test_metrics.json's macs_kept_fraction) to compare the
-two at the same cost. The evidence protocol (results/fashion_mnist/PROTOCOL.md)
-runs it as its arms 4 and 5.
+two at the same cost. What it gave: no result yet; the evidence protocol
+(results/fashion_mnist/PROTOCOL.md) runs it as its arms 4 and 5.
 """
 
 from configs import retrain

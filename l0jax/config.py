@@ -2,7 +2,7 @@
 
 Each field below is documented where it is set; `configs/*.py` only change
 what makes their recipe different. Defaults reproduce the PyTorch original's
-L0-from-scratch recipe on CIFAR-10 (SPEC section 4).
+L0-from-scratch recipe on CIFAR-10.
 """
 
 import ml_collections
@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Model ------------------------------------------------------------
   c.use_gate = True
-  # Scales every channel count; 1.0 is the SPEC's GoogleNet.
+  # Scales every channel count; 1.0 is the network at its published widths.
   c.width_multiplier = 1.0
   # Sets the gates' initial log_alpha to log((1 - p) / p), as the PyTorch original did
   # (Louizos et al.'s "drop rate"): 0.5 from scratch, small when fine-tuning a
@@ -111,8 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
   # pruning run's best can predate its gates closing; retraining takes last.
   c.init_checkpoint = "best"
   # Training steps per compiled call (fewer host round-trips); a call never
-  # crosses an epoch boundary. 0: 1 on CPU (XLA:CPU runs the steps about 2x
-  # slower inside a loop), 100 on accelerators.
+  # crosses an epoch boundary. 0: 1 on CPU (XLA:CPU runs the steps slower
+  # inside a loop, results/throughput_cpu), 100 on accelerators.
   c.steps_per_call = 0
   c.eval_batch_size = 1000
   # Training metrics, averaged over this many steps, go to TensorBoard and the

@@ -1,8 +1,10 @@
 """Image classification data as host uint8 arrays, and the on-device augmentation.
 
-SPEC section 3. Sources are tried in the order a user expects: the official
-files in `config.data_dir`, Debian's Fashion-MNIST folder, then TFDS. TFDS is
-imported only when it is needed, so that `import l0jax.data` never pulls in
+A fixed 10% of the official training split validates; every split is
+normalised by the per-channel mean and std of the training images. Sources
+are tried in the order a user expects: the official files in
+`config.data_dir`, Debian's Fashion-MNIST folder, then TFDS. TFDS is imported
+only when it is needed, so that `import l0jax.data` never pulls in
 TensorFlow (accelerator machines run without it).
 """
 

@@ -1,8 +1,9 @@
 """Hard-concrete L0 gates (Louizos, Welling & Kingma 2018), one per output channel.
 
-The math is SPEC section 1, verbatim: a stretched, clipped binary-concrete
-variable whose test-time value is exactly 0 for pruned channels, and whose
-probability of being non-zero is the differentiable L0 norm we penalise.
+The math is the paper's, with its constants (temperature 2/3, stretched to
+(-0.1, 1.1)): a clipped binary-concrete variable whose test-time value is
+exactly 0 for pruned channels, and whose probability of being non-zero is the
+differentiable L0 norm we penalise.
 """
 
 import math

@@ -1,4 +1,4 @@
-"""The UvA GoogleNet (CIFAR-sized, SPEC section 2), optionally with L0 gates.
+"""The UvA GoogleNet (CIFAR-sized, as in the UvA deep learning tutorial 5), optionally gated.
 
 The architecture is data (`INCEPTION_BLOCKS`), read by the network here and
 by the cost accounting, so the two cannot drift apart.
@@ -82,7 +82,8 @@ def max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
 
   The same values and gradients as `nnx.max_pool` (a tie too sends the whole
   gradient to one input), but the gradient is elementwise selects that XLA
-  fuses, where `reduce_window`'s select-and-scatter runs ~5x slower on a CPU.
+  fuses, where `reduce_window`'s gradient is a select-and-scatter, which XLA:CPU
+  runs as a slow loop.
   """
   def max_of_shifts(x: jax.Array, axis: int) -> jax.Array:
     size = (x.shape[axis] - 1) // stride + 1
@@ -100,8 +101,8 @@ def pointwise_conv(inputs: jax.Array, kernel: jax.Array, *args, precision=None,
                    **kwargs) -> jax.Array:
   """`lax.conv_general_dilated` for a 1x1, stride-1 NHWC convolution, as a matmul over channels.
 
-  The same numbers, but XLA:CPU runs the matmul and its weight gradient ~4x
-  faster than the convolution (which transposes whole activations for it).
+  The same numbers, but XLA:CPU runs the matmul and its weight gradient
+  faster than the convolution, which transposes whole activations for it.
   """
   del args, kwargs  # strides, padding, dilations and layout: the trivial ones of a 1x1 conv.
   return jnp.dot(inputs, kernel[0, 0], precision=precision)
@@ -149,10 +150,9 @@ def _same_conv(lhs: jax.Array, rhs: jax.Array, specs=("NHWC", "HWIO", "NHWC"),
 def bfloat16_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """A stride-1 'SAME' NHWC convolution of float32 arrays, in bfloat16 with float32 accumulation.
 
-  XLA's own convolution, not im2col or a sum of shifted 1x1 dots: on this
-  project's CPU those took 2-2.5x its CPU time on a block's 3x3 shape, forward
-  and backward; im2col won only on the 3-channel stem
-  (results/throughput_cpu/convolutions_under_load.txt). Its gradients are such
+  XLA's own convolution, not im2col or a sum of shifted 1x1 dots: those were
+  slower on a block's 3x3 shape, forward and backward, and im2col won only on
+  the 3-channel stem (results/throughput_cpu/convolutions_under_load.txt). Its gradients are such
   convolutions of the cotangent rounded to bfloat16, written out because JAX's
   would convolve the float32 cotangent in float32.
   """
@@ -233,7 +233,7 @@ class InceptionBlock(nnx.Module):
   """Four branches concatenated on channels, each output optionally gated.
 
   The four branches' gates multiply the concatenation at once, from one noise
-  draw: gating each branch before concatenating cost ~6% of a CPU step.
+  draw: one elementwise pass over the block's output instead of four.
   """
 
   def __init__(self, c_in: int, spec: Inception, *, use_gate: bool, droprate_init: float,

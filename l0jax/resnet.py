@@ -1,4 +1,4 @@
-"""The CIFAR ResNets of He, Zhang, Ren & Sun 2016, section 4.2 (SPEC section 8), optionally gated.
+"""The CIFAR ResNets of He, Zhang, Ren & Sun 2016, section 4.2, optionally gated.
 
 Depth 6n + 2: a 3x3 stem of 16 channels, three stages of n basic blocks of
 16, 32 and 64 channels (the first block of stages 2 and 3 halves the map),

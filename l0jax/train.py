@@ -73,9 +73,9 @@ def compute_dtype(name: str):
 def run_once(fn: Callable, *args):
   """`jax.jit(fn)(*args)`, compiled at XLA's backend optimisation level 1.
 
-  For programs that run once, such as initialisation: its hundreds of random
-  draws took ~14 CPU-seconds to compile at the default level, whatever the
-  width, and half that at level 1, with the same bits (tests/test_train.py).
+  For programs that run once, such as initialisation: XLA's optimisations
+  cost more compile time on its hundreds of random draws than they save in
+  one run, and level 1 gives the same bits (tests/test_train.py).
   """
   return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 1})(*args)
 
@@ -86,7 +86,8 @@ def create_network(config: ml_collections.ConfigDict, image_shape, num_classes: 
 
   `mean` and `std` are the per-channel statistics its inputs are normalised by.
 
-  Initialisation runs as one compiled program (`run_once`): op by op it takes seconds.
+  Initialisation runs as one compiled program (`run_once`): op by op, each of its hundreds of
+  operations would be compiled and dispatched on its own.
   """
   dtype = compute_dtype(config.compute_dtype)
   build = lambda key: model.GoogleNet(

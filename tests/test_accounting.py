@@ -1,4 +1,4 @@
-"""Parameter and MAC counts against hand counts written from the SPEC's table."""
+"""Parameter and MAC counts against hand counts written from the UvA GoogleNet's table."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ from flax import nnx
 from l0jax import accounting, gates, model
 from l0jax.errors import UserError
 
-# SPEC section 2, row by row: c_in, red3, red5, out1, out3, out5, out_pool, spatial size at 32x32.
+# The UvA GoogleNet's blocks, row by row: c_in, red3, red5, out1, out3, out5, out_pool, spatial size at 32x32.
 SPEC_BLOCKS = (
     (64, 32, 16, 16, 32, 8, 8, 32),
     (64, 32, 16, 24, 48, 12, 12, 32),

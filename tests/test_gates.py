@@ -1,4 +1,4 @@
-"""The hard-concrete gate against SPEC section 1, in closed form and by Monte-Carlo."""
+"""The hard-concrete gate against Louizos et al. (2018), in closed form and by Monte-Carlo."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The GoogleNet's size and shapes (SPEC section 2)."""
+"""The UvA GoogleNet's size and shapes."""
 
 import jax
 import jax.numpy as jnp
