@@ -38,9 +38,9 @@ def test(workdir: str, checkpoint: str = "best") -> dict:
   """Evaluates a checkpoint on the test split; prints a summary, writes test_metrics.json."""
   run, state, step = restore(workdir, checkpoint)
   ds = run.dataset
-  metrics = evaluator.Evaluator(run.network, ds.test_images, ds.test_labels,
-                                run.config.eval_batch_size, run.mesh)(state.params,
-                                                                      state.batch_stats)
+  evaluate_test = evaluator.Evaluator(run.network, ds.test_images, ds.test_labels,
+                                      run.config.eval_batch_size, run.mesh)
+  metrics = evaluate_test(state.params, state.batch_stats)
   costs = cost_report(run, gated_network(run, state))
   result = {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
             "checkpoint": checkpoint, "checkpoint_step": step, "dataset": ds.name,

@@ -1,10 +1,12 @@
-"""Training and evaluation: pure step functions over pytrees, and the loop that drives them.
+"""Training: a pure step function over pytrees, and the loop that drives it.
 
 The whole dataset sits on the devices as uint8. A compiled call runs
 `steps_per_call` training steps in a `lax.scan`, gathering each batch by index,
 augmenting and normalising it on the device. Everything random is derived from
 (seed, step) or (seed, epoch), so a run resumed from a checkpoint continues
-exactly as if it had never stopped.
+exactly as if it had never stopped. Each epoch ends with the validation split's
+accuracy (l0jax/evaluator.py), a history record and a checkpoint
+(l0jax/workdirs.py).
 """
 
 import functools
@@ -26,6 +28,7 @@ from l0jax import accounting, budget as budget_lib, data, evaluator, gates, mask
 from l0jax import workdirs, writers
 from l0jax import config as config_lib
 from l0jax.errors import UserError
+
 
 class TrainState(NamedTuple):
   step: jax.Array
@@ -282,7 +285,7 @@ def data_mesh() -> jax.sharding.Mesh:
 
 
 class Run(NamedTuple):
-  """A workdir's network, data and compiled functions, shared by training and testing."""
+  """A run's config, data, initial network and device mesh, shared by training and testing."""
 
   config: ml_collections.ConfigDict
   dataset: data.Dataset
