@@ -14,7 +14,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
@@ -67,14 +66,14 @@ def main(argv):
   gated = gated_network(rng)
   full = model.GoogleNet(FLAGS.num_classes, 3, use_gate=False,
                          width_multiplier=FLAGS.width_multiplier, rngs=nnx.Rngs(FLAGS.seed))
-  compact = export.compact_params(gated)
+  graph = gated.channel_graph(FLAGS.image_size)
+  compact = export.compact_params(gated, graph)
   networks = {
       "full": module_inference(full),
       "gated": module_inference(gated),
-      "compact": jax.jit(lambda x: export.compact_apply(compact, x)),
+      "compact": jax.jit(lambda x: export.compact_apply(graph, compact, x)),
   }
-  config = ml_collections.ConfigDict({"width_multiplier": FLAGS.width_multiplier})
-  summary = accounting.report(gated, config, (FLAGS.image_size,) * 2 + (3,), FLAGS.num_classes)
+  summary = accounting.report(graph, graph.log_alphas(gated))
   macs = {"full": summary["macs_full"], "gated": summary["macs_full"],
           "compact": summary["macs_kept"]}
   results = []

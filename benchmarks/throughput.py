@@ -29,7 +29,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from l0jax import config as config_lib
-from l0jax import data, evaluator, train
+from l0jax import data, evaluator, networks, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["128"], "Training batch sizes to time.")
@@ -141,7 +141,7 @@ def benchmark(dtype: str, batch_size: int, dataset: data.Dataset, mesh) -> list[
     train_rate, eval_rate = nets[use_gate].train_images / t.s, nets[use_gate].eval_images / e.s
     compile_s, eval_compile_s = t.first_s - t.s, e.first_s - e.s
     results.append({
-        "dtype": jnp.dtype(train.compute_dtype(dtype)).name if dtype == "auto" else dtype,
+        "dtype": jnp.dtype(networks.compute_dtype(dtype)).name if dtype == "auto" else dtype,
         "batch_size": batch_size,
         "gates": use_gate, "steps_per_call": nets[use_gate].train_images // batch_size,
         "train_images_per_s": round(train_rate, 1),

@@ -18,7 +18,7 @@ from etils import epath
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from l0jax import accounting, budget, data, gates, model, workdirs
+from l0jax import accounting, budget, data, gates, networks, workdirs
 from l0jax.gates import OPEN_AT, PRUNE_AT
 from l0jax.errors import UserError
 
@@ -42,9 +42,8 @@ def checkpoint_metrics(workdir: epath.Path, checkpoint: str, config,
   _, step = workdirs.chosen_step(str(workdir), checkpoint)
   record = _record_at(history, step, workdir, checkpoint)
   log_alphas = {k: np.asarray(v, np.float32) for k, v in record.get("log_alpha", {}).items()}
-  image_shape, num_classes = data.image_shape_and_classes(config)
-  return {"checkpoint_step": step,
-          **accounting.report(log_alphas, config, image_shape, num_classes)}, False
+  graph, _ = networks.channel_graph(config, *data.image_shape_and_classes(config))
+  return {"checkpoint_step": step, **accounting.report(graph, log_alphas)}, False
 
 
 def _record_at(history: Sequence[dict], step: int, workdir: epath.Path, checkpoint: str) -> dict:
@@ -200,19 +199,11 @@ def trajectories_figure(history: Sequence[dict], marked_epoch: int, checkpoint: 
   return fig
 
 
-def realised_costs(history: Sequence[dict], config,
-                   layers: Sequence[dict]) -> dict[str, np.ndarray]:
-  """The test-time kept fractions ('params', 'macs') at the end of every epoch, from its gates.
-
-  The image shape and class count are read off the report's `layers` (the
-  stem's input and the head's output), so nothing but the workdir's files is needed.
-  """
-  stem, head = layers[0], layers[-1]
-  arch = model.Architecture.at_width(config.width_multiplier)
-  shape = dict(image_hw=stem["out_hw"], in_channels=stem["c_in"], num_classes=head["c_out"])
-  per_epoch = [accounting.kept_fractions(arch, accounting.deterministic_kept(
-      {k: np.asarray(v, np.float32) for k, v in h["log_alpha"].items()}), **shape)
-      for h in history]
+def realised_costs(history: Sequence[dict], config) -> dict[str, np.ndarray]:
+  """The test-time kept fractions ('params', 'macs') at the end of every epoch, from its gates."""
+  graph, _ = networks.channel_graph(config, *data.image_shape_and_classes(config))
+  per_epoch = [accounting.kept_fractions(graph, accounting.deterministic_kept(
+      {k: np.asarray(v, np.float32) for k, v in h["log_alpha"].items()})) for h in history]
   return {kind: np.array([f[kind] for f in per_epoch]) for kind in ("params", "macs")}
 
 
@@ -358,7 +349,7 @@ def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
     figures["channels.png"] = channels_figure(metrics["layers"], title)
   target = budget.target_of(config)
   if target:
-    realised = realised_costs(history, config, metrics["layers"])[target[0]]
+    realised = realised_costs(history, config)[target[0]]
     figures["budget.png"] = budget_figure(history, epoch, checkpoint, *target, realised,
                                           budget.settle_epoch(config))
   figures["trajectories.png"] = trajectories_figure(history, epoch, checkpoint,

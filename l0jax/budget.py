@@ -32,7 +32,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from l0jax import accounting, gates, model
+from l0jax import accounting, gates
+from l0jax import graph as graph_lib
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -113,8 +114,7 @@ CLOSED_LOG_ALPHA = gates.PRUNE_AT - 1.0
 
 
 def settle(log_alphas: Mapping[str, np.ndarray], kind: str, target: float,
-           arch: model.Architecture, *, image_hw: int, in_channels: int,
-           num_classes: int) -> dict[str, np.ndarray]:
+           graph: graph_lib.Graph) -> dict[str, np.ndarray]:
   """The gates decided for a test-time cost at most `target`, as close to it as greedy gets.
 
   Channels kept at test time are closed in order of rising log_alpha while
@@ -122,14 +122,13 @@ def settle(log_alphas: Mapping[str, np.ndarray], kind: str, target: float,
   gates.OPEN_AT), highest log_alpha first, wherever one still fits. Kept
   channels keep their log_alpha, and with it their test-time scale.
   """
-  shape = dict(image_hw=image_hw, in_channels=in_channels, num_classes=num_classes)
   log_alphas = {name: np.asarray(la, np.float32) for name, la in log_alphas.items()}
   kept = {name: np.asarray(gates.test_gate(la)) > 0 for name, la in log_alphas.items()}
   was_kept = {name: k.copy() for name, k in kept.items()}
 
   def cost() -> float:
     counts = {name: accounting.Kept(int(k.sum()), int(k.any())) for name, k in kept.items()}
-    return accounting.kept_fractions(arch, counts, **shape)[kind]
+    return accounting.kept_fractions(graph, counts)[kind]
 
   rising = sorted((float(la[i]), name, i) for name, la in log_alphas.items()
                   for i in range(la.size))
@@ -146,23 +145,19 @@ def settle(log_alphas: Mapping[str, np.ndarray], kind: str, target: float,
           .astype(np.float32) for name, la in log_alphas.items()}
 
 
-def floor(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
-          num_classes: int) -> dict[str, float]:
-  """The smallest kept fractions any gate state reaches: every gate closed, stem and head left."""
-  arch = model.Architecture.at_width(config.width_multiplier)
-  return accounting.kept_fractions(arch, accounting.all_closed(arch), image_hw=image_shape[0],
-                                   in_channels=image_shape[-1], num_classes=num_classes)
+def floor(graph: graph_lib.Graph) -> dict[str, float]:
+  """The smallest kept fractions any gate state reaches: every gate closed."""
+  return accounting.kept_fractions(graph, accounting.all_closed(graph))
 
 
-def check_reachable(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
-                    num_classes: int) -> None:
+def check_reachable(config: ml_collections.ConfigDict, graph: graph_lib.Graph) -> None:
   """Refuses a target below what the network keeps with every gate closed."""
   kind_target = target_of(config)
   if kind_target is None:
     return
   kind, target = kind_target
-  lowest = floor(config, image_shape, num_classes)[kind]
+  lowest = floor(graph)[kind]
   if target < lowest:
     raise UserError(f"config: target_{kind}={target:g} is below what this network can reach: "
-                    f"with every gate closed its stem and head still keep {lowest:.4f} of its "
+                    f"with every gate closed its ungated layers still keep {lowest:.4f} of its "
                     f"{'MACs' if kind == 'macs' else 'parameters'}")

@@ -31,7 +31,7 @@ def gated_network(run: train.Run, state: train.TrainState):
 
 
 def cost_report(run: train.Run, net) -> dict:
-  return accounting.report(net, run.config, run.network.image_shape, run.network.num_classes)
+  return accounting.report(run.network.graph, run.network.graph.log_alphas(net))
 
 
 def test(workdir: str, checkpoint: str = "best") -> dict:
@@ -63,13 +63,14 @@ def export(workdir: str, checkpoint: str = "best") -> dict:
     logging.info("%s has no gates: the compact network is the whole network, BN folded.", workdir)
   ds = run.dataset
   net = gated_network(run, state)
-  params = export_lib.compact_params(net)
+  params = export_lib.compact_params(net, run.network.graph)
   images = np.asarray(jax.jit(lambda x: data.normalize(x, ds.mean, ds.std))(ds.test_images))
-  result = export_lib.verify(net, params, images, ds.test_labels, run.config.eval_batch_size)
+  result = export_lib.verify(net, run.network.graph, params, images, ds.test_labels,
+                             run.config.eval_batch_size)
   result.update(checkpoint=checkpoint, checkpoint_step=step)
   if workdirs.is_primary_process():  # The others computed the same.
     export_dir = epath.Path(workdir) / workdirs.EXPORT_DIR
-    export_lib.save(export_dir, params, ds.test_images[:8], ds.mean, ds.std,
+    export_lib.save(export_dir, run.network.graph, params, ds.test_images[:8], ds.mean, ds.std,
                     {"dataset": ds.name, "source_workdir": str(epath.Path(workdir).resolve()),
                      "checkpoint_step": step}, result)
     print(f"{export_dir}: compact network with {result['params_compact']:,} parameters; "

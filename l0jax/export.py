@@ -1,22 +1,23 @@
 """A compact network holding only the kept channels, folded into plain conv + bias + ReLU.
 
-For each gated branch output, the pruned channels' filters go, and the kept
-channels' test-time gates (in (0, 1]) move into the weights that read them:
-the next block's 1x1 convs, or the dense head. That is exact because a gate
-is a non-negative per-channel scale, which commutes with max-pool and
-average-pool. Eval-mode BatchNorm folds into each conv's kernel and bias.
-A 1x1 reduce whose branch is closed entirely feeds nothing and goes too.
+Built from the network's channel graph (`graph.Graph`) alone. For each gate,
+the pruned channels' filters go, and the kept channels' test-time gates (in
+(0, 1]) move into the weights of the layers that read them. That is exact
+because a gate is a non-negative per-channel scale, which commutes with ReLU,
+max-pool and average-pool. Eval-mode BatchNorm folds into each conv's kernel
+and bias. An ungated layer that the accounting counts as removed (all its
+readers closed) goes too.
 
-The compact network is a pytree of arrays whose shapes say everything
-(`compact_apply` works at any width and any kept counts); closed channels
-leave zero-size arrays, which `compact_apply` treats explicitly. `save`
-writes the inference function as a jax.export artifact with a symbolic batch
-size that takes the data set's own uint8 images (normalisation, weights and
-all inside), a JSON of its input and statistics, and the weights alone with
-Orbax. `load_inference` runs the artifact with JAX alone: no model code, no
-weights to restore. An export folder is written whole, under a temporary
-name, and renamed into place; `load_inference` refuses one whose files do not
-match its manifest.
+The compact network is a pytree of arrays, one {kernel, bias} per layer name,
+whose shapes say everything (`compact_apply` runs it with the graph at any
+kept counts); closed channels leave zero-size arrays, which `compact_apply`
+treats explicitly. `save` writes the inference function as a jax.export
+artifact with a symbolic batch size that takes the data set's own uint8
+images (normalisation, weights and all inside), a JSON of its input and
+statistics, and the weights alone with Orbax. `load_inference` runs the
+artifact with JAX alone: no model code, no weights to restore. An export
+folder is written whole, under a temporary name, and renamed into place;
+`load_inference` refuses one whose files do not match its manifest.
 """
 
 import hashlib
@@ -32,14 +33,12 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
+from l0jax import accounting
 from l0jax import data
 from l0jax import gates
-from l0jax import model
+from l0jax import graph as graph_lib
 from l0jax.errors import UserError
 
-# Per branch (in `model.BRANCHES` order), its convs from the block input to the gated output.
-CHAINS = (("branch1",), ("branch3_reduce", "branch3"), ("branch5_reduce", "branch5"),
-          ("branch_pool",))
 PARAMS_DIR = "params"
 ARTIFACT = "inference.jax_export"
 METRICS_FILE = "export_metrics.json"
@@ -55,12 +54,18 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # the artifact runs wherever the use
 RTOL = 1e-4
 
 
-def _folded(conv_bn: model.ConvBN) -> dict[str, np.ndarray]:
+def _folded(net: nnx.Module, layer: graph_lib.Layer) -> dict[str, np.ndarray]:
   """conv + eval-mode BN as one conv: kernel * s and (bias - mean) * s + shift, s = scale / std."""
-  conv, bn = conv_bn.conv, conv_bn.bn
+  weights = graph_lib.at(net, layer.path)
+  kernel = np.asarray(weights.kernel[...])
+  bias = (np.zeros(layer.c_out, np.float32) if weights.bias is None
+          else np.asarray(weights.bias[...]))
+  if layer.bn is None:
+    return {"kernel": kernel, "bias": bias}
+  bn = graph_lib.at(net, layer.bn)
   s = np.asarray(bn.scale[...]) / np.sqrt(np.asarray(bn.var[...]) + np.float32(bn.epsilon))
-  bias = (np.asarray(conv.bias[...]) - np.asarray(bn.mean[...])) * s + np.asarray(bn.bias[...])
-  return {"kernel": np.asarray(conv.kernel[...]) * s, "bias": bias}
+  return {"kernel": kernel * s, "bias": (bias - np.asarray(bn.mean[...])) * s
+          + np.asarray(bn.bias[...])}
 
 
 def _select(p: dict[str, np.ndarray], inputs: np.ndarray, gate: np.ndarray,
@@ -70,61 +75,79 @@ def _select(p: dict[str, np.ndarray], inputs: np.ndarray, gate: np.ndarray,
   return {"kernel": kernel[..., outputs], "bias": p["bias"][outputs]}
 
 
-def compact_params(net: model.GoogleNet) -> dict[str, Any]:
-  """The folded, pruned weights of `net` at test time (gated or not).
+def compact_params(net: nnx.Module, graph: graph_lib.Graph) -> dict[str, dict[str, jax.Array]]:
+  """The folded, pruned weights of `net` at test time (gated or not), by layer name.
 
-  The folding runs in NumPy (float32): eager jnp would compile each op for each new shape.
+  Each node's output is followed as the indices of its kept channels and the
+  test-time gate of every channel. The folding runs in NumPy (float32):
+  eager jnp would compile each op for each new shape.
   """
-  stem = _folded(net.stem)
-  gate = np.ones(stem["bias"].shape, np.float32)  # what multiplies each channel of a block input
-  blocks = []
-  for block in net.blocks:
-    branch_gates = ([np.asarray(gates.test_gate(g.log_alpha[...])) for g in block.gates]
-                    or [np.ones(getattr(block, chain[-1]).conv.out_features, np.float32)
-                        for chain in CHAINS])
-    compact = {}
-    for chain, z in zip(CHAINS, branch_gates):
-      kept = np.flatnonzero(z > 0)
-      inputs, input_gate = np.flatnonzero(gate > 0), gate
-      for name in chain:
-        conv_bn = getattr(block, name)
-        if name == chain[-1]:
-          outputs = kept
-        else:  # a reduce: all its outputs, or none if its branch is closed and it feeds nothing
-          outputs = np.arange(conv_bn.conv.out_features if kept.size else 0)
-        compact[name] = _select(_folded(conv_bn), inputs, input_gate, outputs)
-        inputs, input_gate = np.arange(outputs.size), np.ones(outputs.size, np.float32)
-    blocks.append(compact)
-    gate = np.concatenate(branch_gates)
-  head = {"kernel": np.asarray(net.head.kernel[...]), "bias": np.asarray(net.head.bias[...])}
-  head = _select(head, np.flatnonzero(gate > 0), gate, np.arange(head["bias"].size))
-  return jax.tree.map(jnp.asarray, {"stem": stem, "blocks": blocks, "head": head})
+  test_gates = {name: np.asarray(gates.test_gate(la))
+                for name, la in graph.log_alphas(net).items()}
+  costs = {c.name: c for c in accounting.count(
+      graph, accounting.deterministic_kept(graph.log_alphas(net)))}
+  kept = {graph_lib.INPUT: np.arange(graph.in_channels)}
+  scale = {graph_lib.INPUT: np.ones(graph.in_channels, np.float32)}
+  params = {}
+  for node in graph.nodes:
+    offsets = np.cumsum([0] + [scale[name].size for name in node.inputs])
+    inputs = np.concatenate([kept[name] + o for name, o in zip(node.inputs, offsets)])
+    input_scale = np.concatenate([scale[name] for name in node.inputs])
+    if isinstance(node, graph_lib.Layer):
+      if node.gate is not None:
+        scale[node.name] = test_gates[node.gate]
+        kept[node.name] = np.flatnonzero(scale[node.name] > 0)
+      else:
+        scale[node.name] = np.ones(node.c_out, np.float32)
+        kept[node.name] = np.arange(node.c_out if costs[node.name].kept_out else 0)
+      params[node.name] = _select(_folded(net, node), inputs, input_scale, kept[node.name])
+    elif isinstance(node, graph_lib.Pool):
+      kept[node.name], scale[node.name] = inputs, input_scale
+    else:  # Add, Pad: ungated inputs, all of them kept (`graph.Graph.whole`)
+      channels = sum(s.channels for s in graph.segments(node.name))
+      kept[node.name] = np.arange(channels)
+      scale[node.name] = np.ones(channels, np.float32)
+  return jax.tree.map(jnp.asarray, params)
 
 
-def _conv_relu(x: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
+def _layer(x: jax.Array, p: dict[str, jax.Array], layer: graph_lib.Layer, out_hw: int):
   kernel = p["kernel"]
-  if kernel.size == 0:
+  if layer.dense:
+    y = x @ kernel + p["bias"]
+  elif kernel.size == 0:
     # No inputs (all closed upstream): a constant bias. No outputs (closed): an empty array.
-    y = jnp.broadcast_to(p["bias"], (*x.shape[:-1], kernel.shape[-1]))
+    y = jnp.broadcast_to(p["bias"], (x.shape[0], out_hw, out_hw, kernel.shape[-1]))
   else:
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+    padding = layer.padding if isinstance(layer.padding, str) else [(layer.padding,) * 2] * 2
+    y = jax.lax.conv_general_dilated(x, kernel, (layer.stride,) * 2, padding,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
-  return jax.nn.relu(y)
+  return jax.nn.relu(y) if layer.relu else y
 
 
-def compact_apply(params: dict[str, Any], images: jax.Array) -> jax.Array:
+def _node(x: jax.Array, node: graph_lib.Pool | graph_lib.Pad) -> jax.Array:
+  if isinstance(node, graph_lib.Pad):
+    x = x[:, ::node.stride, ::node.stride]
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (node.before, node.after)))
+  if node.kind == "mean":
+    return jnp.mean(x, axis=(1, 2))
+  pad = (0, 0), (node.padding, node.padding), (node.padding, node.padding), (0, 0)
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, node.window, node.window, 1),
+                               (1, node.stride, node.stride, 1), pad)
+
+
+def compact_apply(graph: graph_lib.Graph, params: dict[str, dict[str, jax.Array]],
+                  images: jax.Array) -> jax.Array:
   """Logits of the compact network for normalised NHWC float images."""
-  x = _conv_relu(images, params["stem"])
-  for i, p in enumerate(params["blocks"]):
-    x = jnp.concatenate([
-        _conv_relu(x, p["branch1"]),
-        _conv_relu(_conv_relu(x, p["branch3_reduce"]), p["branch3"]),
-        _conv_relu(_conv_relu(x, p["branch5_reduce"]), p["branch5"]),
-        _conv_relu(model.max_pool_3x3(x, 1), p["branch_pool"]),
-    ], axis=-1)
-    if i in model.POOL_AFTER:
-      x = model.max_pool_3x3(x, 2)
-  return jnp.mean(x, axis=(1, 2)) @ params["head"]["kernel"] + params["head"]["bias"]
+  values = {graph_lib.INPUT: images}
+  for node in graph.nodes:
+    if isinstance(node, graph_lib.Add):
+      y = sum(values[name] for name in node.inputs)
+      values[node.name] = jax.nn.relu(y) if node.relu else y
+      continue
+    x = jnp.concatenate([values[name] for name in node.inputs], axis=-1)
+    values[node.name] = (_layer(x, params[node.name], node, graph.out_hw(node.name))
+                         if isinstance(node, graph_lib.Layer) else _node(x, node))
+  return values[graph.nodes[-1].name]
 
 
 def num_params(params: dict[str, Any]) -> int:
@@ -137,18 +160,18 @@ def _check_close(max_diff: float, max_logit: float, what: str) -> None:
                        f"(tolerance {RTOL:g} relative)")
 
 
-def verify(net: model.GoogleNet, params: dict[str, Any], images: np.ndarray, labels: np.ndarray,
-           batch_size: int) -> dict[str, float | int]:
+def verify(net: nnx.Module, graph: graph_lib.Graph, params: dict[str, Any], images: np.ndarray,
+           labels: np.ndarray, batch_size: int) -> dict[str, float | int]:
   """Runs the gated network (test time) and the compact one on the same images, batch by batch.
 
   Both run at full float32 matmul precision (not TF32), so that they are
   comparable; a difference beyond RTOL raises RuntimeError.
   """
-  if jnp.dtype(net.head.dtype) != jnp.float32:
+  if jnp.dtype(graph_lib.at(net, graph.layers[-1].path).dtype or jnp.float32) != jnp.float32:
     raise ValueError("verify compares float32 networks; build the model with dtype=float32")
   graphdef, state = nnx.split(net)
   gated = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, train=False))
-  compact = jax.jit(compact_apply)
+  compact = jax.jit(lambda params, x: compact_apply(graph, params, x))
   max_diff = max_logit = 0.0
   correct_gated = correct_compact = 0
   with jax.default_matmul_precision("highest"):
@@ -168,9 +191,19 @@ def verify(net: model.GoogleNet, params: dict[str, Any], images: np.ndarray, lab
   }
 
 
-def _storable(tree: Any) -> Any:
-  """Orbax refuses zero-size arrays; they carry nothing but a shape, which the artifact holds."""
-  return jax.tree.map(lambda a: a if a.size else None, tree)
+def _storable(params: dict[str, Any]) -> dict[str, Any]:
+  """The weights nested by the parts of their layer names, as Orbax's paths take them.
+
+  Orbax refuses zero-size arrays; they carry nothing but a shape, which the artifact holds.
+  """
+  tree = {}
+  for name, p in params.items():
+    *parents, leaf = name.split("/")
+    node = tree
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = jax.tree.map(lambda a: a if a.size else None, p)
+  return tree
 
 
 def _checkpointer() -> ocp.StandardCheckpointer:
@@ -191,14 +224,14 @@ def _sibling(export_dir: epath.Path, what: str) -> epath.Path:
   return export_dir.parent / f".{export_dir.name}.{what}"
 
 
-def serving_function(params: dict[str, Any], mean: np.ndarray,
+def serving_function(graph: graph_lib.Graph, params: dict[str, Any], mean: np.ndarray,
                      std: np.ndarray) -> Callable[[jax.Array], jax.Array]:
   """uint8 NHWC images, as the data set stores them -> logits, normalisation included."""
-  return lambda images: compact_apply(params, data.normalize(images, mean, std))
+  return lambda images: compact_apply(graph, params, data.normalize(images, mean, std))
 
 
-def save(export_dir: str | os.PathLike, params: dict[str, Any], example_images: np.ndarray,
-         mean: np.ndarray, std: np.ndarray, info: dict[str, Any],
+def save(export_dir: str | os.PathLike, graph: graph_lib.Graph, params: dict[str, Any],
+         example_images: np.ndarray, mean: np.ndarray, std: np.ndarray, info: dict[str, Any],
          metrics: dict[str, Any]) -> None:
   """Writes the inference function (jax.export: weights and normalisation inside, any batch
   size), a JSON of what it takes (INFO_FILE, with `info`), the weights alone (Orbax),
@@ -220,7 +253,7 @@ def save(export_dir: str | os.PathLike, params: dict[str, Any], example_images: 
   params = jax.tree.map(np.asarray, params)  # Host arrays: one process writes them.
   with _checkpointer() as checkpointer:
     checkpointer.save(tmp / PARAMS_DIR, _storable(params))
-  serve = jax.jit(serving_function(params, mean, std))
+  serve = jax.jit(serving_function(graph, params, mean, std))
   batch, = jax.export.symbolic_shape("b")
   images = jax.ShapeDtypeStruct((batch, *example_images.shape[1:]), jnp.uint8)
   exported = jax.export.export(serve, platforms=PLATFORMS)(images)

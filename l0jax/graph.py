@@ -283,20 +283,20 @@ class Graph:
 
   def log_alphas(self, module: nnx.Module) -> dict[str, jax.Array]:
     """Every gate's log_alpha in `module`, by gate name, in the graph's order."""
-    return {g.name: _at(module, g.path)[...] for g in self.gates}
+    return {g.name: at(module, g.path).get_value() for g in self.gates}
 
   def set_log_alphas(self, module: nnx.Module, log_alphas: Mapping[str, Any]) -> None:
     """Replaces the log_alpha of each gate named in `log_alphas`, in place."""
     for g in self.gates:
       if g.name in log_alphas:
-        _at(module, g.path).set_value(jnp.asarray(log_alphas[g.name], jnp.float32))
+        at(module, g.path).set_value(jnp.asarray(log_alphas[g.name], jnp.float32))
 
   def check(self, module: nnx.Module) -> None:
     """Raises GraphError unless `module`'s arrays are where and what the graph says."""
     for layer in self.layers:
       try:
-        weights = _at(module, layer.path)
-        bn = None if layer.bn is None else _at(module, layer.bn)
+        weights = at(module, layer.path)
+        bn = None if layer.bn is None else at(module, layer.bn)
       except (AttributeError, IndexError, KeyError, TypeError) as e:
         raise GraphError(f"{layer.name}: the module has nothing at its path ({e})") from e
       want = ((layer.c_in, layer.c_out) if layer.dense
@@ -315,7 +315,7 @@ class Graph:
     for g in self.gates:
       if g.path not in found:
         raise GraphError(f"gate {g.name}: no gates.LogAlpha at {_show(g.path)} in the module")
-      if (shape := tuple(_at(module, g.path).shape)) != (g.size,):
+      if (shape := tuple(at(module, g.path).shape)) != (g.size,):
         raise GraphError(f"gate {g.name}: the module's log_alpha has shape {shape}, "
                          f"the graph says ({g.size},)")
     if extra := found - {g.path for g in self.gates}:
@@ -327,7 +327,8 @@ def _show(path: Path) -> str:
   return "/".join(map(str, path))
 
 
-def _at(module: Any, path: Sequence[str | int]) -> Any:
+def at(module: Any, path: Sequence[str | int]) -> Any:
+  """What `module` holds at `path`: attribute names and list indices."""
   for key in path:
     module = module[key] if isinstance(key, int) else getattr(module, key)
   return module

@@ -20,16 +20,16 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from l0jax import accounting, model
+from l0jax import accounting
+from l0jax import graph as graph_lib
 
 METHODS = ("l1_norm", "random")
 # Far enough past +-ln(11) that the test-time gate is exactly 1 or 0.
 KEPT, PRUNED = 10.0, -10.0
 
 
-def keep_in_order(arch: model.Architecture, order: Sequence[tuple[str, int]], kind: str,
-                  budget: float, *, image_hw: int, in_channels: int,
-                  num_classes: int) -> dict[str, np.ndarray]:
+def keep_in_order(graph: graph_lib.Graph, order: Sequence[tuple[str, int]], kind: str,
+                  budget: float) -> dict[str, np.ndarray]:
   """Which channels to keep, taking `order`'s (gate name, channel) pairs while they fit.
 
   `kind` is what the budget is a kept fraction of: "macs" or "params".
@@ -37,12 +37,10 @@ def keep_in_order(arch: model.Architecture, order: Sequence[tuple[str, int]], ki
   others (the first channel of a branch also brings its reduce conv back), so
   each candidate is counted with the ones kept before it.
   """
-  shape = dict(image_hw=image_hw, in_channels=in_channels, num_classes=num_classes)
-  sizes = dict(zip(accounting.gate_names(arch), (c for b in arch.blocks for c in b.outputs)))
   cost = lambda counts: accounting.kept_fractions(
-      arch, {name: accounting.Kept(n, int(n > 0)) for name, n in counts.items()}, **shape)[kind]
-  kept = {name: np.zeros(c, bool) for name, c in sizes.items()}
-  counts = dict.fromkeys(sizes, 0)
+      graph, {name: accounting.Kept(n, int(n > 0)) for name, n in counts.items()})[kind]
+  kept = {g.name: np.zeros(g.size, bool) for g in graph.gates}
+  counts = dict.fromkeys(kept, 0)
   for name, channel in order:
     more = {**counts, name: counts[name] + 1}
     if cost(more) <= budget:
@@ -51,24 +49,24 @@ def keep_in_order(arch: model.Architecture, order: Sequence[tuple[str, int]], ki
   return kept
 
 
-def filter_l1_norms(params) -> dict[str, np.ndarray]:
+def filter_l1_norms(params, graph: graph_lib.Graph) -> dict[str, np.ndarray]:
   """The L1 norm of the filter behind each gated output channel, by gate name.
 
-  `params` is a GoogleNet's `nnx.Param` state; a gated output's channels are
-  made by the last conv of its branch (`export.CHAINS`).
+  `params` is the network's `nnx.Param` state; a gate's channels are made by
+  the layer it gates (`graph.Graph.gated_layer`).
   """
-  blocks = params["blocks"]
   norms = {}
-  for i in sorted(blocks, key=int):
-    for branch, conv in zip(model.BRANCHES, ("branch1", "branch3", "branch5", "branch_pool")):
-      kernel = np.asarray(blocks[i][conv]["conv"]["kernel"][...])  # [k, k, c_in, c_out]
-      norms[f"block{int(i) + 1}/{branch}"] = np.abs(kernel).sum(axis=(0, 1, 2))
+  for g in graph.gates:
+    weights = params
+    for key in graph.gated_layer(g.name).path:
+      weights = weights[key]
+    kernel = np.asarray(weights["kernel"][...])  # [k, k, c_in, c_out] or [c_in, c_out]
+    norms[g.name] = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
   return norms
 
 
-def mask_log_alphas(method: str, params, arch: model.Architecture, kind: str, budget: float, *,
-                    key: jax.Array, image_hw: int, in_channels: int,
-                    num_classes: int) -> dict[str, np.ndarray]:
+def mask_log_alphas(method: str, params, graph: graph_lib.Graph, kind: str, budget: float, *,
+                    key: jax.Array) -> dict[str, np.ndarray]:
   """Gate values (`KEPT` or `PRUNED`) of a `method` mask at `budget` of the `kind` cost.
 
   `key` draws the `random` order; `l1_norm` ignores it and breaks ties by
@@ -76,13 +74,12 @@ def mask_log_alphas(method: str, params, arch: model.Architecture, kind: str, bu
   """
   if method not in METHODS:
     raise ValueError(f"unknown mask method {method!r}; choose one of {', '.join(METHODS)}")
-  norms = filter_l1_norms(params)
+  norms = filter_l1_norms(params, graph)
   channels = [(name, j) for name, n in norms.items() for j in range(n.size)]
   if method == "l1_norm":
     scores = np.concatenate(list(norms.values()))
     order = np.argsort(-scores, kind="stable")
   else:
     order = np.asarray(jax.random.permutation(key, len(channels)))
-  kept = keep_in_order(arch, [channels[i] for i in order], kind, budget, image_hw=image_hw,
-                       in_channels=in_channels, num_classes=num_classes)
+  kept = keep_in_order(graph, [channels[i] for i in order], kind, budget)
   return {name: np.where(k, KEPT, PRUNED).astype(np.float32) for name, k in kept.items()}

@@ -1,7 +1,8 @@
-"""The UvA GoogleNet (CIFAR-sized, as in the UvA deep learning tutorial 5), optionally gated.
+"""The CIFAR-sized GoogleNet of the UvA deep learning tutorial 5, optionally gated; its graph.
 
-The architecture is data (`INCEPTION_BLOCKS`), read by the network here and
-by the cost accounting, so the two cannot drift apart.
+The architecture is data (`INCEPTION_BLOCKS`), read by the network and by
+its channel graph (`channel_graph`), which the cost accounting and the
+export read; `graph.Graph.check` holds the graph against the module.
 """
 
 import dataclasses
@@ -300,12 +301,6 @@ class GoogleNet(nnx.Module):
   def channel_graph(self, image_hw: int) -> graph_lib.Graph:
     return channel_graph(self.arch, use_gate=self.use_gate, image_hw=image_hw,
                          in_channels=self.in_channels, num_classes=self.num_classes)
-
-  def log_alphas(self) -> dict[str, jax.Array]:
-    """Every gate's log_alpha, named `block{i}/{branch}` (1-based), in network order."""
-    return {f"block{i + 1}/{branch}": gate.log_alpha[...]
-            for i, block in enumerate(self.blocks)
-            for branch, gate in zip(BRANCHES, block.gates)}
 
 
 def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_channels: int,

@@ -24,7 +24,8 @@ from etils import epath
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from l0jax import accounting, budget as budget_lib, data, evaluator, gates, masks, model
+from l0jax import accounting, budget as budget_lib, data, evaluator, gates, masks, networks
+from l0jax import graph as graph_lib
 from l0jax import workdirs, writers
 from l0jax import config as config_lib
 from l0jax.errors import UserError
@@ -44,7 +45,7 @@ class Network(NamedTuple):
   """What the step functions need to know about the network, besides its arrays."""
 
   graphdef: nnx.GraphDef
-  arch: model.Architecture
+  graph: graph_lib.Graph
   image_shape: tuple[int, int, int]
   num_classes: int
   dtype: Any
@@ -52,25 +53,12 @@ class Network(NamedTuple):
   mean: tuple[float, ...]
   std: tuple[float, ...]
 
-  @property
-  def input_counts(self) -> dict[str, int]:
-    """What the cost accounting needs to know about the input, besides the architecture."""
-    return dict(image_hw=self.image_shape[0], in_channels=self.image_shape[-1],
-                num_classes=self.num_classes)
-
   def apply(self, params, batch_stats, images, *, train: bool, gate_key=None):
     """Logits and the updated BN statistics, as a pure function of the arrays."""
     # copy=True: fresh Variables at this trace level, so BN may update them under grad.
     net = nnx.merge(self.graphdef, params, batch_stats, copy=True)
     logits = net(images, train=train, gate_key=gate_key)
     return logits, nnx.state(net, nnx.BatchStat), net
-
-
-def compute_dtype(name: str):
-  """The activations' dtype of a `config.compute_dtype`."""
-  if name == "auto":
-    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "bfloat16_matmuls": jnp.float32}[name]
 
 
 def run_once(fn: Callable, *args):
@@ -92,18 +80,15 @@ def create_network(config: ml_collections.ConfigDict, image_shape, num_classes: 
   Initialisation runs as one compiled program (`run_once`): op by op, each of its hundreds of
   operations would be compiled and dispatched on its own.
   """
-  dtype = compute_dtype(config.compute_dtype)
-  build = lambda key: model.GoogleNet(
-      num_classes, image_shape[-1], use_gate=config.use_gate,
-      width_multiplier=config.width_multiplier, droprate_init=config.droprate_init, dtype=dtype,
-      bfloat16_matmuls=config.compute_dtype == "bfloat16_matmuls", rngs=nnx.Rngs(params=key))
   init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
-  graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build(init_key)), nnx.Param, nnx.BatchStat)
-  params, batch_stats = run_once(lambda k: nnx.split(build(k), nnx.Param, nnx.BatchStat)[1:],
-                                 init_key)
-  arch = model.Architecture.at_width(config.width_multiplier)
-  network = Network(graphdef, arch, tuple(image_shape), num_classes, dtype,
-                    tuple(map(float, mean)), tuple(map(float, std)))
+  graph, abstract = networks.channel_graph(config, image_shape, num_classes)
+  graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+  params, batch_stats = run_once(
+      lambda k: nnx.split(networks.build(config, image_shape, num_classes, k), nnx.Param,
+                          nnx.BatchStat)[1:], init_key)
+  network = Network(graphdef, graph, tuple(image_shape), num_classes,
+                    networks.compute_dtype(config.compute_dtype), tuple(map(float, mean)),
+                    tuple(map(float, std)))
   return network, params, batch_stats
 
 
@@ -137,14 +122,14 @@ def keep_gates(params: nnx.State, old: nnx.State) -> nnx.State:
                                           params, old)
 
 
-def gate_metrics(network: Network, net: model.GoogleNet, penalty: str) -> dict[str, jax.Array]:
+def gate_metrics(network: Network, net: nnx.Module, penalty: str) -> dict[str, jax.Array]:
   """The L0 term and the gate statistics worth watching; zeros without gates."""
-  if not net.use_gate:
+  if not network.graph.gates:
     return {"l0": jnp.zeros(()), "open_gates": jnp.ones(()),
             "expected_params_kept": jnp.ones(()), "expected_macs_kept": jnp.ones(())}
-  log_alphas = net.log_alphas()
+  log_alphas = network.graph.log_alphas(net)
   flat = jnp.concatenate(list(log_alphas.values()))
-  l0 = accounting.penalties(log_alphas, network.arch, **network.input_counts)
+  l0 = accounting.penalties(log_alphas, network.graph)
   return {
       "l0": l0[penalty],
       "open_gates": jnp.mean(gates.test_gate(flat) > 0),
@@ -153,15 +138,15 @@ def gate_metrics(network: Network, net: model.GoogleNet, penalty: str) -> dict[s
   }
 
 
-def budget_metrics(budget: budget_lib.Budget, network: Network, net: model.GoogleNet,
+def budget_metrics(budget: budget_lib.Budget, network: Network, net: nnx.Module,
                    metrics: dict[str, jax.Array], step: jax.Array,
                    multipliers: budget_lib.Multipliers, settled: bool) -> dict[str, jax.Array]:
   """The Lagrangian as the L0 term, and what it is made of: t, c, l1, l2; the test-time cost.
 
   Once the gates are settled, c is the test-time cost: the one they were fixed for.
   """
-  test_time = accounting.kept_fractions(network.arch, accounting.test_time_kept(net.log_alphas()),
-                                        **network.input_counts)[budget.kind]
+  test_time = accounting.kept_fractions(
+      network.graph, accounting.test_time_kept(network.graph.log_alphas(net)))[budget.kind]
   target = budget.target_at(step)
   cost = test_time if settled else metrics[f"expected_{budget.kind}_kept"]
   return {"l0": budget_lib.lagrangian_term(multipliers, cost, target), "target": target,
@@ -303,7 +288,9 @@ def setup(config: ml_collections.ConfigDict) -> Run:
                     f"{jax.device_count()} devices")
   start = time.monotonic()
   dataset = data.load_dataset(config)
-  budget_lib.check_reachable(config, dataset.train_images.shape[1:], dataset.num_classes)
+  if budget_lib.target_of(config):  # Refused before anything is announced, as other bad input.
+    budget_lib.check_reachable(config, networks.channel_graph(
+        config, dataset.train_images.shape[1:], dataset.num_classes)[0])
   sizes = [f"{len(x):,}" for x in (dataset.train_images, dataset.val_images, dataset.test_images)]
   logging.info("Data: %s from %s: %s training, %s validation, %s test images of %s (%.1f s).",
                dataset.name, dataset.source, *sizes,
@@ -311,9 +298,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
   start = time.monotonic()
   network, params, batch_stats = create_network(config, dataset.train_images.shape[1:],
                                                 dataset.num_classes, dataset.mean, dataset.std)
-  num_params, macs = accounting.totals(accounting.count(
-      network.arch, None, image_hw=network.image_shape[0], in_channels=network.image_shape[-1],
-      num_classes=network.num_classes))
+  num_params, macs = accounting.totals(accounting.count(network.graph, None))
   logging.info("Network: GoogleNet at width %g, %s, %s parameters, %.2f M MACs per image, "
                "%s on %d %s device(s) (%.1f s).", config.width_multiplier,
                "gated" if config.use_gate else "no gates", f"{num_params:,}", macs / 1e6,
@@ -341,28 +326,25 @@ def run_budget(run: Run) -> budget_lib.Budget | None:
 
 
 def with_log_alphas(run: Run, state: TrainState, log_alphas: dict[str, np.ndarray]) -> TrainState:
-  """`state` with each gate's log_alpha replaced, by the names `GoogleNet.log_alphas` gives."""
+  """`state` with each gate's log_alpha replaced, by the names the channel graph gives them."""
   net = nnx.merge(run.network.graphdef, state.params, state.batch_stats)
-  for i, block in enumerate(net.blocks):
-    for branch, gate in zip(model.BRANCHES, block.gates):
-      gate.log_alpha.value = jnp.asarray(log_alphas[f"block{i + 1}/{branch}"])
+  run.network.graph.set_log_alphas(net, log_alphas)
   return state._replace(params=nnx.state(net, nnx.Param))
 
 
 def log_alphas_of(run: Run, state: TrainState) -> dict[str, np.ndarray]:
   net = nnx.merge(run.network.graphdef, state.params, state.batch_stats)
-  return {k: np.asarray(v) for k, v in net.log_alphas().items()}
+  return {k: np.asarray(v) for k, v in run.network.graph.log_alphas(net).items()}
 
 
 def settle_gates(run: Run, budget: budget_lib.Budget, state: TrainState) -> TrainState:
   """`state` with its gates decided for the budget at test time (budget.settle), and says how."""
   before = log_alphas_of(run, state)
-  after = budget_lib.settle(before, budget.kind, budget.target, run.network.arch,
-                            **run.network.input_counts)
+  after = budget_lib.settle(before, budget.kind, budget.target, run.network.graph)
   kept = {when: {k: np.asarray(gates.test_gate(v)) > 0 for k, v in las.items()}
           for when, las in (("before", before), ("after", after))}
-  cost = {when: accounting.kept_fractions(run.network.arch, accounting.deterministic_kept(las),
-                                          **run.network.input_counts)[budget.kind]
+  cost = {when: accounting.kept_fractions(run.network.graph,
+                                          accounting.deterministic_kept(las))[budget.kind]
           for when, las in (("before", before), ("after", after))}
   changed = lambda a, b: sum(int(np.sum(kept[a][k] & ~kept[b][k])) for k in before)
   logging.info("Gates settled for the budget: test-time %s kept %.4f -> %.4f (target %g); "
@@ -377,10 +359,10 @@ def mask_gates(run: Run, state: TrainState) -> TrainState:
   config = run.config
   kind, target = budget_lib.target_of(config)
   log_alphas = masks.mask_log_alphas(
-      config.mask, state.params, run.network.arch, kind, target,
-      key=jax.random.fold_in(jax.random.key(config.seed), 2), **run.network.input_counts)
-  cost = accounting.kept_fractions(run.network.arch, accounting.deterministic_kept(log_alphas),
-                                   **run.network.input_counts)[kind]
+      config.mask, state.params, run.network.graph, kind, target,
+      key=jax.random.fold_in(jax.random.key(config.seed), 2))
+  cost = accounting.kept_fractions(run.network.graph,
+                                   accounting.deterministic_kept(log_alphas))[kind]
   logging.info("Mask %s: %d of %d gated channels kept, %.4f of the %s (target %g); fixed.",
                config.mask, sum(int(np.sum(la == masks.KEPT)) for la in log_alphas.values()),
                sum(la.size for la in log_alphas.values()), cost, kind, target)
@@ -517,7 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       log_alphas = log_alphas_of(run, state)
       record["log_alpha"] = {k: v.tolist() for k, v in log_alphas.items()}
       writer.write_histograms(step, {f"log_alpha/{k}": v for k, v in log_alphas.items()})
-      costs = accounting.report(log_alphas, config, network.image_shape, network.num_classes)
+      costs = accounting.report(network.graph, log_alphas)
       scalars.update({"gates/open": costs["gated_channels_kept"] / costs["gated_channels_full"],
                       "gates/macs_kept": costs["macs_kept_fraction"]})
       pruning = (f"; gates open {scalars['gates/open']:.1%}, MACs kept "

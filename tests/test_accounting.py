@@ -2,12 +2,12 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from l0jax import accounting, gates, model
+from conftest import tiny_config
+from l0jax import accounting, gates, model, train
 from l0jax.errors import UserError
 
 # The UvA GoogleNet's blocks, row by row: c_in, red3, red5, out1, out3, out5, out_pool, spatial size at 32x32.
@@ -25,6 +25,7 @@ FULL_PARAMS = 260_650
 FULL_MACS = 79_643_904
 ARCH = model.Architecture.at_width(1.0)
 CIFAR = dict(image_hw=32, in_channels=3, num_classes=10)
+GRAPH = model.channel_graph(ARCH, use_gate=True, **CIFAR)
 OPEN, CLOSED = 100.0, -100.0  # log_alpha with P(z != 0) = 1 and 0 (and test-time gates 1 and 0)
 
 
@@ -45,22 +46,23 @@ def all_open() -> dict[str, jax.Array]:
           for branch, c in zip(model.BRANCHES, block.outputs)}
 
 
-def counts(log_alphas, **shape) -> dict[str, accounting.Layer]:
-  layers = accounting.count(ARCH, accounting.deterministic_kept(log_alphas), **(shape or CIFAR))
-  return {l.name: l for l in layers}
+def counts(log_alphas, **shape) -> dict[str, accounting.LayerCost]:
+  graph = model.channel_graph(ARCH, use_gate=True, **(shape or CIFAR))
+  return {l.name: l for l in accounting.count(graph, accounting.deterministic_kept(log_alphas))}
 
 
 def summary(log_alphas, image_shape=(32, 32, 3)):
-  config = ml_collections.ConfigDict({"width_multiplier": 1.0})
-  return accounting.report(log_alphas, config, image_shape, 10)
+  graph = model.channel_graph(ARCH, use_gate=True, image_hw=image_shape[0],
+                              in_channels=image_shape[-1], num_classes=10)
+  return accounting.report(graph, log_alphas)
 
 
 def test_full_model_counts_are_pinned():
   assert hand_count() == (FULL_PARAMS, FULL_MACS)
-  assert accounting.totals(accounting.count(ARCH, None, **CIFAR)) == (FULL_PARAMS, FULL_MACS)
+  assert accounting.totals(accounting.count(GRAPH, None)) == (FULL_PARAMS, FULL_MACS)
   net = nnx.eval_shape(lambda: model.GoogleNet(10, 3, use_gate=False, rngs=nnx.Rngs(0)))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param))) == FULL_PARAMS
-  s = summary(net)
+  s = accounting.report(net.channel_graph(32), {})
   assert (s["params_full"], s["params_kept"], s["macs_full"], s["macs_kept"]) == (
       FULL_PARAMS, FULL_PARAMS, FULL_MACS, FULL_MACS)
   assert (s["flops_full"], s["flops_kept"]) == (2 * FULL_MACS, 2 * FULL_MACS)
@@ -141,7 +143,7 @@ def test_report_refuses_unknown_gates_and_non_square_images():
   with pytest.raises(ValueError, match="block9"):
     summary(all_open() | {"block9/1x1": jnp.zeros(4)})
   with pytest.raises(ValueError, match="square"):
-    summary(all_open(), image_shape=(32, 28, 3))
+    train.channel_graph(tiny_config(), (32, 28, 3), 10)
 
 
 def random_log_alphas(key, closed=("block3/5x5",)) -> dict[str, jax.Array]:
@@ -155,8 +157,8 @@ def random_log_alphas(key, closed=("block3/5x5",)) -> dict[str, jax.Array]:
 
 def test_expected_counts_equal_deterministic_ones_for_certain_gates():
   la = random_log_alphas(jax.random.key(0))
-  expected = accounting.count(ARCH, accounting.expected_kept(la), **CIFAR)
-  deterministic = accounting.count(ARCH, accounting.deterministic_kept(la), **CIFAR)
+  expected = accounting.count(GRAPH, accounting.expected_kept(la))
+  deterministic = accounting.count(GRAPH, accounting.deterministic_kept(la))
   for e, d in zip(expected, deterministic):
     np.testing.assert_allclose([e.kept_in, e.kept_out, e.params, e.macs],
                                [d.kept_in, d.kept_out, d.params, d.macs], rtol=1e-6, err_msg=e.name)
@@ -167,27 +169,27 @@ def test_expected_counts_equal_deterministic_ones_for_certain_gates():
 def test_mean_gate_penalty_is_the_mean_probability():
   la = jax.tree.map(lambda a: jax.random.normal(jax.random.key(1), a.shape), all_open())
   want = np.mean(np.concatenate([gates.prob_open(a) for a in la.values()]))
-  got = accounting.penalty("mean_gate", la, ARCH, **CIFAR)
+  got = accounting.penalty("mean_gate", la, GRAPH)
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["params", "macs"])
 def test_cost_penalties_are_kept_fractions(kind):
-  np.testing.assert_allclose(accounting.penalty(kind, all_open(), ARCH, **CIFAR), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(accounting.penalty(kind, all_open(), GRAPH), 1.0, rtol=1e-6)
   la = random_log_alphas(jax.random.key(2))
   layers = counts(la)
   which = 0 if kind == "params" else 1
-  np.testing.assert_allclose(accounting.penalty(kind, la, ARCH, **CIFAR),
+  np.testing.assert_allclose(accounting.penalty(kind, la, GRAPH),
                              accounting.totals(list(layers.values()))[which] / hand_count()[which],
                              rtol=1e-5)
   closed = jax.tree.map(lambda a: jnp.full_like(a, CLOSED), la)
-  assert 0.0 < accounting.penalty(kind, closed, ARCH, **CIFAR) < 0.05
+  assert 0.0 < accounting.penalty(kind, closed, GRAPH) < 0.05
 
 
 @pytest.mark.parametrize("kind", accounting.PENALTIES)
 def test_penalties_are_traceable_and_reach_every_log_alpha(kind):
   la = jax.tree.map(lambda a: jax.random.normal(jax.random.key(3), a.shape), all_open())
-  f = lambda la: accounting.penalty(kind, la, ARCH, **CIFAR)
+  f = lambda la: accounting.penalty(kind, la, GRAPH)
   value, grads = jax.jit(jax.value_and_grad(f))(la)
   assert 0.0 < value < 1.0
   np.testing.assert_allclose(value, f(la), rtol=1e-6)
@@ -197,5 +199,5 @@ def test_penalties_are_traceable_and_reach_every_log_alpha(kind):
 
 def test_penalty_refuses_unknown_kinds_and_is_zero_without_gates():
   with pytest.raises(UserError, match="flops"):
-    accounting.penalty("flops", all_open(), ARCH, **CIFAR)
-  assert accounting.penalty("macs", {}, ARCH, **CIFAR) == 0.0
+    accounting.penalty("flops", all_open(), GRAPH)
+  assert accounting.penalty("macs", {}, GRAPH) == 0.0

@@ -49,22 +49,22 @@ def test_the_target_warms_up_linearly():
 
 
 ARCH = model.Architecture.at_width(0.25)
-SHAPE = dict(image_hw=8, in_channels=3, num_classes=10)
+GRAPH = model.channel_graph(ARCH, use_gate=True, image_hw=8, in_channels=3, num_classes=10)
 
 
 def realised_cost(log_alphas, kind="macs") -> float:
-  return accounting.kept_fractions(ARCH, accounting.deterministic_kept(log_alphas), **SHAPE)[kind]
+  return accounting.kept_fractions(GRAPH, accounting.deterministic_kept(log_alphas))[kind]
 
 
 @pytest.mark.parametrize("kind, target, spread", [("macs", 0.5, (-1, 3)), ("params", 0.3, (-1, 3)),
                                                   ("macs", 0.6, (-6, -1))])
 def test_settled_gates_fit_the_budget_and_no_closed_one_would(kind, target, spread):
-  names = accounting.gate_names(ARCH)
+  names = [g.name for g in GRAPH.gates]
   keys = jax.random.split(jax.random.key(0), len(names))
   outputs = [c for block in ARCH.blocks for c in block.outputs]
   before = {n: np.asarray(jax.random.uniform(k, (c,), minval=spread[0], maxval=spread[1]))
             for n, k, c in zip(names, keys, outputs)}
-  after = budget.settle(before, kind, target, ARCH, **SHAPE)
+  after = budget.settle(before, kind, target, GRAPH)
   assert realised_cost(after, kind) <= target < realised_cost(before, kind) or spread[1] < 0
   if spread[1] < 0:  # every gate closed before: the most open ones are opened, fully
     assert realised_cost(before, kind) < realised_cost(after, kind) <= target
@@ -81,14 +81,14 @@ def test_settled_gates_fit_the_budget_and_no_closed_one_would(kind, target, spre
 
 def test_the_floor_is_the_stem_and_the_head():
   config = tiny_config(target_macs=0.01)
-  layers = {l.name: l for l in accounting.count(ARCH, None, **SHAPE)}
+  layers = {l.name: l for l in accounting.count(GRAPH, None)}
   full_params, full_macs = accounting.totals(list(layers.values()))
-  lowest = budget.floor(config, (8, 8, 3), 10)
+  lowest = budget.floor(GRAPH)
   np.testing.assert_allclose(lowest["macs"], layers["stem"].macs / full_macs)
   np.testing.assert_allclose(lowest["params"], (layers["stem"].params + 10) / full_params)
   with pytest.raises(UserError, match="below what this network can reach"):
-    budget.check_reachable(config, (8, 8, 3), 10)
-  budget.check_reachable(tiny_config(target_macs=lowest["macs"] + 1e-6), (8, 8, 3), 10)
+    budget.check_reachable(config, GRAPH)
+  budget.check_reachable(tiny_config(target_macs=lowest["macs"] + 1e-6), GRAPH)
 
 
 def test_a_state_without_a_budget_saves_as_before():
@@ -133,8 +133,7 @@ def test_its_analysis_plots_the_realised_cost_against_the_target(budget_run):
   assert result["gates"]["undecided"] > 0  # so that the next line says something
   assert "the budget fixed every gate from epoch" in summary
   metrics = json.loads(open(f"{budget_run}/{workdirs.TEST_METRICS_FILE}").read())
-  realised = analysis.realised_costs(workdirs.load_history(budget_run),
-                                      tiny_config(**RUN), metrics["layers"])["macs"]
+  realised = analysis.realised_costs(workdirs.load_history(budget_run), tiny_config(**RUN))["macs"]
   assert realised[-1] == pytest.approx(metrics["macs_kept_fraction"])
 
 

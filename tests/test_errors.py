@@ -243,7 +243,7 @@ REFUSALS = {
     "target_without_gates": ["use_gate=True and train_gates=True"],
     "target_with_fixed_gates": ["use_gate=True and train_gates=True"],
     "target_below_the_floor": ["target_macs=0.01 is below what this network can reach",
-                               "stem and head"],
+                               "ungated layers still keep"],
     "unknown_mask": ["mask='magnitude' is not one of l1_norm, random"],
     "mask_without_target": ["mask=l1_norm keeps channels", "a target_macs (or target_params)"],
 }

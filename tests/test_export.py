@@ -8,7 +8,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -64,36 +63,45 @@ def gated_net(*, closed_branch=(2, 2), closed_block=4, use_gate=True, seed=0) ->
 gated_logits = nnx.jit(lambda net, x: net(x, train=False))
 
 
+def graph_of(net: model.GoogleNet):
+  return net.channel_graph(HW)
+
+
+def compact(net: model.GoogleNet):
+  return export.compact_params(net, graph_of(net))
+
+
 def images(n, seed=0):
   return jax.random.normal(jax.random.key(seed), (n, HW, HW, 3))
 
 
 def test_gate_states_cover_pruned_partial_and_open():
-  z = jnp.concatenate([gates.test_gate(la) for la in gated_net().log_alphas().values()])
+  net = gated_net()
+  z = jnp.concatenate([gates.test_gate(la) for la in graph_of(net).log_alphas(net).values()])
   assert jnp.any(z == 0) and jnp.any(z == 1) and jnp.any((z > 0) & (z < 1))
 
 
 @pytest.mark.parametrize("closed_block", [4, 7])  # the next block, or the head, sees no inputs
 def test_compact_logits_equal_gated_test_time_logits(closed_block):
   net = gated_net(closed_block=closed_block)
-  params = export.compact_params(net)
+  params, graph = compact(net), graph_of(net)
   x = images(8)
   want = gated_logits(net, x)
-  np.testing.assert_allclose(export.compact_apply(params, x), want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(jax.jit(export.compact_apply)(params, x), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(export.compact_apply(graph, params, x), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(lambda p, x: export.compact_apply(graph, p, x))(params, x),
+                             want, rtol=1e-5, atol=1e-5)
   if closed_block == 7:
     np.testing.assert_allclose(want, jnp.broadcast_to(net.head.bias[...], want.shape), rtol=1e-6)
 
 
 def test_closed_channels_leave_the_compact_network():
   net = gated_net()
-  params = export.compact_params(net)
-  closed = params["blocks"][2]
-  assert closed["branch5"]["kernel"].shape[-1] == 0
-  assert closed["branch5_reduce"]["kernel"].shape[-1] == 0  # it fed only the closed branch
+  params = compact(net)
+  assert params["block3/branch5"]["kernel"].shape[-1] == 0
+  assert params["block3/branch5_reduce"]["kernel"].shape[-1] == 0  # it fed only the closed branch
   for name in ("branch1", "branch3_reduce", "branch5_reduce", "branch_pool"):
-    assert params["blocks"][5][name]["kernel"].shape[2] == 0  # block 5 (0-based 4) is closed
-  kept = accounting.deterministic_kept(net.log_alphas())
+    assert params[f"block6/{name}"]["kernel"].shape[2] == 0  # block 5 (0-based 4) is closed
+  kept = accounting.deterministic_kept(graph_of(net).log_alphas(net))
   assert params["head"]["kernel"].shape == (
       sum(kept[f"block8/{b}"].channels for b in model.BRANCHES), CLASSES)
 
@@ -101,28 +109,27 @@ def test_closed_channels_leave_the_compact_network():
 @pytest.mark.parametrize("use_gate", [True, False])
 def test_compact_parameters_are_the_kept_ones_less_folded_batch_norm(use_gate):
   net = gated_net(use_gate=use_gate)
-  config = ml_collections.ConfigDict({"width_multiplier": WIDTH})
-  summary = accounting.report(net, config, (HW, HW, 3), CLASSES)
+  summary = accounting.report(graph_of(net), graph_of(net).log_alphas(net))
   # BN's scale and shift fold into each conv's kernel and bias: 2 fewer per kept output.
   folded = sum(2 * l["kept_out"] for l in summary["layers"] if l["name"] != "head")
-  assert export.num_params(export.compact_params(net)) == summary["params_kept"] - folded
+  assert export.num_params(compact(net)) == summary["params_kept"] - folded
   if not use_gate:
     assert summary["params_kept"] == summary["params_full"]
 
 
 def test_verify_reports_agreement_and_refuses_a_wrong_network():
   net = gated_net()
-  params = export.compact_params(net)
+  params = compact(net)
   x = np.asarray(images(10))
   labels = np.asarray(gated_logits(net, x).argmax(-1))
-  result = export.verify(net, params, x, labels, batch_size=4)
+  result = export.verify(net, graph_of(net), params, x, labels, batch_size=4)
   assert result["max_abs_logit_diff"] < 1e-5
   assert result["test_accuracy_gated"] == result["test_accuracy_compact"] == 1.0
   assert result["params_compact"] == export.num_params(params)
   wrong = jax.tree.map(lambda a: a, params)
-  wrong["blocks"][7]["branch1"]["bias"] = wrong["blocks"][7]["branch1"]["bias"] + 0.1
+  wrong["block8/branch1"]["bias"] = wrong["block8/branch1"]["bias"] + 0.1
   with pytest.raises(RuntimeError, match="differ"):
-    export.verify(net, wrong, x, labels, batch_size=4)
+    export.verify(net, graph_of(net), wrong, x, labels, batch_size=4)
 
 
 MEAN, STD = np.array([120.0, 110.0, 100.0]), np.array([60.0, 65.0, 70.0])
@@ -147,7 +154,7 @@ def saved(tmp_path_factory):
   net = gated_net()
   folder = tmp_path_factory.mktemp("export") / "export"
   uint8 = np.random.default_rng(0).integers(0, 256, (4, HW, HW, 3), dtype=np.uint8)
-  export.save(folder, export.compact_params(net), uint8, MEAN, STD, {"dataset": "fixture"},
+  export.save(folder, graph_of(net), compact(net), uint8, MEAN, STD, {"dataset": "fixture"},
               {"checkpoint_step": 14})
   return net, folder
 
@@ -209,15 +216,15 @@ def test_an_export_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
   between its two renames once the next save has begun; a folder mixing two exports is refused."""
   first = gated_net(seed=0)
   folder = tmp_path / "export"
-  save = lambda params, metrics: export.save(folder, params, uint8_images(2, 0), MEAN, STD, {},
-                                             metrics)
-  save(export.compact_params(first), {"net": "first"})
+  save = lambda params, metrics: export.save(folder, graph_of(first), params, uint8_images(2, 0),
+                                             MEAN, STD, {}, metrics)
+  save(compact(first), {"net": "first"})
   x = uint8_images(3, 2)
   want = gated_logits(first, normalized(x))
 
   def fail(*args, **kwargs):
     raise RuntimeError("killed")
-  second = export.compact_params(gated_net(seed=1))
+  second = compact(gated_net(seed=1))
   monkeypatch.setattr(export, "_check_close", fail)  # once every file of the new one is written
   for killed_between_renames in (False, True):
     if killed_between_renames:

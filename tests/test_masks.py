@@ -8,13 +8,13 @@ from conftest import tiny_config
 from l0jax import accounting, gates, masks, model, train
 
 WIDTH = 0.25
-ARCH = model.Architecture.at_width(WIDTH)
-SHAPE = dict(image_hw=8, in_channels=3, num_classes=10)
+GRAPH = model.channel_graph(model.Architecture.at_width(WIDTH), use_gate=True, image_hw=8,
+                            in_channels=3, num_classes=10)
 
 
 def macs(kept):
   kept = {name: accounting.Kept(int(k.sum()), int(k.any())) for name, k in kept.items()}
-  return accounting.totals(accounting.count(ARCH, kept, **SHAPE))[1]
+  return accounting.totals(accounting.count(GRAPH, kept))[1]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,8 @@ def params():
 
 
 def mask(method, budget, params, seed=0):
-  log_alphas = masks.mask_log_alphas(method, params, ARCH, "macs", budget, key=jax.random.key(seed),
-                                     **SHAPE)
+  log_alphas = masks.mask_log_alphas(method, params, GRAPH, "macs", budget,
+                                     key=jax.random.key(seed))
   for la in log_alphas.values():
     z = np.asarray(gates.test_gate(la))
     assert set(np.unique(z)) <= {0.0, 1.0}
@@ -50,10 +50,10 @@ def test_masks_fit_the_budget_and_no_pruned_channel_would(method, budget, params
 
 def test_l1_norm_takes_channels_by_descending_filter_norm(params):
   kept = mask("l1_norm", 0.5, params)
-  norms = masks.filter_l1_norms(params)
+  norms = masks.filter_l1_norms(params, GRAPH)
   by_norm = sorted(((name, j) for name, n in norms.items() for j in range(n.size)),
                    key=lambda c: -norms[c[0]][c[1]])
-  expected = masks.keep_in_order(ARCH, by_norm, "macs", 0.5, **SHAPE)
+  expected = masks.keep_in_order(GRAPH, by_norm, "macs", 0.5)
   assert all(np.array_equal(kept[name], expected[name]) for name in kept)
   scores, flat = (np.concatenate(list(d.values())) for d in (norms, kept))
   assert np.median(scores[flat]) > np.median(scores[~flat])
@@ -67,4 +67,4 @@ def test_random_masks_follow_the_key(params):
   assert all(np.array_equal(a[name], again[name]) for name in a)
   assert not all(np.array_equal(a[name], b[name]) for name in a)
   with pytest.raises(ValueError, match="unknown mask method"):
-    masks.mask_log_alphas("magnitude", params, ARCH, "macs", 0.5, key=jax.random.key(0), **SHAPE)
+    masks.mask_log_alphas("magnitude", params, GRAPH, "macs", 0.5, key=jax.random.key(0))

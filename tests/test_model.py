@@ -30,7 +30,7 @@ def test_full_width_has_the_spec_parameter_count():
 
 def test_gates_sit_on_every_branch_output():
   net = abstract(10, 3, use_gate=True)
-  log_alphas = jax.eval_shape(lambda: model.GoogleNet(10, 3, rngs=nnx.Rngs(0)).log_alphas())
+  log_alphas = net.channel_graph(32).log_alphas(net)
   assert len(log_alphas) == 32
   assert sum(v.size for v in log_alphas.values()) == 832  # 64 + 4 x 96 + 3 x 128 channels
   assert num_params(net) == 260_650 + 832

@@ -246,7 +246,8 @@ def test_finetuning_starts_from_the_baselines_weights(finished_runs, tmp_path):
   np.testing.assert_array_equal(batch_stats["blocks"][7]["branch1"]["bn"]["var"][...],
                                 saved["batch_stats"]["blocks"]["7"]["branch1"]["bn"]["var"]["value"])
   # The gates are fresh, at droprate_init = 0.05: log_alpha ~ log(0.95 / 0.05).
-  log_alpha = nnx.merge(network.graphdef, params, batch_stats).log_alphas()["block1/1x1"]
+  log_alpha = network.graph.log_alphas(nnx.merge(network.graphdef, params,
+                                                 batch_stats))["block1/1x1"]
   np.testing.assert_allclose(log_alpha, np.log(19.0), atol=0.05)
 
 
@@ -298,9 +299,9 @@ def test_a_mask_prunes_the_baseline_to_its_budget_and_stays_fixed(finished_runs,
                 for b, block in after["params"]["blocks"].items()
                 for branch, g in zip(model.BRANCHES, block["gates"].values())}
   assert all(set(np.unique(la)) <= {masks.KEPT, masks.PRUNED} for la in log_alphas.values())
-  arch = model.Architecture.at_width(0.25)
-  shape = dict(image_hw=8, in_channels=3, num_classes=10)
-  cost = accounting.kept_fractions(arch, accounting.deterministic_kept(log_alphas), **shape)
+  graph = model.channel_graph(model.Architecture.at_width(0.25), use_gate=True, image_hw=8,
+                              in_channels=3, num_classes=10)
+  cost = accounting.kept_fractions(graph, accounting.deterministic_kept(log_alphas))
   assert 0.3 < cost["macs"] <= 0.4
   kernel = lambda state: state["params"]["stem"]["conv"]["kernel"]["value"]
   assert not np.array_equal(kernel(saved_state(base, "best")), kernel(after))

@@ -1,0 +1,42 @@
+"""The network a config describes: built, and its channel graph, from the config alone.
+
+Training builds it here; whatever counts a run's costs (`analysis`) asks here
+for its graph, without loading data or restoring a checkpoint.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from l0jax import graph as graph_lib
+from l0jax import model
+
+
+def compute_dtype(name: str):
+  """The activations' dtype of a `config.compute_dtype`."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "bfloat16_matmuls": jnp.float32}[name]
+
+
+def build(config: ml_collections.ConfigDict, image_shape, num_classes: int,
+          key: jax.Array) -> nnx.Module:
+  """The configured network, its parameters drawn from `key`."""
+  return model.GoogleNet(
+      num_classes, image_shape[-1], use_gate=config.use_gate,
+      width_multiplier=config.width_multiplier, droprate_init=config.droprate_init,
+      dtype=compute_dtype(config.compute_dtype),
+      bfloat16_matmuls=config.compute_dtype == "bfloat16_matmuls", rngs=nnx.Rngs(params=key))
+
+
+def channel_graph(config: ml_collections.ConfigDict, image_shape,
+                  num_classes: int) -> tuple[graph_lib.Graph, nnx.Module]:
+  """The configured network's channel graph, checked against its (abstract) module."""
+  height, width, _ = image_shape
+  if height != width:
+    raise ValueError(f"the cost accounting assumes square images, not {height}x{width}")
+  abstract = nnx.eval_shape(lambda: build(config, image_shape, num_classes, jax.random.key(0)))
+  graph = abstract.channel_graph(height)
+  graph.check(abstract)
+  return graph, abstract
