@@ -1,1 +1,33 @@
-"""l0jax: structured pruning of convolutional networks with L0 (hard-concrete) gates."""
+"""l0jax: structured pruning of convolutional networks with L0 (hard-concrete) gates.
+
+The Python API (the README's "Python API" section; `examples/custom_cnn.py`
+runs it on a CNN of its own):
+
+- gate a network: `L0Gate` holds a layer's `LogAlpha`, `gate_channels` applies it;
+- describe its channels: `Graph` of `Layer`, `Pool`, `Add`, `Pad` and `Gate`
+  (`l0jax.graph`'s docstring); a wrong graph raises `GraphError`;
+- `costs`, `format_table`, `penalty`, `save_export`, `load_export` (`l0jax.api`);
+- the built-in network: `GoogleNet`, whose `channel_graph` is an example of a graph.
+"""
+
+import importlib
+
+# Where each name of the API lives. They are imported when first used, not by
+# `import l0jax`: the command line reports a bad flag, and starts
+# jax.distributed, before anything imports JAX.
+_API = {
+    "format_table": "l0jax.accounting",
+    **dict.fromkeys(["costs", "load_export", "penalty", "save_export"], "l0jax.api"),
+    "UserError": "l0jax.errors",
+    **dict.fromkeys(["L0Gate", "LogAlpha", "gate_channels"], "l0jax.gates"),
+    **dict.fromkeys(["INPUT", "Add", "Gate", "Graph", "GraphError", "Layer", "Pad", "Pool"],
+                    "l0jax.graph"),
+    "GoogleNet": "l0jax.model",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+  if name not in _API:
+    raise AttributeError(f"module 'l0jax' has no attribute {name!r}")
+  return getattr(importlib.import_module(_API[name]), name)
