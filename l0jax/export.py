@@ -130,7 +130,8 @@ def _node(x: jax.Array, node: graph_lib.Pool | graph_lib.Pad) -> jax.Array:
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (node.before, node.after)))
   if node.kind == "mean":
     return jnp.mean(x, axis=(1, 2))
-  pad = (0, 0), (node.padding, node.padding), (node.padding, node.padding), (0, 0)
+  pad = (node.padding if isinstance(node.padding, str)
+         else ((0, 0), (node.padding,) * 2, (node.padding,) * 2, (0, 0)))
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, node.window, node.window, 1),
                                (1, node.stride, node.stride, 1), pad)
 

@@ -13,7 +13,8 @@ that order. `INPUT` is the image.
   `nnx.Conv` / `nnx.Linear` (attribute names and list indices), `bn` its
   `nnx.BatchNorm`, if any. `gate` names the `Gate` that decides its output
   channels, or None.
-- `Pool`: max-pool (`window`, `stride`, symmetric `padding`) or, with
+- `Pool`: max-pool (`window`, `stride`, `padding` on every side, or "SAME"
+  as `lax.reduce_window` pads) or, with
   `kind="mean"`, the global average pool that gives [batch, channels].
 - `Add`: the elementwise sum of its inputs (a residual add), then ReLU if `relu`.
 - `Pad`: an identity shortcut that changes shape (He et al.'s option A):
@@ -101,7 +102,7 @@ class Pool:
   kind: str = "max"
   window: int = 3
   stride: int = 1
-  padding: int = 1
+  padding: int | str = 1  # on every side, with -inf; or "SAME" (rounds the size up)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -311,7 +311,8 @@ def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_chann
   (1-based, `BRANCHES`), as the run's history has always recorded them.
   """
   def conv_bn(name, inputs, c_in, c_out, kernel, path, gate=None):
-    return graph_lib.Layer(name, inputs, c_in, c_out, kernel, gate=gate if use_gate else None,
+    return graph_lib.Layer(name, inputs, c_in, c_out, kernel, padding=kernel // 2,
+                           gate=gate if use_gate else None,
                            path=(*path, "conv"), bn=(*path, "bn"))
 
   nodes, gate_list = [conv_bn("stem", (graph_lib.INPUT,), in_channels, arch.stem, 3, ("stem",))], []

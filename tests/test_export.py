@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from l0jax import accounting, export, gates, model
+from l0jax import accounting, export, gates, model, resnet, vgg
 from l0jax.errors import UserError
 
 WIDTH, HW, CLASSES = 0.25, 12, 10  # 12 -> 6 -> 3 after the pools
@@ -92,6 +92,30 @@ def test_compact_logits_equal_gated_test_time_logits(closed_block):
                              want, rtol=1e-5, atol=1e-5)
   if closed_block == 7:
     np.testing.assert_allclose(want, jnp.broadcast_to(net.head.bias[...], want.shape), rtol=1e-6)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: resnet.ResNet(CLASSES, 3, depth=20, width_multiplier=0.25, rngs=nnx.Rngs(0)),
+    lambda: vgg.VGG(CLASSES, 3, depth=11, width_multiplier=0.125, rngs=nnx.Rngs(0)),
+], ids=["resnet20", "vgg11"])
+def test_compact_logits_equal_gated_ones_on_the_other_architectures(build):
+  def log_alpha(path, shape, rng):  # some gates closed whole, the others mixed
+    if rng.random() < 0.25:
+      return np.full(shape, PRUNED)
+    return rng.choice([PRUNED, PARTIAL, OPEN], shape) + rng.uniform(-1.5, 1.5, shape)
+
+  net = randomize(nnx.eval_shape(build), log_alpha)
+  graph = net.channel_graph(HW)
+  params = export.compact_params(net, graph)
+  x = images(4)
+  np.testing.assert_allclose(export.compact_apply(graph, params, x), gated_logits(net, x),
+                             rtol=1e-5, atol=1e-5)
+  layers = accounting.count(graph, accounting.deterministic_kept(graph.log_alphas(net)))
+  # BN's scale and shift fold into one bias per kept output (the convs have none of their own).
+  folded = sum(l.kept_out for l in layers if l.name != "head")
+  params_kept, _ = accounting.totals(layers)
+  assert export.num_params(params) == params_kept - folded
+  assert params_kept < accounting.totals(accounting.count(graph, None))[0]
 
 
 def test_closed_channels_leave_the_compact_network():
