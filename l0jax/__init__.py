@@ -7,7 +7,8 @@ runs it on a CNN of its own):
 - describe its channels: `Graph` of `Layer`, `Pool`, `Add`, `Pad` and `Gate`
   (`l0jax.graph`'s docstring); a wrong graph raises `GraphError`;
 - `costs`, `format_table`, `penalty`, `save_export`, `load_export` (`l0jax.api`);
-- the built-in network: `GoogleNet`, whose `channel_graph` is an example of a graph.
+- the built-in networks, `GoogleNet`, `ResNet` and `VGG`, whose `channel_graph`s are
+  examples of graphs.
 """
 
 import importlib
@@ -23,6 +24,8 @@ _API = {
     **dict.fromkeys(["INPUT", "Add", "Gate", "Graph", "GraphError", "Layer", "Pad", "Pool"],
                     "l0jax.graph"),
     "GoogleNet": "l0jax.model",
+    "ResNet": "l0jax.resnet",
+    "VGG": "l0jax.vgg",
 }
 __all__ = sorted(_API)
 

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from l0jax import accounting, gates, model, train
+from l0jax import accounting, gates, model, networks
 from l0jax.errors import UserError
 
 # The UvA GoogleNet's blocks, row by row: c_in, red3, red5, out1, out3, out5, out_pool, spatial size at 32x32.
@@ -143,7 +143,7 @@ def test_report_refuses_unknown_gates_and_non_square_images():
   with pytest.raises(ValueError, match="block9"):
     summary(all_open() | {"block9/1x1": jnp.zeros(4)})
   with pytest.raises(ValueError, match="square"):
-    train.channel_graph(tiny_config(), (32, 28, 3), 10)
+    networks.channel_graph(tiny_config(), (32, 28, 3), 10)
 
 
 def random_log_alphas(key, closed=("block3/5x5",)) -> dict[str, jax.Array]:
