@@ -15,9 +15,10 @@ from l0jax.errors import UserError
 ARCHITECTURE_FIELDS = ("dataset", "use_gate", "width_multiplier", "synthetic_image_size")
 # What a run continued from another one (`init_from`, or its own workdir when
 # resuming) takes from that run's config, unless given on the command line:
-# the data and the network's shape. Resuming also keeps the gates and the split.
-SOURCE_FIELDS = ("dataset", "data_dir", "width_multiplier", "synthetic_image_size",
-                 "synthetic_num_train")
+# the data and the network's shape, but not its gates (fine-tuning adds them to
+# a baseline). Resuming also keeps the gates and the split.
+SOURCE_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f != "use_gate") + (
+    "data_dir", "synthetic_num_train")
 RESUME_FIELDS = SOURCE_FIELDS + ("use_gate", "val_split")
 # What a saved config written before a field existed meant by it, where that
 # is not today's default: runs keep the data they were made with.
