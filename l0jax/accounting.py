@@ -23,10 +23,10 @@ import jax.numpy as jnp
 
 from l0jax import gates
 from l0jax import graph as graph_lib
+from l0jax.config import PENALTIES
 from l0jax.errors import UserError
 
 Count = int | float | jax.Array  # an int when deterministic, a jnp scalar when expected
-PENALTIES = ("mean_gate", "params", "macs")
 
 
 class Kept(NamedTuple):
