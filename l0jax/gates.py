@@ -72,6 +72,16 @@ class LogAlpha(nnx.Param):
   """
 
 
+def gate_paths(state: nnx.State) -> frozenset[tuple]:
+  """The key paths of the `LogAlpha` arrays of an `nnx.State`, as `jax.tree_util` gives them.
+
+  For code that walks a state's arrays rather than a module (the optimizer,
+  checkpoint loading): there too a gate is a `LogAlpha`, whatever its name or place.
+  """
+  return frozenset(path for path, _ in
+                   jax.tree_util.tree_flatten_with_path(nnx.filter_state(state, LogAlpha))[0])
+
+
 class L0Gate(nnx.Module):
   """The log_alpha of one gated layer's output channels (`gate_channels` applies them)."""
 

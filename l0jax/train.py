@@ -98,28 +98,28 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
       {int(m) * steps_per_epoch: config.lr_factor for m in config.lr_milestones})
 
 
-def _is_gate(path) -> bool:
-  return "log_alpha" in jax.tree_util.keystr(path)
+def _map_with_gates(fn: Callable, params: nnx.State, *others) -> Any:
+  """`fn(is_gate, x, *others' x)` on each array of `params`, and of trees shaped like it."""
+  gate_paths = gates.gate_paths(params)
+  return jax.tree_util.tree_map_with_path(lambda path, *x: fn(path in gate_paths, *x), params,
+                                          *others)
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """AdamW with the multi-step schedule; the gates' log_alpha are not weight-decayed."""
-  not_a_gate = lambda params: jax.tree_util.tree_map_with_path(
-      lambda path, _: not _is_gate(path), params)
+  not_a_gate = lambda params: _map_with_gates(lambda gate, _: not gate, params)
   return optax.adamw(learning_rate_schedule(config, steps_per_epoch),
                      weight_decay=config.weight_decay, mask=not_a_gate)
 
 
 def fix_gates(params: nnx.State) -> nnx.State:
   """`params` with no gradient through the gates: their AdamW updates are then exactly 0."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: jax.lax.stop_gradient(x) if _is_gate(path) else x, params)
+  return _map_with_gates(lambda gate, x: jax.lax.stop_gradient(x) if gate else x, params)
 
 
 def keep_gates(params: nnx.State, old: nnx.State) -> nnx.State:
   """`params` with the gates' log_alpha of `old`."""
-  return jax.tree_util.tree_map_with_path(lambda path, x, o: o if _is_gate(path) else x,
-                                          params, old)
+  return _map_with_gates(lambda gate, x, o: o if gate else x, params, old)
 
 
 def gate_metrics(network: Network, net: nnx.Module, penalty: str) -> dict[str, jax.Array]:

@@ -36,6 +36,7 @@ from absl import logging
 from etils import epath
 
 from l0jax import config as config_lib
+from l0jax import gates
 from l0jax import locking
 from l0jax.errors import UserError
 
@@ -391,9 +392,11 @@ def load_weights(init_from: str, config: ml_collections.ConfigDict, params, batc
                                             _flat(restored["batch_stats"]).items()}}
 
   def take(prefix, tree):
+    gate_paths = gates.gate_paths(tree)
+
     def replace(path, leaf):
       key = prefix + _path_str(path)
-      if "/gates/" in key and not config_lib.gates_from_init(config):
+      if path in gate_paths and not config_lib.gates_from_init(config):
         return leaf
       if key not in source or source[key].shape != leaf.shape:
         raise UserError(f"init_from={init_from} does not fit this network at {key}")

@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from l0jax import gates
 
@@ -90,3 +91,15 @@ def test_gate_channels():
                              [0, 1, float(gates.test_gate(jnp.float32(0)))], atol=1e-2)
   trained = gates.gate_channels(x.astype(jnp.float32), log_alpha, jax.random.key(0))
   assert trained.shape == x.shape and not np.array_equal(trained[0], trained[1])
+
+
+def test_a_gate_is_found_by_its_type_whatever_its_name():
+  class Net(nnx.Module):
+    def __init__(self):
+      self.log_alpha_like = nnx.Param(jnp.zeros(2))  # a name is not a gate
+      self.block = nnx.List([gates.LogAlpha(jnp.ones(3))])
+
+  state = nnx.state(Net(), nnx.Param)
+  found = gates.gate_paths(state)
+  leaves = dict(jax.tree_util.tree_flatten_with_path(state)[0])
+  assert [leaves[p].shape for p in found] == [(3,)]
