@@ -1,4 +1,4 @@
-r"""l0jax: train, test, export and analyse L0-gated GoogleNets.
+r"""l0jax: train, test, export and analyse L0-gated networks (GoogleNet, ResNet, VGG).
 
   python main.py --config=configs/gated.py --workdir=runs/gated        # train, or resume
   python main.py --mode=test --workdir=runs/gated                      # best checkpoint, test split

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from l0jax import accounting, budget, data, gates, networks, workdirs
+from l0jax import config as config_lib
 from l0jax.gates import OPEN_AT, PRUNE_AT
 from l0jax.errors import UserError
 
@@ -105,25 +106,30 @@ def log_alpha_figure(log_alphas: dict[str, np.ndarray], title: str) -> Figure:
 
 def log_alpha_trajectory_figure(history: Sequence[dict], marked_epoch: int,
                                 checkpoint: str) -> Figure:
-  """log_alpha of every gate over the epochs, one panel per block, one colour per branch."""
+  """log_alpha of every gate over the epochs, one colour per gate, one panel per group of gates.
+
+  A gate's group is its name up to the last "/" (a GoogleNet's block, a
+  ResNet's stage), in network order; names without one (a VGG's) share one panel.
+  """
   epochs = _epochs(history)
-  names = list(history[-1]["log_alpha"])
-  blocks = sorted({n.split("/")[0] for n in names}, key=lambda b: int(b.removeprefix("block")))
-  cols = 4
-  rows = -(-len(blocks) // cols)
+  groups = {}
+  for name in history[-1]["log_alpha"]:
+    groups.setdefault(name.rpartition("/")[0], []).append(name)
+  cols = min(4, len(groups))
+  rows = -(-len(groups) // cols)
   fig = Figure(figsize=(14, 3.2 * rows + 0.6), layout="constrained")
   axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
-  for ax, block in zip(axes, blocks):
+  for ax, (group, names) in zip(axes, groups.items()):
     _mark_thresholds(ax, vertical=False)
-    for color, name in enumerate(n for n in names if n.split("/")[0] == block):
+    for color, name in enumerate(names):
       values = np.array([h["log_alpha"][name] for h in history])  # [epochs, channels]
       for j, channel in enumerate(values.T):
         ax.plot(epochs, channel, color=f"C{color}", lw=0.6, alpha=0.5,
-                label=name.split("/")[1] if j == 0 else None)
+                label=name.rpartition("/")[2] if j == 0 else None)
     ax.axvline(marked_epoch, color="k", lw=0.6, alpha=0.4)
-    ax.set_title(block, fontsize=9)
+    ax.set_title(group or "every gate", fontsize=9)
     ax.grid(alpha=0.3)
-  for ax in axes[len(blocks):]:
+  for ax in axes[len(groups):]:
     ax.set_visible(False)
   for ax in axes[::cols]:
     ax.set_ylabel("log_alpha")
@@ -278,7 +284,8 @@ def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], check
           "that checkpoint's")
   lines = [
       f"# Analysis of `{workdir}`", "",
-      f"{config.dataset}, GoogleNet at width {config.width_multiplier:g} {kind}: "
+      f"{config.dataset}, {config_lib.network_name(config)} at width "
+      f"{config.width_multiplier:g} {kind}: "
       f"{len(history)} of {config.num_epochs} epochs, {minutes:.1f} min of training.", "",
       f"{checkpoint.capitalize()} checkpoint: epoch {chosen['epoch'] + 1} "
       f"(step {chosen['step']}), "

@@ -12,7 +12,8 @@ from l0jax.errors import UserError
 # Fields that define the network's shape. Resuming or fine-tuning with a
 # different value of any of these is refused, because the checkpoint's arrays
 # would not fit.
-ARCHITECTURE_FIELDS = ("dataset", "use_gate", "width_multiplier", "synthetic_image_size")
+ARCHITECTURE_FIELDS = ("dataset", "model", "depth", "use_gate", "width_multiplier",
+                       "synthetic_image_size")
 # What a run continued from another one (`init_from`, or its own workdir when
 # resuming) takes from that run's config, unless given on the command line:
 # the data and the network's shape, but not its gates (fine-tuning adds them to
@@ -47,6 +48,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.synthetic_num_train = 2048
 
   # --- Model ------------------------------------------------------------
+  # googlenet: the SPEC's UvA GoogleNet, gated on its branches' outputs.
+  # resnet: He et al.'s CIFAR ResNet (option-A shortcuts), gated inside its
+  # blocks (l0jax/resnet.py). vgg: the CIFAR VGG with BN, every conv gated
+  # (l0jax/vgg.py).
+  c.model = "googlenet"
+  # resnet: 6n + 2 for n >= 1 (20, 32, 44, 56, 110, ...); vgg: 11, 13, 16 or
+  # 19 (the paper's A, B, D, E); 0: the usual one (ResNet-20, VGG-11). The
+  # googlenet has one depth: 0.
+  c.depth = 0
   c.use_gate = True
   # Scales every channel count; 1.0 is the network at its published widths.
   c.width_multiplier = 1.0
@@ -125,12 +135,40 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
+MODELS = ("googlenet", "resnet", "vgg")
+DEFAULT_DEPTHS = {"googlenet": 0, "resnet": 20, "vgg": 11}  # what depth=0 builds
+VGG_DEPTHS = (11, 13, 16, 19)  # the keys of vgg.STAGES (this module loads before JAX)
 PENALTIES = ("mean_gate", "params", "macs")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "bfloat16_matmuls")
 VAL_SPLITS = ("hash", "seeded")
 CHECKPOINTS = ("best", "last")
 MASKS = ("", "l1_norm", "random")
 TARGET_KINDS = ("macs", "params")  # what a budget is a fraction of: config.target_{kind}
+
+
+def depth(c: ml_collections.ConfigDict) -> int:
+  """The depth of the network `c` builds (depth=0 read as the model's usual one)."""
+  return c.depth or DEFAULT_DEPTHS[c.model]
+
+
+def network_name(c: ml_collections.ConfigDict) -> str:
+  """What the console and the figures call the network: GoogleNet, ResNet-20, VGG-11."""
+  name = {"googlenet": "GoogleNet", "resnet": "ResNet", "vgg": "VGG"}[c.model]
+  return f"{name}-{depth(c)}" if depth(c) else name
+
+
+def _depth_problem(c: ml_collections.ConfigDict) -> str | None:
+  """Why `c.depth` is not one of `c.model`'s, or None."""
+  if c.depth == 0:
+    return None
+  if c.model == "resnet" and (c.depth < 8 or (c.depth - 2) % 6):
+    return (f"depth={c.depth}: a CIFAR ResNet has 6n + 2 layers for n >= 1 (20, 32, 44, 56, 110, "
+            "...; 0: 20)")
+  if c.model == "vgg" and c.depth not in VGG_DEPTHS:
+    return f"depth={c.depth}: a VGG has {', '.join(map(str, VGG_DEPTHS))} layers (0: 11)"
+  if c.model == "googlenet":
+    return f"depth={c.depth}: the googlenet has one depth (leave depth at 0)"
+  return None
 
 
 def gates_from_init(c: ml_collections.ConfigDict) -> bool:
@@ -145,6 +183,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise UserError(f"config: {message}")
 
   check(c.dataset in DATASETS, f"dataset={c.dataset!r} is not one of {', '.join(DATASETS)}")
+  check(c.model in MODELS, f"model={c.model!r} is not one of {', '.join(MODELS)}")
+  depth_problem = _depth_problem(c)
+  check(depth_problem is None, str(depth_problem))
   check(c.penalty in PENALTIES, f"penalty={c.penalty!r} is not one of {', '.join(PENALTIES)}")
   check(c.val_split in VAL_SPLITS,
         f"val_split={c.val_split!r} is not one of {', '.join(VAL_SPLITS)}")

@@ -4,13 +4,16 @@ Training builds it here; whatever counts a run's costs (`analysis`) asks here
 for its graph, without loading data or restoring a checkpoint.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from l0jax import config as config_lib
 from l0jax import graph as graph_lib
-from l0jax import model
+from l0jax import model, resnet, vgg
 
 
 def compute_dtype(name: str):
@@ -22,8 +25,12 @@ def compute_dtype(name: str):
 
 def build(config: ml_collections.ConfigDict, image_shape, num_classes: int,
           key: jax.Array) -> nnx.Module:
-  """The configured network, its parameters drawn from `key`."""
-  return model.GoogleNet(
+  """The configured network (`config.model` at its depth), its parameters drawn from `key`."""
+  depth = config_lib.depth(config)
+  network_class = {"googlenet": model.GoogleNet,
+                   "resnet": functools.partial(resnet.ResNet, depth=depth),
+                   "vgg": functools.partial(vgg.VGG, depth=depth)}[config.model]
+  return network_class(
       num_classes, image_shape[-1], use_gate=config.use_gate,
       width_multiplier=config.width_multiplier, droprate_init=config.droprate_init,
       dtype=compute_dtype(config.compute_dtype),

@@ -299,8 +299,9 @@ def setup(config: ml_collections.ConfigDict) -> Run:
   network, params, batch_stats = create_network(config, dataset.train_images.shape[1:],
                                                 dataset.num_classes, dataset.mean, dataset.std)
   num_params, macs = accounting.totals(accounting.count(network.graph, None))
-  logging.info("Network: GoogleNet at width %g, %s, %s parameters, %.2f M MACs per image, "
-               "%s on %d %s device(s) (%.1f s).", config.width_multiplier,
+  logging.info("Network: %s at width %g, %s, %s parameters, %.2f M MACs per image, "
+               "%s on %d %s device(s) (%.1f s).", config_lib.network_name(config),
+               config.width_multiplier,
                "gated" if config.use_gate else "no gates", f"{num_params:,}", macs / 1e6,
                jnp.dtype(network.dtype).name, jax.device_count(), jax.default_backend(),
                time.monotonic() - start)

@@ -1,12 +1,17 @@
 """The CIFAR ResNets and VGGs: sizes counted by hand from the papers, shapes, shortcuts, pools."""
 
+import concurrent.futures
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from l0jax import model, resnet, vgg
+from conftest import run_main, tiny_config, tiny_flags
+from l0jax import config as config_lib
+from l0jax import accounting, analysis, checkpoint_modes, export, model, networks, resnet, vgg
 from test_export import randomize
 from test_model import num_params, output_shape
 
@@ -40,6 +45,22 @@ VGG_PARAMS = {
         + 3 * conv3(512, 512) + head(512),
     16: conv3(3, 64) + conv3(64, 64) + conv3(64, 128) + conv3(128, 128) + conv3(128, 256)
         + 2 * conv3(256, 256) + conv3(256, 512) + 5 * conv3(512, 512) + head(512),
+}
+
+# MACs of one such conv on hw x hw outputs; the dense head's are its weights.
+macs3 = lambda c_in, c_out, hw: c_in * c_out * 9 * hw * hw
+RESNET_MACS = {  # 32x32, 16x16 and 8x8 maps; the first conv of stages 2 and 3 has stride 2
+    20: macs3(3, 16, 32) + 6 * macs3(16, 16, 32) + macs3(16, 32, 16) + 5 * macs3(32, 32, 16)
+        + macs3(32, 64, 8) + 5 * macs3(64, 64, 8) + 64 * 10,
+    56: macs3(3, 16, 32) + 18 * macs3(16, 16, 32) + macs3(16, 32, 16) + 17 * macs3(32, 32, 16)
+        + macs3(32, 64, 8) + 17 * macs3(64, 64, 8) + 64 * 10,
+}
+VGG_MACS = {  # each stage on its map: 32, 16, 8, 4, 2
+    11: macs3(3, 64, 32) + macs3(64, 128, 16) + macs3(128, 256, 8) + macs3(256, 256, 8)
+        + macs3(256, 512, 4) + macs3(512, 512, 4) + 2 * macs3(512, 512, 2) + 512 * 10,
+    16: macs3(3, 64, 32) + macs3(64, 64, 32) + macs3(64, 128, 16) + macs3(128, 128, 16)
+        + macs3(128, 256, 8) + 2 * macs3(256, 256, 8) + macs3(256, 512, 4)
+        + 2 * macs3(512, 512, 4) + 3 * macs3(512, 512, 2) + 512 * 10,
 }
 
 
@@ -76,9 +97,19 @@ def test_a_resnets_depth_is_its_weight_layers(depth):
   assert weight_layers(abstract(resnet.ResNet, 10, 3, depth=depth)) == depth
 
 
-def test_vgg_depths_are_the_papers_weight_layers():
+def test_vgg_depths_are_the_papers_weight_layers_and_the_configs():
+  assert tuple(vgg.STAGES) == config_lib.VGG_DEPTHS
   for depth in vgg.STAGES:  # the paper's three dense layers are one here
     assert weight_layers(abstract(vgg.VGG, 10, 3, depth=depth)) == depth - 2
+
+
+@pytest.mark.parametrize("model_name, depth, layers", [
+    ("googlenet", 0, 50), ("resnet", 0, 20), ("resnet", 32, 32), ("vgg", 0, 9), ("vgg", 16, 14)])
+def test_the_config_names_the_model_and_its_depth(model_name, depth, layers):
+  config = tiny_config(model=model_name, depth=depth)
+  config_lib.validate(config)
+  net = nnx.eval_shape(lambda: networks.build(config, (8, 8, 3), 10, jax.random.key(0)))
+  assert weight_layers(net) == layers
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 28, 28, 1), (2, 7, 7, 3)])
@@ -149,3 +180,108 @@ def test_a_resnets_residual_channels_are_whole_and_its_inner_ones_gated():
       f"stage{s}/block{b}/conv1" for s in (1, 2, 3) for b in (1, 2, 3)}
   assert g.whole == {"stem", "head"} | {
       f"stage{s}/block{b}/conv2" for s in (1, 2, 3) for b in (1, 2, 3)}
+
+
+@pytest.mark.parametrize("cls, depth, params, macs", [
+    (resnet.ResNet, 20, 269_722, 40_551_040),  # SPEC section 8's MACs of option A
+    (resnet.ResNet, 56, 853_018, 125_485_696),
+    (vgg.VGG, 11, 9_228_362, 152_769_536),
+    (vgg.VGG, 16, 14_724_042, 313_201_664),
+])
+def test_the_accounting_counts_the_full_networks_by_hand(cls, depth, params, macs):
+  assert {resnet.ResNet: RESNET_MACS, vgg.VGG: VGG_MACS}[cls][depth] == macs
+  g = abstract(cls, 10, 3, depth=depth).channel_graph(32)
+  assert accounting.totals(accounting.count(g, None)) == (params, macs)
+
+
+def kept(g, closed=(), one_closed=(), every=False):
+  """Kept counts with the gates `closed` shut, one channel shut in each of `one_closed`."""
+  counts = {gate.name: accounting.Kept(gate.size, 1) for gate in g.gates}
+  for name in one_closed:
+    counts[name] = accounting.Kept(counts[name].channels - 1, 1)
+  for name in (counts if every else closed):
+    counts[name] = accounting.Kept(0, 0)
+  return counts
+
+
+def cut(g, **closed) -> tuple[int, int]:
+  """(parameters, MACs) that closing removes from the full network."""
+  full, left = (accounting.totals(accounting.count(g, k)) for k in (None, kept(g, **closed)))
+  return full[0] - left[0], full[1] - left[1]
+
+
+def test_resnet_20_accounting_of_closed_gates_by_hand():
+  g = abstract(resnet.ResNet, 10, 3, depth=20).channel_graph(32)
+  # One channel of stage 1's first block: its filter (16 inputs, BN) and conv2's input row.
+  assert cut(g, one_closed=["stage1/block1"]) == (
+      (16 * 9 + 2) + 16 * 9, 2 * 16 * 9 * 32 * 32)
+  # All of stage 2's second block: conv1 whole, conv2's weights; conv2's BN stays (a constant).
+  assert cut(g, closed=["stage2/block2"]) == (
+      (32 * 32 * 9 + 2 * 32) + 32 * 32 * 9, 2 * macs3(32, 32, 16))
+  # Everything: the stem, every block's second BN, the head.
+  left = accounting.totals(accounting.count(g, kept(g, every=True)))
+  assert left == (RESNET_PARAMS[20] - cut(g, every=True)[0], 443_008)
+  assert left == (conv3(3, 16) + 3 * 2 * (16 + 32 + 64) + head(64),
+                  macs3(3, 16, 32) + 64 * 10)
+
+
+def test_vgg_11_accounting_of_closed_gates_by_hand():
+  g = abstract(vgg.VGG, 10, 3, depth=11).channel_graph(32)
+  # One of conv3's 256 channels (8x8): its filter and BN, and conv4's input row.
+  assert cut(g, one_closed=["conv3"]) == (
+      (128 * 9 + 2) + 256 * 9, 128 * 9 * 64 + 256 * 9 * 64)
+  # All of conv5 (4x4): its filters, and conv6's weights, which read nothing now.
+  assert cut(g, closed=["conv5"]) == (
+      conv3(256, 512) + 512 * 512 * 9, macs3(256, 512, 4) + macs3(512, 512, 4))
+  # Everything: the head's bias.
+  assert accounting.totals(accounting.count(g, kept(g, every=True))) == (10, 0)
+
+
+@pytest.mark.parametrize("cls, closed", [(resnet.ResNet, ("stages", 2, 0)), (vgg.VGG, ("gates", 4))])
+def test_compact_logits_equal_gated_test_time_logits_on_odd_sizes(cls, closed):
+  """As tests/test_export.py checks on 12x12 images, on 9x9 ones: a ResNet's shortcut and a
+  VGG's pools round odd sizes up. Random gates (pruned, partly and fully open), one block (or
+  layer) closed."""
+  hw = 9
+  def log_alpha(path, shape, rng):
+    if path[:len(closed)] == closed:
+      return np.full(shape, -6.0)
+    return rng.choice([-6.0, 0.0, 6.0], shape) + rng.uniform(-1.5, 1.5, shape)
+
+  net = randomize(abstract(cls, 10, 3, depth={resnet.ResNet: 8, vgg.VGG: 11}[cls],
+                           width_multiplier=0.25), log_alpha)
+  g = net.channel_graph(hw)
+  params = export.compact_params(net, g)
+  x = jax.random.normal(jax.random.key(0), (4, hw, hw, 3))
+  with jax.default_matmul_precision("highest"):
+    want = nnx.jit(lambda net, x: net(x, train=False))(net, x)
+    got = jax.jit(lambda p, x: export.compact_apply(g, p, x))(params, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert export.num_params(params) < sum(
+      x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))
+
+
+def test_each_model_trains_through_main_then_tests_exports_and_analyses(tmp_path):
+  """A few steps of each model as a user starts them: a gated VGG beside a ResNet baseline, then
+  the ResNet fine-tuned with gates from it; then what `--mode=test`, `export` and `analyze` run,
+  here in this process."""
+  tiny = tiny_flags(num_epochs=1, synthetic_num_train=160)
+  vgg_run, base, tuned = (str(tmp_path / name) for name in ("vgg", "base", "tuned"))
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    first = [pool.submit(run_main, "--config=configs/gated.py", "--config.model=vgg", *tiny,
+                         f"--workdir={vgg_run}"),
+             pool.submit(run_main, "--config=configs/baseline.py", "--config.model=resnet",
+                         "--config.depth=8", *tiny, f"--workdir={base}")]
+  finetuned = run_main("--config=configs/finetune.py", f"--config.init_from={base}",
+                       "--config.num_epochs=1", f"--workdir={tuned}")
+  for result, name in zip([f.result() for f in first] + [finetuned],
+                          ["VGG-11", "ResNet-8", "ResNet-8"]):
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Network: {name} at width 0.25" in result.stderr
+  assert "gated" in finetuned.stderr.split("Network: ")[1].splitlines()[0]
+  for workdir in (vgg_run, tuned):
+    tested = checkpoint_modes.test(workdir)
+    assert [l["name"] for l in tested["layers"]][-1] == "head"
+    exported = checkpoint_modes.export(workdir)
+    assert exported["test_accuracy_compact"] == exported["test_accuracy_gated"]
+    assert "log_alpha_trajectories.png" in analysis.analyze(workdir)["files"]
