@@ -237,7 +237,8 @@ def test_vgg_11_accounting_of_closed_gates_by_hand():
   assert accounting.totals(accounting.count(g, kept(g, every=True))) == (10, 0)
 
 
-@pytest.mark.parametrize("cls, closed", [(resnet.ResNet, ("stages", 2, 0)), (vgg.VGG, ("gates", 4))])
+@pytest.mark.parametrize("cls, closed", [
+    (resnet.ResNet, ("stages", 2, 0)), (vgg.VGG, ("gates", 4))])
 def test_compact_logits_equal_gated_test_time_logits_on_odd_sizes(cls, closed):
   """As tests/test_export.py checks on 12x12 images, on 9x9 ones: a ResNet's shortcut and a
   VGG's pools round odd sizes up. Random gates (pruned, partly and fully open), one block (or
