@@ -1,21 +1,35 @@
-"""Shared test settings: tiny runs, and one JAX compilation cache for every process.
+"""Shared test settings: tiny runs, programs in fresh processes, and one JAX compilation cache.
 
 The suite starts `main.py` many times with the same tiny networks; a
-persistent compilation cache lets each later process skip XLA's compile.
+persistent compilation cache lets each later process skip XLA's compile. It
+lives in a new folder for each session, removed at its end, so that no run of
+the suite reads what an earlier one compiled.
 """
 
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), "l0jax-tests-jax-cache"))
+import pytest
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="l0jax-tests-jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+# Every compile is kept: most of the tiny networks' programs compile in less than JAX's
+# default threshold of a second.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from l0jax import config as config_lib  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(REPO, "main.py")
 
 # The smallest run that still exercises everything: 8x8 synthetic images, a
 # quarter-width network, 14 steps an epoch.
@@ -36,6 +50,15 @@ TINY = {
 # Two CPU devices in one process, standing in for two GPUs.
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
+# What a machine without TensorFlow lacks. A None in sys.modules makes importing
+# it fail and importlib's find_spec answer None, as when it is not installed.
+TENSORFLOW = ("tensorflow", "tensorflow_datasets", "tensorboard")
+
+
+def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
+  if "_CACHE" in globals():
+    shutil.rmtree(_CACHE, ignore_errors=True)
+
 
 def tiny_config(**overrides):
   """The base config with TINY and `overrides` applied."""
@@ -51,6 +74,23 @@ def tiny_flags(**overrides) -> list[str]:
   return [f"--config.{k}={value(v)}" for k, v in {**TINY, **overrides}.items()]
 
 
+@pytest.fixture(scope="session")
+def without_tensorflow(tmp_path_factory) -> dict[str, str]:
+  """Environment variables for a Python process that finds no TensorFlow: a sitecustomize
+  module puts TENSORFLOW in its sys.modules as None when it starts."""
+  folder = tmp_path_factory.mktemp("without_tensorflow")
+  (folder / "sitecustomize.py").write_text(
+      f"import sys\nsys.modules.update(dict.fromkeys({TENSORFLOW!r}))\n")
+  return {"PYTHONPATH": str(folder)}
+
+
+@pytest.fixture
+def tensorflow_hidden(monkeypatch) -> None:
+  """This process finds no TensorFlow for one test, as `without_tensorflow`'s processes."""
+  for name in TENSORFLOW:
+    monkeypatch.setitem(sys.modules, name, None)
+
+
 class CreatesAFile:
   """Unpickled by `pickle.loads`, it creates `path`: a stand-in for any code a pickle can run."""
 
@@ -61,13 +101,69 @@ class CreatesAFile:
     return open, (self.path, "w")
 
 
+STEP_LOGGED = re.compile(r"step (\d+)/\d+: train loss")  # main.py's line after each logged window
+
+
+class Program:
+  """`python ARGS` started in the background in the repository root, as a user would run it
+  (main.py is `Program(MAIN, ...)`), with `env` added to its environment.
+
+  Its stdout and stderr are collected as text while it runs, and the last
+  training step it logged is `step`.
+  """
+
+  def __init__(self, *args: str, env: dict[str, str] | None = None):
+    self.args = [sys.executable, *args]
+    self.proc = subprocess.Popen(self.args, cwd=REPO, env={**os.environ, **(env or {})},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    self.step = 0
+    self._out, self._err = [], []
+    self._readers = [threading.Thread(target=self._read, args=stream, daemon=True)
+                     for stream in ((self.proc.stdout, self._out), (self.proc.stderr, self._err))]
+    for reader in self._readers:
+      reader.start()
+
+  def _read(self, stream, lines: list[str]):
+    for line in stream:
+      lines.append(line)
+      match = STEP_LOGGED.search(line)
+      if match:
+        self.step = int(match.group(1))
+
+  @property
+  def stderr(self) -> str:
+    """What it wrote to stderr so far."""
+    return "".join(self._err)
+
+  def wait(self, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Its exit status and output, once it ended (killed after `timeout` seconds)."""
+    try:
+      self.proc.wait(timeout)
+    finally:
+      self.proc.kill()  # Nothing, if it ended.
+    for reader in self._readers:
+      reader.join()
+    return subprocess.CompletedProcess(self.args, self.proc.returncode, "".join(self._out),
+                                       self.stderr)
+
+  def kill_when(self, condition, timeout: float = 600) -> subprocess.CompletedProcess:
+    """SIGKILLs it the moment `condition()` holds (polled every 2 ms); its output.
+
+    Fails if it ended before.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition() and self.proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.002)
+    self.proc.send_signal(signal.SIGKILL)
+    result = self.wait()
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    return result
+
+
 def run_main(*args: str, env: dict[str, str] | None = None,
-             timeout: float = 300) -> subprocess.CompletedProcess:
-  """main.py in a fresh process, as a user would run it (output captured as text), with `env`
-  added to its environment."""
-  return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,
-                        env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                        timeout=timeout, check=False)
+             timeout: float = 600) -> subprocess.CompletedProcess:
+  """main.py ARGS in a fresh process, to its end."""
+  return Program(MAIN, *args, env=env).wait(timeout)
 
 
 def read_events(logdir: str) -> list:

@@ -4,10 +4,7 @@ split, the error messages, and the augmentation."""
 import dataclasses
 import gzip
 import os
-import pathlib
 import pickle
-import subprocess
-import sys
 import tarfile
 import threading
 
@@ -16,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CreatesAFile
+from conftest import CreatesAFile, Program
 from l0jax import data
 from l0jax.config import base_config
 
@@ -309,8 +306,8 @@ def test_tfds_unreachable_fails_fast(tmp_path, monkeypatch):
                   "apt-get install dataset-fashion-mnist")
 
 
-def test_tfds_not_installed(tmp_path, monkeypatch):
-  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
+@pytest.mark.usefixtures("tensorflow_hidden")
+def test_tfds_not_installed(tmp_path):
   with pytest.raises(data.DataError, match="not installed") as e:
     data.load_dataset(_config("cifar10", tmp_path))
   _check_one_line(e, "cifar-10-python.tar.gz", "cifar-10-batches-bin/", "TFDS with network")
@@ -318,7 +315,8 @@ def test_tfds_not_installed(tmp_path, monkeypatch):
 
 def test_import_does_not_import_tensorflow():
   code = "import l0jax.data, sys; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
-  subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parents[1])
+  result = Program("-c", code).wait()
+  assert result.returncode == 0, result.stderr[-3000:]
 
 
 # --- Errors -----------------------------------------------------------------

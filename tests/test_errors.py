@@ -13,14 +13,13 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 import tarfile
 import time
 import typing
 
 import pytest
 
-from conftest import REPO, TWO_DEVICES, CreatesAFile, run_main, tiny_config, tiny_flags
+from conftest import MAIN, TWO_DEVICES, CreatesAFile, Program, run_main, tiny_config, tiny_flags
 from l0jax import locking, train, workdirs
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
@@ -83,15 +82,12 @@ class Case(typing.NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory) -> dict[str, Case]:
+def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
   root = tmp_path_factory.mktemp("errors")
   missing = str(root / "missing")
   empty, empty_workdir = root / "empty", root / "empty_workdir"
   empty.mkdir()
   empty_workdir.mkdir()
-  no_tfds = root / "no_tfds" / "tensorflow_datasets"  # As on a machine without TFDS.
-  no_tfds.mkdir(parents=True)
-  (no_tfds / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
   archive_dir = root / "archive"
   archive_dir.mkdir()
   truncated_cifar_archive(archive_dir)
@@ -136,7 +132,7 @@ def cases(tmp_path_factory) -> dict[str, Case]:
       "missing_data_dir": (TRAIN + ["--config.dataset=cifar10",
                                     f"--config.data_dir={root / 'no_data'}"], None, missing, None),
       "empty_data_dir": (TRAIN + ["--config.dataset=cifar10", f"--config.data_dir={empty}"],
-                         {"PYTHONPATH": str(no_tfds.parent)}, missing, str(empty)),
+                         without_tensorflow, missing, str(empty)),
       "truncated_archive": (TRAIN + ["--config.dataset=cifar10",
                                      f"--config.data_dir={archive_dir}"],
                             None, missing, str(archive_dir)),
@@ -283,22 +279,20 @@ def test_a_second_run_in_a_workdir_is_refused_until_the_first_is_killed(tmp_path
   """Two real processes: the second is refused at once, naming the first; a killed first blocks
   nothing (its lock file, with its PID, stays behind)."""
   workdir = str(tmp_path / "run")
-  command = [sys.executable, os.path.join(REPO, "main.py"), *TRAIN, "--config.num_epochs=1000",
-             f"--workdir={workdir}"]
-  first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
+  first = Program(MAIN, *TRAIN, "--config.num_epochs=1000", f"--workdir={workdir}")
+  pid = first.proc.pid
   try:
     deadline = time.monotonic() + 120
-    while locking.holder(workdir) != f"process {first.pid}":
-      assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-3000:]
+    while locking.holder(workdir) != f"process {pid}":
+      assert first.proc.poll() is None and time.monotonic() < deadline, first.stderr[-3000:]
       time.sleep(0.2)
     second = run_main(*TRAIN, "--config.num_epochs=1000", f"--workdir={workdir}")
   finally:
-    first.kill()
-    first.communicate()
-  check_error_line(second, f"is in use by process {first.pid}")
+    first.proc.kill()
+    first.wait()
+  check_error_line(second, f"is in use by process {pid}")
   lock_file = os.path.join(workdir, locking.LOCK_FILE)
-  assert open(lock_file).read().strip() == str(first.pid)
+  assert open(lock_file).read().strip() == str(pid)
   assert locking.holder(workdir) is None
   with locking.held(workdir, "--workdir"):
     assert open(lock_file).read().strip() == str(os.getpid())
@@ -309,8 +303,7 @@ def test_a_second_sweep_in_a_sweep_dir_is_refused(tmp_path):
   sweep_dir = tmp_path / "sweep"
   with locking.held(str(sweep_dir), "--sweep_dir"):
     before = tree_listing(sweep_dir)
-    result = subprocess.run([sys.executable, "-m", "l0jax.sweep", f"--sweep_dir={sweep_dir}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    result = Program("-m", "l0jax.sweep", f"--sweep_dir={sweep_dir}").wait()
     check_refused(Case(result, str(sweep_dir), str(sweep_dir), before),
                   f"--sweep_dir={sweep_dir} is in use by process {os.getpid()}")
 
@@ -353,9 +346,7 @@ def test_a_full_disk_stops_the_run_in_one_line_keeping_what_was_complete(tmp_pat
   history = open(os.path.join(workdir, workdirs.HISTORY_FILE)).read()
 
   # Epoch 1's checkpoint does not fit: its files are larger than the limit, the others not.
-  result = subprocess.run([sys.executable, "-c", SMALL_FILES_ONLY, "50000",
-                           os.path.join(REPO, "main.py"), *TRAIN, f"--workdir={workdir}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  result = Program("-c", SMALL_FILES_ONLY, "50000", MAIN, *TRAIN, f"--workdir={workdir}").wait()
   assert result.returncode == 2, result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]

@@ -14,9 +14,9 @@ import socket
 
 import pytest
 
-from conftest import TWO_DEVICES, tiny_flags
+from conftest import MAIN, TWO_DEVICES, Program, tiny_flags
 from l0jax import export, workdirs
-from test_resume import Main, env, history, resumed_from, step_dirs  # pylint: disable=unused-import
+from test_resume import history, resumed_from, step_dirs
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]  # 2 epochs of 14 steps
 
@@ -27,37 +27,40 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def together(env: dict[str, str], *args: str) -> list[Main]:
+def together(*args: str) -> list[Program]:
   """`main.py --multihost ARGS` as processes 0 and 1 of two, started at once."""
   flags = ["--multihost", f"--coordinator_address=localhost:{free_port()}", "--num_processes=2"]
-  return [Main(env, *args, *flags, f"--process_id={i}") for i in range(2)]
+  return [Program(MAIN, *args, *flags, f"--process_id={i}") for i in range(2)]
 
 
-def finish(processes: list[Main]) -> list[str]:
+def finish(processes: list[Program]) -> list[str]:
   """Their stderr, once each ended well."""
   logs = []
   for process in processes:
-    returncode, log = process.wait()
-    assert returncode == 0, log[-3000:]
-    logs.append(log)
+    result = process.wait()
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs.append(result.stderr)
   return logs
 
 
-def test_two_processes_train_resume_test_and_export_as_one_with_two_devices(env, tmp_path):
+def test_two_processes_train_resume_test_and_export_as_one_with_two_devices(tmp_path):
   workdir, reference = str(tmp_path / "run"), str(tmp_path / "reference")
-  one = Main({**env, **TWO_DEVICES}, *TRAIN, f"--workdir={reference}")
-  first = together(env, *TRAIN, f"--workdir={workdir}")
-  # Killed both, a few steps into the second epoch (after the first checkpoint).
-  first[0].kill_when(lambda: first[0].step >= 14 + 3 and "14" in step_dirs(workdir))
+  one = Program(MAIN, *TRAIN, f"--workdir={reference}", env=TWO_DEVICES)
+  first = together(*TRAIN, f"--workdir={workdir}")
+  # Killed both, a few steps into the second epoch (after the first checkpoint). Process 0
+  # waits for its peer in every step: if process 1 ended, it is stopped at once.
+  first[0].kill_when(lambda: first[1].proc.poll() is not None or (
+      first[0].step >= 14 + 3 and "14" in step_dirs(workdir)))
+  assert first[1].proc.poll() is None, first[1].stderr[-3000:]
   first[1].proc.kill()
   first[1].wait()
-  logs = finish(together(env, *TRAIN, f"--workdir={workdir}"))
+  logs = finish(together(*TRAIN, f"--workdir={workdir}"))
   assert all(resumed_from(log) == 14 for log in logs), [l[-2000:] for l in logs]
   finish([one])
   assert step_dirs(workdir) == step_dirs(reference) == ["14", "28"]
   assert history(workdir) == history(reference)  # epochs 0 and 1, once each
-  finish(together(env, "--mode=test", f"--workdir={workdir}"))
-  finish(together(env, "--mode=export", f"--workdir={workdir}"))
+  finish(together("--mode=test", f"--workdir={workdir}"))
+  finish(together("--mode=export", f"--workdir={workdir}"))
   tested = json.load(open(os.path.join(workdir, workdirs.TEST_METRICS_FILE)))
   exported = json.load(open(os.path.join(workdir, workdirs.EXPORT_DIR, export.METRICS_FILE)))
   assert tested["checkpoint_step"] == exported["checkpoint_step"] == 28

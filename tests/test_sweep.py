@@ -12,13 +12,12 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import REPO, TWO_DEVICES, tiny_flags
+from conftest import MAIN, REPO, TWO_DEVICES, Program, tiny_flags
 from l0jax import sweep, workdirs
 from l0jax.errors import UserError
 
@@ -32,7 +31,7 @@ def test_each_kind_gets_its_recipe_its_lambda_and_the_settings_meant_for_it(tmp_
                                        "finetune_lambda20", "finetune_lambda30",
                                        "retrain_lambda30"]
   assert [m.lambda_l0 for m in members] == [None, 0.25, 1.0, 20.0, 30.0, 30.0]
-  main = [sys.executable, os.path.join(REPO, "main.py")]
+  main = [sys.executable, MAIN]
   configs = os.path.join(REPO, "configs")
   expected = {
       "baseline": [f"--config={configs}/baseline.py", "--config.dataset=synthetic",
@@ -152,15 +151,10 @@ def test_groups_over_seeds_pair_each_run_with_its_seeds_control():
   assert "| l1_norm_macs0.5 | 0,1,2 | 89.67% +- 0.58 |" in table and "-1.33 pp [" in table
 
 
-def sweep_command(sweep_dir, *args: str) -> list[str]:
-  return [sys.executable, "-m", "l0jax.sweep", f"--sweep_dir={sweep_dir}", "--scratch_lambdas=",
-          *tiny_flags(num_epochs=1), *args]
-
-
-def run_sweep(sweep_dir, *args: str, env=None) -> subprocess.CompletedProcess:
-  return subprocess.run(sweep_command(sweep_dir, *args), cwd=REPO,
-                        env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                        timeout=600, check=False)
+def start_sweep(sweep_dir, *args: str, env=None) -> Program:
+  """`python -m l0jax.sweep`, without scratch runs, its members one epoch of TINY."""
+  return Program("-m", "l0jax.sweep", f"--sweep_dir={sweep_dir}", "--scratch_lambdas=",
+                 *tiny_flags(num_epochs=1), *args, env=env)
 
 
 def mtimes(workdir) -> dict[str, int]:
@@ -176,11 +170,11 @@ def tiny_sweep(tmp_path_factory):
   The first sees two devices, as on a machine with two GPUs.
   """
   sweep_dir = tmp_path_factory.mktemp("sweep")
-  first = run_sweep(sweep_dir, "--finetune_lambdas=20", "--finetune.droprate_init=5",
-                    env=TWO_DEVICES)
+  first = start_sweep(sweep_dir, "--finetune_lambdas=20", "--finetune.droprate_init=5",
+                      env=TWO_DEVICES).wait()
   first_results = json.loads((sweep_dir / sweep.RESULTS_FILE).read_text())
   baseline_files = mtimes(sweep_dir / "baseline")
-  second = run_sweep(sweep_dir, "--finetune_lambdas=")
+  second = start_sweep(sweep_dir, "--finetune_lambdas=").wait()
   return sweep_dir, first, first_results, baseline_files, second
 
 
@@ -283,15 +277,16 @@ def gone(pid: int, timeout: float = 60) -> bool:
 def test_a_stopped_sweep_leaves_no_member_running(tmp_path, signum):
   """SIGTERM and SIGINT are passed to the running member, which the sweep waits for; after a
   SIGKILL of the sweep, its member gets a SIGTERM from the kernel."""
-  sweep = subprocess.Popen(sweep_command(tmp_path, "--finetune_lambdas="), cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  stopped = start_sweep(tmp_path, "--finetune_lambdas=")
   deadline = time.monotonic() + 120
-  while not children(sweep.pid) and sweep.poll() is None and time.monotonic() < deadline:
+  while (not children(stopped.proc.pid) and stopped.proc.poll() is None
+         and time.monotonic() < deadline):
     time.sleep(0.05)
-  member, = children(sweep.pid)
-  sweep.send_signal(signum)
-  _, stderr = sweep.communicate(timeout=120)
+  member, = children(stopped.proc.pid)
+  stopped.proc.send_signal(signum)
+  result = stopped.wait(120)
   assert gone(member), f"member {member} still running"
   if signum != signal.SIGKILL:
-    assert sweep.returncode == 128 + signum, stderr[-3000:]
-    assert f"Stopped by signal {signum}, after the running member" in stderr, stderr[-3000:]
+    assert result.returncode == 128 + signum, result.stderr[-3000:]
+    assert f"Stopped by signal {signum}, after the running member" in result.stderr, (
+        result.stderr[-3000:])

@@ -1,18 +1,14 @@
 """benchmarks/throughput.py on a tiny setting: it runs and prints its JSON and table."""
 
 import json
-import subprocess
-import sys
 
-from conftest import REPO
+from conftest import Program
 
 
 def test_throughput_benchmark_prints_json_and_a_table():
-  result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.throughput", "--width_multiplier=0.25",
-       "--image_size=8", "--batch_sizes=16", "--num_train=256", "--repeats=1",
-       "--eval_examples=32", "--eval_batch_size=32", "--epochs=2"],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  result = Program("-m", "benchmarks.throughput", "--width_multiplier=0.25", "--image_size=8",
+                   "--batch_sizes=16", "--num_train=256", "--repeats=1", "--eval_examples=32",
+                   "--eval_batch_size=32", "--epochs=2").wait()
   assert result.returncode == 0, result.stderr[-3000:]
   first, *table = result.stdout.splitlines()
   summary = json.loads(first)

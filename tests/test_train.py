@@ -1,12 +1,12 @@
 """The training program: optimiser, steps, data order, and whole runs through main.py."""
 
+import concurrent.futures
 import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -196,26 +196,71 @@ def _equations(jaxpr):
 
 
 @pytest.fixture(scope="module")
-def finished_runs(tmp_path_factory):
-  """A tiny baseline and a tiny fine-tuned gated run from it, each trained then tested."""
+def runs(tmp_path_factory, without_tensorflow) -> dict[str, subprocess.CompletedProcess | str]:
+  """A tiny baseline and a tiny fine-tuned gated run from it, each trained then tested; and what
+  the tests below do with them through main.py, each on its own copy of the run it reads.
+
+  Every process costs seconds of imports and tracing, mostly on one core, so they
+  run two at a time, each once the processes it needs have ended. The results are
+  keyed by job; the workdirs by "base" and "tuned".
+  """
   root = tmp_path_factory.mktemp("runs")
   base, tuned = str(root / "base"), str(root / "tuned")
-  outputs = {}
-  for name, args in [
-      ("base", ["--config=configs/baseline.py", f"--workdir={base}", *tiny_flags()]),
-      ("tuned", ["--config=configs/finetune.py", f"--workdir={tuned}", f"--config.init_from={base}",
-                 *tiny_flags(lr_milestones=(1,))]),
-  ]:
-    trained = run_main(*args)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    tested = run_main("--mode=test", f"--workdir={args[1].split('=', 1)[1]}")
-    assert tested.returncode == 0, tested.stderr[-3000:]
-    outputs[name] = tested.stdout
-  return base, tuned, outputs
+
+  def copy(source: str, name: str) -> str:
+    return str(shutil.copytree(source, root / name))
+
+  jobs = {  # name: (jobs it waits for, what it runs)
+      "train_base": ((), lambda: run_main("--config=configs/baseline.py", f"--workdir={base}",
+                                          *tiny_flags())),
+      "without_tensorflow": ((), lambda: run_main(
+          "--config=configs/gated.py", f"--workdir={root / 'without_tensorflow'}",
+          *tiny_flags(num_epochs=1, log_every_steps=6), env=without_tensorflow)),
+      "test_base": (("train_base",), lambda: run_main("--mode=test", f"--workdir={base}")),
+      "train_tuned": (("train_base",), lambda: run_main(
+          "--config=configs/finetune.py", f"--workdir={tuned}", f"--config.init_from={base}",
+          *tiny_flags(lr_milestones=(1,)))),
+      "test_tuned": (("train_tuned",), lambda: run_main("--mode=test", f"--workdir={tuned}")),
+      "retrain": (("train_tuned",), lambda: run_main(
+          "--config=configs/retrain.py", f"--workdir={root / 'retrained'}",
+          f"--config.init_from={tuned}", *tiny_flags(num_epochs=1))),
+      "test_last": (("test_base",), lambda: run_main(
+          "--mode=test", "--checkpoint=last", f"--workdir={copy(base, 'last')}")),
+      "test_on_two": (("test_base",), lambda: run_main(
+          "--mode=test", f"--workdir={copy(base, 'on_two')}", env=TWO_DEVICES)),
+      "mask": (("train_base",), lambda: run_main(
+          "--config=configs/mask.py", f"--workdir={root / 'masked'}", f"--config.init_from={base}",
+          "--config.mask=random", "--config.target_macs=0.4", *tiny_flags(num_epochs=1))),
+      "analyze_retrained": (("retrain",), lambda: run_main(
+          "--mode=analyze", "--checkpoint=last", f"--workdir={root / 'retrained'}")),
+      "export": (("test_tuned",), lambda: run_main(
+          "--mode=export", f"--workdir={copy(tuned, 'export')}")),
+      "export_on_two": (("test_tuned",), lambda: run_main(
+          "--mode=export", f"--workdir={copy(tuned, 'export_on_two')}", env=TWO_DEVICES)),
+  }
+  # Each job waits only for jobs listed before it, which have all started: no deadlock.
+  futures = {}
+
+  def run(name: str) -> subprocess.CompletedProcess:
+    needs, command = jobs[name]
+    for need in needs:
+      result = futures[need].result()
+      if result.returncode != 0:
+        return result  # What stopped it, for its test to show.
+    return command()
+
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    for name in jobs:
+      futures[name] = pool.submit(run, name)
+  for name in ("train_base", "test_base", "train_tuned", "test_tuned"):
+    result = futures[name].result()
+    assert result.returncode == 0, (name, result.stderr[-3000:])
+  return {"base": base, "tuned": tuned, "root": str(root),
+          **{name: future.result() for name, future in futures.items()}}
 
 
-def test_a_run_writes_config_history_checkpoints_and_test_metrics(finished_runs):
-  base, tuned, outputs = finished_runs
+def test_a_run_writes_config_history_checkpoints_and_test_metrics(runs):
+  base, tuned = runs["base"], runs["tuned"]
   for workdir in (base, tuned):
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["dataset"] == "synthetic" and config["num_epochs"] == 2
@@ -227,7 +272,8 @@ def test_a_run_writes_config_history_checkpoints_and_test_metrics(finished_runs)
     assert metrics["checkpoint"] == "best" and metrics["checkpoint_step"] == best["step"]
     assert metrics["params_full"] == 17_602 and metrics["macs_full"] == 332_160
     assert len(metrics["layers"]) == 1 + 8 * 6 + 1
-  assert "test accuracy" in outputs["base"] and "head" in outputs["base"]
+  output = runs["test_base"].stdout
+  assert "test accuracy" in output and "head" in output
   assert "log_alpha" not in history_line(base) and "log_alpha" in history_line(tuned)
 
 
@@ -235,8 +281,8 @@ def history_line(workdir: str) -> dict:
   return json.loads(open(os.path.join(workdir, "history.jsonl")).readline())
 
 
-def test_finetuning_starts_from_the_baselines_weights(finished_runs, tmp_path):
-  base, _, _ = finished_runs
+def test_finetuning_starts_from_the_baselines_weights(runs):
+  base = runs["base"]
   config = tiny_config(init_from=base, droprate_init=0.05)
   network, params, batch_stats = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
   params, batch_stats = workdirs.load_weights(base, config, params, batch_stats)
@@ -251,11 +297,16 @@ def test_finetuning_starts_from_the_baselines_weights(finished_runs, tmp_path):
   np.testing.assert_allclose(log_alpha, np.log(19.0), atol=0.05)
 
 
-def test_the_last_checkpoint_is_tested_when_asked_for(finished_runs, tmp_path):
-  base = shutil.copytree(finished_runs[0], tmp_path / "base")
-  tested = run_main("--mode=test", "--checkpoint=last", f"--workdir={base}")
-  assert tested.returncode == 0, tested.stderr[-3000:]
-  metrics = json.load(open(base / "test_metrics.json"))
+def succeeded(runs, name: str) -> subprocess.CompletedProcess:
+  """The job's process, which must have ended well."""
+  result = runs[name]
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def test_the_last_checkpoint_is_tested_when_asked_for(runs):
+  succeeded(runs, "test_last")
+  metrics = json.load(open(os.path.join(runs["root"], "last", "test_metrics.json")))
   assert metrics["checkpoint"] == "last" and metrics["checkpoint_step"] == 28
 
 
@@ -264,12 +315,9 @@ def saved_state(workdir: str, which: str) -> dict:
   return mngr.restore(step, args=ocp.args.StandardRestore())
 
 
-def test_retraining_keeps_the_pruning_runs_gates_and_trains_its_weights(finished_runs, tmp_path):
-  _, tuned, _ = finished_runs
-  retrained = str(tmp_path / "retrained")
-  result = run_main("--config=configs/retrain.py", f"--workdir={retrained}",
-                    f"--config.init_from={tuned}", *tiny_flags(num_epochs=1))
-  assert result.returncode == 0, result.stderr[-3000:]
+def test_retraining_keeps_the_pruning_runs_gates_and_trains_its_weights(runs):
+  tuned, retrained = runs["tuned"], os.path.join(runs["root"], "retrained")
+  result = succeeded(runs, "retrain")
   assert "the last checkpoint of" in result.stderr and "its gates kept, fixed" in result.stderr
   source, after = saved_state(tuned, "last"), saved_state(retrained, "last")
   gates = lambda state: {jax.tree_util.keystr(path): v for path, v in
@@ -280,19 +328,15 @@ def test_retraining_keeps_the_pruning_runs_gates_and_trains_its_weights(finished
   assert not np.array_equal(kernel(source), kernel(after))
   history = history_line(retrained)
   assert history["train_loss"] == history["train_cross_entropy"]  # No L0 term.
-  analyzed = run_main("--mode=analyze", "--checkpoint=last", f"--workdir={retrained}")
-  assert analyzed.returncode == 0, analyzed.stderr[-3000:]
+  succeeded(runs, "analyze_retrained")
   summary = open(os.path.join(retrained, "analysis", "summary.md")).read()
   assert f"retrained with the gates of `{tuned}` fixed" in summary
   assert os.path.getsize(os.path.join(retrained, "analysis", "trajectories.png")) > 1000
 
 
-def test_a_mask_prunes_the_baseline_to_its_budget_and_stays_fixed(finished_runs, tmp_path):
-  base, _, _ = finished_runs
-  masked = str(tmp_path / "masked")
-  result = run_main("--config=configs/mask.py", f"--workdir={masked}", f"--config.init_from={base}",
-                    "--config.mask=random", "--config.target_macs=0.4", *tiny_flags(num_epochs=1))
-  assert result.returncode == 0, result.stderr[-3000:]
+def test_a_mask_prunes_the_baseline_to_its_budget_and_stays_fixed(runs):
+  base, masked = runs["base"], os.path.join(runs["root"], "masked")
+  result = succeeded(runs, "mask")
   assert "Mask random:" in result.stderr and "gates from the random mask" in result.stderr
   after = saved_state(masked, "last")
   log_alphas = {f"block{int(b) + 1}/{branch}": np.asarray(g["log_alpha"]["value"])
@@ -308,36 +352,32 @@ def test_a_mask_prunes_the_baseline_to_its_budget_and_stays_fixed(finished_runs,
   assert history_line(masked)["train_loss"] == history_line(masked)["train_cross_entropy"]
 
 
-def test_export_of_a_finished_run(finished_runs, tmp_path):
+def test_export_of_a_finished_run(runs):
   """On one device, and on two (as two GPUs would be) with the same results."""
-  _, tuned, _ = finished_runs
-  on_two = shutil.copytree(tuned, tmp_path / "tuned")
-  exported = run_main("--mode=export", f"--workdir={tuned}")
-  assert exported.returncode == 0, exported.stderr[-3000:]
-  metrics = json.load(open(os.path.join(tuned, "export", "export_metrics.json")))
+  succeeded(runs, "export")
+  exported = os.path.join(runs["root"], "export", "export")
+  metrics = json.load(open(os.path.join(exported, "export_metrics.json")))
   assert metrics["max_abs_logit_diff"] < 1e-4
   assert metrics["test_accuracy_compact"] == metrics["test_accuracy_gated"]
-  assert metrics["params_compact"] <= json.load(open(os.path.join(tuned, "test_metrics.json")))[
-      "params_kept"]
-  assert os.path.exists(os.path.join(tuned, "export", "inference.jax_export"))
-  info = json.load(open(os.path.join(tuned, "export", "inference.json")))
+  tested = json.load(open(os.path.join(runs["tuned"], "test_metrics.json")))
+  assert metrics["params_compact"] <= tested["params_kept"]
+  assert os.path.exists(os.path.join(exported, "inference.jax_export"))
+  info = json.load(open(os.path.join(exported, "inference.json")))
   assert info["dataset"] == "synthetic" and info["num_classes"] == 10
   assert info["input_shape"] == [8, 8, 3] and info["input_dtype"] == "uint8"
   assert len(info["mean"]) == len(info["std"]) == 3
-  exported = run_main("--mode=export", f"--workdir={on_two}", env=TWO_DEVICES)
-  assert exported.returncode == 0, exported.stderr[-3000:]
-  two = json.load(open(on_two / "export" / "export_metrics.json"))
+  succeeded(runs, "export_on_two")
+  two = json.load(open(os.path.join(runs["root"], "export_on_two", "export",
+                                    "export_metrics.json")))
   assert {k: two[k] for k in metrics if k != "max_abs_logit_diff"} == {
       k: metrics[k] for k in metrics if k != "max_abs_logit_diff"}
   assert two["max_abs_logit_diff"] < 1e-4
 
 
-def test_testing_on_two_devices_gives_the_one_device_result(finished_runs, tmp_path):
-  base = shutil.copytree(finished_runs[0], tmp_path / "base")
-  one = json.load(open(base / "test_metrics.json"))
-  tested = run_main("--mode=test", f"--workdir={base}", env=TWO_DEVICES)
-  assert tested.returncode == 0, tested.stderr[-3000:]
-  two = json.load(open(base / "test_metrics.json"))
+def test_testing_on_two_devices_gives_the_one_device_result(runs):
+  succeeded(runs, "test_on_two")
+  one = json.load(open(os.path.join(runs["base"], "test_metrics.json")))
+  two = json.load(open(os.path.join(runs["root"], "on_two", "test_metrics.json")))
   assert two.pop("test_loss") == pytest.approx(one.pop("test_loss"), rel=1e-5)
   assert two == one
 
@@ -368,28 +408,13 @@ def test_one_step_per_call_and_a_scan_of_steps_agree():
   assert train.steps_per_call(tiny_config(steps_per_call=100), 351) == 88  # 4 calls, 1 padded
 
 
-# main.py in a Python where TensorFlow, TFDS and TensorBoard are absent (a None
-# in sys.modules makes their imports fail and find_spec answer None).
-NO_TENSORFLOW = """
-import runpy, sys
-for name in ('tensorflow', 'tensorflow_datasets', 'tensorboard'):
-  sys.modules[name] = None
-sys.argv = ['main.py'] + sys.argv[1:]
-runpy.run_path('main.py', run_name='__main__')
-"""
-
-
-def test_training_without_tensorflow_writes_tensorboard_events_and_reports(tmp_path):
+def test_training_without_tensorflow_writes_tensorboard_events_and_reports(runs):
   """The event files need no TensorFlow. Training metrics reach them every
   `log_every_steps` steps and at each epoch's end (here 6 > 14 / 3), as window
   means whose mean history.jsonl keeps. The console gets one line per phase and
   per epoch besides those windows, and no histogram."""
-  workdir = str(tmp_path / "run")
-  result = subprocess.run(
-      [sys.executable, "-c", NO_TENSORFLOW, "--config=configs/gated.py", f"--workdir={workdir}",
-       *tiny_flags(num_epochs=1, log_every_steps=6)], cwd=REPO, capture_output=True, text=True,
-      timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
+  workdir = os.path.join(runs["root"], "without_tensorflow")
+  result = succeeded(runs, "without_tensorflow")
   for phase in ("Data: synthetic from synthetic", "Network: GoogleNet at width 0.25, gated",
                 "compiling the training step", "Compiled and ran the first training call",
                 "epoch 1/1: train accuracy"):
