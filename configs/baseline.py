@@ -10,7 +10,7 @@ after the quick start's 2 epochs (results/quickstart/).
 from l0jax import config as base
 
 
-def get_config():
+def get_config(arg: str | None = None):
   c = base.base_config()
   c.use_gate = False
-  return c
+  return base.variant(c, arg)

@@ -12,5 +12,5 @@ What it gave: on Fashion-MNIST at a quarter of the width, 6 epochs, one seed,
 from l0jax import config as base
 
 
-def get_config():
-  return base.base_config()
+def get_config(arg: str | None = None):
+  return base.variant(base.base_config(), arg)

@@ -15,9 +15,10 @@ for 0.25 (results/fashion_mnist_budget/).
 """
 
 from configs import finetune
+from l0jax import config as base
 
 
-def get_config():
+def get_config(arg: str | None = None):
   c = finetune.get_config()
   c.target_macs = 0.5
-  return c
+  return base.variant(c, arg)

@@ -16,10 +16,10 @@ at 28.9%.
 from l0jax import config as base
 
 
-def get_config():
+def get_config(arg: str | None = None):
   c = base.base_config()
   c.train_gates = False
   c.init_checkpoint = "last"
   c.num_epochs = 60
   c.lr_milestones = (30, 45)
-  return c
+  return base.variant(c, arg)

@@ -134,6 +134,35 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Any recipe at a size that trains in seconds on a CPU, as big_vision's configs
+# take `runlocal`: `--config=configs/gated.py:runlocal`. 8x8 synthetic images,
+# a quarter-width network, two epochs of 14 steps and a console line after
+# each. The tests train it; it also tries a command out before its long run.
+RUNLOCAL = {
+    "dataset": "synthetic",
+    "synthetic_image_size": 8,
+    "synthetic_num_train": 512,
+    "width_multiplier": 0.25,
+    "batch_size": 32,
+    "eval_batch_size": 64,
+    "steps_per_call": 1,  # The CPU default: no loop inside the compiled step.
+    "log_every_steps": 1,
+    "num_epochs": 2,
+    "lr_milestones": (1,),
+}
+
+
+def variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """A recipe's config `c` as `--config=FILE:ARG` asks for it: as it is without an ARG, at
+  RUNLOCAL's size for `runlocal`."""
+  if arg is None:
+    return c
+  if arg != "runlocal":
+    raise UserError(f"--config=FILE:{arg}: the one variant of a recipe is runlocal")
+  c.update(RUNLOCAL)
+  return c
+
+
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
 MODELS = ("googlenet", "resnet", "vgg")
 DEFAULT_DEPTHS = {"googlenet": 0, "resnet": 20, "vgg": 11}  # what depth=0 builds

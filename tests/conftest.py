@@ -31,22 +31,6 @@ from l0jax import config as config_lib  # pylint: disable=wrong-import-position
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, "main.py")
 
-# The smallest run that still exercises everything: 8x8 synthetic images, a
-# quarter-width network, 14 steps an epoch.
-TINY = {
-    "dataset": "synthetic",
-    "synthetic_image_size": 8,
-    "synthetic_num_train": 512,
-    "width_multiplier": 0.25,
-    "batch_size": 32,
-    "eval_batch_size": 64,
-    "steps_per_call": 1,  # The CPU default: no loop inside the compiled step.
-    "log_every_steps": 1,  # A console line after every step: tests follow a run's progress.
-    "num_epochs": 2,
-    "lr_milestones": (1,),
-}
-
-
 # Two CPU devices in one process, standing in for two GPUs.
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
@@ -61,17 +45,19 @@ def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argumen
 
 
 def tiny_config(**overrides):
-  """The base config with TINY and `overrides` applied."""
-  c = config_lib.base_config()
-  c.update({**TINY, **overrides})
+  """The base config at the size of `runlocal` (the smallest run that still exercises
+  everything), with `overrides`."""
+  c = config_lib.variant(config_lib.base_config(), "runlocal")
+  c.update(overrides)
   return c
 
 
 def tiny_flags(**overrides) -> list[str]:
-  """TINY and `overrides` as main.py's --config.KEY=VALUE flags."""
+  """`runlocal`'s values and `overrides` as main.py's --config.KEY=VALUE flags, for any recipe
+  (and the sweep, which hands them on)."""
   def value(v):
     return f"({','.join(map(str, v))},)" if isinstance(v, tuple) else str(v)
-  return [f"--config.{k}={value(v)}" for k, v in {**TINY, **overrides}.items()]
+  return [f"--config.{k}={value(v)}" for k, v in {**config_lib.RUNLOCAL, **overrides}.items()]
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ def gated_run(tmp_path_factory) -> str:
 
   Gates start just above the prune threshold, so that even two short epochs
   end with both pruned and kept channels. Only the initialisation differs
-  from TINY, so the compiled training step comes from the shared cache.
+  from `runlocal`, so the compiled training step comes from the shared cache.
   """
   workdir = str(tmp_path_factory.mktemp("gated"))
   train.train_and_evaluate(tiny_config(droprate_init=0.915), workdir)

@@ -155,6 +155,7 @@ def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
       "config_json_is_a_folder": (["--mode=test"], None, config_folder, config_folder),
       "config_file_raises": ([f"--config={raising_config}"], None, missing, None),
       "config_file_does_not_parse": ([f"--config={broken_config}"], None, missing, None),
+      "unknown_variant": (["--config=configs/gated.py:fast"], None, missing, None),
       "resume_other_split": (TRAIN + ["--config.val_split=hash"], None, older, older),
       "workdir_in_use": (TRAIN, None, busy, busy),
       "workdir_under_a_file": (TRAIN, None, str(root / "a_file" / "run"), None),
@@ -237,6 +238,8 @@ REFUSALS = {
                                 "IsADirectoryError"],
     "config_file_raises": ["raising.py, line 2: ZeroDivisionError: division by zero"],
     "config_file_does_not_parse": ["broken.py, line 3: SyntaxError"],
+    "unknown_variant": ["gated.py, line", "--config=FILE:fast: the one variant of a recipe is "
+                        "runlocal"],
     "resume_other_split": ["val_split: 'seeded' there, 'hash' here"],
     "workdir_in_use": [f"is in use by process {os.getpid()}"],
     "workdir_under_a_file": ["cannot write in --workdir=", "Not a directory"],
@@ -346,7 +349,9 @@ def test_a_full_disk_stops_the_run_in_one_line_keeping_what_was_complete(tmp_pat
   history = open(os.path.join(workdir, workdirs.HISTORY_FILE)).read()
 
   # Epoch 1's checkpoint does not fit: its files are larger than the limit, the others not.
-  result = Program("-c", SMALL_FILES_ONLY, "50000", MAIN, *TRAIN, f"--workdir={workdir}").wait()
+  # Resumed with the recipe's `runlocal` variant: it must be the tiny_config that began the run.
+  result = Program("-c", SMALL_FILES_ONLY, "50000", MAIN, "--config=configs/gated.py:runlocal",
+                   f"--workdir={workdir}").wait()
   assert result.returncode == 2, result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]

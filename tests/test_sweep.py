@@ -152,7 +152,7 @@ def test_groups_over_seeds_pair_each_run_with_its_seeds_control():
 
 
 def start_sweep(sweep_dir, *args: str, env=None) -> Program:
-  """`python -m l0jax.sweep`, without scratch runs, its members one epoch of TINY."""
+  """`python -m l0jax.sweep`, without scratch runs, its members one epoch of `runlocal`."""
   return Program("-m", "l0jax.sweep", f"--sweep_dir={sweep_dir}", "--scratch_lambdas=",
                  *tiny_flags(num_epochs=1), *args, env=env)
 

@@ -19,13 +19,14 @@ from flax import nnx
 from conftest import REPO, TWO_DEVICES, read_events, run_main, tiny_config, tiny_flags
 from l0jax import accounting, masks, model, train, workdirs
 from l0jax import config as config_lib
+from l0jax.errors import UserError
 
 
-def load_config_file(name: str):
+def load_config_file(name: str, *arg: str):
   spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*arg)
 
 
 def test_a_continued_run_takes_the_data_and_network_of_its_source(tmp_path):
@@ -64,6 +65,18 @@ def test_readme_config_table_has_every_field_and_every_recipes_value():
       name = recipe.removesuffix(".py")
       if recipe.endswith(".py") and load_config_file(name)[field] != base[field]:
         assert name in row[1], f"README's row of {field} lacks {name}'s value"
+
+
+def test_runlocal_is_each_recipe_at_its_size():
+  recipes = [n.removesuffix(".py") for n in os.listdir(os.path.join(REPO, "configs"))
+             if n.endswith(".py")]
+  assert len(recipes) >= 6
+  for name in recipes:
+    full = load_config_file(name)
+    full.update(config_lib.RUNLOCAL)
+    assert load_config_file(name, "runlocal").to_dict() == full.to_dict(), name
+  with pytest.raises(UserError, match="the one variant of a recipe is runlocal"):
+    load_config_file("gated", "fast")
 
 
 def test_gated_without_gates_is_the_baseline():
