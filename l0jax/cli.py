@@ -10,6 +10,7 @@ console (`quiet_libraries`).
 import contextlib
 import logging as py_logging
 import os
+import pathlib
 import sys
 import traceback
 from typing import Iterator, NoReturn
@@ -20,6 +21,16 @@ from l0jax.errors import UserError, os_failure
 
 FLAGS = flags.FLAGS
 HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def checkout() -> pathlib.Path:
+  """The checkout the package was imported from, whose main.py and configs/ the sweep and the
+  quick start run. A non-editable install copies only the package, so neither is beside it."""
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  if not (repo / "main.py").is_file() or not (repo / "configs").is_dir():
+    raise UserError(f"no main.py and configs/ beside the l0jax package ({repo}): run this from "
+                    "the checkout's root, or install the checkout with `pip install -e .`")
+  return repo
 
 
 def fail(message: str) -> NoReturn:

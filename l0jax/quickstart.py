@@ -31,7 +31,6 @@ from absl import app, flags, logging
 from l0jax import analysis, checkpoint_modes, cli, data, train, workdirs
 from l0jax.errors import UserError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 COMMON = {"dataset": "fashion_mnist", "width_multiplier": 0.25, "batch_size": 64,
           "learning_rate": 0.003, "num_epochs": 2}
 # name: (config file, its overrides besides COMMON; "{baseline}" is WORKDIR/baseline)
@@ -49,7 +48,7 @@ flags.DEFINE_string("data_dir", "", "A folder with Fashion-MNIST's four IDX file
 
 def recipe(name: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
   """configs/NAME.py's config, as `main.py --config=configs/NAME.py` loads it, with `overrides`."""
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, cli.checkout() / "configs" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()

@@ -72,7 +72,6 @@ from l0jax import analysis, cli, locking, stats, workdirs
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 KINDS = ("baseline", "control", "scratch", "finetune", "budget", "retrain", "l1_norm", "random")
 CONFIG_FILES = {"baseline": "baseline.py", "control": "baseline.py", "scratch": "gated.py",
                 "finetune": "finetune.py", "budget": "prune_to_budget.py", "retrain": "retrain.py",
@@ -144,8 +143,9 @@ class Member:
 
   def commands(self, sweep_dir: pathlib.Path) -> list[list[str]]:
     """Train (or resume), then test: the two main.py command lines."""
-    main, workdir = [sys.executable, str(REPO / "main.py")], f"--workdir={sweep_dir / self.name}"
-    return [main + [f"--config={REPO / 'configs' / CONFIG_FILES[self.kind]}", workdir,
+    repo, workdir = cli.checkout(), f"--workdir={sweep_dir / self.name}"
+    main = [sys.executable, str(repo / "main.py")]
+    return [main + [f"--config={repo / 'configs' / CONFIG_FILES[self.kind]}", workdir,
                     *(f"--config.{k}={v}" for k, v in self.settings.items())],
             main + ["--mode=test", f"--checkpoint={CHECKPOINT}", workdir]]
 
@@ -576,6 +576,7 @@ def main(argv: list[str]) -> None:
     if not FLAGS.sweep_dir:
       raise UserError("--sweep_dir is required")
     sweep_dir = pathlib.Path(FLAGS.sweep_dir).absolute()
+    cli.checkout()  # refused before anything runs, not at the first member
     with locking.held(str(sweep_dir), "--sweep_dir"):
       results = sweep(sweep_dir, _floats("scratch_lambdas", FLAGS.scratch_lambdas),
                       _floats("finetune_lambdas", FLAGS.finetune_lambdas),

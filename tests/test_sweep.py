@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
@@ -91,6 +92,19 @@ def test_a_lambda_listed_twice_is_refused(tmp_path):
 def test_only_a_fine_tuned_run_can_be_retrained(tmp_path):
   with pytest.raises(UserError, match="each must be one of --finetune_lambdas=20"):
     sweep.plan(tmp_path, [], [20.0], sweep.parse_settings([]), [30.0])
+
+
+def test_a_package_installed_without_its_checkout_says_so_in_one_line(tmp_path):
+  # A non-editable install copies only the package: no main.py, no configs/ beside it.
+  shutil.copytree(os.path.join(REPO, "l0jax"), tmp_path / "l0jax")
+  result = subprocess.run([sys.executable, "-m", "l0jax.sweep", f"--sweep_dir={tmp_path / 's'}"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"error: no main.py and configs/ beside the l0jax package ({tmp_path}): run this from the "
+      "checkout's root, or install the checkout with `pip install -e .`"]
+  assert not (tmp_path / "s").exists()
 
 
 def test_a_run_tested_at_its_best_checkpoint_is_tested_again(tmp_path):
