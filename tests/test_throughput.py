@@ -1,4 +1,5 @@
-"""benchmarks/throughput.py on a tiny setting: it runs and prints its JSON and table."""
+"""benchmarks/throughput.py and inference.py on a tiny setting: each runs and prints its JSON
+and table."""
 
 import json
 
@@ -22,3 +23,19 @@ def test_throughput_benchmark_prints_json_and_a_table():
   assert {"gate_overhead", "gate_overhead_cpu_time"} <= set(gated)
   assert "gate_overhead" not in baseline
   assert table[1].split()[:3] == ["dtype", "batch", "gates"] and len(table) == 4
+
+
+def test_inference_benchmark_times_the_folded_network_pruning_is_compared_with():
+  result = Program("-m", "benchmarks.inference", "--width_multiplier=0.25", "--image_size=8",
+                   "--batch_sizes=2", "--repeats=1").wait()
+  assert result.returncode == 0, result.stderr[-3000:]
+  first, *table = result.stdout.splitlines()
+  summary = json.loads(first)
+  rows = {r["network"]: r for r in summary["results"]}
+  assert list(rows) == ["full", "gated", "folded", "compact"]
+  # Folding BN alone removes parameters (each kept channel's scale and shift), not MACs.
+  assert summary["params_compact"] < summary["params_folded"] < summary["params_full"]
+  assert rows["folded"]["macs_per_image"] == rows["full"]["macs_per_image"]
+  assert rows["compact"]["macs_per_image"] < rows["folded"]["macs_per_image"]
+  assert table[1].split() == ["network", "batch", "images/s", "MMACs/image", "vs", "full", "vs",
+                              "folded"]
