@@ -13,6 +13,7 @@ JSON object, then a table.
 
 import json
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,16 +60,20 @@ def module_inference(net: nnx.Module):
   return lambda x: f(state, x)
 
 
-def images_per_second(f, images: jax.Array) -> float:
-  """Median over `--repeats` timed calls, after a compiling call and a warm-up one."""
-  for _ in range(2):
-    jax.block_until_ready(f(images))
-  seconds = []
+def images_per_second(networks: dict[str, Callable], images: jax.Array) -> dict[str, float]:
+  """Each network's median over `--repeats` timed calls, after a compiling call and a warm-up
+  one; the calls interleaved (A, B, C, A, B, C, ...), so that a slower spell of the machine hits
+  every network alike."""
+  for f in networks.values():
+    for _ in range(2):
+      jax.block_until_ready(f(images))
+  seconds = {name: [] for name in networks}
   for _ in range(FLAGS.repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(f(images))
-    seconds.append(time.perf_counter() - start)
-  return len(images) / float(np.median(seconds))
+    for name, f in networks.items():
+      start = time.perf_counter()
+      jax.block_until_ready(f(images))
+      seconds[name].append(time.perf_counter() - start)
+  return {name: len(images) / float(np.median(s)) for name, s in seconds.items()}
 
 
 def main(argv):
@@ -93,9 +98,8 @@ def main(argv):
   for batch_size in map(int, FLAGS.batch_sizes):
     images = jnp.asarray(rng.standard_normal((batch_size, FLAGS.image_size, FLAGS.image_size, 3)),
                          jnp.float32)
-    for name, f in networks.items():
-      results.append({"network": name, "batch_size": batch_size,
-                      "images_per_s": round(images_per_second(f, images), 1),
+    for name, speed in images_per_second(networks, images).items():
+      results.append({"network": name, "batch_size": batch_size, "images_per_s": round(speed, 1),
                       "macs_per_image": macs[name]})
   print(json.dumps({
       "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
