@@ -1,10 +1,10 @@
 #!/bin/bash
 # float32 against bfloat16 compute on a short real-data run (issue 5): the
-# same 2-epoch Fashion-MNIST baseline recipe in each dtype, for seeds 0 and 1.
-# Run from the repository root; workdirs go to runs/dtype_check/.
+# same 2-epoch Fashion-MNIST baseline recipe in each dtype, for seeds 0 and 1 (SEEDS and
+# DTYPES choose fewer). Run from the repository root; workdirs go to runs/dtype_check/.
 set -e
 for seed in ${SEEDS:-0 1}; do
-  for dtype in float32 bfloat16; do
+  for dtype in ${DTYPES:-float32 bfloat16 bfloat16_matmuls}; do
     workdir=runs/dtype_check/seed$seed/$dtype
     python main.py --config=configs/baseline.py --workdir=$workdir \
       --config.dataset=fashion_mnist --config.width_multiplier=0.25 --config.batch_size=64 \
