@@ -88,6 +88,7 @@ def count(graph: graph_lib.Graph, kept: Mapping[str, Kept] | None) -> list[Layer
   return costs
 
 
+@jax.jit  # One program for all gates: op by op, each gate's shape would compile its own.
 def test_time_kept(log_alphas: Mapping[str, jax.Array]) -> dict[str, Kept]:
   """Kept channels at test time, those whose test-time gate is > 0, as traceable jnp scalars."""
   kept = {name: jnp.sum(gates.test_gate(la) > 0) for name, la in log_alphas.items()}

@@ -23,6 +23,24 @@ def compute_dtype(name: str):
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "bfloat16_matmuls": jnp.float32}[name]
 
 
+class ParamKeys:
+  """The keys flax's layers draw their initial values from (`rngs.params()`, the one call they
+  make): the i-th is fold_in(key, i), as from nnx.Rngs(params=key), but counted in Python.
+
+  nnx.Rngs counts in an array. Under jit, each update of that count asks the
+  traced value for its sharding, and JAX answers with an error message that
+  searches the whole program traced so far for the value's origin: quadratic
+  in the network's size, and most of a GoogleNet's build time.
+  """
+
+  def __init__(self, key: jax.Array):
+    self._key, self._count = key, 0
+
+  def params(self) -> jax.Array:
+    self._count += 1
+    return jax.random.fold_in(self._key, self._count - 1)
+
+
 def build(config: ml_collections.ConfigDict, image_shape, num_classes: int,
           key: jax.Array) -> nnx.Module:
   """The configured network (`config.model` at its depth), its parameters drawn from `key`."""
@@ -34,7 +52,7 @@ def build(config: ml_collections.ConfigDict, image_shape, num_classes: int,
       num_classes, image_shape[-1], use_gate=config.use_gate,
       width_multiplier=config.width_multiplier, droprate_init=config.droprate_init,
       dtype=compute_dtype(config.compute_dtype),
-      bfloat16_matmuls=config.compute_dtype == "bfloat16_matmuls", rngs=nnx.Rngs(params=key))
+      bfloat16_matmuls=config.compute_dtype == "bfloat16_matmuls", rngs=ParamKeys(key))
 
 
 def channel_graph(config: ml_collections.ConfigDict, image_shape,

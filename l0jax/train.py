@@ -80,12 +80,13 @@ def create_network(config: ml_collections.ConfigDict, image_shape, num_classes: 
   Initialisation runs as one compiled program (`run_once`): op by op, each of its hundreds of
   operations would be compiled and dispatched on its own.
   """
-  init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
   graph, abstract = networks.channel_graph(config, image_shape, num_classes)
   graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
   params, batch_stats = run_once(
-      lambda k: nnx.split(networks.build(config, image_shape, num_classes, k), nnx.Param,
-                          nnx.BatchStat)[1:], init_key)
+      lambda seed: nnx.split(networks.build(config, image_shape, num_classes,
+                                            jax.random.fold_in(jax.random.key(seed), 0)),
+                             nnx.Param, nnx.BatchStat)[1:],
+      np.uint32(config.seed))  # Unsigned: a seed may take all 32 bits (config.validate).
   network = Network(graphdef, graph, tuple(image_shape), num_classes,
                     networks.compute_dtype(config.compute_dtype), tuple(map(float, mean)),
                     tuple(map(float, std)))
@@ -378,8 +379,9 @@ def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
   """
   tx = create_optimizer(run.config, steps_per_epoch(run))
   budget = run_budget(run)
-  state = TrainState(jnp.zeros((), jnp.int32), run.params, run.batch_stats, tx.init(run.params),
-                     budget.init() if budget else None)
+  state = run_once(lambda params, batch_stats: TrainState(
+      jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params),
+      budget.init() if budget else None), run.params, run.batch_stats)
   return tx, _replicate(state, run.mesh)
 
 
@@ -404,7 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx, state = initial_state(run)
   epoch_steps = steps_per_epoch(run)
   num_steps = epoch_steps * config.num_epochs
-  schedule = learning_rate_schedule(config, epoch_steps)
+  schedule = jax.jit(learning_rate_schedule(config, epoch_steps))  # One program, not one per op.
 
   restored = workdirs.restore_latest(str(workdir), state)
   if restored is not None:
