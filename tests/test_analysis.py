@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import GOOGLENET, tiny_config
 from l0jax import analysis, checkpoint_modes, data, gates, locking, train, workdirs
 
 # Accounting layer names of the gated branch outputs.
@@ -23,7 +23,7 @@ def gated_run(tmp_path_factory) -> str:
   from `runlocal`, so the compiled training step comes from the shared cache.
   """
   workdir = str(tmp_path_factory.mktemp("gated"))
-  train.train_and_evaluate(tiny_config(droprate_init=0.915), workdir)
+  train.train_and_evaluate(tiny_config(droprate_init=0.915, **GOOGLENET), workdir)
   checkpoint_modes.test(workdir)
   return workdir
 

@@ -124,7 +124,8 @@ def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
       "unknown_model": (TRAIN + ["--config.model=alexnet"], None, missing, None),
       "unsupported_depth": (TRAIN + ["--config.model=resnet", "--config.depth=21"], None, missing,
                             None),
-      "resume_other_model": (TRAIN + ["--config.model=vgg"], None, resumed, resumed),
+      "resume_other_model": (TRAIN + ["--config.model=vgg", "--config.depth=11"], None, resumed,
+                             resumed),
       "negative_seed": (TRAIN + ["--config.seed=-1"], None, missing, None),
       "seed_of_33_bits": (TRAIN + [f"--config.seed={2**32}"], None, missing, None),
       "process_id_alone": (TRAIN + ["--process_id=1"], None, missing, None),
@@ -215,7 +216,7 @@ REFUSALS = {
     "unknown_dataset": ["dataset='imagenet'"],
     "unknown_model": ["model='alexnet' is not one of googlenet, resnet, vgg"],
     "unsupported_depth": ["depth=21: a CIFAR ResNet has 6n + 2 layers"],
-    "resume_other_model": ["model: 'googlenet' there, 'vgg' here", "left untouched"],
+    "resume_other_model": ["model: 'resnet' there, 'vgg' here", "left untouched"],
     "negative_seed": ["seed=-1 must be an integer in [0, 2**32)"],
     "seed_of_33_bits": [f"seed={2**32} must be"],
     "process_id_alone": ["--process_id set without --multihost"],
@@ -349,9 +350,8 @@ def test_a_full_disk_stops_the_run_in_one_line_keeping_what_was_complete(tmp_pat
   history = open(os.path.join(workdir, workdirs.HISTORY_FILE)).read()
 
   # Epoch 1's checkpoint does not fit: its files are larger than the limit, the others not.
-  # Resumed with the recipe's `runlocal` variant: it must be the tiny_config that began the run.
-  result = Program("-c", SMALL_FILES_ONLY, "50000", MAIN, "--config=configs/gated.py:runlocal",
-                   f"--workdir={workdir}").wait()
+  # Resumed with the tiny_config that began the run, as flags.
+  result = Program("-c", SMALL_FILES_ONLY, "20000", MAIN, *TRAIN, f"--workdir={workdir}").wait()
   assert result.returncode == 2, result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]

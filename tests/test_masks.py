@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import GOOGLENET, tiny_config
 from l0jax import accounting, gates, masks, model, train
 
 WIDTH = 0.25
@@ -19,7 +19,7 @@ def macs(kept):
 
 @pytest.fixture(scope="module")
 def params():
-  _, params, _ = train.create_network(tiny_config(width_multiplier=WIDTH), (8, 8, 3), 10, [127.0],
+  _, params, _ = train.create_network(tiny_config(width_multiplier=WIDTH, **GOOGLENET), (8, 8, 3), 10, [127.0],
                                       [70.0])
   return params
 

@@ -16,8 +16,8 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from conftest import REPO, TWO_DEVICES, read_events, run_main, tiny_config, tiny_flags
-from l0jax import accounting, masks, model, train, workdirs
+from conftest import GOOGLENET, REPO, TWO_DEVICES, read_events, run_main, tiny_config, tiny_flags
+from l0jax import accounting, masks, model, networks, train, workdirs
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -141,7 +141,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(use_gate):
 
 
 def test_bfloat16_steps_compute_in_bfloat16_and_keep_float32_state_and_loss():
-  config = tiny_config(compute_dtype="bfloat16")
+  config = tiny_config(compute_dtype="bfloat16", **GOOGLENET)
   network, params, batch_stats = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
   tx = train.create_optimizer(config, steps_per_epoch=100)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
@@ -174,7 +174,7 @@ def test_run_once_gives_the_bits_of_the_default_compile():
 
 
 def test_bfloat16_matmuls_multiply_in_bfloat16_and_keep_float32_activations():
-  config = tiny_config(compute_dtype="bfloat16_matmuls")
+  config = tiny_config(compute_dtype="bfloat16_matmuls", **GOOGLENET)
   network, params, batch_stats = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
   tx = train.create_optimizer(config, steps_per_epoch=100)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
@@ -283,8 +283,13 @@ def test_a_run_writes_config_history_checkpoints_and_test_metrics(runs):
     assert 0 <= metrics["test_accuracy"] <= 1
     best = max(history, key=lambda h: (h["val_accuracy"], h["step"]))
     assert metrics["checkpoint"] == "best" and metrics["checkpoint_step"] == best["step"]
-    assert metrics["params_full"] == 17_602 and metrics["macs_full"] == 332_160
-    assert len(metrics["layers"]) == 1 + 8 * 6 + 1
+    # ResNet-8 at width 0.25 (4, 8, 16 channels) on 8x8 images, by hand: the stem 3x3x3x4 + BN;
+    # blocks of two 3x3 convs + BN, 4-4-4 at 8x8, 4-8-8 and 8-16-16 at stride 2; a 16x10 head.
+    assert metrics["params_full"] == (108 + 8) + (144 + 8) * 2 + (288 + 576 + 32) + (
+        1152 + 2304 + 64) + 170 == 5_006
+    assert metrics["macs_full"] == 64 * (108 + 288) + 16 * (288 + 576) + 4 * (
+        1152 + 2304) + 160 == 53_152
+    assert len(metrics["layers"]) == 1 + 3 * 2 + 1
   output = runs["test_base"].stdout
   assert "test accuracy" in output and "head" in output
   assert "log_alpha" not in history_line(base) and "log_alpha" in history_line(tuned)
@@ -302,12 +307,12 @@ def test_finetuning_starts_from_the_baselines_weights(runs):
   saved = saved_state(base, "best")
   np.testing.assert_array_equal(params["stem"]["conv"]["kernel"][...],
                                 saved["params"]["stem"]["conv"]["kernel"]["value"])
-  np.testing.assert_array_equal(batch_stats["blocks"][7]["branch1"]["bn"]["var"][...],
-                                saved["batch_stats"]["blocks"]["7"]["branch1"]["bn"]["var"]["value"])
+  np.testing.assert_array_equal(batch_stats["stages"][2][0]["conv2"]["bn"]["var"][...],
+                                saved["batch_stats"]["stages"]["2"]["0"]["conv2"]["bn"]["var"]["value"])
   # The gates are fresh, at droprate_init = 0.05: log_alpha ~ log(0.95 / 0.05).
-  log_alpha = network.graph.log_alphas(nnx.merge(network.graphdef, params,
-                                                 batch_stats))["block1/1x1"]
-  np.testing.assert_allclose(log_alpha, np.log(19.0), atol=0.05)
+  for log_alpha in network.graph.log_alphas(nnx.merge(network.graphdef, params,
+                                                      batch_stats)).values():
+    np.testing.assert_allclose(log_alpha, np.log(19.0), atol=0.05)
 
 
 def succeeded(runs, name: str) -> subprocess.CompletedProcess:
@@ -352,12 +357,11 @@ def test_a_mask_prunes_the_baseline_to_its_budget_and_stays_fixed(runs):
   result = succeeded(runs, "mask")
   assert "Mask random:" in result.stderr and "gates from the random mask" in result.stderr
   after = saved_state(masked, "last")
-  log_alphas = {f"block{int(b) + 1}/{branch}": np.asarray(g["log_alpha"]["value"])
-                for b, block in after["params"]["blocks"].items()
-                for branch, g in zip(model.BRANCHES, block["gates"].values())}
+  log_alphas = {f"stage{int(s) + 1}/block1": np.asarray(stage["0"]["gate"]["log_alpha"]["value"])
+                for s, stage in after["params"]["stages"].items()}
   assert all(set(np.unique(la)) <= {masks.KEPT, masks.PRUNED} for la in log_alphas.values())
-  graph = model.channel_graph(model.Architecture.at_width(0.25), use_gate=True, image_hw=8,
-                              in_channels=3, num_classes=10)
+  graph, _ = networks.channel_graph(tiny_config(), (8, 8, 3), 10)
+  assert sorted(log_alphas) == sorted(g.name for g in graph.gates)
   cost = accounting.kept_fractions(graph, accounting.deterministic_kept(log_alphas))
   assert 0.3 < cost["macs"] <= 0.4
   kernel = lambda state: state["params"]["stem"]["conv"]["kernel"]["value"]
@@ -428,7 +432,7 @@ def test_training_without_tensorflow_writes_tensorboard_events_and_reports(runs)
   per epoch besides those windows, and no histogram."""
   workdir = os.path.join(runs["root"], "without_tensorflow")
   result = succeeded(runs, "without_tensorflow")
-  for phase in ("Data: synthetic from synthetic", "Network: GoogleNet at width 0.25, gated",
+  for phase in ("Data: synthetic from synthetic", "Network: ResNet-8 at width 0.25, gated",
                 "compiling the training step", "Compiled and ran the first training call",
                 "epoch 1/1: train accuracy"):
     assert result.stderr.count(phase) == 1, (phase, result.stderr[-3000:])
@@ -441,5 +445,5 @@ def test_training_without_tensorflow_writes_tensorboard_events_and_reports(runs)
   window_means = [losses[6]] * 6 + [losses[12]] * 6 + [losses[14]] * 2  # weighted by steps
   assert history_line(workdir)["train_loss"] == pytest.approx(np.mean(window_means), rel=1e-4)
   tags = {v.tag for e in events for v in e.summary.value}
-  assert {"val/accuracy", "gates/open", "gates/macs_kept", "log_alpha/block1/1x1",
-          "log_alpha/block8/pool", "_hparams_/experiment"} <= tags
+  assert {"val/accuracy", "gates/open", "gates/macs_kept", "log_alpha/stage1/block1",
+          "log_alpha/stage3/block1", "_hparams_/experiment"} <= tags
