@@ -46,6 +46,10 @@ flags.DEFINE_integer("num_processes", None, "--multihost: how many processes tak
                      lower_bound=1)
 flags.DEFINE_integer("process_id", None, "--multihost: this process's index, from 0.",
                      lower_bound=0)
+flags.DEFINE_string("compilation_cache", None,
+                    "Folder of JAX's persistent compilation cache, from which a later run of the "
+                    "same network loads its compiled steps ('': none). Default: "
+                    "$JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/l0jax/jax (at most 2 GiB).")
 flags.DEFINE_bool("debug", False, "Show Python tracebacks for bad input too.")
 
 
@@ -62,6 +66,7 @@ def run(mode: str, workdir: str) -> None:
   # Imported here so that `--help` and bad flags or config values answer without loading JAX.
   from l0jax import checkpoint_modes, train  # pylint: disable=import-outside-toplevel
 
+  cli.use_compilation_cache(FLAGS.compilation_cache)
   if FLAGS.multihost:
     cli.join_processes(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if mode == "train":

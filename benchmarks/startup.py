@@ -1,6 +1,7 @@
 r"""Where the time to the first training step goes, in a fresh process, as `main.py` starts.
 
   python -m benchmarks.startup                           # full width, 32x32x3, batch 128
+  python -m benchmarks.startup --compilation_cache=DIR   # twice: the second loads the programs
 
 Wall and CPU seconds of each stage: importing JAX and l0jax, the synthetic
 data, `train.create_network` (building and initialising the network), the
@@ -22,13 +23,15 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from l0jax import cli, data, train
 from l0jax import config as config_lib
-from l0jax import data, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("compute_dtype", "auto", "config.compute_dtype.")
 flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0: the full GoogleNet).")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
+flags.DEFINE_string("compilation_cache", "", "JAX's persistent compilation cache, as main.py's "
+                    "flag of that name ('': none, so that everything compiles).")
 
 
 def main(argv):
@@ -42,6 +45,7 @@ def main(argv):
     stages[name] = {"wall_s": round(now[0] - last[0], 2), "cpu_s": round(now[1] - last[1], 2)}
     last = now
 
+  cli.use_compilation_cache(FLAGS.compilation_cache)
   stage("import")
   config = config_lib.base_config()
   config.update(dataset="synthetic", compute_dtype=FLAGS.compute_dtype,
@@ -75,7 +79,8 @@ def main(argv):
   call()
   stage("a later training call")
   print(json.dumps({"compute_dtype": config.compute_dtype, "width_multiplier":
-                    FLAGS.width_multiplier, "load_average": os.getloadavg(),
+                    FLAGS.width_multiplier, "compilation_cache": FLAGS.compilation_cache,
+                    "load_average": os.getloadavg(),
                     "to_first_step": total, "stages": stages}))
   print(f"\n{'stage':<22} {'wall s':>7} {'CPU s':>7}")
   for name, s in stages.items():

@@ -194,6 +194,29 @@ def checked_config(config, argv: list[str]):
   return config
 
 
+# Where main.py keeps compiled programs unless told otherwise, and how much of them: beyond it,
+# JAX deletes the least recently used.
+COMPILATION_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                                 "l0jax", "jax")
+COMPILATION_CACHE_BYTES = 2 * 2**30
+
+
+def use_compilation_cache(folder: str | None) -> None:
+  """JAX's persistent compilation cache in `folder`, so that a run of a network compiled before
+  (a resume, --mode=test, a sweep's next member) loads its steps instead of compiling them.
+
+  None: $JAX_COMPILATION_CACHE_DIR, which JAX reads itself, else COMPILATION_CACHE
+  (at most COMPILATION_CACHE_BYTES); "": no cache.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  if folder is None and "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  if folder is None:
+    folder = COMPILATION_CACHE
+    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
+  jax.config.update("jax_compilation_cache_dir", folder or None)
+
+
 def join_processes(coordinator_address: str | None, num_processes: int | None,
                    process_id: int | None) -> None:
   """jax.distributed.initialize with the values that are set; JAX finds the others or says why.

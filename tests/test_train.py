@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from conftest import GOOGLENET, REPO, TWO_DEVICES, read_events, run_main, tiny_config, tiny_flags
-from l0jax import accounting, masks, model, networks, train, workdirs
+from l0jax import accounting, cli, masks, model, networks, train, workdirs
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -447,3 +447,29 @@ def test_training_without_tensorflow_writes_tensorboard_events_and_reports(runs)
   tags = {v.tag for e in events for v in e.summary.value}
   assert {"val/accuracy", "gates/open", "gates/macs_kept", "log_alpha/stage1/block1",
           "log_alpha/stage3/block1", "_hparams_/experiment"} <= tags
+
+
+def test_compiled_steps_are_kept_for_the_next_run(tmp_path):
+  cache = tmp_path / "cache"
+  result = run_main("--config=configs/gated.py", *tiny_flags(num_epochs=1),
+                    f"--workdir={tmp_path / 'run'}", f"--compilation_cache={cache}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert [n for n in os.listdir(cache) if n.startswith("jit_train_steps-")]
+
+
+def test_the_compilation_cache_is_the_users_unless_jax_is_told_another(monkeypatch):
+  kept = {name: getattr(jax.config, name) for name in ("jax_compilation_cache_dir",
+                                                       "jax_compilation_cache_max_size")}
+  try:
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
+    cli.use_compilation_cache(None)  # JAX reads the variable itself.
+    assert {name: getattr(jax.config, name) for name in kept} == kept
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    cli.use_compilation_cache(None)
+    assert jax.config.jax_compilation_cache_dir == cli.COMPILATION_CACHE
+    assert jax.config.jax_compilation_cache_max_size == cli.COMPILATION_CACHE_BYTES
+    cli.use_compilation_cache("")
+    assert jax.config.jax_compilation_cache_dir is None
+  finally:
+    for name, value in kept.items():
+      jax.config.update(name, value)
