@@ -3,6 +3,7 @@ r"""Training and evaluation images/s of the compiled steps main.py runs, with an
   python -m benchmarks.throughput                                   # CPU-sized, ~2 minutes
   python -m benchmarks.throughput --batch_sizes=128,512 \
       --dtypes=float32,bfloat16 --repeats=10 --eval_examples=5000   # an accelerator
+  python -m benchmarks.throughput --model=resnet --depth=56         # another network
 
 Synthetic uint8 images of CIFAR-10's shape sit on the devices as in a real
 run. A timed training call is one `train.make_train_steps` call of as many
@@ -35,6 +36,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["128"], "Training batch sizes to time.")
 flags.DEFINE_list("dtypes", ["auto"], "compute_dtype values to time (auto, float32, bfloat16, "
                   "bfloat16_matmuls).")
+flags.DEFINE_enum("model", "googlenet", config_lib.MODELS, "config.model: the network timed.")
+flags.DEFINE_integer("depth", 0, "config.depth (0: the model's usual one).")
 flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0: the full GoogleNet).")
 flags.DEFINE_integer("image_size", 32, "Square synthetic images of this size, 3 channels.")
 flags.DEFINE_integer("num_train", 10_000, "Synthetic images; 90% of them are the training split.")
@@ -128,7 +131,8 @@ def benchmark(dtype: str, batch_size: int, dataset: data.Dataset, mesh) -> list[
   nets = {}
   for use_gate in (False, True):  # The gated network second: results[1] below.
     config = config_lib.base_config()
-    config.update(dataset="synthetic", width_multiplier=FLAGS.width_multiplier, use_gate=use_gate,
+    config.update(dataset="synthetic", model=FLAGS.model, depth=FLAGS.depth,
+                  width_multiplier=FLAGS.width_multiplier, use_gate=use_gate,
                   compute_dtype=dtype, batch_size=batch_size, steps_per_call=FLAGS.steps,
                   eval_batch_size=FLAGS.eval_batch_size, seed=FLAGS.seed)
     config_lib.validate(config)
@@ -175,7 +179,8 @@ def main(argv):
              for r in benchmark(dtype, batch_size, dataset, mesh)]
   print(json.dumps({
       "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-      "device_count": jax.device_count(), "width_multiplier": FLAGS.width_multiplier,
+      "device_count": jax.device_count(), "model": FLAGS.model, "depth": FLAGS.depth,
+      "width_multiplier": FLAGS.width_multiplier,
       "image_size": FLAGS.image_size, "repeats": FLAGS.repeats,
       "eval_examples": min(FLAGS.eval_examples, len(dataset.train_images)), "estimated_run": {
           "epochs": FLAGS.epochs, "epoch_examples": FLAGS.epoch_examples,
