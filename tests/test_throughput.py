@@ -1,8 +1,10 @@
 """benchmarks/throughput.py and inference.py on a tiny setting: each runs and prints its JSON
-and table."""
+and table; profile_summary.py on a made-up trace."""
 
+import gzip
 import json
 
+from benchmarks import profile_summary
 from conftest import Program
 
 
@@ -43,3 +45,19 @@ def test_inference_benchmark_times_the_folded_network_pruning_is_compared_with()
   assert rows["compact"]["macs_per_image"] < rows["folded"]["macs_per_image"]
   assert table[1].split() == ["network", "batch", "images/s", "MMACs/image", "vs", "full", "vs",
                               "folded"]
+
+
+def test_profile_summary_adds_up_a_modules_operations_by_kind(tmp_path):
+  op = lambda module, name, dur: {"ph": "X", "name": name, "dur": dur,
+                                  "args": {"hlo_module": module, "hlo_op": name}}
+  events = [op("jit_train_steps", "convolution.1", 30), op("jit_train_steps", "convolution.12", 20),
+            op("jit_train_steps", "loop_add_fusion.3.1", 50), op("jit_eval_step", "dot.1", 99),
+            op("jit_train_steps", "while.2", 500), {"ph": "X", "name": "python", "dur": 7}]
+  trace = tmp_path / "t.trace.json.gz"
+  with gzip.open(trace, "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  summary = profile_summary.summarise(str(trace), "jit_train_steps")
+  assert summary["total_ms"] == 0.1  # the loop's event spans its body's: left out
+  assert [(k["kind"], k["count"], k["share"]) for k in summary["kinds"]] == [
+      ("convolution", 2, 0.5), ("loop_add_fusion", 1, 0.5)]
+  assert profile_summary.summarise(str(trace), "jit_other") is None
