@@ -117,7 +117,10 @@ class QuietLibraries(py_logging.Filter):
   The errors that Orbax's, tensorboardX's and asyncio's background threads log
   when a write fails keep their first line but not their pages of traceback
   (unless `tracebacks`): the failure reaches the main thread, which reports it
-  in one line.
+  in one line. asyncio's "Future exception was never retrieved" is dropped
+  (unless `tracebacks`): it is the garbage collector finding a sibling read of
+  a failure already reported, at any time, even after the `error:` line that
+  must end the output.
   """
 
   def __init__(self, tracebacks: bool = False):
@@ -128,6 +131,9 @@ class QuietLibraries(py_logging.Filter):
     library = next((lib for lib in ("orbax", "jax", "tensorboardX", "asyncio")
                     if f"/{lib}/" in record.pathname), None)
     if library in ("orbax", "jax") and record.levelno < py_logging.WARNING:
+      return False
+    if (library == "asyncio" and not self._tracebacks
+        and record.getMessage().startswith("Future exception was never retrieved")):
       return False
     if library not in (None, "jax") and record.levelno >= py_logging.ERROR and not self._tracebacks:
       first_line = (record.getMessage().splitlines() or [""])[0]

@@ -10,6 +10,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -20,7 +21,7 @@ import typing
 import pytest
 
 from conftest import MAIN, TWO_DEVICES, CreatesAFile, Program, run_main, tiny_config, tiny_flags
-from l0jax import locking, train, workdirs
+from l0jax import cli, locking, train, workdirs
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
 
@@ -277,6 +278,26 @@ def test_debug_shows_the_traceback(cases):
   assert result.returncode != 0 and "Traceback" in result.stderr
   assert "lambda_l0=-0.5 must be >= 0" in result.stderr
   assert not os.path.exists(cases["debug"].workdir)
+
+
+def library_record(path: str, message: str, level: int = logging.ERROR) -> logging.LogRecord:
+  return logging.LogRecord("x", level, path, 1, message, None, None)
+
+
+@pytest.mark.parametrize("tracebacks", [False, True])
+def test_background_errors_keep_one_line_and_unretrieved_futures_none(tracebacks):
+  """An unretrieved future is logged when the garbage collector finds it, which can be after
+  the `error:` line that must end the output."""
+  quiet = cli.QuietLibraries(tracebacks=tracebacks)
+  unretrieved = library_record("/py/asyncio/base_events.py",
+                               "Future exception was never retrieved\nfuture: <Future ...>")
+  assert quiet.filter(unretrieved) == tracebacks
+  failed = library_record("/py/orbax/checkpoint/x.py", "Write failed\nTraceback ...")
+  assert quiet.filter(failed)
+  assert failed.getMessage() == ("Write failed\nTraceback ..." if tracebacks
+                                 else "Write failed (traceback left out)")
+  assert not quiet.filter(library_record("/py/orbax/x.py", "Saved", logging.INFO))
+  assert quiet.filter(library_record("/l0jax/train.py", "Epoch 1", logging.INFO))
 
 
 def test_a_second_run_in_a_workdir_is_refused_until_the_first_is_killed(tmp_path):
