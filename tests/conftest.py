@@ -25,6 +25,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # default threshold of a second.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# XLA's backend (LLVM) at optimisation level 1, not 3, for every program the suite compiles,
+# here and in the processes it starts: the same bits as level 3 (run_once relies on it, and
+# test_train checks it), with less of an uncached tiny run spent in LLVM (results/test_suite/).
+# Level 0 would save more, but trains the tiny VGG-11 into a nan at its second step.
+_BACKEND_LEVEL_1 = "--xla_backend_optimization_level=1"
+if _BACKEND_LEVEL_1 not in os.environ.get("XLA_FLAGS", ""):  # xdist's workers inherit it
+  os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
+                                                   _BACKEND_LEVEL_1]))
 
 from l0jax import config as config_lib  # pylint: disable=wrong-import-position
 
@@ -32,7 +40,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, "main.py")
 
 # Two CPU devices in one process, standing in for two GPUs.
-TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+TWO_DEVICES = {"XLA_FLAGS": os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2"}
 
 # What a machine without TensorFlow lacks. A None in sys.modules makes importing
 # it fail and importlib's find_spec answer None, as when it is not installed.
