@@ -172,6 +172,9 @@ def one_line_errors(what: str, kept: str, *, debug: bool = False) -> Iterator[No
     if debug:
       raise
     logging.flush()
+    # The error line ends the output: what libraries log while the interpreter exits (their
+    # background work's errors, about the failure just reported) would follow it.
+    logging.get_absl_handler().setLevel(py_logging.CRITICAL + 1)
     fail(str(e))
   except Exception as e:  # pylint: disable=broad-except  # Only an OS failure is not a bug.
     reason = os_failure(e)

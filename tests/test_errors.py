@@ -19,9 +19,11 @@ import time
 import typing
 
 import pytest
+from absl import logging as absl_logging
 
 from conftest import MAIN, TWO_DEVICES, CreatesAFile, Program, run_main, tiny_config, tiny_flags
 from l0jax import cli, locking, train, workdirs
+from l0jax.errors import UserError
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
 
@@ -298,6 +300,17 @@ def test_background_errors_keep_one_line_and_unretrieved_futures_none(tracebacks
                                  else "Write failed (traceback left out)")
   assert not quiet.filter(library_record("/py/orbax/x.py", "Saved", logging.INFO))
   assert quiet.filter(library_record("/l0jax/train.py", "Epoch 1", logging.INFO))
+
+
+def test_nothing_is_logged_after_the_error_line(capfd, monkeypatch):
+  handler = absl_logging.get_absl_handler()
+  monkeypatch.setattr(logging.getLogger(), "handlers", [handler])  # As absl.app.run has it.
+  monkeypatch.setattr(handler, "level", handler.level)  # Both as they were, after the test.
+  with pytest.raises(SystemExit) as exited, cli.one_line_errors("--mode=train", "Kept."):
+    raise UserError("the data is bad")
+  logging.getLogger("asyncio").error("Task was destroyed but it is pending!")
+  assert exited.value.code == 2
+  assert capfd.readouterr().err == "error: the data is bad\n"
 
 
 def test_a_second_run_in_a_workdir_is_refused_until_the_first_is_killed(tmp_path):
