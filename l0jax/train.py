@@ -123,19 +123,26 @@ def keep_gates(params: nnx.State, old: nnx.State) -> nnx.State:
   return _map_with_gates(lambda gate, x, o: o if gate else x, params, old)
 
 
-def gate_metrics(network: Network, net: nnx.Module, penalty: str) -> dict[str, jax.Array]:
-  """The L0 term and the gate statistics worth watching; zeros without gates."""
+def gate_metrics(network: Network, net: nnx.Module, penalty: str,
+                 fixed: bool = False) -> dict[str, jax.Array]:
+  """The L0 term and the gate statistics worth watching; zeros without gates.
+
+  The expected costs are over the gates training draws: with the gates `fixed` at their
+  test-time values, what those keep, not the hard-concrete expectation of their log_alpha.
+  """
   if not network.graph.gates:
     return {"l0": jnp.zeros(()), "open_gates": jnp.ones(()),
             "expected_params_kept": jnp.ones(()), "expected_macs_kept": jnp.ones(())}
   log_alphas = network.graph.log_alphas(net)
   flat = jnp.concatenate(list(log_alphas.values()))
   l0 = accounting.penalties(log_alphas, network.graph)
+  kept = (accounting.kept_fractions(network.graph, accounting.test_time_kept(log_alphas))
+          if fixed else l0)
   return {
       "l0": l0[penalty],
       "open_gates": jnp.mean(gates.test_gate(flat) > 0),
-      "expected_params_kept": l0["params"],
-      "expected_macs_kept": l0["macs"],
+      "expected_params_kept": kept["params"],
+      "expected_macs_kept": kept["macs"],
   }
 
 
@@ -181,7 +188,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
     logits, batch_stats, net = network.apply(params, batch_stats, images, train=True,
                                              gate_key=gate_key)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    metrics = gate_metrics(network, net, config.penalty)
+    metrics = gate_metrics(network, net, config.penalty, fixed=gates_fixed)
     if budget:
       metrics.update(budget_metrics(budget, network, net, metrics, state.step, multipliers,
                                     settled))

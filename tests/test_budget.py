@@ -121,6 +121,8 @@ def test_a_tiny_run_lands_at_its_target(budget_run):
     assert all(np.isfinite(h[key]) for h in history), key
   assert history[-1]["train_target"] == pytest.approx(TARGET)
   assert history[-1]["train_l2"] > 0
+  # Settled for the whole last epoch: training then used the test-time gates, and says so.
+  assert history[-1]["train_expected_macs_kept"] == pytest.approx(metrics["macs_kept_fraction"])
   # Before the gates settled, the Lagrangian had brought the expected cost near the target.
   assert abs(history[budget.settle_epoch(tiny_config(**RUN)) - 1]["train_cost"] - TARGET) < 0.1
 
