@@ -41,8 +41,8 @@ A comparison that would survive review (results/fashion_mnist/PROTOCOL.md)
 adds `--control` (the baseline trained on with nothing pruned, as long as the
 pruned runs: `--control.num_epochs`), `--masks=l1_norm,random` (the simple
 methods, at the cost each budget run realised: SWEEP_DIR/l1_norm_macs{T},
-configs/mask.py from the baseline), `--scratch_budgets` (each budget also
-from scratch: SWEEP_DIR/scratch_macs{T}) and `--seeds=0,1,2` (every member
+configs/mask.py from the baseline), `--scratch_budgets=macs{T}` (that budget
+also from scratch: SWEEP_DIR/scratch_macs{T}) and `--seeds=0,1,2` (every member
 once per seed, SWEEP_DIR/NAME_seed{S}, started from and compared with the
 same seed's runs).
 
@@ -117,8 +117,10 @@ flags.DEFINE_list("target_macs", [], "Kept fractions of the MACs to prune the ba
 flags.DEFINE_list("target_params", [], "Kept fractions of the parameters, likewise.")
 flags.DEFINE_bool("retrain_budgets", False,
                   "Retrain every network pruned to a budget with its gates fixed.")
-flags.DEFINE_bool("scratch_budgets", False,
-                  "Also prune to every budget from scratch (configs/gated.py with the target).")
+flags.DEFINE_list("scratch_budgets", [],
+                  "Of the budgets (--target_macs, --target_params): those also pruned to from "
+                  "scratch (configs/gated.py with the target), named as their budget runs are: "
+                  "macs0.5, params0.25.")
 flags.DEFINE_list("masks", [], "Simple methods to compare with at the cost each budget run "
                   f"realised: {', '.join(MASKS)} (configs/mask.py from the baseline).")
 flags.DEFINE_bool("control", False, "The baseline trained on with nothing pruned, for as long "
@@ -171,7 +173,7 @@ def parse_settings(args: Sequence[str]) -> dict[str, dict[str, str]]:
 def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
          finetune_lambdas: Sequence[float], settings: dict[str, dict[str, str]],
          retrain_lambdas: Sequence[float] = (), targets: Sequence[tuple[str, float]] = (),
-         retrain_budgets: bool = False, *, scratch_budgets: bool = False,
+         retrain_budgets: bool = False, *, scratch_budgets: Sequence[str] = (),
          masks: Sequence[str] = (), control: bool = False,
          seeds: Sequence[int] = ()) -> list[Member]:
   """The baseline, the from-scratch runs, the fine-tuned runs, the budget runs (from the
@@ -206,6 +208,10 @@ def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
                             after=after))
   if len(set(targets)) != len(targets):
     raise UserError(f"a target is listed twice: {list(targets)}")
+  budget_names = [f"{cost}{target:g}" for cost, target in targets]
+  if unknown := set(scratch_budgets) - set(budget_names):
+    raise UserError(f"--scratch_budgets: {', '.join(sorted(unknown))} is not one of the budgets "
+                    f"({', '.join(budget_names) or 'none: see --target_macs, --target_params'})")
   for cost, target in targets:
     if not 0 < target <= 1:
       raise UserError(f"--target_{cost}={target:g} must lie in (0, 1]")
@@ -219,7 +225,7 @@ def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
       members.append(Member(f"retrain_{name}", "retrain", {
           **settings["retrain"], "init_from": str(sweep_dir / f"budget_{name}")},
                             target=(cost, target), after=f"budget_{name}"))
-    if scratch_budgets:
+    if name in scratch_budgets:
       members.append(Member(f"scratch_{name}", "scratch", {
           **settings["scratch"], **{k: v for k, v in own.items() if k != "init_from"}},
                             target=(cost, target)))

@@ -119,7 +119,7 @@ def test_a_run_tested_at_its_best_checkpoint_is_tested_again(tmp_path):
 def test_a_comparison_plans_controls_masks_and_seeds_each_from_its_own_seeds_runs(tmp_path):
   settings = sweep.parse_settings(["--control.num_epochs=4", "--l1_norm.num_epochs=4"])
   members = sweep.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], True, masks=["l1_norm"],
-                       control=True, scratch_budgets=True, seeds=[0, 1])
+                       control=True, scratch_budgets=["macs0.5"], seeds=[0, 1])
   names = [m.name for m in members]
   assert names[:5] == ["baseline_seed0", "budget_macs0.5_seed0", "scratch_macs0.5_seed0",
                        "control_seed0", "retrain_macs0.5_seed0"]
@@ -141,6 +141,12 @@ def test_a_comparison_plans_controls_masks_and_seeds_each_from_its_own_seeds_run
     sweep.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], masks=["magnitude"])
   with pytest.raises(UserError, match="needs --target_macs"):
     sweep.plan(tmp_path, [], [], settings, [], [], masks=["random"])
+  # From scratch only to the budgets named, as the protocol's arm 6 (0.5, not 0.25).
+  both = sweep.plan(tmp_path, [], [], settings, [], [("macs", 0.5), ("macs", 0.25)],
+                    scratch_budgets=["macs0.5"])
+  assert [m.name for m in both if m.kind == "scratch"] == ["scratch_macs0.5"]
+  with pytest.raises(UserError, match="macs0.25 is not one of the budgets \\(macs0.5\\)"):
+    sweep.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], scratch_budgets=["macs0.25"])
 
 
 def test_groups_over_seeds_pair_each_run_with_its_seeds_control():
