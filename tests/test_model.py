@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from l0jax import model, networks, train
+from l0jax import model
+from test_export import randomize
 
 
 def abstract(*args, **kwargs) -> model.GoogleNet:
@@ -53,17 +54,10 @@ def test_forward_shapes(shape):
 
 def test_training_without_a_key_uses_the_test_time_gates():
   """As with fixed gates (train_gates=False): closed gates zero their channels, no noise drawn."""
-  def logits_and_bias(x):
-    # ParamKeys, and the gates replaced whole: nnx.Rngs' counts and indexed assignments ask each
-    # traced value for its sharding, slow under jit (networks.ParamKeys).
-    net = model.GoogleNet(10, 3, width_multiplier=0.25, rngs=networks.ParamKeys(jax.random.key(0)))
-    for block in net.blocks:
-      for gate in block.gates:
-        gate.log_alpha.set_value(jnp.full_like(gate.log_alpha[...], -10.0))
-    return net(x, train=True), net.head.bias[...]
-
-  logits, bias = train.run_once(logits_and_bias, jnp.ones((2, 8, 8, 3)))  # Its many draws.
-  np.testing.assert_allclose(logits, np.broadcast_to(bias, logits.shape), atol=1e-6)
+  closed = lambda path, shape, rng: np.full(shape, -10.0)
+  net = randomize(abstract(10, 3, width_multiplier=0.25), closed)
+  logits = nnx.jit(lambda net, x: net(x, train=True))(net, jnp.ones((2, 8, 8, 3)))
+  np.testing.assert_allclose(logits, np.broadcast_to(net.head.bias[...], logits.shape), atol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_logits():
