@@ -265,8 +265,7 @@ def test_compact_logits_equal_gated_test_time_logits_on_odd_sizes(cls, closed):
 def test_each_model_trains_through_main_then_tests_exports_and_analyses(tmp_path):
   """A few steps of the models the other tests' runs do not train (theirs is a ResNet-8), as a
   user starts them: a gated GoogleNet beside a gated VGG; then what `--mode=test`, `export` and
-  `analyze` run, here in this process. The GoogleNet's steps are those of test_analysis's run,
-  which the compilation cache holds."""
+  `analyze` run, here in this process. The suite's only GoogleNet trained through main.py."""
   runs = {"GoogleNet": tiny_flags(**GOOGLENET, num_epochs=1),
           "VGG-11": tiny_flags(model="vgg", depth=11, num_epochs=1, synthetic_num_train=160)}
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
