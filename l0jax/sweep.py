@@ -513,11 +513,11 @@ def front_figure(results: dict[str, Any]) -> Figure:
                   xerr=[p["xerr"] for p in runs], yerr=[p["yerr"] for p in runs],
                   marker=MARKERS[kind], color=COLORS[kind], ms=12 if kind == "baseline" else 6,
                   lw=0.8, capsize=2, label=LABELS[kind])
-      for p in runs:
-        label = _lambda(p) if p["lambda_l0"] is not None else _target(p)
-        if label != "-":
-          ax.annotate(label, (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4),
-                      fontsize=7, color=COLORS[kind])
+      # A lambda says what made the point; a budget's point sits at its cost already, and the
+      # runs at one budget would write it over each other.
+      for p in (p for p in runs if p["lambda_l0"] is not None):
+        ax.annotate(_lambda(p), (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7, color=COLORS[kind])
     if key == "macs_kept_fraction":
       ax.axvline(100 * TARGET_MACS, color="k", lw=0.6, ls=":",
                  label=f"target: at most {TARGET_MACS:.0%} of the MACs")
@@ -527,8 +527,9 @@ def front_figure(results: dict[str, Any]) -> Figure:
   # Below the axes, where it hides no run.
   fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
   over = " (means over seeds, +- one sd)" if results.get("groups") else ""
-  fig.suptitle(f"{results['dataset']}: test accuracy against cost{over} "
-               "(labels: lambda_l0 or target)", fontsize=10)
+  labels = (" (labels: lambda_l0)" if any(r["lambda_l0"] is not None for r in results["runs"])
+            else "")
+  fig.suptitle(f"{results['dataset']}: test accuracy against cost{over}{labels}", fontsize=10)
   return fig
 
 
