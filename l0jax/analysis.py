@@ -13,6 +13,7 @@ is needed and no global state is touched.
 import os
 from typing import Any, Sequence
 
+import ml_collections
 import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
@@ -33,7 +34,7 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> None:
   fig.savefig(path, dpi=DPI)
 
 
-def checkpoint_metrics(workdir: epath.Path, checkpoint: str, config,
+def checkpoint_metrics(workdir: epath.Path, checkpoint: str, config: ml_collections.ConfigDict,
                        history: Sequence[dict]) -> tuple[dict[str, Any], bool]:
   """(test_metrics.json, True) if tested at `checkpoint` (best or last); else that checkpoint's
   costs, counted from the gates its epoch's record holds, and False."""
@@ -205,7 +206,8 @@ def trajectories_figure(history: Sequence[dict], marked_epoch: int, checkpoint: 
   return fig
 
 
-def realised_costs(history: Sequence[dict], config) -> dict[str, np.ndarray]:
+def realised_costs(history: Sequence[dict],
+                   config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """The test-time kept fractions ('params', 'macs') at the end of every epoch, from its gates."""
   graph, _ = networks.channel_graph(config, *data.image_shape_and_classes(config))
   per_epoch = [accounting.kept_fractions(graph, accounting.deterministic_kept(
@@ -262,8 +264,8 @@ def _l0_title(config) -> str:
   return f"L0 term (times lambda_l0 = {config.lambda_l0:g} in the loss)"
 
 
-def summary_markdown(workdir: epath.Path, config, history: Sequence[dict], checkpoint: str,
-                     chosen: dict,
+def summary_markdown(workdir: epath.Path, config: ml_collections.ConfigDict,
+                     history: Sequence[dict], checkpoint: str, chosen: dict,
                      metrics: dict, tested: bool, layer_states: dict[str, dict[str, int]],
                      total: dict[str, int], figures: Sequence[str]) -> str:
   """The run in a few lines: what it is, what it is worth, and what its gates decided."""

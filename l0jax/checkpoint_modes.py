@@ -26,11 +26,11 @@ def restore(workdir: str, checkpoint: str = "best",
   return run, state, step
 
 
-def gated_network(run: train.Run, state: train.TrainState):
+def gated_network(run: train.Run, state: train.TrainState) -> nnx.Module:
   return nnx.merge(run.network.graphdef, state.params, state.batch_stats)
 
 
-def cost_report(run: train.Run, net) -> dict:
+def cost_report(run: train.Run, net: nnx.Module) -> dict:
   return accounting.report(run.network.graph, run.network.graph.log_alphas(net))
 
 

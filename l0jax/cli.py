@@ -13,11 +13,14 @@ import os
 import pathlib
 import sys
 import traceback
-from typing import Iterator, NoReturn
+from typing import TYPE_CHECKING, Iterator, NoReturn
 
 from absl import flags, logging
 
 from l0jax.errors import UserError, os_failure
+
+if TYPE_CHECKING:
+  import ml_collections
 
 FLAGS = flags.FLAGS
 HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
@@ -188,7 +191,8 @@ def one_line_errors(what: str, kept: str, *, debug: bool = False) -> Iterator[No
     os._exit(2)  # pylint: disable=protected-access
 
 
-def checked_config(config, argv: list[str]):
+def checked_config(config: "ml_collections.ConfigDict | None",
+                   argv: list[str]) -> "ml_collections.ConfigDict":
   """The --config file's config with its overrides, its values checked before JAX loads.
 
   `config` is the flag's value (None: no --config given), `argv` the command line.

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from l0jax import data
@@ -49,8 +50,8 @@ def put_eval_set(images: np.ndarray, labels: np.ndarray, batch_size: int,
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def eval_step(network: "Network", params, batch_stats, images: jax.Array, labels: jax.Array,
-              weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+def eval_step(network: "Network", params: nnx.State, batch_stats: nnx.State, images: jax.Array,
+              labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(correct, cross-entropy) summed over one uint8 batch, padding weighted 0."""
   logits, _, _ = network.apply(params, batch_stats,
                                data.normalize(images, network.mean, network.std, network.dtype),
@@ -74,7 +75,7 @@ class Evaluator:
     self.num_examples = len(images)
     self.eval_set = put_eval_set(images, labels, eval_batch_size(batch_size, len(images)), mesh)
 
-  def __call__(self, params, batch_stats) -> dict[str, float]:
+  def __call__(self, params: nnx.State, batch_stats: nnx.State) -> dict[str, float]:
     images, labels, weights = self.eval_set
     correct = loss = 0.0
     for i in range(images.shape[0]):

@@ -7,6 +7,7 @@ differentiable L0 norm we penalise.
 """
 
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +44,7 @@ def prob_open(log_alpha: jax.Array) -> jax.Array:
   return jax.nn.sigmoid(log_alpha - BETA * math.log(-GAMMA / ZETA))
 
 
-def init_log_alpha(droprate_init: float):
+def init_log_alpha(droprate_init: float) -> Callable[..., jax.Array]:
   """Initializer: N(log(1 - p) - log(p), 0.01), so that gates start closed with probability ~p."""
   mean = math.log(1.0 - droprate_init) - math.log(droprate_init)
 

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 
 from l0jax import accounting
 from l0jax import graph as graph_lib
@@ -49,7 +50,7 @@ def keep_in_order(graph: graph_lib.Graph, order: Sequence[tuple[str, int]], kind
   return kept
 
 
-def filter_l1_norms(params, graph: graph_lib.Graph) -> dict[str, np.ndarray]:
+def filter_l1_norms(params: nnx.State, graph: graph_lib.Graph) -> dict[str, np.ndarray]:
   """The L1 norm of the filter behind each gated output channel, by gate name.
 
   `params` is the network's `nnx.Param` state; a gate's channels are made by
@@ -65,8 +66,8 @@ def filter_l1_norms(params, graph: graph_lib.Graph) -> dict[str, np.ndarray]:
   return norms
 
 
-def mask_log_alphas(method: str, params, graph: graph_lib.Graph, kind: str, budget: float, *,
-                    key: jax.Array) -> dict[str, np.ndarray]:
+def mask_log_alphas(method: str, params: nnx.State, graph: graph_lib.Graph, kind: str,
+                    budget: float, *, key: jax.Array) -> dict[str, np.ndarray]:
   """Gate values (`KEPT` or `PRUNED`) of a `method` mask at `budget` of the `kind` cost.
 
   `key` draws the `random` order; `l1_norm` ignores it and breaks ties by

@@ -7,7 +7,7 @@ export read; `graph.Graph.check` holds the graph against the module.
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -188,7 +188,8 @@ def _bfloat16_spatial_conv(inputs: jax.Array, kernel: jax.Array, *args, **kwargs
   return bfloat16_conv(inputs, kernel)
 
 
-def conv_function(kernel_size: int, bfloat16_matmuls: bool, stride: int = 1):
+def conv_function(kernel_size: int, bfloat16_matmuls: bool,
+                  stride: int = 1) -> Callable[..., jax.Array]:
   """What `nnx.Conv` calls for one convolution (odd kernel, padded to keep the size; NHWC).
 
   A strided one is XLA's own, in float32: the faster paths here are written

@@ -16,7 +16,7 @@ from l0jax import graph as graph_lib
 from l0jax import model, resnet, vgg
 
 
-def compute_dtype(name: str):
+def compute_dtype(name: str) -> jnp.dtype:
   """The activations' dtype of a `config.compute_dtype`."""
   if name == "auto":
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
@@ -41,7 +41,7 @@ class ParamKeys:
     return jax.random.fold_in(self._key, self._count - 1)
 
 
-def build(config: ml_collections.ConfigDict, image_shape, num_classes: int,
+def build(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
           key: jax.Array) -> nnx.Module:
   """The configured network (`config.model` at its depth), its parameters drawn from `key`."""
   depth = config_lib.depth(config)
@@ -55,7 +55,7 @@ def build(config: ml_collections.ConfigDict, image_shape, num_classes: int,
       bfloat16_matmuls=config.compute_dtype == "bfloat16_matmuls", rngs=ParamKeys(key))
 
 
-def channel_graph(config: ml_collections.ConfigDict, image_shape,
+def channel_graph(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
                   num_classes: int) -> tuple[graph_lib.Graph, nnx.Module]:
   """The configured network's channel graph, checked against its (abstract) module."""
   height, width, _ = image_shape

@@ -53,15 +53,16 @@ class Network(NamedTuple):
   mean: tuple[float, ...]
   std: tuple[float, ...]
 
-  def apply(self, params, batch_stats, images, *, train: bool, gate_key=None):
-    """Logits and the updated BN statistics, as a pure function of the arrays."""
+  def apply(self, params: nnx.State, batch_stats: nnx.State, images: jax.Array, *, train: bool,
+            gate_key: jax.Array | None = None) -> tuple[jax.Array, nnx.State, nnx.Module]:
+    """Logits, the updated BN statistics and the module, as a pure function of the arrays."""
     # copy=True: fresh Variables at this trace level, so BN may update them under grad.
     net = nnx.merge(self.graphdef, params, batch_stats, copy=True)
     logits = net(images, train=train, gate_key=gate_key)
     return logits, nnx.state(net, nnx.BatchStat), net
 
 
-def run_once(fn: Callable, *args):
+def run_once(fn: Callable, *args) -> Any:
   """`jax.jit(fn)(*args)`, compiled at XLA's backend optimisation level 1.
 
   For programs that run once, such as initialisation: XLA's optimisations
@@ -71,8 +72,9 @@ def run_once(fn: Callable, *args):
   return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 1})(*args)
 
 
-def create_network(config: ml_collections.ConfigDict, image_shape, num_classes: int,
-                   mean: np.ndarray, std: np.ndarray):
+def create_network(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
+                   num_classes: int, mean: np.ndarray,
+                   std: np.ndarray) -> tuple[Network, nnx.State, nnx.State]:
   """The network's static description and its initial (params, batch_stats).
 
   `mean` and `std` are the per-channel statistics its inputs are normalised by.
@@ -93,7 +95,8 @@ def create_network(config: ml_collections.ConfigDict, image_shape, num_classes: 
   return network, params, batch_stats
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
+def learning_rate_schedule(config: ml_collections.ConfigDict,
+                           steps_per_epoch: int) -> optax.Schedule:
   return optax.piecewise_constant_schedule(
       config.learning_rate,
       {int(m) * steps_per_epoch: config.lr_factor for m in config.lr_milestones})
@@ -106,7 +109,8 @@ def _map_with_gates(fn: Callable, params: nnx.State, *others) -> Any:
                                           *others)
 
 
-def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+def create_optimizer(config: ml_collections.ConfigDict,
+                     steps_per_epoch: int) -> optax.GradientTransformation:
   """AdamW with the multi-step schedule; the gates' log_alpha are not weight-decayed."""
   not_a_gate = lambda params: _map_with_gates(lambda gate, _: not gate, params)
   return optax.adamw(learning_rate_schedule(config, steps_per_epoch),
@@ -215,7 +219,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   return TrainState(state.step + 1, params, batch_stats, opt_state, lagrangian), metrics
 
 
-def make_train_steps(network: Network, tx, config, mesh,
+def make_train_steps(network: Network, tx: optax.GradientTransformation,
+                     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                      budget: budget_lib.Budget | None = None, settled: bool = False) -> Callable:
   """A compiled `(state, images, labels, indices[n, B], valid[n]) -> (state, per-step metrics)`.
 

@@ -34,6 +34,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from flax import nnx
 
 from l0jax import config as config_lib
 from l0jax import gates
@@ -118,7 +119,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def architecture_differences(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-                             fields=config_lib.ARCHITECTURE_FIELDS) -> list[str]:
+                             fields: Collection[str] = config_lib.ARCHITECTURE_FIELDS
+                             ) -> list[str]:
   return [f"{f}: {saved.get(f)!r} there, {config.get(f)!r} here" for f in fields
           if saved.get(f) != config.get(f)]
 
@@ -379,7 +381,8 @@ def init_source(init_from: str, config: ml_collections.ConfigDict
   return chosen_step(init_from, config.init_checkpoint)
 
 
-def load_weights(init_from: str, config: ml_collections.ConfigDict, params, batch_stats):
+def load_weights(init_from: str, config: ml_collections.ConfigDict, params: nnx.State,
+                 batch_stats: nnx.State) -> tuple[nnx.State, nnx.State]:
   """`params` and `batch_stats` with their arrays replaced by those of `init_from`'s checkpoint.
 
   Gates are left as initialised (at `droprate_init`), so that a trained
