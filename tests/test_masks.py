@@ -3,9 +3,11 @@
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from conftest import GOOGLENET, tiny_config
-from l0jax import accounting, gates, masks, model, train
+from l0jax import accounting, gates, masks, model, networks
+from test_export import randomize
 
 WIDTH = 0.25
 GRAPH = model.channel_graph(model.Architecture.at_width(WIDTH), use_gate=True, image_hw=8,
@@ -19,9 +21,11 @@ def macs(kept):
 
 @pytest.fixture(scope="module")
 def params():
-  _, params, _ = train.create_network(tiny_config(width_multiplier=WIDTH, **GOOGLENET), (8, 8, 3), 10, [127.0],
-                                      [70.0])
-  return params
+  """The tiny gated GoogleNet's parameters, random, from NumPy (no initialisation to compile)."""
+  config = tiny_config(width_multiplier=WIDTH, **GOOGLENET)
+  abstract = nnx.eval_shape(lambda: networks.build(config, (8, 8, 3), 10, jax.random.key(0)))
+  net = randomize(abstract, lambda path, shape, rng: np.zeros(shape))
+  return nnx.split(net, nnx.Param, nnx.BatchStat)[1]
 
 
 def mask(method, budget, params, seed=0):
