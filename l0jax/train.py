@@ -72,26 +72,36 @@ def run_once(fn: Callable, *args) -> Any:
   return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 1})(*args)
 
 
+def describe_network(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
+                     num_classes: int, mean: np.ndarray,
+                     std: np.ndarray) -> tuple[Network, nnx.Module]:
+  """The network's static description, and its module of shapes only (no arrays drawn).
+
+  `mean` and `std` are the per-channel statistics its inputs are normalised by.
+  """
+  graph, abstract = networks.channel_graph(config, image_shape, num_classes)
+  graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+  network = Network(graphdef, graph, tuple(image_shape), num_classes,
+                    networks.compute_dtype(config.compute_dtype), tuple(map(float, mean)),
+                    tuple(map(float, std)))
+  return network, abstract
+
+
 def create_network(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
                    num_classes: int, mean: np.ndarray,
                    std: np.ndarray) -> tuple[Network, nnx.State, nnx.State]:
-  """The network's static description and its initial (params, batch_stats).
-
-  `mean` and `std` are the per-channel statistics its inputs are normalised by.
+  """The network's static description (`describe_network`) and its initial (params,
+  batch_stats).
 
   Initialisation runs as one compiled program (`run_once`): op by op, each of its hundreds of
   operations would be compiled and dispatched on its own.
   """
-  graph, abstract = networks.channel_graph(config, image_shape, num_classes)
-  graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+  network, _ = describe_network(config, image_shape, num_classes, mean, std)
   params, batch_stats = run_once(
       lambda seed: nnx.split(networks.build(config, image_shape, num_classes,
                                             jax.random.fold_in(jax.random.key(seed), 0)),
                              nnx.Param, nnx.BatchStat)[1:],
       np.uint32(config.seed))  # Unsigned: a seed may take all 32 bits (config.validate).
-  network = Network(graphdef, graph, tuple(image_shape), num_classes,
-                    networks.compute_dtype(config.compute_dtype), tuple(map(float, mean)),
-                    tuple(map(float, std)))
   return network, params, batch_stats
 
 

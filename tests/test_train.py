@@ -140,11 +140,21 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(use_gate):
     assert float(metrics["l0"]) > 0 and 0 < float(metrics["open_gates"]) <= 1
 
 
+def abstract_train_state(config) -> tuple[train.Network, optax.GradientTransformation,
+                                          train.TrainState]:
+  """A tiny network (8x8x3 images, 10 classes), its optimizer and a TrainState of shapes only:
+  what tracing a step needs, without compiling the initialisation."""
+  network, abstract = train.describe_network(config, (8, 8, 3), 10, [127.0], [70.0])
+  _, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+  tx = train.create_optimizer(config, steps_per_epoch=100)
+  state = jax.eval_shape(lambda p, b: train.TrainState(jnp.zeros((), jnp.int32), p, b, tx.init(p)),
+                         params, batch_stats)
+  return network, tx, state
+
+
 def test_bfloat16_steps_compute_in_bfloat16_and_keep_float32_state_and_loss():
   config = tiny_config(compute_dtype="bfloat16", **GOOGLENET)
-  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  tx = train.create_optimizer(config, steps_per_epoch=100)
-  state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+  network, tx, state = abstract_train_state(config)
   images = jnp.zeros((4, 8, 8, 3), jnp.uint8)
   step = lambda s: train.train_step(s, images, jnp.zeros(4, jnp.int32), jax.random.key(0),
                                     network=network, tx=tx, config=config)
@@ -177,9 +187,7 @@ def test_run_once_gives_the_bits_of_the_default_compile():
 
 def test_bfloat16_matmuls_multiply_in_bfloat16_and_keep_float32_activations():
   config = tiny_config(compute_dtype="bfloat16_matmuls", **GOOGLENET)
-  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  tx = train.create_optimizer(config, steps_per_epoch=100)
-  state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+  network, tx, state = abstract_train_state(config)
   step = lambda s: train.train_step(s, jnp.zeros((4, 8, 8, 3), jnp.uint8), jnp.zeros(4, jnp.int32),
                                     jax.random.key(0), network=network, tx=tx, config=config)
   ops = list(_equations(jax.make_jaxpr(step)(state).jaxpr))
