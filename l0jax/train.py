@@ -167,10 +167,11 @@ def budget_metrics(budget: budget_lib.Budget, network: Network, net: nnx.Module,
 
   Once the gates are settled, c is the test-time cost: the one they were fixed for.
   """
-  test_time = accounting.kept_fractions(
+  # Once settled, gate_metrics' expected cost is already the test-time one: not counted twice.
+  cost = metrics[f"expected_{budget.kind}_kept"]
+  test_time = cost if settled else accounting.kept_fractions(
       network.graph, accounting.test_time_kept(network.graph.log_alphas(net)))[budget.kind]
   target = budget.target_at(step)
-  cost = test_time if settled else metrics[f"expected_{budget.kind}_kept"]
   return {"l0": budget_lib.lagrangian_term(multipliers, cost, target), "target": target,
           "cost": cost, f"test_time_{budget.kind}_kept": test_time, "l1": multipliers.l1,
           "l2": multipliers.l2}
