@@ -421,6 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   to `workdir`.
   """
   workdirs.check_same_network(workdir, config)
+  workdirs.check_history_has_checkpoints(workdir)
   if config.init_from and not workdirs.has_checkpoints(workdir):
     workdirs.init_source(config.init_from, config)  # Before the data and network are built.
   run = setup(config)

@@ -142,6 +142,23 @@ def check_same_network(workdir: str, config: ml_collections.ConfigDict) -> None:
                     f"saved settings in {epath.Path(workdir) / CONFIG_FILE}")
 
 
+def check_history_has_checkpoints(workdir: str) -> None:
+  """Refuses to train afresh over the history of epochs whose checkpoints are gone (deleted, or
+  not copied with the rest): starting again would rewrite that history.
+
+  A record of the first epoch alone is a first save that a kill cut short; training
+  does that epoch again. Called before anything is written.
+  """
+  if has_checkpoints(workdir):
+    return
+  epochs = {e for e, _ in read_history(workdir)[0]}
+  if epochs - {0}:
+    raise UserError(f"{epath.Path(workdir) / HISTORY_FILE} records {len(epochs)} epochs but "
+                    f"{workdir} has no checkpoint to resume them from; it was left untouched. "
+                    "Resume a copy that has its checkpoints, train into another workdir, or "
+                    f"delete {HISTORY_FILE} to train this one again from the start")
+
+
 def training_lock(workdir: str) -> contextlib.AbstractContextManager:
   """Training's hold on `workdir` (its `lock` file), taken by process 0 alone: a run's processes
   share it. A second training process is refused in one line naming the holder."""

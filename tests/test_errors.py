@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import tarfile
 import time
@@ -112,6 +113,11 @@ def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
   saved = json.loads((root / "older" / "config.json").read_text())
   del saved["val_split"]
   (root / "older" / "config.json").write_text(json.dumps(saved))
+  # A finished run copied without its checkpoints: training again would rewrite its history.
+  uncheckpointed = saved_run(root / "uncheckpointed")
+  (root / "uncheckpointed" / "history.jsonl").write_text(
+      "".join(json.dumps({"epoch": e, "step": 14 * (e + 1)}) + "\n" for e in range(3)))
+  shutil.rmtree(root / "uncheckpointed" / "checkpoints")
   busy = saved_run(root / "busy")  # This process holds its lock while the cases run.
   (root / "a_file").write_text("")
 
@@ -161,6 +167,7 @@ def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
       "config_file_does_not_parse": ([f"--config={broken_config}"], None, missing, None),
       "unknown_variant": (["--config=configs/gated.py:fast"], None, missing, None),
       "resume_other_split": (TRAIN + ["--config.val_split=hash"], None, older, older),
+      "history_without_checkpoints": (TRAIN, None, uncheckpointed, uncheckpointed),
       "workdir_in_use": (TRAIN, None, busy, busy),
       "workdir_under_a_file": (TRAIN, None, str(root / "a_file" / "run"), None),
       "target_above_1": (TRAIN + ["--config.target_macs=1.5"], None, missing, None),
@@ -245,6 +252,8 @@ REFUSALS = {
     "unknown_variant": ["gated.py, line", "--config=FILE:fast: the one variant of a recipe is "
                         "runlocal"],
     "resume_other_split": ["val_split: 'seeded' there, 'hash' here"],
+    "history_without_checkpoints": ["history.jsonl records 3 epochs but", "no checkpoint",
+                                    "left untouched"],
     "workdir_in_use": [f"is in use by process {os.getpid()}"],
     "workdir_under_a_file": ["cannot write in --workdir=", "Not a directory"],
     "target_above_1": ["target_macs=1.5 must lie in (0, 1]"],

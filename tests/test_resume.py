@@ -20,6 +20,7 @@ from etils import epath
 
 from conftest import MAIN, TWO_DEVICES, Program, run_main, tiny_flags
 from l0jax import workdirs
+from l0jax.errors import UserError
 from test_errors import tree_listing
 
 NUM_EPOCHS = 3  # 14 steps each: checkpoints at steps 14, 28 and 42.
@@ -182,3 +183,13 @@ def test_history_lines_cut_short_or_damaged(tmp_path):
   path.write_text(records[0] + "\n{\"epo\n" + records[2] + "\n" + records[2][:10])
   kept, damaged = workdirs.read_history(epath.Path(tmp_path))
   assert kept == [(0, records[0]), (2, records[2])] and damaged == [2]  # the cut last line is not
+
+
+def test_a_first_epoch_without_its_checkpoint_is_trained_again_but_more_is_refused(tmp_path):
+  # A kill during the first save leaves epoch 0's record alone; more means checkpoints went.
+  path = tmp_path / "history.jsonl"
+  path.write_text(json.dumps({"epoch": 0, "step": 14}) + "\n")
+  workdirs.check_history_has_checkpoints(str(tmp_path))
+  path.write_text(path.read_text() + json.dumps({"epoch": 1, "step": 28}) + "\n")
+  with pytest.raises(UserError, match="records 2 epochs but .* has no checkpoint"):
+    workdirs.check_history_has_checkpoints(str(tmp_path))
