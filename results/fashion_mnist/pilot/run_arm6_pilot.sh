@@ -11,6 +11,10 @@ pilot="$(cd "$(dirname "$0")" && pwd)"
 cd "$pilot/../../.."
 for droprate in 0.2 0.5; do
   workdir="$pilot/scratch_macs0.5_droprate${droprate}_seed100"
+  # A finished run's checkpoints are not in git: the commit's main.py would train it afresh.
+  if [ -f "$workdir/history.jsonl" ] && [ "$(wc -l < "$workdir/history.jsonl")" -ge 30 ]; then
+    continue
+  fi
   mkdir -p "$workdir"
   python main.py --config=configs/gated.py --workdir="$workdir" \
       --config.dataset=fashion_mnist --config.width_multiplier=0.5 --config.batch_size=128 \
