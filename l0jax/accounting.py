@@ -112,6 +112,26 @@ def expected_kept(log_alphas: Mapping[str, jax.Array]) -> dict[str, Kept]:
   return {name: Kept(jnp.sum(q), 1.0 - jnp.prod(1.0 - q)) for name, q in p.items()}
 
 
+def connected(graph: graph_lib.Graph, kept: Mapping[str, Kept]) -> bool:
+  """Whether some kept channel still carries the input to the output.
+
+  Closing every gate across a cut of the network (all four branches of a
+  GoogleNet block, every gated layer of a plain chain) leaves the layers after
+  it only their biases: the logits are then the same for every image, however
+  cheap the network counts. A residual add's shortcut is a path of its own, so
+  a ResNet with a whole block closed stays connected.
+  """
+  carries = {graph_lib.INPUT: True}  # by layer: does its output depend on the input?
+
+  def open_(s: graph_lib.Segment) -> bool:
+    return ((s.gate is None or kept[s.gate].channels > 0)
+            and any(carries[p] for p in s.producers))
+
+  for layer in graph.layers:
+    carries[layer.name] = any(open_(s) for s in graph.input_segments(layer))
+  return any(open_(s) for s in graph.segments(graph.nodes[-1].name))
+
+
 def totals(layers: Sequence[LayerCost]) -> tuple[Count, Count]:
   """(parameters, MACs) of the whole network."""
   return sum(l.params for l in layers), sum(l.macs for l in layers)
@@ -162,6 +182,7 @@ def report(graph: graph_lib.Graph, log_alphas: Mapping[str, jax.Array]) -> dict[
       "flops_kept": 2 * macs_kept,
       "gated_channels_full": sum(la.size for la in log_alphas.values()),
       "gated_channels_kept": sum(k.channels for k in kept.values()),
+      "connected": connected(graph, kept),
       "layers": [
           dict(name=l.name, kernel=l.kernel, out_hw=l.out_hw, c_in=l.c_in, c_out=l.c_out,
                kept_in=l.kept_in, kept_out=l.kept_out, params=l.params, macs=l.macs,
@@ -187,4 +208,7 @@ def format_table(summary: dict[str, Any]) -> str:
               f"({summary['macs_kept_fraction']:.1%} kept); "
               f"gated channels {summary['gated_channels_kept']:,} of "
               f"{summary['gated_channels_full']:,}")
+  if not summary["connected"]:
+    rows.append("The closed gates disconnect the network: its logits are the same for every "
+                "image.")
   return "\n".join(rows)

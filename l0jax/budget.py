@@ -118,24 +118,33 @@ def settle(log_alphas: Mapping[str, np.ndarray], kind: str, target: float,
   """The gates decided for a test-time cost at most `target`, as close to it as greedy gets.
 
   Channels kept at test time are closed in order of rising log_alpha while
-  the cost is above the target; then closed ones are opened (fully, at
-  gates.OPEN_AT), highest log_alpha first, wherever one still fits. Kept
-  channels keep their log_alpha, and with it their test-time scale.
+  the cost is above the target, except a gate's last one where closing it
+  would disconnect the network (`accounting.connected`): a whole block's
+  gates can sink together, and closing them all leaves logits that no image
+  changes. Then closed ones are opened (fully, at gates.OPEN_AT), highest
+  log_alpha first, wherever one still fits. Kept channels keep their
+  log_alpha, and with it their test-time scale. The cost stays above the
+  target only where meeting it would disconnect the network.
   """
   log_alphas = {name: np.asarray(la, np.float32) for name, la in log_alphas.items()}
   kept = {name: np.asarray(gates.test_gate(la)) > 0 for name, la in log_alphas.items()}
   was_kept = {name: k.copy() for name, k in kept.items()}
 
+  def counts() -> dict[str, accounting.Kept]:
+    return {name: accounting.Kept(int(k.sum()), int(k.any())) for name, k in kept.items()}
+
   def cost() -> float:
-    counts = {name: accounting.Kept(int(k.sum()), int(k.any())) for name, k in kept.items()}
-    return accounting.kept_fractions(graph, counts)[kind]
+    return accounting.kept_fractions(graph, counts())[kind]
 
   rising = sorted((float(la[i]), name, i) for name, la in log_alphas.items()
                   for i in range(la.size))
+  was_connected = accounting.connected(graph, counts())
   for _, name, i in rising:
     if cost() <= target:
       break
     kept[name][i] = False
+    if was_connected and not kept[name].any() and not accounting.connected(graph, counts()):
+      kept[name][i] = True
   for _, name, i in reversed(rising):
     if not kept[name][i]:
       kept[name][i] = True

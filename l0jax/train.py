@@ -376,6 +376,9 @@ def settle_gates(run: Run, budget: budget_lib.Budget, state: TrainState) -> Trai
                "%d channels closed, %d opened; from now on they are fixed.", budget.kind,
                cost["before"], cost["after"], budget.target, changed("before", "after"),
                changed("after", "before"))
+  if cost["after"] > budget.target:
+    logging.warning("The settled gates keep %.4f of the %s, above the target %g: closing more "
+                    "would disconnect the network.", cost["after"], budget.kind, budget.target)
   return with_log_alphas(run, state, after)
 
 

@@ -146,6 +146,20 @@ def test_report_refuses_unknown_gates_and_non_square_images():
     networks.channel_graph(tiny_config(), (32, 28, 3), 10)
 
 
+def test_closing_a_whole_block_disconnects_the_network_and_one_channel_reconnects_it():
+  block5 = {f"block5/{b}": jnp.full(c, CLOSED)
+            for b, c in zip(model.BRANCHES, ARCH.blocks[4].outputs)}
+  connected = lambda la: accounting.connected(GRAPH, accounting.deterministic_kept(la))
+  assert connected(all_open())
+  assert connected(all_open() | dict(list(block5.items())[:3]))  # the pool branch carries it
+  assert not connected(all_open() | block5)
+  s = summary(all_open() | block5)
+  assert not s["connected"] and "disconnect" in accounting.format_table(s)
+  assert "disconnect" not in accounting.format_table(summary(all_open()))
+  one = jnp.where(jnp.arange(ARCH.blocks[4].outputs[3]) == 0, OPEN, CLOSED)
+  assert connected(all_open() | block5 | {"block5/pool": one})
+
+
 def random_log_alphas(key, closed=("block3/5x5",)) -> dict[str, jax.Array]:
   """Each channel fully open or closed at random, some branches closed entirely."""
   la = all_open()

@@ -210,6 +210,14 @@ def cut(g, **closed) -> tuple[int, int]:
   return full[0] - left[0], full[1] - left[1]
 
 
+def test_a_resnet_stays_connected_through_its_shortcuts_and_a_vgg_does_not():
+  g = abstract(resnet.ResNet, 10, 3, depth=20).channel_graph(32)
+  assert accounting.connected(g, kept(g, every=True))
+  g = abstract(vgg.VGG, 10, 3, depth=11).channel_graph(32)
+  assert accounting.connected(g, kept(g, one_closed=["conv5"]))
+  assert not accounting.connected(g, kept(g, closed=["conv5"]))
+
+
 def test_resnet_20_accounting_of_closed_gates_by_hand():
   g = abstract(resnet.ResNet, 10, 3, depth=20).channel_graph(32)
   # One channel of stage 1's first block: its filter (16 inputs, BN) and conv2's input row.
