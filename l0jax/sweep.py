@@ -350,6 +350,17 @@ def run_member(member: Member, sweep_dir: pathlib.Path) -> bool:
   return True
 
 
+def measured(workdir: pathlib.Path) -> dict[str, Any]:
+  """A finished run's test metrics (of its last checkpoint), validation accuracy and train time."""
+  metrics = workdirs.read_test_metrics(workdir)
+  history = workdirs.load_history(workdir)
+  return {**{k: metrics[k] for k in ("dataset", "test_accuracy", "checkpoint_step", "params_full",
+                                     "params_kept", "params_kept_fraction", "macs_full",
+                                     "macs_kept", "macs_kept_fraction")},
+          "val_accuracy": history[-1]["val_accuracy"],  # at the last checkpoint, the one tested
+          "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history)}
+
+
 def collect(sweep_dir: pathlib.Path, members: Sequence[Member], command: str) -> dict[str, Any]:
   """Every finished member's test metrics and train time, and the best trade-off among them."""
   runs, unfinished = [], []
@@ -358,20 +369,21 @@ def collect(sweep_dir: pathlib.Path, members: Sequence[Member], command: str) ->
     if not is_finished(workdir):
       unfinished.append(member.name)
       continue
-    metrics = workdirs.read_test_metrics(workdir)
-    history = workdirs.load_history(workdir)
     runs.append({
         "name": member.name, "kind": member.kind, "lambda_l0": member.lambda_l0,
         "seed": member.seed,
         "target_kind": member.target[0] if member.target else None,
         "target": member.target[1] if member.target else None,
-        **{k: metrics[k] for k in ("dataset", "test_accuracy", "checkpoint_step", "params_full",
-                                   "params_kept", "params_kept_fraction", "macs_full",
-                                   "macs_kept", "macs_kept_fraction")},
-        "val_accuracy": history[-1]["val_accuracy"],  # at the last checkpoint, the one tested
-        "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history),
-    })
+        **measured(workdir)})
+  return summarise(runs, unfinished, command)
+
+
+def summarise(runs: Sequence[dict[str, Any]], unfinished: Sequence[str],
+              command: str) -> dict[str, Any]:
+  """The results of `runs` (as `collect` makes them): each one's change from its seed's
+  baseline, the best trade-off, and with seeds the groups' means, spreads and paired differences."""
   baselines = {r["seed"]: r for r in runs if r["kind"] == "baseline"}
+  runs = [{k: v for k, v in r.items() if k != "test_accuracy_change_pp"} for r in runs]
   for run in runs:
     if run["seed"] in baselines:  # The same seed's baseline.
       run["test_accuracy_change_pp"] = 100 * (run["test_accuracy"]
@@ -380,7 +392,7 @@ def collect(sweep_dir: pathlib.Path, members: Sequence[Member], command: str) ->
               and r["macs_kept_fraction"] <= TARGET_MACS),
              key=lambda r: r["val_accuracy"], default=None)
   results = {"command": command, "dataset": runs[0]["dataset"] if runs else None,
-             "runs": runs, "unfinished": unfinished,
+             "runs": runs, "unfinished": list(unfinished),
              "best_trade_off": best["name"] if best else None}
   if any(r["seed"] is not None for r in runs):
     results["groups"] = seed_groups(runs)

@@ -1,6 +1,7 @@
 """results/fashion_mnist/claims.py: PROTOCOL.md's rules on groups made as the sweep makes them."""
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -8,10 +9,18 @@ import pytest
 from conftest import REPO
 from l0jax import sweep
 
-spec = importlib.util.spec_from_file_location(
-    "claims", os.path.join(REPO, "results", "fashion_mnist", "claims.py"))
-claims = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(claims)
+
+
+def load(*path):
+  """A results script as a module."""
+  spec = importlib.util.spec_from_file_location(path[-1][:-3], os.path.join(REPO, *path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+claims = load("results", "fashion_mnist", "claims.py")
+posthoc_results = load("results", "fashion_mnist", "posthoc", "posthoc_results.py")
 
 KINDS = {"baseline": "baseline", "control": "control", "retrain_macs0.5": "retrain",
          "retrain_macs0.25": "retrain", "l1_norm_macs0.25": "l1_norm",
@@ -56,3 +65,36 @@ def test_a_group_without_every_seed_is_not_judged_yet():
   report = claims.report(partial)
   assert "**C2 against L1-norm: not judged yet.**" in report
   assert "**C1: met and supported.** L0 93.30% +- 0.10" in report
+
+
+def test_the_posthoc_results_replace_the_reruns_and_nothing_else(tmp_path):
+  run = lambda name, seed, accuracy: {
+      "name": f"{name}_seed{seed}", "kind": name.split("_macs")[0], "seed": seed,
+      "target": None, "target_kind": None, "lambda_l0": None, "dataset": "fashion_mnist",
+      "test_accuracy": accuracy, "val_accuracy": accuracy, "macs_kept_fraction": 0.25,
+      "params_kept_fraction": 0.5}
+  runs = [run("baseline", 0, 0.93), run("baseline", 1, 0.94),
+          run("budget_macs0.25", 0, 0.85), run("budget_macs0.25", 1, 0.10),
+          run("retrain_macs0.25", 0, 0.91), run("retrain_macs0.25", 1, 0.12)]
+  protocol = sweep.summarise(runs, ["random_macs0.25_seed1"], "python -m l0jax.sweep ...")
+  rerun = tmp_path / "budget_macs0.25_seed1"
+  rerun.mkdir()
+  (rerun / "test_metrics.json").write_text(json.dumps({
+      "checkpoint": sweep.CHECKPOINT, "dataset": "fashion_mnist", "test_accuracy": 0.78,
+      "checkpoint_step": 2105, "params_full": 10, "params_kept": 5, "params_kept_fraction": 0.5,
+      "macs_full": 100, "macs_kept": 25, "macs_kept_fraction": 0.25}))
+  (rerun / "history.jsonl").write_text("".join(
+      json.dumps({"epoch": e, "val_accuracy": v, "epoch_seconds": 10.0}) + "\n"
+      for e, v in ((1, 0.7), (2, 0.77))))
+  (tmp_path / "retrain_macs0.25_seed1").mkdir()  # Not tested: not a re-run.
+  posthoc = posthoc_results.with_reruns(protocol, tmp_path)
+  changed = [(a["name"], b) for a, b in zip(protocol["runs"], posthoc["runs"]) if a != b]
+  assert [name for name, _ in changed] == ["budget_macs0.25_seed1"]
+  assert changed[0][1]["test_accuracy"] == 0.78 and changed[0][1]["val_accuracy"] == 0.77
+  assert changed[0][1]["test_accuracy_change_pp"] == pytest.approx(-16.0)
+  groups = {g["name"]: g for g in posthoc["groups"]}
+  assert groups["budget_macs0.25"]["test_accuracy"]["mean"] == pytest.approx(0.815)
+  assert groups["retrain_macs0.25"] == {g["name"]: g for g in protocol["groups"]}[
+      "retrain_macs0.25"]
+  assert posthoc["unfinished"] == ["random_macs0.25_seed1"]
+  assert posthoc["command"].endswith("budget_macs0.25_seed1 from posthoc/")
