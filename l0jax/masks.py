@@ -8,7 +8,7 @@ budget (of MACs, or of parameters). `random` keeps channels in a random
 order the same way: the floor
 any pruning method must beat. A channel that would overshoot the budget is
 passed over for cheaper ones further down the order, so both land just under
-it.
+it; neither leaves the network disconnected (`keep_in_order`).
 
 A mask is a set of gate values: `log_alpha` of `KEPT` (test-time gate 1) or
 `PRUNED` (test-time gate 0). Training with `train_gates=False` keeps them
@@ -37,16 +37,47 @@ def keep_in_order(graph: graph_lib.Graph, order: Sequence[tuple[str, int]], kind
   Returns a boolean array per gate name. The cost of a channel depends on the
   others (the first channel of a branch also brings its reduce conv back), so
   each candidate is counted with the ones kept before it.
+
+  The kept network stays connected (`accounting.connected`): where the order
+  would pass over every channel across a cut (raw filter norms rank a VGG's
+  first layer, 27 weights a filter, below all others), the best-placed channel
+  of each gate needed to reconnect it is taken first, and the order fills the
+  rest of the budget. The cost exceeds the budget only where those channels
+  alone do.
   """
-  cost = lambda counts: accounting.kept_fractions(
-      graph, {name: accounting.Kept(n, int(n > 0)) for name, n in counts.items()})[kind]
-  kept = {g.name: np.zeros(g.size, bool) for g in graph.gates}
-  counts = dict.fromkeys(kept, 0)
+  order = list(order)
+  best_placed = {}
   for name, channel in order:
-    more = {**counts, name: counts[name] + 1}
-    if cost(more) <= budget:
-      counts = more
-      kept[name][channel] = True
+    best_placed.setdefault(name, channel)
+  reconnecting: list[tuple[str, int]] = []
+  while True:
+    kept = _take(graph, reconnecting, [c for c in order if c not in reconnecting], kind, budget)
+    if accounting.connected(graph, _counts(kept)):
+      return kept
+    # Every gate left empty reconnects the network; drop those it does without, worst-placed first.
+    empty = [name for name in best_placed if not kept[name].any()]
+    for name in empty:
+      kept[name][best_placed[name]] = True
+    for name in reversed(empty):
+      kept[name][best_placed[name]] = False
+      if not accounting.connected(graph, _counts(kept)):
+        kept[name][best_placed[name]] = True
+        reconnecting.append((name, best_placed[name]))
+
+
+def _counts(kept: dict[str, np.ndarray]) -> dict[str, accounting.Kept]:
+  return {name: accounting.Kept(int(k.sum()), int(k.any())) for name, k in kept.items()}
+
+
+def _take(graph: graph_lib.Graph, first: Sequence[tuple[str, int]],
+          then: Sequence[tuple[str, int]], kind: str, budget: float) -> dict[str, np.ndarray]:
+  """Every channel of `first`, then `then`'s in turn while they fit the budget."""
+  kept = {g.name: np.zeros(g.size, bool) for g in graph.gates}
+  for name, channel in first:
+    kept[name][channel] = True
+  for name, channel in then:
+    kept[name][channel] = True
+    kept[name][channel] = accounting.kept_fractions(graph, _counts(kept))[kind] <= budget
   return kept
 
 

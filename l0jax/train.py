@@ -394,6 +394,9 @@ def mask_gates(run: Run, state: TrainState) -> TrainState:
   logging.info("Mask %s: %d of %d gated channels kept, %.4f of the %s (target %g); fixed.",
                config.mask, sum(int(np.sum(la == masks.KEPT)) for la in log_alphas.values()),
                sum(la.size for la in log_alphas.values()), cost, kind, target)
+  if cost > target:
+    logging.warning("The %s mask keeps %.4f of the %s, above the target %g: fewer channels "
+                    "would disconnect the network.", config.mask, cost, kind, target)
   return with_log_alphas(run, state, log_alphas)
 
 

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from conftest import GOOGLENET, tiny_config
-from l0jax import accounting, gates, masks, model, networks
+from l0jax import accounting, gates, masks, model, networks, vgg
 from test_export import randomize
 
 WIDTH = 0.25
@@ -72,3 +72,21 @@ def test_random_masks_follow_the_key(params):
   assert not all(np.array_equal(a[name], b[name]) for name in a)
   with pytest.raises(ValueError, match="unknown mask method"):
     masks.mask_log_alphas("magnitude", params, GRAPH, "macs", 0.5, key=jax.random.key(0))
+
+
+def test_a_mask_keeps_the_network_connected():
+  g = nnx.eval_shape(lambda: vgg.VGG(10, 3, depth=11, width_multiplier=0.25,
+                                     rngs=nnx.Rngs(0))).channel_graph(32)
+  # Deep layers first, as raw filter norms rank a VGG: alone, the order keeps no channel of conv1.
+  order = [(gate.name, j) for gate in reversed(g.gates) for j in range(gate.size)]
+  counts = lambda kept: {name: accounting.Kept(int(k.sum()), int(k.any()))
+                         for name, k in kept.items()}
+  cost = lambda kept: accounting.kept_fractions(g, counts(kept))["macs"]
+  kept = masks.keep_in_order(g, order, "macs", 0.5)
+  assert accounting.connected(g, counts(kept))
+  assert kept["conv1"].sum() == 1 and kept["conv1"][0]  # its best-placed channel
+  assert kept["conv8"].all() and 0.49 < cost(kept) <= 0.5
+  # Below what the reconnecting channels cost, the mask stays connected above the budget.
+  tiny = masks.keep_in_order(g, order, "macs", 1e-4)
+  assert accounting.connected(g, counts(tiny)) and cost(tiny) > 1e-4
+  assert all(k.sum() == 1 for k in tiny.values())
