@@ -3,6 +3,8 @@
 For every `budget_*` member of a sweep folder: the gates recorded at the end of the last epoch
 before settling, settled again by this checkout's code, against the gates the run recorded once
 settled. Prints, per member, whether they are identical and whether each network is connected.
+And for every finished mask member (`l1_norm_*`, `random_*`), whether the mask it recorded is
+connected: `masks.keep_in_order` changes a mask (since 0da3106) only where it would not be.
 
     python results/fashion_mnist/replay_settle.py results/fashion_mnist/runs \
         > results/fashion_mnist/replay_settle.txt
@@ -38,10 +40,22 @@ def replay(member: pathlib.Path) -> str:
           f"recorded {described(recorded)}; replayed {described(replayed)}")
 
 
+def mask_connected(member: pathlib.Path) -> str:
+  config = workdirs.load_config(str(member))
+  graph, _ = networks.channel_graph(config, *FASHION_MNIST)
+  log_alphas = {k: np.asarray(v, np.float32)
+                for k, v in workdirs.load_history(member)[0]["log_alpha"].items()}
+  connected = accounting.connected(graph, accounting.deterministic_kept(log_alphas))
+  return f"{member.name}: mask {'connected' if connected else 'DISCONNECTED'}"
+
+
 def main(sweep_dir: str) -> None:
-  for member in sorted(pathlib.Path(sweep_dir).glob("budget_*")):
-    if (member / workdirs.TEST_METRICS_FILE).exists():  # finished, so settled
-      print(replay(member))
+  finished = lambda pattern: [m for m in sorted(pathlib.Path(sweep_dir).glob(pattern))
+                              if (m / workdirs.TEST_METRICS_FILE).exists()]
+  for member in finished("budget_*"):  # finished, so settled
+    print(replay(member))
+  for member in finished("l1_norm_*") + finished("random_*"):
+    print(mask_connected(member))
 
 
 if __name__ == "__main__":
