@@ -6,7 +6,8 @@
 
 The methods L0 pruning is compared with (l0jax/masks.py): `l1_norm` keeps the
 channels whose filters have the largest L1 norms (Li et al., ICLR 2017),
-`random` channels in a random order, each while they fit the budget; then the
+`l1_norm_relative` the largest relative to their layer's mean norm, `random`
+channels in a random order, each while they fit the budget; then the
 weights train as in configs/retrain.py, the mask fixed. Give it the budget an
 L0 run realised (its test_metrics.json's macs_kept_fraction) to compare the
 two at the same cost. What it gave: no result yet; the evidence protocol

@@ -171,7 +171,7 @@ PENALTIES = ("mean_gate", "params", "macs")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "bfloat16_matmuls")
 VAL_SPLITS = ("hash", "seeded")
 CHECKPOINTS = ("best", "last")
-MASKS = ("", "l1_norm", "random")
+MASKS = ("", "l1_norm", "l1_norm_relative", "random")  # "" and masks.METHODS (loads before JAX)
 TARGET_KINDS = ("macs", "params")  # what a budget is a fraction of: config.target_{kind}
 
 

@@ -4,9 +4,14 @@
 *Pruning Filters for Efficient ConvNets*, ICLR 2017): every gated output
 channel is scored by the L1 norm of the filter that makes it, and channels
 are kept from the highest score down while the network's MACs stay within the
-budget (of MACs, or of parameters). `random` keeps channels in a random
-order the same way: the floor
-any pruning method must beat. A channel that would overshoot the budget is
+budget (of MACs, or of parameters). The ranking is global and the norms raw,
+so a layer of small filters (a first conv: 27 weights a filter) ranks below
+the others whatever its filters do. `l1_norm_relative` divides each norm by
+the mean norm of its layer's filters first (Torch-Pruning's
+`MagnitudeImportance(normalizer="mean")`), so that a layer is pruned by how
+its filters compare with each other, not by its filter size or weight scale.
+`random` keeps channels in a random order the same way: the floor any
+pruning method must beat. A channel that would overshoot the budget is
 passed over for cheaper ones further down the order, so both land just under
 it; neither leaves the network disconnected (`keep_in_order`).
 
@@ -24,7 +29,7 @@ from flax import nnx
 from l0jax import accounting
 from l0jax import graph as graph_lib
 
-METHODS = ("l1_norm", "random")
+METHODS = ("l1_norm", "l1_norm_relative", "random")
 # Far enough past +-ln(11) that the test-time gate is exactly 1 or 0.
 KEPT, PRUNED = 10.0, -10.0
 
@@ -101,17 +106,19 @@ def mask_log_alphas(method: str, params: nnx.State, graph: graph_lib.Graph, kind
                     budget: float, *, key: jax.Array) -> dict[str, np.ndarray]:
   """Gate values (`KEPT` or `PRUNED`) of a `method` mask at `budget` of the `kind` cost.
 
-  `key` draws the `random` order; `l1_norm` ignores it and breaks ties by
-  network order.
+  `key` draws the `random` order; the L1-norm methods ignore it and break ties
+  by network order.
   """
   if method not in METHODS:
     raise ValueError(f"unknown mask method {method!r}; choose one of {', '.join(METHODS)}")
   norms = filter_l1_norms(params, graph)
   channels = [(name, j) for name, n in norms.items() for j in range(n.size)]
-  if method == "l1_norm":
-    scores = np.concatenate(list(norms.values()))
-    order = np.argsort(-scores, kind="stable")
-  else:
+  if method == "random":
     order = np.asarray(jax.random.permutation(key, len(channels)))
+  else:
+    if method == "l1_norm_relative":
+      # A layer whose filters are all zero has nothing to compare them by: they tie at 0.
+      norms = {name: n / max(n.mean(), np.finfo(np.float32).tiny) for name, n in norms.items()}
+    order = np.argsort(-np.concatenate(list(norms.values())), kind="stable")
   kept = keep_in_order(graph, [channels[i] for i in order], kind, budget)
   return {name: np.where(k, KEPT, PRUNED).astype(np.float32) for name, k in kept.items()}

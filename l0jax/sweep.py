@@ -68,15 +68,15 @@ from absl import app, flags, logging
 import numpy as np
 from matplotlib.figure import Figure
 
-from l0jax import analysis, cli, locking, stats, workdirs
+from l0jax import analysis, cli, locking, masks, stats, workdirs
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
-KINDS = ("baseline", "control", "scratch", "finetune", "budget", "retrain", "l1_norm", "random")
+MASKS = masks.METHODS  # kinds that are one-shot masks (config.mask), same names
+KINDS = ("baseline", "control", "scratch", "finetune", "budget", "retrain") + MASKS
 CONFIG_FILES = {"baseline": "baseline.py", "control": "baseline.py", "scratch": "gated.py",
                 "finetune": "finetune.py", "budget": "prune_to_budget.py", "retrain": "retrain.py",
-                "l1_norm": "mask.py", "random": "mask.py"}
-MASKS = ("l1_norm", "random")  # kinds that are one-shot masks (config.mask), same names
+                **{kind: "mask.py" for kind in MASKS}}
 # Set by the sweep, per member.
 SWEEP_KEYS = ("lambda_l0", "init_from", "seed", "mask",
               *(f"target_{kind}" for kind in config_lib.TARGET_KINDS))
@@ -91,10 +91,10 @@ CHECKPOINT = "last"
 TARGET_MACS = 0.5
 NOT_PRUNED = ("baseline", "control")
 MARKERS = {"baseline": "*", "control": "P", "scratch": "o", "finetune": "s", "budget": "^",
-           "retrain": "D", "l1_norm": "v", "random": "x"}
+           "retrain": "D", "l1_norm": "v", "l1_norm_relative": "<", "random": "x"}
 COLORS = {"baseline": "k", "control": "0.4", "scratch": "tab:orange", "finetune": "tab:blue",
           "budget": "tab:red", "retrain": "tab:green", "l1_norm": "tab:purple",
-          "random": "tab:brown"}
+          "l1_norm_relative": "tab:pink", "random": "tab:brown"}
 LABELS = {"baseline": "baseline (no gates)",
           "control": "baseline trained on, nothing pruned (same budget)",
           "scratch": "L0 from scratch",
@@ -102,6 +102,7 @@ LABELS = {"baseline": "baseline (no gates)",
           "budget": "pruned from the baseline to a budget",
           "retrain": "pruned, then retrained with its gates fixed",
           "l1_norm": "L1-norm filters at the same cost, trained",
+          "l1_norm_relative": "L1-norm filters, relative to their layer's, same cost, trained",
           "random": "random channels at the same cost, trained"}
 
 FLAGS = flags.FLAGS

@@ -263,7 +263,7 @@ REFUSALS = {
     "target_with_fixed_gates": ["use_gate=True and train_gates=True"],
     "target_below_the_floor": ["target_macs=0.01 is below what this network can reach",
                                "ungated layers still keep"],
-    "unknown_mask": ["mask='magnitude' is not one of l1_norm, random"],
+    "unknown_mask": ["mask='magnitude' is not one of l1_norm, l1_norm_relative, random"],
     "mask_without_target": ["mask=l1_norm keeps channels", "a target_macs (or target_params)"],
 }
 

@@ -7,6 +7,7 @@ from flax import nnx
 
 from conftest import GOOGLENET, tiny_config
 from l0jax import accounting, gates, masks, model, networks, vgg
+from l0jax import config as config_lib
 from test_export import randomize
 
 WIDTH = 0.25
@@ -72,6 +73,7 @@ def test_random_masks_follow_the_key(params):
   assert not all(np.array_equal(a[name], b[name]) for name in a)
   with pytest.raises(ValueError, match="unknown mask method"):
     masks.mask_log_alphas("magnitude", params, GRAPH, "macs", 0.5, key=jax.random.key(0))
+  assert config_lib.MASKS == ("",) + masks.METHODS  # what a config may name
 
 
 def test_a_mask_keeps_the_network_connected():
@@ -90,3 +92,22 @@ def test_a_mask_keeps_the_network_connected():
   tiny = masks.keep_in_order(g, order, "macs", 1e-4)
   assert accounting.connected(g, counts(tiny)) and cost(tiny) > 1e-4
   assert all(k.sum() == 1 for k in tiny.values())
+
+
+def test_l1_norm_relative_ranks_each_layer_by_its_own_mean(params):
+  """Scaling one layer's filters moves the raw ranking, never the relative one."""
+  scaled = jax.tree.map(np.array, params)
+  kernel = scaled["blocks"][1]["branch3"]["conv"]["kernel"]
+  kernel[...] = 1000.0 * kernel[...]
+  for budget in (0.5, 0.25):
+    relative, relative_scaled = (mask("l1_norm_relative", budget, p) for p in (params, scaled))
+    assert all(np.array_equal(relative[n], relative_scaled[n]) for n in relative)
+    raw, raw_scaled = (mask("l1_norm", budget, p) for p in (params, scaled))
+    assert raw_scaled["block2/3x3"].sum() > raw["block2/3x3"].sum()
+  norms = masks.filter_l1_norms(params, GRAPH)
+  relative_norms = {name: n / n.mean() for name, n in norms.items()}
+  by_score = sorted(((name, j) for name, n in norms.items() for j in range(n.size)),
+                    key=lambda c: -relative_norms[c[0]][c[1]])
+  expected = masks.keep_in_order(GRAPH, by_score, "macs", 0.5)
+  relative = mask("l1_norm_relative", 0.5, params)
+  assert all(np.array_equal(relative[n], expected[n]) for n in relative)

@@ -137,7 +137,7 @@ def test_a_comparison_plans_controls_masks_and_seeds_each_from_its_own_seeds_run
       json.dumps({"macs_kept_fraction": 0.4871, "params_kept_fraction": 0.7}))
   train, _ = sweep.realised_cost(mask, tmp_path).commands(tmp_path)
   assert "--config.target_macs=0.4871" in train and "--config.target_params=0.0" in train
-  with pytest.raises(UserError, match="not one of l1_norm, random"):
+  with pytest.raises(UserError, match="not one of l1_norm, l1_norm_relative, random"):
     sweep.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], masks=["magnitude"])
   with pytest.raises(UserError, match="needs --target_macs"):
     sweep.plan(tmp_path, [], [], settings, [], [], masks=["random"])

@@ -15,6 +15,7 @@ from typing import Any
 SEEDS = [0, 1, 2]
 BASELINE_LEVEL = 0.930  # mean test accuracy the baseline must reach
 C1_MARGIN_PP = 0.3
+POSTHOC_MASK = "l1_norm_relative"  # judged by C2's rule where posthoc/ adds it, beside the claims
 
 
 def _group(results: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -83,6 +84,10 @@ def report(results: dict[str, Any]) -> str:
                                ("C2 against L1-norm", claim_2(results, "l1_norm")),
                                ("C2 against random", claim_2(results, "random"))):
     lines.append(f"- **{name}: {verdict}.** {why}")
+  if any(g["name"] == f"{POSTHOC_MASK}_macs0.25" for g in results["groups"]):
+    verdict, why = claim_2(results, POSTHOC_MASK)
+    lines.append(f"- *Post hoc (PROTOCOL.md's amendment of 2026-12-03, supports no claim)*: "
+                 f"**C2's rule against L1-norm relative to each layer: {verdict}.** {why}")
   lines.append("- C3 (descriptive): the analyses of seed 0's budget runs, "
                "runs/budget_macs*_seed0/analysis/summary.md.")
   return "\n".join(lines) + "\n"

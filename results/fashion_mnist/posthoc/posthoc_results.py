@@ -1,4 +1,4 @@
-"""The post-hoc arm 3 with connected settling (PROTOCOL.md, amendment of 2026-12-03) as results.
+"""The post-hoc runs (PROTOCOL.md, amendments of 2026-12-03) with the protocol's, as results.
 
   python results/fashion_mnist/posthoc/posthoc_results.py
   python results/fashion_mnist/claims.py results/fashion_mnist/posthoc/results.json \
@@ -7,7 +7,9 @@
 Run once the protocol's sweep has written runs/results.json. Each run there that
 posthoc/ re-ran with the fix of ae3cd52 (a folder of the same name, tested) is
 replaced by the re-run; every other run is the protocol's, the replay having
-shown their settling unchanged (replay_settle.txt). The groups' means, spreads
+shown their settling unchanged (replay_settle.txt). Each tested run of a mask
+kind only run post hoc (`ADDED_MASKS`: l1_norm_relative) is added beside the
+protocol's mask run it matches (same budget, seed and recipe). The groups' means, spreads
 and paired differences are recomputed by the sweep's own code, and
 posthoc/results.json, results.md and front.png written. The masks matched the
 cost of the protocol's budget runs, not the re-runs' (24.98% of the MACs
@@ -23,16 +25,24 @@ from l0jax import sweep
 
 HERE = pathlib.Path(__file__).parent
 RUNS = HERE.parent / "runs"
+# A mask kind run only post hoc, and the protocol's mask kind whose runs (budget, seed, recipe) it
+# matches (the amendment of 2026-12-03 on the L1-norm ranking).
+ADDED_MASKS = {"l1_norm_relative": "l1_norm"}
 
 
 def with_reruns(results: dict, posthoc_dir: pathlib.Path) -> dict:
-  """`results` with every run that `posthoc_dir` holds a tested re-run of replaced by it."""
+  """`results` with every run that `posthoc_dir` holds a tested re-run of replaced by it, and its
+  tested runs of each post-hoc mask kind added, each recorded as the protocol's run it matches."""
   rerun = [r["name"] for r in results["runs"] if sweep.is_finished(posthoc_dir / r["name"])]
   runs = [{**r, **sweep.measured(posthoc_dir / r["name"])} if r["name"] in rerun else r
           for r in results["runs"]]
+  added = [{**r, "name": name, "kind": kind, **sweep.measured(posthoc_dir / name)}
+           for r in results["runs"] for kind, like in ADDED_MASKS.items() if r["kind"] == like
+           for name in [kind + r["name"][len(like):]] if sweep.is_finished(posthoc_dir / name)]
   command = (f"{results['command']}, then posthoc/posthoc_results.py: "
-             f"{', '.join(rerun) or 'nothing'} from posthoc/")
-  return sweep.summarise(runs, results["unfinished"], command)
+             f"{', '.join(rerun) or 'nothing'} from posthoc/"
+             + "".join(f", {r['name']} added" for r in added))
+  return sweep.summarise(runs + added, results["unfinished"], command)
 
 
 if __name__ == "__main__":
