@@ -36,9 +36,12 @@ def with_reruns(results: dict, posthoc_dir: pathlib.Path) -> dict:
   rerun = [r["name"] for r in results["runs"] if sweep.is_finished(posthoc_dir / r["name"])]
   runs = [{**r, **sweep.measured(posthoc_dir / r["name"])} if r["name"] in rerun else r
           for r in results["runs"]]
-  added = [{**r, "name": name, "kind": kind, **sweep.measured(posthoc_dir / name)}
-           for r in results["runs"] for kind, like in ADDED_MASKS.items() if r["kind"] == like
-           for name in [kind + r["name"][len(like):]] if sweep.is_finished(posthoc_dir / name)]
+  added = []
+  for r in results["runs"]:
+    for kind, like in ADDED_MASKS.items():
+      name = kind + r["name"].removeprefix(like)
+      if r["kind"] == like and sweep.is_finished(posthoc_dir / name):
+        added.append({**r, "name": name, "kind": kind, **sweep.measured(posthoc_dir / name)})
   command = (f"{results['command']}, then posthoc/posthoc_results.py: "
              f"{', '.join(rerun) or 'nothing'} from posthoc/"
              + "".join(f", {r['name']} added" for r in added))
