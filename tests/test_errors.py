@@ -152,7 +152,7 @@ def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
       "test_missing_workdir": (["--mode=test"], None, missing, None),
       "export_empty_workdir": (["--mode=export"], None, str(empty_workdir), str(empty_workdir)),
       "init_from_nowhere": (TRAIN + [f"--config.init_from={missing}"], None,
-                            str(root / "tuned"), None),
+                            str(root / "tuned_from_nowhere"), None),  # its own: cases run at once
       "init_from_wider": (TRAIN + [f"--config.init_from={wider}"], None, str(root / "tuned"),
                           wider),
       "retrain_without_init_from": (TRAIN + ["--config.train_gates=False"], None, missing, None),
