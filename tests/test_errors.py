@@ -209,9 +209,9 @@ def check_error_line(result: subprocess.CompletedProcess, *fragments: str) -> No
 def check_refused(case: Case, *fragments: str) -> None:
   """The case failed with exit status 2 and one error line holding `fragments`, touching nothing."""
   check_error_line(case.result, *fragments)
-  if case.watched is None:
+  if case.workdir != case.watched:
     assert not os.path.exists(case.workdir), os.listdir(case.workdir)
-  else:
+  if case.watched is not None:
     assert tree_listing(case.watched) == case.before
 
 
