@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterator, NoReturn
 
 from absl import flags, logging
 
-from l0jax.errors import UserError, os_failure
+from l0jax.errors import Stopped, UserError, os_failure
 
 if TYPE_CHECKING:
   import ml_collections
@@ -164,13 +164,20 @@ def quiet_libraries(debug: bool = False) -> None:
 
 @contextlib.contextmanager
 def one_line_errors(what: str, kept: str, *, debug: bool = False) -> Iterator[None]:
-  """A UserError, or a write the system refused, as one `error:` line and exit status 2.
+  """A UserError, or a write the system refused, as one `error:` line and exit status 2; a run
+  stopped by a signal (`Stopped`) as one `stopped:` line and the status that signal would give.
 
   `what` names what stopped ("--mode=train"), `kept` what of it survives a
   refused write, to be run again. `debug` lets every exception through.
   """
   try:
     yield
+  except Stopped as e:
+    if debug:
+      raise
+    logging.flush()
+    print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(128 + e.signum)  # What the shell reports for a process the signal ended.
   except UserError as e:
     if debug:
       raise

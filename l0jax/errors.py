@@ -14,6 +14,14 @@ class UserError(Exception):
   """Bad input: a config value, a path, a dataset, a workdir. The message is the whole story."""
 
 
+class Stopped(Exception):
+  """A run that stopped when asked to (SIGTERM, SIGINT), its newest checkpoint complete."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
 # Errors that mean "the disk or its permissions", when a library reports them
 # in a message instead of raising OSError: TensorStore (Orbax's writer) adds
 # os_error_code=N, TensorFlow (TensorBoard events) only the text.

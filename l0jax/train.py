@@ -10,6 +10,8 @@ accuracy (l0jax/evaluator.py), a history record and a checkpoint
 """
 
 import functools
+import signal
+import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -28,7 +30,7 @@ from l0jax import accounting, budget as budget_lib, data, evaluator, gates, mask
 from l0jax import graph as graph_lib
 from l0jax import workdirs, writers
 from l0jax import config as config_lib
-from l0jax.errors import UserError
+from l0jax.errors import Stopped, UserError
 
 
 class TrainState(NamedTuple):
@@ -419,6 +421,52 @@ def _means(calls: list[dict[str, np.ndarray]]) -> dict[str, float]:
   return {k: float(np.concatenate([m[k] for m in calls]).mean()) for k in calls[0]}
 
 
+class StopSignals:
+  """SIGTERM or SIGINT while training: stop at the next step or epoch end, its save complete.
+
+  Unhandled, either ends the process at once, and a checkpoint still being
+  written (saves are asynchronous) is lost with the epoch it holds. Handled in
+  the main thread only, where Python runs signal handlers; a second signal
+  acts as if this were not there (SIGINT raises KeyboardInterrupt, SIGTERM
+  kills). Not in a run of several processes: each would stop at the step its
+  own signal came, and the others would wait at the next collective forever.
+  """
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+
+  def __enter__(self) -> "StopSignals":
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+      self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self._restore()
+
+  def _restore(self) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def _handle(self, signum: int, frame) -> None:  # pylint: disable=unused-argument
+    self.received = signum
+    self._restore()
+    logging.warning("Signal %d: stopping after the current training call, once the newest "
+                    "checkpoint is written (the same signal again stops at once).", signum)
+
+  def stop_if_received(self, mngr: ocp.CheckpointManager, step: int) -> None:
+    """Raises `Stopped` if a signal came, once every save in flight is complete."""
+    if self.received is None:
+      return
+    mngr.wait_until_finished()
+    latest = mngr.latest_step()
+    kept = (f"it resumes from its newest checkpoint, step {latest}," if latest is not None
+            else "no checkpoint had been written: it starts afresh")
+    raise Stopped(f"signal {self.received} stopped the run at step {step}; {kept} when the same "
+                  "command is run again", self.received)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir`; returns the last validation metrics.
 
@@ -480,72 +528,75 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batch_sharding, replicated = NamedSharding(mesh, P(None, "data")), NamedSharding(mesh, P())
   chunk = steps_per_call(config, epoch_steps)
   first_call = True
-  for epoch in range(start_epoch, config.num_epochs):
-    if budget and epoch == budget.settle_epoch:  # at the epoch's start: resumed runs too
-      state = _replicate(settle_gates(run, budget, state), mesh)
-    steps = settled_steps if budget and epoch >= budget.settle_epoch else train_steps
-    order = epoch_order(config.seed, epoch, len(ds.train_images), config.batch_size)
-    epoch_start = time.monotonic()
-    epoch_metrics, window = [], []  # per-call metrics of the epoch and of the logging window
-    for first in range(step - epoch * epoch_steps, epoch_steps, chunk):
-      indices = order[first:first + chunk]
-      num_valid = len(indices)
-      indices = np.pad(indices, ((0, chunk - num_valid), (0, 0)))
-      call_start = time.monotonic()
-      state, metrics = steps(state, images, labels, data.put(indices, batch_sharding),
-                             data.put(np.arange(chunk) < num_valid, replicated))
-      metrics = {k: v[:num_valid] for k, v in jax.device_get(metrics).items()}
-      if first_call:
-        logging.info("Compiled and ran the first training call in %.1f s.",
-                     time.monotonic() - call_start)
-        first_call = False
-      bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
-      if bad.size:
-        mngr.wait_until_finished()  # The last good epoch's save may still be in flight.
-        kept = (f", keeping the checkpoints in {mngr.directory} (newest: step "
-                f"{mngr.latest_step()})" if mngr.latest_step() is not None
-                else " before any checkpoint was written")
-        raise UserError(f"the loss became {metrics['loss'][bad[0]]} at step {step + bad[0] + 1} "
-                        f"(epoch {epoch + 1}); training stopped{kept}")
-      step += num_valid
-      epoch_metrics.append(metrics)
-      window.append(metrics)
-      # Every log_every_steps, and at the epoch's end whatever remains of the window.
-      if (step // config.log_every_steps > (step - num_valid) // config.log_every_steps
-          or step % epoch_steps == 0):
-        means = _means(window)
-        writer.write_scalars(step, {**{f"train/{k}": v for k, v in means.items()},
-                                    "train/learning_rate": schedule(step - 1)})
-        logging.info("step %d/%d: train loss %.4f, accuracy %.4f%s", step, num_steps,
-                     means["loss"], means["accuracy"],
-                     f", L0 term {means['l0']:.4g}, expected MACs kept "
-                     f"{means['expected_macs_kept']:.1%}" if config.use_gate else "")
-        window = []
-      progress(step, num_valid * config.batch_size)
-    val = evaluate_val(state.params, state.batch_stats)
-    record = {"epoch": epoch, "step": step, "epoch_seconds": time.monotonic() - epoch_start,
-              **{f"train_{k}": v for k, v in _means(epoch_metrics).items()},
-              **{f"val_{k}": v for k, v in val.items()}}
-    scalars = {f"val/{k}": v for k, v in val.items()}
-    pruning = ""
-    if config.use_gate:
-      log_alphas = log_alphas_of(run, state)
-      record["log_alpha"] = {k: v.tolist() for k, v in log_alphas.items()}
-      writer.write_histograms(step, {f"log_alpha/{k}": v for k, v in log_alphas.items()})
-      costs = accounting.report(network.graph, log_alphas)
-      scalars.update({"gates/open": costs["gated_channels_kept"] / costs["gated_channels_full"],
-                      "gates/macs_kept": costs["macs_kept_fraction"]})
-      pruning = (f"; gates open {scalars['gates/open']:.1%}, MACs kept "
-                 f"{costs['macs_kept_fraction']:.1%}, L0 term {record['train_l0']:.4g}")
-    writer.write_scalars(step, scalars)
-    writer.flush()  # TensorBoard shows each epoch as it ends.
-    if workdirs.is_primary_process():
-      workdirs.append_history(workdir, record)
-    mngr.save(step, args=ocp.args.StandardSave(workdirs.on_disk(state)),
-              metrics={workdirs.BEST_METRIC: val["accuracy"]})
-    logging.info("epoch %d/%d: train accuracy %.4f, val accuracy %.4f (loss %.4f)%s (%.1f s)",
-                 epoch + 1, config.num_epochs, record["train_accuracy"], val["accuracy"],
-                 val["loss"], pruning, record["epoch_seconds"])
+  with StopSignals() as stop:
+    for epoch in range(start_epoch, config.num_epochs):
+      if budget and epoch == budget.settle_epoch:  # at the epoch's start: resumed runs too
+        state = _replicate(settle_gates(run, budget, state), mesh)
+      steps = settled_steps if budget and epoch >= budget.settle_epoch else train_steps
+      order = epoch_order(config.seed, epoch, len(ds.train_images), config.batch_size)
+      epoch_start = time.monotonic()
+      epoch_metrics, window = [], []  # per-call metrics of the epoch and of the logging window
+      for first in range(step - epoch * epoch_steps, epoch_steps, chunk):
+        indices = order[first:first + chunk]
+        num_valid = len(indices)
+        indices = np.pad(indices, ((0, chunk - num_valid), (0, 0)))
+        call_start = time.monotonic()
+        state, metrics = steps(state, images, labels, data.put(indices, batch_sharding),
+                               data.put(np.arange(chunk) < num_valid, replicated))
+        metrics = {k: v[:num_valid] for k, v in jax.device_get(metrics).items()}
+        if first_call:
+          logging.info("Compiled and ran the first training call in %.1f s.",
+                       time.monotonic() - call_start)
+          first_call = False
+        bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
+        if bad.size:
+          mngr.wait_until_finished()  # The last good epoch's save may still be in flight.
+          kept = (f", keeping the checkpoints in {mngr.directory} (newest: step "
+                  f"{mngr.latest_step()})" if mngr.latest_step() is not None
+                  else " before any checkpoint was written")
+          raise UserError(f"the loss became {metrics['loss'][bad[0]]} at step {step + bad[0] + 1} "
+                          f"(epoch {epoch + 1}); training stopped{kept}")
+        step += num_valid
+        epoch_metrics.append(metrics)
+        window.append(metrics)
+        # Every log_every_steps, and at the epoch's end whatever remains of the window.
+        if (step // config.log_every_steps > (step - num_valid) // config.log_every_steps
+            or step % epoch_steps == 0):
+          means = _means(window)
+          writer.write_scalars(step, {**{f"train/{k}": v for k, v in means.items()},
+                                      "train/learning_rate": schedule(step - 1)})
+          logging.info("step %d/%d: train loss %.4f, accuracy %.4f%s", step, num_steps,
+                       means["loss"], means["accuracy"],
+                       f", L0 term {means['l0']:.4g}, expected MACs kept "
+                       f"{means['expected_macs_kept']:.1%}" if config.use_gate else "")
+          window = []
+        progress(step, num_valid * config.batch_size)
+        stop.stop_if_received(mngr, step)
+      val = evaluate_val(state.params, state.batch_stats)
+      record = {"epoch": epoch, "step": step, "epoch_seconds": time.monotonic() - epoch_start,
+                **{f"train_{k}": v for k, v in _means(epoch_metrics).items()},
+                **{f"val_{k}": v for k, v in val.items()}}
+      scalars = {f"val/{k}": v for k, v in val.items()}
+      pruning = ""
+      if config.use_gate:
+        log_alphas = log_alphas_of(run, state)
+        record["log_alpha"] = {k: v.tolist() for k, v in log_alphas.items()}
+        writer.write_histograms(step, {f"log_alpha/{k}": v for k, v in log_alphas.items()})
+        costs = accounting.report(network.graph, log_alphas)
+        scalars.update({"gates/open": costs["gated_channels_kept"] / costs["gated_channels_full"],
+                        "gates/macs_kept": costs["macs_kept_fraction"]})
+        pruning = (f"; gates open {scalars['gates/open']:.1%}, MACs kept "
+                   f"{costs['macs_kept_fraction']:.1%}, L0 term {record['train_l0']:.4g}")
+      writer.write_scalars(step, scalars)
+      writer.flush()  # TensorBoard shows each epoch as it ends.
+      if workdirs.is_primary_process():
+        workdirs.append_history(workdir, record)
+      mngr.save(step, args=ocp.args.StandardSave(workdirs.on_disk(state)),
+                metrics={workdirs.BEST_METRIC: val["accuracy"]})
+      logging.info("epoch %d/%d: train accuracy %.4f, val accuracy %.4f (loss %.4f)%s (%.1f s)",
+                   epoch + 1, config.num_epochs, record["train_accuracy"], val["accuracy"],
+                   val["loss"], pruning, record["epoch_seconds"])
+      stop.stop_if_received(mngr, step)
   mngr.wait_until_finished()
   writer.close()
   return val

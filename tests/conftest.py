@@ -149,15 +149,16 @@ class Program:
     return subprocess.CompletedProcess(self.args, self.proc.returncode, "".join(self._out),
                                        self.stderr)
 
-  def kill_when(self, condition, timeout: float = 600) -> subprocess.CompletedProcess:
-    """SIGKILLs it the moment `condition()` holds (polled every 2 ms); its output.
-
-    Fails if it ended before.
-    """
+  def signal_when(self, condition, signum: int, timeout: float = 600) -> None:
+    """Sends it `signum` the moment `condition()` holds (polled every 2 ms)."""
     deadline = time.monotonic() + timeout
     while not condition() and self.proc.poll() is None and time.monotonic() < deadline:
       time.sleep(0.002)
-    self.proc.send_signal(signal.SIGKILL)
+    self.proc.send_signal(signum)
+
+  def kill_when(self, condition, timeout: float = 600) -> subprocess.CompletedProcess:
+    """SIGKILLs it the moment `condition()` holds; its output. Fails if it ended before."""
+    self.signal_when(condition, signal.SIGKILL, timeout)
     result = self.wait()
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     return result

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 
 import jax
 import numpy as np
@@ -108,6 +109,26 @@ def test_killed_while_saving_then_resumed_is_bitwise_the_same(background, tmp_pa
   result = Program(MAIN, *args).wait()
   assert result.returncode == 0, result.stderr[-3000:]
   assert resumed_from(result.stderr) == (14 if cut else 28)
+  assert_same_run(workdir, reference_run(background))
+
+
+def test_sigterm_while_saving_completes_the_save_and_the_run_resumes_from_it(background, tmp_path):
+  """SIGTERM (a preemption) while the second checkpoint is being written: the run finishes writing
+  it, says so in one line and exits as SIGTERM would; the same command resumes from that very
+  checkpoint and ends bitwise as the reference."""
+  workdir = str(tmp_path / "run")
+  args = [*TRAIN, f"--workdir={workdir}"]
+  stopped = Program(MAIN, *args)
+  stopped.signal_when(lambda: any(n.startswith("28") for n in step_dirs(workdir)), signal.SIGTERM)
+  result = stopped.wait()
+  assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert re.fullmatch(r"stopped: signal 15 stopped the run at step \d+; it resumes from its newest "
+                      r"checkpoint, step 28, when the same command is run again", last), last
+  assert step_dirs(workdir) == ["14", "28"]  # complete, nothing half-written
+  resumed = Program(MAIN, *args).wait()
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert resumed_from(resumed.stderr) == 28
   assert_same_run(workdir, reference_run(background))
 
 
