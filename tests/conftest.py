@@ -109,7 +109,7 @@ STEP_LOGGED = re.compile(r"step (\d+)/\d+: train loss")  # main.py's line after 
 
 class Program:
   """`python ARGS` started in the background in the repository root, as a user would run it
-  (main.py is `Program(MAIN, ...)`), with `env` added to its environment.
+  (main.py is `Program(MAIN, ...)`), with `env` added to its environment (None: unset).
 
   Its stdout and stderr are collected as text while it runs, and the last
   training step it logged is `step`.
@@ -117,7 +117,8 @@ class Program:
 
   def __init__(self, *args: str, env: dict[str, str] | None = None):
     self.args = [sys.executable, *args]
-    self.proc = subprocess.Popen(self.args, cwd=REPO, env={**os.environ, **(env or {})},
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    self.proc = subprocess.Popen(self.args, cwd=REPO, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     self.step = 0
     self._out, self._err = [], []

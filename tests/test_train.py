@@ -459,12 +459,16 @@ def test_training_without_tensorflow_writes_tensorboard_events_and_reports(runs)
           "log_alpha/stage3/block1", "_hparams_/experiment"} <= tags
 
 
-def test_compiled_steps_are_kept_for_the_next_run(tmp_path):
-  cache = tmp_path / "cache"
+def test_compiled_steps_are_kept_for_the_next_run_with_no_warning(tmp_path):
+  # The user's default cache, capped in size: JAX needs filelock for the cap, and without it
+  # warns at every compile and keeps nothing (the install must bring it).
   result = run_main("--config=configs/gated.py", *tiny_flags(num_epochs=1),
-                    f"--workdir={tmp_path / 'run'}", f"--compilation_cache={cache}")
+                    f"--workdir={tmp_path / 'run'}",
+                    env={"JAX_COMPILATION_CACHE_DIR": None, "XDG_CACHE_HOME": str(tmp_path)})
   assert result.returncode == 0, result.stderr[-3000:]
+  cache = tmp_path / "l0jax" / "jax"
   assert [n for n in os.listdir(cache) if n.startswith("jit_train_steps-")]
+  assert "Warning" not in result.stderr, result.stderr[-3000:]
 
 
 def test_the_compilation_cache_is_the_users_unless_jax_is_told_another(monkeypatch):
