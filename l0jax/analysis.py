@@ -264,6 +264,18 @@ def _l0_title(config) -> str:
   return f"L0 term (times lambda_l0 = {config.lambda_l0:g} in the loss)"
 
 
+def _travel_lines(config: ml_collections.ConfigDict, history: Sequence[dict]) -> list[str]:
+  """For a budget run whose gates settled: how far training had moved them by then."""
+  settled = budget.settle_epoch(config)
+  before = next((h for h in history if h["epoch"] == settled - 1), None)
+  if not (budget.target_of(config) and config.train_gates and before
+          and any(h["epoch"] >= settled for h in history)):
+    return []
+  travel, _ = budget.gate_travel(before["log_alpha"], config.droprate_init)
+  return ["", f"The gates settled for the budget at the start of epoch {settled + 1}: "
+          f"{travel}."]
+
+
 def summary_markdown(workdir: epath.Path, config: ml_collections.ConfigDict,
                      history: Sequence[dict], checkpoint: str, chosen: dict,
                      metrics: dict, tested: bool, layer_states: dict[str, dict[str, int]],
@@ -319,6 +331,7 @@ def summary_markdown(workdir: epath.Path, config: ml_collections.ConfigDict,
         why = ("many of them are a sign that training stopped before the gates settled, or "
                "that the temperature keeps them from settling")
       lines += ["", f"{share} of the gates are undecided: kept, but scaled; {why}."]
+    lines += _travel_lines(config, history)
     lines += ["", "| gated layer | channels | pruned | undecided | open | log_alpha min | median "
               "| max |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, counts in layer_states.items():

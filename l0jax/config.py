@@ -91,9 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.target_params = 0.0
   # Share of the training steps over which the target t falls from 1.
   c.target_warmup = 1 / 3
-  # From this share of the epochs on, the gates are decided for the
-  # test-time cost closest to the target from below, and fixed; the weights
-  # train on. 1: never (the run ends wherever the Lagrangian is).
+  # From this share of the epochs on (rounded, and at least the last epoch),
+  # the gates are decided for the test-time cost closest to the target from
+  # below, and fixed; the weights train on.
   c.fix_gates_after = 0.75
   # Adam's learning rate for the multipliers l1 and l2 (ascent).
   c.multiplier_learning_rate = 0.02
@@ -240,6 +240,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(not targets or c.mask or (c.use_gate and c.train_gates),
         "a target (target_macs, target_params) prunes with trained gates: it needs "
         "use_gate=True and train_gates=True (or a mask)")
+  check(not targets or c.mask or c.num_epochs >= 2,
+        f"num_epochs={c.num_epochs}: a run pruned to a budget trains its gates, then settles them "
+        "for the budget (fix_gates_after) and trains on: it needs num_epochs >= 2")
   check(0 <= c.target_warmup <= 1,
         f"target_warmup={c.target_warmup} must lie in [0, 1] (a share of the steps)")
   check(0 < c.fix_gates_after <= 1,

@@ -378,6 +378,8 @@ def settle_gates(run: Run, budget: budget_lib.Budget, state: TrainState) -> Trai
                "%d channels closed, %d opened; from now on they are fixed.", budget.kind,
                cost["before"], cost["after"], budget.target, changed("before", "after"),
                changed("after", "before"))
+  travel, moved = budget_lib.gate_travel(before, run.config.droprate_init)
+  (logging.info if moved else logging.warning)("%s.", travel[0].upper() + travel[1:])
   if cost["after"] > budget.target:
     logging.warning("The settled gates keep %.4f of the %s, above the target %g: closing more "
                     "would disconnect the network.", cost["after"], budget.kind, budget.target)
