@@ -49,7 +49,8 @@ flags.DEFINE_integer("process_id", None, "--multihost: this process's index, fro
 flags.DEFINE_string("compilation_cache", None,
                     "Folder of JAX's persistent compilation cache, from which a later run of the "
                     "same network loads its compiled steps ('': none). Default: "
-                    "$JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/l0jax/jax (at most 2 GiB).")
+                    "$JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/l0jax/jax (at most 2 GiB). "
+                    "None with --multihost.")
 flags.DEFINE_bool("debug", False, "Show Python tracebacks for bad input too.")
 
 
@@ -66,7 +67,9 @@ def run(mode: str, workdir: str) -> None:
   # Imported here so that `--help` and bad flags or config values answer without loading JAX.
   from l0jax import checkpoint_modes, train  # pylint: disable=import-outside-toplevel
 
-  cli.use_compilation_cache(FLAGS.compilation_cache)
+  # Several processes compile afresh: on JAX 0.12.1, CPU processes whose training step came
+  # from the persistent cache hung at its first collective (results/multihost_cache/).
+  cli.use_compilation_cache("" if FLAGS.multihost else FLAGS.compilation_cache)
   if FLAGS.multihost:
     cli.join_processes(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if mode == "train":
