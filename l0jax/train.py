@@ -535,6 +535,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       steps = settled_steps if budget and epoch >= budget.settle_epoch else train_steps
       order = epoch_order(config.seed, epoch, len(ds.train_images), config.batch_size)
       epoch_start = time.monotonic()
+      progress.start_epoch()  # validation and the checkpoint are no training time
       epoch_metrics, window = [], []  # per-call metrics of the epoch and of the logging window
       for first in range(step - epoch * epoch_steps, epoch_steps, chunk):
         indices = order[first:first + chunk]
