@@ -16,6 +16,9 @@ from tensorboardX import summary as summaries
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2
 
+# What shows the event files, which the core install does not bring: TensorBoard, which needs no
+# TensorFlow either; its newest release, whose wheel pip downloads for Python 3.11 and 3.12.
+TENSORBOARD_INSTALL = "pip install tensorboard==2.21.0"
 # The metrics TensorBoard's HPARAMS tab lists beside each run's hyperparameters.
 HPARAM_METRICS = ("val/accuracy", "val/loss", "train/open_gates", "train/expected_macs_kept")
 

@@ -1,6 +1,7 @@
 """TensorBoard event files without TensorFlow, and the console's progress lines."""
 
 import logging
+import os
 
 import numpy as np
 
@@ -57,3 +58,8 @@ def test_progress_leaves_the_pause_between_epochs_out_of_the_speed(caplog):
   lines = [r.getMessage() for r in caplog.records]
   assert lines[-1] == ("step 80/100 (epoch 4): 1.0 steps/s, 64 images/s; epoch done in 0 s, "
                        "training in 20 s")
+
+
+def test_the_readme_names_the_tensorboard_the_quick_start_does():
+  readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
+  assert writers.TENSORBOARD_INSTALL in readme
