@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from conftest import read_events
+from conftest import REPO, read_events
 from l0jax import writers
 
 
@@ -61,5 +61,5 @@ def test_progress_leaves_the_pause_between_epochs_out_of_the_speed(caplog):
 
 
 def test_the_readme_names_the_tensorboard_the_quick_start_does():
-  readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
+  readme = open(os.path.join(REPO, "README.md")).read()
   assert writers.TENSORBOARD_INSTALL in readme
