@@ -582,7 +582,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if config.use_gate:
         log_alphas = log_alphas_of(run, state)
         record["log_alpha"] = {k: v.tolist() for k, v in log_alphas.items()}
-        writer.write_histograms(step, {f"log_alpha/{k}": v for k, v in log_alphas.items()})
+        writer.write_histograms(step, {f"log_alpha/{network.graph.gated_layer(k).name}": v
+                                       for k, v in log_alphas.items()})  # as --mode=test names it
         costs = accounting.report(network.graph, log_alphas)
         scalars.update({"gates/open": costs["gated_channels_kept"] / costs["gated_channels_full"],
                         "gates/macs_kept": costs["macs_kept_fraction"]})
