@@ -166,7 +166,9 @@ def test_its_analysis_plots_the_realised_cost_against_the_target(budget_run):
   assert result["gates"]["undecided"] > 0  # so that the next line says something
   assert "the budget fixed every gate from epoch" in summary
   metrics = json.loads(open(f"{budget_run}/{workdirs.TEST_METRICS_FILE}").read())
-  realised = analysis.realised_costs(workdirs.load_history(budget_run), tiny_config(**RUN))["macs"]
+  config = tiny_config(**RUN)
+  realised = analysis.gates_per_epoch(workdirs.load_history(budget_run), config,
+                                      analysis.channel_graph(config)).costs["macs"]
   assert realised[-1] == pytest.approx(metrics["macs_kept_fraction"])
 
 
