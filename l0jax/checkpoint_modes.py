@@ -5,13 +5,16 @@ The checkpoint is the best by validation accuracy unless `checkpoint="last"`: a
 pruning run whose gates close late may validate best before they do.
 """
 
+from typing import Any
+
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
 from flax import nnx
 
-from l0jax import accounting, data, evaluator, export as export_lib, train, workdirs
+from l0jax import accounting, budget, data, evaluator, export as export_lib, train, workdirs
 
 
 def restore(workdir: str, checkpoint: str = "best",
@@ -34,6 +37,16 @@ def cost_report(run: train.Run, net: nnx.Module) -> dict:
   return accounting.report(run.network.graph, run.network.graph.log_alphas(net))
 
 
+def pruned_by(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What set the run's cost, as test_metrics.json records it: the target of a budget or a mask
+  (`target_kind`, `target`), or the L0 term's weight where that term was in the loss."""
+  if target := budget.target_of(config):
+    return {"target_kind": target[0], "target": target[1]}
+  if config.use_gate and config.train_gates:
+    return {"lambda_l0": config.lambda_l0}
+  return {}  # no gates, or init_from's gates kept fixed: this run pruned nothing
+
+
 def test(workdir: str, checkpoint: str = "best") -> dict:
   """Evaluates a checkpoint on the test split; prints a summary, writes test_metrics.json."""
   run, state, step = restore(workdir, checkpoint)
@@ -44,9 +57,7 @@ def test(workdir: str, checkpoint: str = "best") -> dict:
   costs = cost_report(run, gated_network(run, state))
   result = {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
             "checkpoint": checkpoint, "checkpoint_step": step, "dataset": ds.name,
-            "use_gate": run.config.use_gate,
-            # The L0 term's weight in the loss: none with the gates fixed.
-            "lambda_l0": run.config.lambda_l0 if run.config.train_gates else 0.0, **costs}
+            "use_gate": run.config.use_gate, **pruned_by(run.config), **costs}
   if workdirs.is_primary_process():
     workdirs.write_test_metrics(workdir, result)
     print(f"{workdir}: {ds.name} test accuracy {metrics['accuracy']:.4f} "

@@ -45,12 +45,12 @@ def prob_open(log_alpha: jax.Array) -> jax.Array:
 
 
 def initial_log_alpha(droprate_init: float) -> float:
-  """log(1 - p) - log(p): where a gate starts, closed with probability ~p."""
+  """log(1 - p) - log(p): the log_alpha gates start around, for the drop rate p."""
   return math.log(1.0 - droprate_init) - math.log(droprate_init)
 
 
 def init_log_alpha(droprate_init: float) -> Callable[..., jax.Array]:
-  """Initializer: N(initial_log_alpha(p), 0.01)."""
+  """Initializer: N(initial_log_alpha(p), 0.01), so that gates start closed with probability ~p."""
   mean = initial_log_alpha(droprate_init)
 
   def init(key, shape, dtype=jnp.float32):

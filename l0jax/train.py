@@ -537,6 +537,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       steps = settled_steps if budget and epoch >= budget.settle_epoch else train_steps
       order = epoch_order(config.seed, epoch, len(ds.train_images), config.batch_size)
       epoch_start = time.monotonic()
+      progress.start_epoch()  # validation and the checkpoint are no training time
       epoch_metrics, window = [], []  # per-call metrics of the epoch and of the logging window
       for first in range(step - epoch * epoch_steps, epoch_steps, chunk):
         indices = order[first:first + chunk]
@@ -583,7 +584,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if config.use_gate:
         log_alphas = log_alphas_of(run, state)
         record["log_alpha"] = {k: v.tolist() for k, v in log_alphas.items()}
-        writer.write_histograms(step, {f"log_alpha/{k}": v for k, v in log_alphas.items()})
+        writer.write_histograms(step, {f"log_alpha/{network.graph.gated_layer(k).name}": v
+                                       for k, v in log_alphas.items()})  # as --mode=test names it
         costs = accounting.report(network.graph, log_alphas)
         scalars.update({"gates/open": costs["gated_channels_kept"] / costs["gated_channels_full"],
                         "gates/macs_kept": costs["macs_kept_fraction"]})

@@ -109,6 +109,18 @@ def test_the_floor_is_the_stem_and_the_head():
   budget.check_reachable(tiny_config(target_macs=lowest["macs"] + 1e-6), GRAPH)
 
 
+@pytest.mark.parametrize("overrides, recorded", [
+    (dict(target_macs=0.5), {"target_kind": "macs", "target": 0.5}),
+    (dict(train_gates=False, mask="random", target_params=0.3),
+     {"target_kind": "params", "target": 0.3}),
+    (dict(lambda_l0=2.0), {"lambda_l0": 2.0}),
+    (dict(train_gates=False), {}),
+    (dict(use_gate=False), {}),
+])
+def test_test_metrics_record_the_target_or_the_lambda_that_was_used(overrides, recorded):
+  assert checkpoint_modes.pruned_by(tiny_config(**overrides)) == recorded
+
+
 def test_a_state_without_a_budget_saves_as_before():
   run = train.setup(tiny_config())
   _, state = train.initial_state(run)
@@ -156,6 +168,8 @@ def budget_run(tmp_path_factory) -> str:
 def test_a_tiny_run_lands_at_its_target(budget_run):
   metrics = json.loads(open(f"{budget_run}/{workdirs.TEST_METRICS_FILE}").read())
   assert abs(metrics["macs_kept_fraction"] - TARGET) <= TOLERANCE, metrics["macs_kept_fraction"]
+  assert metrics["target_kind"] == "macs" and metrics["target"] == TARGET
+  assert "lambda_l0" not in metrics  # unused with a target
   history = workdirs.load_history(budget_run)
   for key in ("train_target", "train_cost", "train_l1", "train_l2"):
     assert all(np.isfinite(h[key]) for h in history), key
@@ -176,7 +190,9 @@ def test_its_analysis_plots_the_realised_cost_against_the_target(budget_run):
   assert "the budget fixed every gate from epoch" in summary
   assert "The gates settled for the budget at the start of epoch 3: before settling" in summary
   metrics = json.loads(open(f"{budget_run}/{workdirs.TEST_METRICS_FILE}").read())
-  realised = analysis.realised_costs(workdirs.load_history(budget_run), tiny_config(**RUN))["macs"]
+  config = tiny_config(**RUN)
+  realised = analysis.gates_per_epoch(workdirs.load_history(budget_run), config,
+                                      analysis.channel_graph(config)).costs["macs"]
   assert realised[-1] == pytest.approx(metrics["macs_kept_fraction"])
 
 
