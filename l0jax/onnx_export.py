@@ -19,6 +19,7 @@ only here and only when asked for; without them `require` raises one UserError.
 import importlib
 import importlib.metadata
 import importlib.util
+import os
 from typing import Any, Callable
 
 import numpy as np
@@ -175,10 +176,11 @@ def model(graph: graph_lib.Graph, params: dict[str, dict[str, Any]], mean: np.nd
                       ir_version=h.find_min_ir_version_for(opsets))
 
 
-def session(path: str) -> Callable[[np.ndarray], np.ndarray]:
-  """uint8 images -> logits, by onnxruntime on the CPU from the model file at `path`."""
+def session(model_file: bytes | str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
+  """uint8 images -> logits, by onnxruntime on the CPU; from a model file's path or its bytes."""
   _, ort = require()
-  run = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+  run = ort.InferenceSession(model_file if isinstance(model_file, bytes) else str(model_file),
+                             providers=["CPUExecutionProvider"])
   return lambda images: run.run([OUTPUT], {INPUT: np.asarray(images)})[0]
 
 
