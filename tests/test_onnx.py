@@ -129,3 +129,9 @@ def test_main_exports_inference_onnx_if_the_extra_is_installed(tmp_path):
   x = np.random.default_rng(0).integers(0, 256, (3, *info["input_shape"]), np.uint8)
   logits, = session.run([info["onnx"]["output"]], {info["onnx"]["input"]: x})
   assert_close(logits, np.asarray(export.load_inference(folder)(x)))
+
+
+def test_the_onnx_flags_are_refused_outside_export_mode(tmp_path):
+  result = run_main("--mode=test", "--noexport_onnx", f"--workdir={tmp_path}")
+  assert result.returncode == 2
+  assert result.stderr.strip() == "error: --export_onnx and --noexport_onnx are for --mode=export"
