@@ -28,8 +28,8 @@ from l0jax import graph as graph_lib
 from l0jax.errors import UserError
 
 FILE = "inference.onnx"
-# Every op used here is unchanged since opset 15 at the latest; 17 is what ONNX Runtime has run
-# since 1.13 (2022), so that older and mobile builds take the file too.
+# Shape's start and end need opset 15; 17 (ONNX 1.12, 2022) is old enough for older runtimes
+# and mobile builds to take the file.
 OPSET = 17
 INPUT, OUTPUT = "images", "logits"
 BATCH = "batch"  # the symbolic name of the batch dimension
