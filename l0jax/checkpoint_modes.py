@@ -14,7 +14,8 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from l0jax import accounting, budget, data, evaluator, export as export_lib, train, workdirs
+from l0jax import accounting, budget, data, evaluator, export as export_lib, onnx_export, train
+from l0jax import workdirs
 
 
 def restore(workdir: str, checkpoint: str = "best",
@@ -66,8 +67,15 @@ def test(workdir: str, checkpoint: str = "best") -> dict:
   return result
 
 
-def export(workdir: str, checkpoint: str = "best") -> dict:
-  """Builds the compact network from a checkpoint, checks it on the test split, saves it."""
+def export(workdir: str, checkpoint: str = "best", with_onnx: bool | None = None) -> dict:
+  """Builds the compact network from a checkpoint, checks it on the test split, saves it.
+
+  `with_onnx`: whether to add its ONNX model; None adds it if the onnx extra is installed.
+  """
+  if with_onnx is None:
+    with_onnx = onnx_export.available()
+  if with_onnx:
+    onnx_export.require()  # refused at once, not after restoring and checking the network
   # The compact network is checked in float32, whatever the run trained in.
   run, state, step = restore(workdir, checkpoint, compute_dtype="float32")
   if not run.config.use_gate:
@@ -83,9 +91,13 @@ def export(workdir: str, checkpoint: str = "best") -> dict:
     export_dir = epath.Path(workdir) / workdirs.EXPORT_DIR
     export_lib.save(export_dir, run.network.graph, params, ds.test_images[:8], ds.mean, ds.std,
                     {"dataset": ds.name, "source_workdir": str(epath.Path(workdir).resolve()),
-                     "checkpoint_step": step}, result)
+                     "checkpoint_step": step}, result, with_onnx)
     print(f"{export_dir}: compact network with {result['params_compact']:,} parameters; "
           f"test accuracy {result['test_accuracy_compact']:.4f} "
           f"(gated {result['test_accuracy_gated']:.4f}), "
           f"largest logit difference {result['max_abs_logit_diff']:.2e}")
+    if with_onnx:
+      print(f"{export_dir / onnx_export.FILE}: the same network, for onnxruntime")
+    elif not onnx_export.available():
+      print(f"no {onnx_export.FILE}: the onnx extra is not installed ({onnx_export.EXTRA})")
   return result
