@@ -78,7 +78,7 @@ CONFIG_FILES = {"baseline": "baseline.py", "control": "baseline.py", "scratch": 
                 "finetune": "finetune.py", "budget": "prune_to_budget.py", "retrain": "retrain.py",
                 **{kind: "mask.py" for kind in MASKS}}
 # Set by the sweep, per member.
-SWEEP_KEYS = ("lambda_l0", "init_from", "seed", "mask",
+SWEEP_KEYS = ("lambda_l0", "init_from", "init_checkpoint", "seed", "mask",
               *(f"target_{kind}" for kind in config_lib.TARGET_KINDS))
 COST_NAMES = {"macs": "MACs", "params": "params"}
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
@@ -166,7 +166,8 @@ def parse_settings(args: Sequence[str]) -> dict[str, dict[str, str]]:
       raise UserError(f"{key} is set by the sweep for each run; use --scratch_lambdas / "
                       "--finetune_lambdas / --target_macs / --target_params / "
                       "--retrain_lambdas / --retrain_budgets (fine-tuning starts from "
-                      "SWEEP_DIR/baseline, retraining from the pruned run)")
+                      "SWEEP_DIR/baseline, retraining from the pruned run, each from the "
+                      f"{CHECKPOINT} checkpoint, the one tested)")
     (common if scope == "config" else own[scope])[key] = value
   return {kind: {**common, **own[kind]} for kind in KINDS}
 
@@ -240,8 +241,17 @@ def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
     members.append(Member("control", "control", {
         **settings["control"], "init_from": str(sweep_dir / "baseline")}, after="baseline"))
   # Retraining and masks after what they start from or match, in the order given.
-  members = sorted(members, key=lambda m: m.kind in ("retrain",) + MASKS)
+  members = sorted(map(_from_tested_checkpoint, members),
+                   key=lambda m: m.kind in ("retrain",) + MASKS)
   return [_for_seed(m, seed) for seed in seeds for m in members] if seeds else members
+
+
+def _from_tested_checkpoint(member: Member) -> Member:
+  """`member` starting from the checkpoint its `init_from` was tested at, whatever its recipe's
+  default: arms compared with each other start from the same weights."""
+  if "init_from" not in member.settings:
+    return member
+  return dataclasses.replace(member, settings={**member.settings, "init_checkpoint": CHECKPOINT})
 
 
 def _for_seed(member: Member, seed: int) -> Member:

@@ -1,6 +1,7 @@
 """Where training reports go: TensorBoard event files, and progress lines on the console.
 
-The event files are written with tensorboardX, which needs no TensorFlow:
+The event files are written with tensorboardX, which needs no TensorFlow (clu's
+metric writers, the usual ones in JAX examples, import TensorFlow's on import):
 scalars, one histogram of `log_alpha` per gated layer, and the run's
 hyperparameters (TensorBoard's HPARAMS tab). The console's lines are
 `Progress`'s and the training loop's.
