@@ -40,9 +40,12 @@ def cost_report(run: train.Run, net: nnx.Module) -> dict:
 
 def pruned_by(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """What set the run's cost, as test_metrics.json records it: the target of a budget or a mask
-  (`target_kind`, `target`), or the L0 term's weight where that term was in the loss."""
+  (`target_kind`, `target`), the run whose gates a mask was made from (`mask`, `mask_from`), or
+  the L0 term's weight where that term was in the loss."""
   if target := budget.target_of(config):
     return {"target_kind": target[0], "target": target[1]}
+  if config.mask_from:
+    return {"mask": config.mask, "mask_from": config.mask_from}
   if config.use_gate and config.train_gates:
     return {"lambda_l0": config.lambda_l0}
   return {}  # no gates, or init_from's gates kept fixed: this run pruned nothing

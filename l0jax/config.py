@@ -74,8 +74,13 @@ def base_config() -> ml_collections.ConfigDict:
   # l1_norm (largest filter L1 norms first, Li et al. 2017) or random channels
   # of init_from's network, kept while they fit target_macs (or
   # target_params), then fixed like a pruned run's gates (train_gates=False).
+  # Or, with no target, a mask made from the gates another run decided
+  # (mask_from): its kept channels (decided), or as many in each gated layer
+  # chosen at random (random_widths), which separates an L0 run's choice of
+  # channels and its allocation of widths from its noisy training.
   # "": none.
   c.mask = ""
+  c.mask_from = ""  # the workdir of a gated run, at its last checkpoint
 
   # --- Objective --------------------------------------------------------
   c.lambda_l0 = 0.5
@@ -171,7 +176,9 @@ PENALTIES = ("mean_gate", "params", "macs")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "bfloat16_matmuls")
 VAL_SPLITS = ("hash", "seeded")
 CHECKPOINTS = ("best", "last")
-MASKS = ("", "l1_norm", "l1_norm_relative", "random")  # "" and masks.METHODS (loads before JAX)
+# "" and masks.METHODS (this module loads before JAX); the last ones take mask_from, no target.
+MASKS_FROM_RUN = ("decided", "random_widths")
+MASKS = ("", "l1_norm", "l1_norm_relative", "random", *MASKS_FROM_RUN)
 TARGET_KINDS = ("macs", "params")  # what a budget is a fraction of: config.target_{kind}
 
 
@@ -233,10 +240,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
              if c[f"target_{kind}"]]
   check(len(targets) <= 1, f"{' and '.join(targets)}: set one target, not both")
   check(c.mask in MASKS, f"mask={c.mask!r} is not one of {', '.join(m for m in MASKS if m)}")
-  check(not c.mask or (targets and c.use_gate and not c.train_gates and c.init_from),
+  from_run = c.mask in MASKS_FROM_RUN
+  check(not c.mask or from_run or (targets and c.use_gate and not c.train_gates and c.init_from),
         f"mask={c.mask} keeps channels of a trained network up to a budget and fixes them: it "
         "needs init_from=WORKDIR, a target_macs (or target_params), use_gate=True and "
         "train_gates=False")
+  check(not from_run or (c.mask_from and not targets and c.use_gate and not c.train_gates
+                         and c.init_from),
+        f"mask={c.mask} keeps, of init_from's network, the channels (or as many in each layer) "
+        "that another run's gates decided, and fixes them: it needs mask_from=WORKDIR_OF_A_GATED_"
+        "RUN, init_from=WORKDIR, no target, use_gate=True and train_gates=False")
+  check(not c.mask_from or from_run,
+        f"mask_from={c.mask_from} makes a mask of a run's gates: it needs mask="
+        f"{' or mask='.join(MASKS_FROM_RUN)}")
   check(not targets or c.mask or (c.use_gate and c.train_gates),
         "a target (target_macs, target_params) prunes with trained gates: it needs "
         "use_gate=True and train_gates=True (or a mask)")

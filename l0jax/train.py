@@ -388,17 +388,21 @@ def settle_gates(run: Run, budget: budget_lib.Budget, state: TrainState) -> Trai
 
 def mask_gates(run: Run, state: TrainState) -> TrainState:
   """`state` with the gates of the one-shot `config.mask` of its (loaded) weights, and says so."""
-  config = run.config
-  kind, target = budget_lib.target_of(config)
-  log_alphas = masks.mask_log_alphas(
-      config.mask, state.params, run.network.graph, kind, target,
-      key=jax.random.fold_in(jax.random.key(config.seed), 2))
-  cost = accounting.kept_fractions(run.network.graph,
-                                   accounting.deterministic_kept(log_alphas))[kind]
-  logging.info("Mask %s: %d of %d gated channels kept, %.4f of the %s (target %g); fixed.",
+  config, graph = run.config, run.network.graph
+  key = jax.random.fold_in(jax.random.key(config.seed), 2)
+  if config.mask in masks.FROM_RUN:
+    log_alphas = masks.from_run_log_alphas(config.mask, masks.kept_by(config.mask_from, graph),
+                                           key=key)
+    (kind, target), source = ("macs", None), f"the gates of {config.mask_from}"
+  else:
+    kind, target = budget_lib.target_of(config)
+    log_alphas = masks.mask_log_alphas(config.mask, state.params, graph, kind, target, key=key)
+    source = f"target {target:g}"
+  cost = accounting.kept_fractions(graph, accounting.deterministic_kept(log_alphas))[kind]
+  logging.info("Mask %s: %d of %d gated channels kept, %.4f of the %s (%s); fixed.",
                config.mask, sum(int(np.sum(la == masks.KEPT)) for la in log_alphas.values()),
-               sum(la.size for la in log_alphas.values()), cost, kind, target)
-  if cost > target:
+               sum(la.size for la in log_alphas.values()), cost, kind, source)
+  if target is not None and cost > target:
     logging.warning("The %s mask keeps %.4f of the %s, above the target %g: fewer channels "
                     "would disconnect the network.", config.mask, cost, kind, target)
   return with_log_alphas(run, state, log_alphas)

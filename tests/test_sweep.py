@@ -123,6 +123,18 @@ def test_a_run_tested_at_its_best_checkpoint_is_tested_again(tmp_path):
   assert sweep.is_finished(tmp_path)
 
 
+def test_masks_from_a_budget_runs_gates_start_from_the_baseline_with_no_target(tmp_path):
+  members = sweep.plan(tmp_path, [], [], sweep.parse_settings([]), [], [("macs", 0.25)],
+                       masks=["decided", "random_widths"], seeds=[3])
+  by_name = {m.name: m for m in members}
+  for method in ("decided", "random_widths"):
+    member = by_name[f"{method}_macs0.25_seed3"]
+    assert member.after == "budget_macs0.25_seed3" and member.cost_of is None
+    assert member.settings["mask_from"] == str(tmp_path / "budget_macs0.25_seed3")
+    assert member.settings["init_from"] == str(tmp_path / "baseline_seed3")
+    assert member.settings["target_macs"] == member.settings["target_params"] == "0.0"
+
+
 def test_a_comparison_plans_controls_masks_and_seeds_each_from_its_own_seeds_runs(tmp_path):
   settings = sweep.parse_settings(["--control.num_epochs=4", "--l1_norm.num_epochs=4"])
   members = sweep.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], True, masks=["l1_norm"],

@@ -254,6 +254,10 @@ def runs(tmp_path_factory, without_tensorflow) -> dict[str, subprocess.Completed
       "mask": (("train_base",), lambda: run_main(
           "--config=configs/mask.py", f"--workdir={root / 'masked'}", f"--config.init_from={base}",
           "--config.mask=random", "--config.target_macs=0.4", *tiny_flags(num_epochs=1))),
+      "mask_decided": (("train_tuned",), lambda: run_main(
+          "--config=configs/mask.py", f"--workdir={root / 'decided'}", f"--config.init_from={base}",
+          "--config.mask=decided", f"--config.mask_from={tuned}", "--config.target_macs=0",
+          *tiny_flags(num_epochs=1))),
       "analyze_retrained": (("retrain",), lambda: run_main(
           "--mode=analyze", "--checkpoint=last", f"--workdir={root / 'retrained'}")),
       "export": (("test_tuned",), lambda: run_main(
@@ -377,6 +381,19 @@ def test_a_mask_prunes_the_baseline_to_its_budget_and_stays_fixed(runs):
   kernel = lambda state: state["params"]["stem"]["conv"]["kernel"]["value"]
   assert not np.array_equal(kernel(saved_state(base, "best")), kernel(after))
   assert history_line(masked)["train_loss"] == history_line(masked)["train_cross_entropy"]
+
+
+def test_a_mask_of_a_runs_decided_gates_keeps_its_channels_on_the_baselines_weights(runs):
+  tuned, decided = runs["tuned"], os.path.join(runs["root"], "decided")
+  result = succeeded(runs, "mask_decided")
+  assert "Mask decided:" in result.stderr and f"(the gates of {tuned}); fixed." in result.stderr
+  assert f"Network weights from the last checkpoint of {runs['base']}" in result.stderr
+  graph, _ = networks.channel_graph(tiny_config(), (8, 8, 3), 10)
+  assert (masks.kept_by(decided, graph).keys() == masks.kept_by(tuned, graph).keys())
+  for name, kept in masks.kept_by(tuned, graph).items():
+    np.testing.assert_array_equal(masks.kept_by(decided, graph)[name], kept, err_msg=name)
+  kernel = lambda state: state["params"]["stem"]["conv"]["kernel"]["value"]
+  assert not np.array_equal(kernel(saved_state(tuned, "last")), kernel(saved_state(decided, "last")))
 
 
 def test_export_of_a_finished_run(runs):
