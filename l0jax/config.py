@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 128
   c.learning_rate = 1e-3
   c.weight_decay = 1e-4  # AdamW; never applied to the gates' log_alpha.
+  # The gates' log_alpha learn at this multiple of learning_rate (CoFiPruning
+  # gives its gates a much larger rate than the weights').
+  c.gate_lr_scale = 1.0
   c.lr_milestones = (100, 150)  # epochs at which the lr is multiplied...
   c.lr_factor = 0.1  # ...by this.
   # bfloat16 | float32 | auto (bfloat16 on accelerators, float32 on CPU) |
@@ -268,6 +271,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(0 < c.droprate_init < 1, f"droprate_init={c.droprate_init} must lie in (0, 1)")
   check(c.width_multiplier > 0, f"width_multiplier={c.width_multiplier} must be > 0")
   check(c.learning_rate > 0, f"learning_rate={c.learning_rate} must be > 0")
+  check(c.gate_lr_scale > 0, f"gate_lr_scale={c.gate_lr_scale} must be > 0")
   check(c.weight_decay >= 0, f"weight_decay={c.weight_decay} must be >= 0")
   check(c.lr_factor > 0, f"lr_factor={c.lr_factor} must be > 0")
   check(all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in c.lr_milestones),

@@ -123,10 +123,15 @@ def _map_with_gates(fn: Callable, params: nnx.State, *others) -> Any:
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int) -> optax.GradientTransformation:
-  """AdamW with the multi-step schedule; the gates' log_alpha are not weight-decayed."""
+  """AdamW with the multi-step schedule; the gates' log_alpha are not weight-decayed, and learn
+  at `gate_lr_scale` times the weights' rate (Adam's step is proportional to it)."""
   not_a_gate = lambda params: _map_with_gates(lambda gate, _: not gate, params)
-  return optax.adamw(learning_rate_schedule(config, steps_per_epoch),
-                     weight_decay=config.weight_decay, mask=not_a_gate)
+  tx = optax.adamw(learning_rate_schedule(config, steps_per_epoch),
+                   weight_decay=config.weight_decay, mask=not_a_gate)
+  if config.gate_lr_scale == 1:
+    return tx  # the optimizer state and the program of runs made before the scale existed
+  is_gate = lambda params: _map_with_gates(lambda gate, _: gate, params)
+  return optax.chain(tx, optax.masked(optax.scale(config.gate_lr_scale), is_gate))
 
 
 def fix_gates(params: nnx.State) -> nnx.State:

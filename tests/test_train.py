@@ -112,6 +112,25 @@ def test_weight_decay_spares_the_gates():
   assert all(v for k, v in moved.items() if "kernel" in k)
 
 
+def test_the_gates_learn_at_their_scale_of_the_weights_rate():
+  def first_update(scale):
+    config = tiny_config(learning_rate=0.1, gate_lr_scale=scale)
+    _, params, _ = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
+    tx = train.create_optimizer(config, steps_per_epoch=1)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
+    split = lambda gate: [np.asarray(u) for p, u in leaves if ("log_alpha" in str(p)) == gate]
+    return split(True), split(False)
+  gates_1, weights_1 = first_update(1.0)
+  gates_10, weights_10 = first_update(10.0)
+  assert gates_1 and all(np.all(g != 0) for g in gates_1)
+  for a, b in zip(gates_10, gates_1):
+    np.testing.assert_allclose(a, 10 * b, rtol=1e-6)
+  for a, b in zip(weights_10, weights_1):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_epoch_order_is_a_seeded_permutation():
   a = train.epoch_order(0, 3, 100, 32)
   assert a.shape == (3, 32) and len(np.unique(a)) == 96
