@@ -368,9 +368,9 @@ def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
       save_figure(fig, out / name)
-    (out / SUMMARY_FILE).write_text(summary_markdown(workdir, config, history, checkpoint,
-                                                     chosen, metrics, tested, layer_states, total,
-                                                     list(figures)))
+    workdirs.write_file(out / SUMMARY_FILE, summary_markdown(
+        workdir, config, history, checkpoint, chosen, metrics, tested, layer_states, total,
+        list(figures)))
     print(f"{out}: {', '.join(figures)} and {SUMMARY_FILE}")
   return {"tested": tested, "checkpoint_step": metrics["checkpoint_step"], "gates": total,
           "layers": layer_states, "files": [*figures, SUMMARY_FILE]}

@@ -548,8 +548,8 @@ def front_figure(results: dict[str, Any]) -> Figure:
 
 def write_results(sweep_dir: pathlib.Path, results: dict[str, Any]) -> None:
   """results.json, results.md and front.png, rewritten from the runs' files on every sweep."""
-  (sweep_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
-  (sweep_dir / TABLE_FILE).write_text(table_markdown(results))
+  workdirs.write_text_atomically(sweep_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+  workdirs.write_text_atomically(sweep_dir / TABLE_FILE, table_markdown(results))
   if results["runs"]:
     analysis.save_figure(front_figure(results), sweep_dir / FRONT_FILE)
 

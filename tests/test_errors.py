@@ -24,7 +24,7 @@ from absl import logging as absl_logging
 
 from conftest import MAIN, TWO_DEVICES, CreatesAFile, Program, run_main, tiny_config, tiny_flags
 from l0jax import cli, locking, train, workdirs
-from l0jax.errors import UserError
+from l0jax.errors import UserError, os_failure
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
 
@@ -361,6 +361,17 @@ SMALL_FILES_ONLY = ("import os, resource, signal, sys; n = int(sys.argv[1]); "
                     "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
                     "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
                     "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
+def test_a_refused_write_names_its_file_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert os_failure(PermissionError(errno.EACCES, "Permission denied", "run/x")) == (
+      f"Permission denied ({tmp_path / 'run' / 'x'})")
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "big").symlink_to("/dev/full")  # Full once the file is open: no name.
+  with pytest.raises(OSError) as e:
+    workdirs.write_file("run/big", b"x" * 2**20)
+  assert os_failure(e.value) == f"No space left on device ({tmp_path / 'run' / 'big'})"
 
 
 def test_a_history_line_is_appended_whole_or_not_at_all(tmp_path, monkeypatch):

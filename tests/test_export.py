@@ -1,5 +1,6 @@
 """The compact network computes the gated network's test-time logits, and survives export."""
 
+import errno
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from etils import epath
 from flax import nnx
 
 from l0jax import accounting, export, gates, model, resnet, vgg
-from l0jax.errors import UserError
+from l0jax.errors import UserError, os_failure
 
 WIDTH, HW, CLASSES = 0.25, 12, 10  # 12 -> 6 -> 3 after the pools
 # log_alpha per state: pruned (test-time gate 0), partly open (in (0, 1)), fully open (1).
@@ -319,3 +320,20 @@ def test_an_export_killed_while_replacing_the_previous_leaves_one_of_them(tmp_pa
     save(second, "second")
     assert json.loads((folder / export.METRICS_FILE).read_text()) == {"net": "second"}
     assert sorted(os.listdir(folder.parent)) == ["export"]
+
+
+def test_a_full_disk_during_an_export_names_the_file_absolute(tmp_path, monkeypatch):
+  """The write fails once the file is open (no file name in Python's OSError), from a relative
+  export folder; the previous export stays."""
+  monkeypatch.chdir(tmp_path)
+  net = gated_net()
+  path_type = type(epath.Path(tmp_path))
+
+  def full(self, data):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(path_type, "write_bytes", full)
+  with pytest.raises(OSError) as e:
+    export.save("export", graph_of(net), compact(net), uint8_images(2, 0), MEAN, STD, {}, {})
+  assert os_failure(e.value) == (f"No space left on device "
+                                 f"({tmp_path / '.export.tmp' / export.ARTIFACT})")
