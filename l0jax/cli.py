@@ -103,14 +103,37 @@ def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
       sys.exit(0)  # absl exits with 1 after printing the help that was asked for.
     raise
   except Exception as e:  # pylint: disable=broad-except  # The --config file may raise anything.
-    if "--debug" in argv:
+    message = None if "--debug" in argv else _bad_flags(e, argv)
+    if message is None:
       raise
-    in_config_file = raised_in_config_file(e, argv)
-    if in_config_file:
-      fail(in_config_file)
-    if not isinstance(e, (flags.Error, OSError, AttributeError, KeyError)):
+    fail(message)
+
+
+def _bad_flags(e: Exception, argv: list[str]) -> str | None:
+  """What was wrong with the flags or the --config file in `argv`; None if `e` is a bug."""
+  in_config_file = raised_in_config_file(e, argv)
+  if in_config_file:
+    return in_config_file
+  if not isinstance(e, (flags.Error, OSError, AttributeError, KeyError)):
+    return None
+  return _flag_error(e)
+
+
+def command_config(argv: list[str]) -> "ml_collections.ConfigDict":
+  """The config that the main.py command line `argv` would train with (its --config file and
+  --config.KEY=VALUE overrides; other flags are ignored), checked as main.py checks it."""
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv)  # Its overrides, not this process's.
+  try:
+    values(argv, known_only=True)
+  except Exception as e:  # pylint: disable=broad-except  # The --config file may raise anything.
+    message = _bad_flags(e, argv)
+    if message is None:
       raise
-    fail(_flag_error(e))
+    raise UserError(message) from e
+  return checked_config(values.config, argv)
 
 
 class QuietLibraries(py_logging.Filter):

@@ -144,6 +144,13 @@ class Member:
   cost_of: str | None = None
   seed: int | None = None
 
+  def check(self, sweep_dir: pathlib.Path) -> None:
+    """Refuses a member whose config main.py would refuse, before the sweep writes anything."""
+    try:
+      cli.command_config(self.commands(sweep_dir)[0][1:])
+    except UserError as e:
+      raise UserError(f"{self.name}: {e}") from e
+
   def commands(self, sweep_dir: pathlib.Path) -> list[list[str]]:
     """Train (or resume), then test: the two main.py command lines."""
     repo, workdir = cli.checkout(), f"--workdir={sweep_dir / self.name}"
@@ -554,17 +561,8 @@ def write_results(sweep_dir: pathlib.Path, results: dict[str, Any]) -> None:
     analysis.save_figure(front_figure(results), sweep_dir / FRONT_FILE)
 
 
-def sweep(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
-          finetune_lambdas: Sequence[float], retrain_lambdas: Sequence[float],
-          settings: dict[str, dict[str, str]], command: str,
-          targets: Sequence[tuple[str, float]] = (), retrain_budgets: bool = False,
-          **more: Any) -> dict[str, Any]:
-  """Runs every unfinished member in turn, then writes the results; returns them.
-
-  `more`: plan's keyword arguments (scratch_budgets, masks, control, seeds).
-  """
-  members = plan(sweep_dir, scratch_lambdas, finetune_lambdas, settings, retrain_lambdas,
-                 targets, retrain_budgets, **more)
+def sweep(sweep_dir: pathlib.Path, members: Sequence[Member], command: str) -> dict[str, Any]:
+  """Runs every unfinished member of `plan` in turn, then writes the results; returns them."""
   start = time.monotonic()
   finished = [run_member(m, sweep_dir) for m in members]
   results = collect(sweep_dir, members, command)
@@ -597,17 +595,18 @@ def main(argv: list[str]) -> None:
       raise UserError("--sweep_dir is required")
     sweep_dir = pathlib.Path(FLAGS.sweep_dir).absolute()
     cli.checkout()  # refused before anything runs, not at the first member
+    members = plan(sweep_dir, _floats("scratch_lambdas", FLAGS.scratch_lambdas),
+                   _floats("finetune_lambdas", FLAGS.finetune_lambdas), parse_settings(argv[1:]),
+                   _floats("retrain_lambdas", FLAGS.retrain_lambdas),
+                   [(kind, target) for kind in config_lib.TARGET_KINDS
+                    for target in _floats(f"target_{kind}", FLAGS[f"target_{kind}"].value)],
+                   FLAGS.retrain_budgets, scratch_budgets=FLAGS.scratch_budgets,
+                   masks=FLAGS.masks, control=FLAGS.control, seeds=_seeds(FLAGS.seeds))
+    for member in members:  # Every config as main.py would check it, before anything is written.
+      member.check(sweep_dir)
     with locking.held(str(sweep_dir), "--sweep_dir"):
-      results = sweep(sweep_dir, _floats("scratch_lambdas", FLAGS.scratch_lambdas),
-                      _floats("finetune_lambdas", FLAGS.finetune_lambdas),
-                      _floats("retrain_lambdas", FLAGS.retrain_lambdas),
-                      parse_settings(argv[1:]),
-                      shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]),
-                      [(kind, target) for kind in config_lib.TARGET_KINDS
-                       for target in _floats(f"target_{kind}", FLAGS[f"target_{kind}"].value)],
-                      FLAGS.retrain_budgets, scratch_budgets=FLAGS.scratch_budgets,
-                      masks=FLAGS.masks, control=FLAGS.control,
-                      seeds=_seeds(FLAGS.seeds))
+      results = sweep(sweep_dir, members,
+                      shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]))
   if results["unfinished"]:
     sys.exit(1)
 
