@@ -136,9 +136,17 @@ def command_config(argv: list[str]) -> "ml_collections.ConfigDict":
   return checked_config(values.config, argv)
 
 
+# What logs as l0jax itself: the package's files and the checkout's main.py. Anything else is a
+# library's, Python's warnings (`warnings.warn`, which `quiet_libraries` logs) included.
+_OURS = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+         os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py"))
+
+
 class QuietLibraries(py_logging.Filter):
   """For absl's handler: libraries' INFO chatter stays off the console (Orbax on every
-  checkpoint, JAX probing for backends); their warnings still show.
+  checkpoint, JAX probing for backends), and so do their warnings (unless `tracebacks`), which
+  would print above the one `error:` line of a run that then fails, or between its progress
+  lines: deprecations and notes meant for the program's authors, not its users.
 
   The errors that Orbax's, tensorboardX's and asyncio's background threads log
   when a write fails keep their first line but not their pages of traceback
@@ -154,6 +162,8 @@ class QuietLibraries(py_logging.Filter):
     self._tracebacks = tracebacks
 
   def filter(self, record: py_logging.LogRecord) -> bool:
+    if not record.pathname.startswith(_OURS) and record.levelno == py_logging.WARNING and not self._tracebacks:
+      return False
     library = next((lib for lib in ("orbax", "jax", "tensorboardX", "asyncio")
                     if f"/{lib}/" in record.pathname), None)
     if library in ("orbax", "jax") and record.levelno < py_logging.WARNING:
@@ -179,7 +189,8 @@ def _quiet_unraisable(unraisable) -> None:
 
 
 def quiet_libraries(debug: bool = False) -> None:
-  """Libraries' INFO lines and background tracebacks off the console, unless `debug`."""
+  """Libraries' INFO lines, warnings and background tracebacks off the console, unless `debug`."""
+  py_logging.captureWarnings(True)  # Python's warnings through absl's handler, and its filter.
   logging.get_absl_handler().addFilter(QuietLibraries(tracebacks=debug))
   if not debug:
     sys.unraisablehook = _quiet_unraisable

@@ -85,9 +85,25 @@ class Case(typing.NamedTuple):
   before: dict | None  # its listing before the run
 
 
+# A sitecustomize module: libraries warn, both ways, as the program imports JAX.
+LIBRARIES_WARN = """
+import logging, sys, warnings
+def warn(event, args):
+  if event == "import" and args[0] == "jax" and not warned:
+    warned.append(1)
+    warnings.warn("a library's deprecation", UserWarning)
+    logging.getLogger("some_library").warning("a library's warning")
+warned = []
+sys.addaudithook(warn)
+"""
+
+
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
   root = tmp_path_factory.mktemp("errors")
+  (root / "warn").mkdir()
+  (root / "warn" / "sitecustomize.py").write_text(LIBRARIES_WARN)
+  libraries_warn = {"PYTHONPATH": str(root / "warn")}
   missing = str(root / "missing")
   empty, empty_workdir = root / "empty", root / "empty_workdir"
   empty.mkdir()
@@ -129,6 +145,8 @@ def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
       "negative_lambda": (TRAIN + ["--config.lambda_l0=-0.5"], None, missing, None),
       "droprate_init_1": (TRAIN + ["--config.droprate_init=1.0"], None, missing, None),
       "indivisible_batch": (TRAIN + ["--config.batch_size=33"], TWO_DEVICES, missing, None),
+      "libraries_warn": (TRAIN + ["--config.batch_size=33"], {**TWO_DEVICES, **libraries_warn},
+                         missing, None),
       "unknown_dataset": (TRAIN + ["--config.dataset=imagenet"], None, missing, None),
       "unknown_model": (TRAIN + ["--config.model=alexnet"], None, missing, None),
       "unsupported_depth": (TRAIN + ["--config.model=resnet", "--config.depth=21"], None, missing,
@@ -223,6 +241,7 @@ REFUSALS = {
     "negative_lambda": ["lambda_l0=-0.5 must be >= 0"],
     "droprate_init_1": ["droprate_init=1.0 must lie in (0, 1)"],
     "indivisible_batch": ["batch_size=33", "2 devices"],
+    "libraries_warn": ["batch_size=33", "2 devices"],  # and nothing above it
     "unknown_dataset": ["dataset='imagenet'"],
     "unknown_model": ["model='alexnet' is not one of googlenet, resnet, vgg"],
     "unsupported_depth": ["depth=21: a CIFAR ResNet has 6n + 2 layers"],
