@@ -90,6 +90,9 @@ CHECKPOINT = "last"
 # the one with the highest validation accuracy (test accuracy chooses nothing).
 TARGET_MACS = 0.5
 NOT_PRUNED = ("baseline", "control")
+# What the table takes from a member's test_metrics.json.
+NUMBERS = ("test_accuracy", "checkpoint_step", "params_full", "params_kept",
+           "params_kept_fraction", "macs_full", "macs_kept", "macs_kept_fraction")
 MARKERS = {"baseline": "*", "control": "P", "scratch": "o", "finetune": "s", "budget": "^",
            "retrain": "D", "l1_norm": "v", "l1_norm_relative": "<", "random": "x"}
 COLORS = {"baseline": "k", "control": "0.4", "scratch": "tab:orange", "finetune": "tab:blue",
@@ -358,15 +361,27 @@ def run_member(member: Member, sweep_dir: pathlib.Path) -> bool:
   return True
 
 
+def _unmeasured(workdir: pathlib.Path, why: str) -> UserError:
+  return UserError(f"{workdir}: its {workdirs.TEST_METRICS_FILE} or {workdirs.HISTORY_FILE} does "
+                   f"not hold the numbers of the table ({why}); delete its "
+                   f"{workdirs.TEST_METRICS_FILE} to test it again")
+
+
 def measured(workdir: pathlib.Path) -> dict[str, Any]:
   """A finished run's test metrics (of its last checkpoint), validation accuracy and train time."""
   metrics = workdirs.read_test_metrics(workdir)
   history = workdirs.load_history(workdir)
-  return {**{k: metrics[k] for k in ("dataset", "test_accuracy", "checkpoint_step", "params_full",
-                                     "params_kept", "params_kept_fraction", "macs_full",
-                                     "macs_kept", "macs_kept_fraction")},
-          "val_accuracy": history[-1]["val_accuracy"],  # at the last checkpoint, the one tested
-          "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history)}
+  try:
+    numbers = {**{k: metrics[k] for k in NUMBERS},
+               "val_accuracy": history[-1]["val_accuracy"],  # at the last checkpoint, the tested
+               "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history)}
+  except (KeyError, TypeError) as e:  # A field missing, or a record that is not an object.
+    raise _unmeasured(workdir, f"{type(e).__name__}: {e}") from e
+  wrong = [f"{k}={v!r}" for k, v in numbers.items()
+           if not isinstance(v, (int, float)) or isinstance(v, bool)]
+  if wrong:
+    raise _unmeasured(workdir, ", ".join(wrong))
+  return {"dataset": str(metrics.get("dataset")), **numbers}
 
 
 def collect(sweep_dir: pathlib.Path, members: Sequence[Member], command: str) -> dict[str, Any]:

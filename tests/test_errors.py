@@ -125,6 +125,15 @@ def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
   raising_config.write_text("def get_config():\n  return 1 / 0\n")
   broken_config = root / "broken.py"
   broken_config.write_text("from configs import gated\n\nget_config = gated.get_config(\n")
+  config_list = saved_run(root / "config_list")
+  (root / "config_list" / "config.json").write_text("[]")
+  config_wrong_type = saved_run(root / "config_wrong_type")
+  (root / "config_wrong_type" / "config.json").write_text('{"batch_size": "abc"}')
+  metrics_list = saved_run(root / "metrics_list")
+  (root / "metrics_list" / workdirs.TEST_METRICS_FILE).write_text("[]")
+  history_wrong_types = saved_run(root / "history_wrong_types")
+  (root / "history_wrong_types" / "history.jsonl").write_text(
+      '[]\n5\n{"epoch": "0", "step": 14}\n{"epoch": 0}\n')
   older = saved_run(root / "older")  # Saved before val_split existed: it used the seeded split.
   saved = json.loads((root / "older" / "config.json").read_text())
   del saved["val_split"]
@@ -181,6 +190,12 @@ def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
       "resume_other_network": (TRAIN + ["--config.width_multiplier=0.5"], None, resumed, resumed),
       "truncated_config_json": (TRAIN, None, truncated_config, truncated_config),
       "config_json_is_a_folder": (["--mode=test"], None, config_folder, config_folder),
+      "config_json_is_a_list": (["--mode=test"], None, config_list, config_list),
+      "config_json_field_of_a_wrong_type": (["--mode=test"], None, config_wrong_type,
+                                            config_wrong_type),
+      "test_metrics_is_a_list": (["--mode=analyze"], None, metrics_list, metrics_list),
+      "history_of_wrong_types": (["--mode=analyze"], None, history_wrong_types,
+                                 history_wrong_types),
       "config_file_raises": ([f"--config={raising_config}"], None, missing, None),
       "config_file_does_not_parse": ([f"--config={broken_config}"], None, missing, None),
       "unknown_variant": (["--config=configs/gated.py:fast"], None, missing, None),
@@ -266,6 +281,13 @@ REFUSALS = {
                               "JSONDecodeError", "delete it and train again"],
     "config_json_is_a_folder": [os.path.join("{watched}", "config.json"), "is damaged",
                                 "IsADirectoryError"],
+    "config_json_is_a_list": [os.path.join("{watched}", "config.json"),
+                              "is damaged (it holds a list, not a JSON object)"],
+    "config_json_field_of_a_wrong_type": [os.path.join("{watched}", "config.json"), "is damaged",
+                                          "batch_size"],
+    "test_metrics_is_a_list": [os.path.join("{watched}", workdirs.TEST_METRICS_FILE),
+                               "is damaged (it holds a list"],
+    "history_of_wrong_types": ["has no history.jsonl entries"],
     "config_file_raises": ["raising.py, line 2: ZeroDivisionError: division by zero"],
     "config_file_does_not_parse": ["broken.py, line 3: SyntaxError"],
     "unknown_variant": ["gated.py, line", "--config=FILE:fast: the one variant of a recipe is "

@@ -98,6 +98,17 @@ def test_a_members_config_that_main_py_would_refuse_is_refused_before_anything_i
   assert not sweep_dir.exists()
 
 
+@pytest.mark.parametrize("metrics,history", [
+    ("[]", '{"epoch": 0, "step": 1}'),
+    ('{"checkpoint": "last", "test_accuracy": "high"}', '{"epoch": 0, "step": 1}'),
+    ('{"checkpoint": "last"}', '{"epoch": 0, "step": 1, "val_accuracy": null}')])
+def test_a_members_files_of_wrong_types_are_refused_in_one_line(tmp_path, metrics, history):
+  (tmp_path / workdirs.TEST_METRICS_FILE).write_text(metrics)
+  (tmp_path / workdirs.HISTORY_FILE).write_text(history + "\n")
+  with pytest.raises(UserError, match=f"{tmp_path}.*{workdirs.TEST_METRICS_FILE}"):
+    sweep.measured(tmp_path)
+
+
 def test_a_lambda_listed_twice_is_refused(tmp_path):
   with pytest.raises(UserError, match="twice"):
     sweep.plan(tmp_path, [0.5, 0.5], [], sweep.parse_settings([]))
