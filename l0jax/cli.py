@@ -8,9 +8,11 @@ console (`quiet_libraries`).
 """
 
 import contextlib
+import ctypes
 import logging as py_logging
 import os
 import pathlib
+import signal
 import sys
 import traceback
 from typing import TYPE_CHECKING, Iterator, NoReturn
@@ -36,9 +38,18 @@ def checkout() -> pathlib.Path:
   return repo
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, status: int = 2) -> NoReturn:
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+  """In a child, before it starts: `signum` when its parent dies, even of SIGKILL (Linux)."""
+  if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signum)
 
 
 def config_file_error(e: OSError) -> str:
@@ -269,25 +280,3 @@ def use_compilation_cache(folder: str | None) -> None:
     folder = COMPILATION_CACHE
     jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
   jax.config.update("jax_compilation_cache_dir", folder or None)
-
-
-def join_processes(coordinator_address: str | None, num_processes: int | None,
-                   process_id: int | None) -> None:
-  """jax.distributed.initialize with the values that are set; JAX finds the others or says why.
-
-  On CPU the processes exchange arrays through gloo, JAX's default there.
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  try:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  except ValueError as e:  # "coordinator_address should be defined.", a process_id too large
-    raise UserError(f"--multihost: {e} Set --coordinator_address, --num_processes and "
-                    "--process_id (or run under a cluster JAX detects, such as Slurm)") from e
-  # gloo gives the processes 30 s to meet at their first collective, and one
-  # can compile for longer while another reads the compilation cache. So they
-  # meet at a barrier of JAX's coordination service first (minutes), then start
-  # gloo together; later collectives wait as long as they must.
-  ocp.multihost.sync_global_processes("l0jax: joined", processes=set(range(jax.process_count())))
-  multihost_utils.sync_global_devices("l0jax: collectives started")

@@ -52,7 +52,6 @@ member's epoch times in history.jsonl (training and validation; not process
 start-up, data loading or the test), which an interruption does not lose.
 """
 
-import ctypes
 import dataclasses
 import json
 import pathlib
@@ -81,7 +80,6 @@ CONFIG_FILES = {"baseline": "baseline.py", "control": "baseline.py", "scratch": 
 SWEEP_KEYS = ("lambda_l0", "init_from", "seed", "mask",
               *(f"target_{kind}" for kind in config_lib.TARGET_KINDS))
 COST_NAMES = {"macs": "MACs", "params": "params"}
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 RESULTS_FILE, TABLE_FILE, FRONT_FILE = "results.json", "results.md", "front.png"
 # Members are tested at their last checkpoint: the network their lambda made.
 # The best by validation can be one from before the gates closed.
@@ -292,12 +290,6 @@ def _failure_line(output: str) -> str:
   return next((l for l in reversed(lines) if _ERROR_LINE.match(l)), lines[-1] if lines else "")
 
 
-def _die_with_parent() -> None:
-  """In the child, before it starts: SIGTERM when the sweep dies, even of SIGKILL (Linux)."""
-  if sys.platform.startswith("linux"):
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _run_forwarding_signals(command: list[str], log) -> int:
   """Runs `command` to its end, passing it the sweep's SIGTERM or SIGINT, and its exit status.
 
@@ -317,7 +309,7 @@ def _run_forwarding_signals(command: list[str], log) -> int:
   previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     children.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=_die_with_parent))
+                                     start_new_session=True, preexec_fn=cli.die_with_parent))
     while pending:
       children[0].send_signal(pending.pop(0))
     status = children[0].wait()
