@@ -10,6 +10,7 @@ matplotlib `Figure`s and rendered by Agg, never through pyplot, so no display
 is needed and no global state is touched.
 """
 
+import io
 import os
 from typing import Any, Sequence
 
@@ -31,7 +32,10 @@ STATE_COLORS = {"pruned": "tab:gray", "undecided": "tab:orange", "open": "tab:bl
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> None:
-  fig.savefig(path, dpi=DPI)
+  """`fig` as the image file `path` (its format by its suffix); a refused write names the file."""
+  image = io.BytesIO()
+  fig.savefig(image, dpi=DPI, format=os.path.splitext(path)[1][1:])
+  workdirs.write_file(path, image.getvalue())
 
 
 def checkpoint_metrics(workdir: epath.Path, checkpoint: str, config: ml_collections.ConfigDict,

@@ -21,9 +21,10 @@ import typing
 
 import pytest
 from absl import logging as absl_logging
+from matplotlib.figure import Figure
 
 from conftest import MAIN, TWO_DEVICES, CreatesAFile, Program, run_main, tiny_config, tiny_flags
-from l0jax import cli, locking, train, workdirs
+from l0jax import analysis, cli, locking, train, workdirs
 from l0jax.errors import UserError, os_failure
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
@@ -413,6 +414,10 @@ def test_a_refused_write_names_its_file_absolute(tmp_path, monkeypatch):
   with pytest.raises(OSError) as e:
     workdirs.write_file("run/big", b"x" * 2**20)
   assert os_failure(e.value) == f"No space left on device ({tmp_path / 'run' / 'big'})"
+  (tmp_path / "run" / "figure.png").symlink_to("/dev/full")
+  with pytest.raises(OSError) as e:  # --mode=analyze's figures, the sweep's front.
+    analysis.save_figure(Figure(), "run/figure.png")
+  assert os_failure(e.value) == f"No space left on device ({tmp_path / 'run' / 'figure.png'})"
 
 
 def test_a_history_line_is_appended_whole_or_not_at_all(tmp_path, monkeypatch):
