@@ -4,6 +4,7 @@ r"""l0jax: train, test, export and analyse L0-gated networks (GoogleNet, ResNet,
   python main.py --mode=test --workdir=runs/gated                      # best checkpoint, test split
   python main.py --mode=test --checkpoint=last --workdir=runs/gated    # the newest instead
   python main.py --mode=export --workdir=runs/gated                    # compact network
+  python main.py --mode=export --noexport_onnx --workdir=runs/gated    # without inference.onnx
   python main.py --mode=analyze --workdir=runs/gated                   # figures of the gates
   python -m l0jax.quickstart --workdir=runs/quickstart                 # all of it, in minutes
 
@@ -37,6 +38,9 @@ flags.DEFINE_enum("mode", "train", MODES, "What to do with the workdir.")
 flags.DEFINE_enum("checkpoint", "best", config_lib.CHECKPOINTS,
                   "The checkpoint test, export and analyze read: the best by validation "
                   "accuracy, or the newest.")
+flags.DEFINE_bool("export_onnx", None,
+                  "--mode=export: also write the compact network as inference.onnx, for "
+                  "onnxruntime (needs the onnx extra). Default: if the extra is installed.")
 flags.DEFINE_bool("multihost", False,
                   "One process of several (one per host): joins them with "
                   "jax.distributed.initialize() before anything else.")
@@ -68,6 +72,8 @@ def check_multihost_flags() -> None:
 
 def run(mode: str, workdir: str) -> None:
   check_multihost_flags()
+  if FLAGS["export_onnx"].present and mode != "export":
+    raise UserError("--export_onnx and --noexport_onnx are for --mode=export")
   config = cli.checked_config(FLAGS.config, sys.argv) if mode == "train" else None
   if FLAGS.multihost and not hosts.is_child():
     hosts.supervise(sys.argv, workdir if mode == "train" else None, FLAGS.process_id,
@@ -82,8 +88,8 @@ def run_mode(mode: str, workdir: str, config: "ml_collections.ConfigDict | None"
   # Imported here so that `--help` and bad flags or config values answer without loading JAX.
   from l0jax import checkpoint_modes, train  # pylint: disable=import-outside-toplevel
 
-  # Not with several processes: on CPU, a second run of the same network loaded the steps the
-  # first one had written and hung in its first training call.
+  # Several processes compile afresh: on JAX 0.12.1, CPU processes whose training step came
+  # from the persistent cache hung at its first collective (results/multihost_cache/).
   cli.use_compilation_cache("" if FLAGS.multihost else FLAGS.compilation_cache)
   if FLAGS.multihost:
     hosts.join(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -97,7 +103,7 @@ def run_mode(mode: str, workdir: str, config: "ml_collections.ConfigDict | None"
   elif mode == "test":
     checkpoint_modes.test(workdir, FLAGS.checkpoint)
   elif mode == "export":
-    checkpoint_modes.export(workdir, FLAGS.checkpoint)
+    checkpoint_modes.export(workdir, FLAGS.checkpoint, FLAGS.export_onnx)
   else:
     from l0jax import analysis  # pylint: disable=import-outside-toplevel
     analysis.analyze(workdir, FLAGS.checkpoint)

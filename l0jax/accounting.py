@@ -193,7 +193,11 @@ def report(graph: graph_lib.Graph, log_alphas: Mapping[str, jax.Array]) -> dict[
 
 
 def format_table(summary: dict[str, Any]) -> str:
-  """The report as a per-layer console table, then the totals."""
+  """The report as a per-layer console table, then the totals; without gates, one line: every
+  channel of every layer is kept, so a table of kept channels would say nothing."""
+  if not summary["gated_channels_full"]:
+    return (f"no gates, every channel kept: {summary['params_full']:,} parameters, "
+            f"{summary['macs_full']:,} MACs in {len(summary['layers'])} conv and dense layers")
   header = (f"{'layer':<22} {'k':>2} {'hw':>3} {'in kept/full':>13} {'out kept/full':>13} "
             f"{'params':>9} {'of':>9} {'MACs':>12} {'of':>12}")
   rows = [header, "-" * len(header)]

@@ -38,13 +38,14 @@ def penalty(net: nnx.Module, graph: graph_lib.Graph, kind: str = "macs") -> jax.
 
 def save_export(net: nnx.Module, graph: graph_lib.Graph, export_dir: str | os.PathLike,
                 images: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                info: dict[str, Any] | None = None) -> dict[str, Any]:
+                info: dict[str, Any] | None = None, with_onnx: bool = False) -> dict[str, Any]:
   """Writes the compact network of `net` (kept channels only, BN and gates folded) to a folder.
 
   `images`: uint8 NHWC examples the exported function will take, normalised
   inside it by `mean` and `std` per channel. The compact network is checked
   against `net`'s test-time logits on them (float32 networks only), and
   the export against the compact network, before the folder is put in place.
+  `with_onnx` adds inference.onnx, for onnxruntime (the onnx extra).
   Returns what `--mode=export` writes to export_metrics.json, agreement
   measured on `images`.
   """
@@ -53,7 +54,7 @@ def save_export(net: nnx.Module, graph: graph_lib.Graph, export_dir: str | os.Pa
   normalized = np.asarray(data.normalize(images, mean, std))
   labels = np.asarray(net(normalized, train=False).argmax(-1))
   metrics = export_lib.verify(net, graph, params, normalized, labels, len(images))
-  export_lib.save(export_dir, graph, params, images, mean, std, info or {}, metrics)
+  export_lib.save(export_dir, graph, params, images, mean, std, info or {}, metrics, with_onnx)
   return metrics
 
 

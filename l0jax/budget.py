@@ -64,8 +64,10 @@ def target_of(config: ml_collections.ConfigDict) -> tuple[str, float] | None:
 
 
 def settle_epoch(config: ml_collections.ConfigDict) -> int:
-  """The first epoch trained with the gates settled (`num_epochs`: none is)."""
-  return round(config.fix_gates_after * config.num_epochs)
+  """The first epoch trained with the gates settled: `fix_gates_after` of the epochs, but never
+  the first nor past the last, so that the gates train before they settle and the tested
+  network meets the budget (`config.validate` asks such a run for two epochs or more)."""
+  return min(max(round(config.fix_gates_after * config.num_epochs), 1), config.num_epochs - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +154,27 @@ def settle(log_alphas: Mapping[str, np.ndarray], kind: str, target: float,
   return {name: np.where(kept[name] & ~was_kept[name], gates.OPEN_AT,
                          np.where(kept[name], la, np.minimum(la, CLOSED_LOG_ALPHA)))
           .astype(np.float32) for name, la in log_alphas.items()}
+
+
+# A gate that moved less than this from its start has kept its initial odds of being open
+# within a factor of e: training has not chosen for or against it.
+STILL = 1.0
+
+
+def gate_travel(log_alphas: Mapping[str, np.ndarray], droprate_init: float) -> tuple[str, bool]:
+  """How far training moved the gates before they settle, as a sentence, and whether it moved
+  any of them further than STILL (if not, settling's ranking made the whole choice)."""
+  start = gates.initial_log_alpha(droprate_init)
+  flat = np.concatenate([np.ravel(la) for la in log_alphas.values()])
+  furthest = float(np.max(np.abs(flat - start)))
+  said = (f"before settling, log_alpha lay in [{flat.min():.2f}, {flat.max():.2f}] (median "
+          f"{np.median(flat):.2f}); every gate started at {start:.2f} and the furthest moved "
+          f"{furthest:.2f}")
+  if furthest < STILL:
+    said += ("; training barely moved the gates, so settling's ranking of nearly equal gates, "
+             "not training, chose the channels (give the gates more epochs before they settle: "
+             "num_epochs, fix_gates_after)")
+  return said, furthest >= STILL
 
 
 def floor(graph: graph_lib.Graph) -> dict[str, float]:

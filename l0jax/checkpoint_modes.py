@@ -5,13 +5,17 @@ The checkpoint is the best by validation accuracy unless `checkpoint="last"`: a
 pruning run whose gates close late may validate best before they do.
 """
 
+from typing import Any
+
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
 from flax import nnx
 
-from l0jax import accounting, data, evaluator, export as export_lib, train, workdirs
+from l0jax import accounting, budget, data, evaluator, export as export_lib, onnx_export, train
+from l0jax import workdirs
 
 
 def restore(workdir: str, checkpoint: str = "best",
@@ -34,6 +38,19 @@ def cost_report(run: train.Run, net: nnx.Module) -> dict:
   return accounting.report(run.network.graph, run.network.graph.log_alphas(net))
 
 
+def pruned_by(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What set the run's cost, as test_metrics.json records it: the target of a budget or a mask
+  (`target_kind`, `target`), the run whose gates a mask was made from (`mask`, `mask_from`), or
+  the L0 term's weight where that term was in the loss."""
+  if target := budget.target_of(config):
+    return {"target_kind": target[0], "target": target[1]}
+  if config.mask_from:
+    return {"mask": config.mask, "mask_from": config.mask_from}
+  if config.use_gate and config.train_gates:
+    return {"lambda_l0": config.lambda_l0}
+  return {}  # no gates, or init_from's gates kept fixed: this run pruned nothing
+
+
 def test(workdir: str, checkpoint: str = "best") -> dict:
   """Evaluates a checkpoint on the test split; prints a summary, writes test_metrics.json."""
   run, state, step = restore(workdir, checkpoint)
@@ -44,9 +61,7 @@ def test(workdir: str, checkpoint: str = "best") -> dict:
   costs = cost_report(run, gated_network(run, state))
   result = {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
             "checkpoint": checkpoint, "checkpoint_step": step, "dataset": ds.name,
-            "use_gate": run.config.use_gate,
-            # The L0 term's weight in the loss: none with the gates fixed.
-            "lambda_l0": run.config.lambda_l0 if run.config.train_gates else 0.0, **costs}
+            "use_gate": run.config.use_gate, **pruned_by(run.config), **costs}
   if workdirs.is_primary_process():
     workdirs.write_test_metrics(workdir, result)
     print(f"{workdir}: {ds.name} test accuracy {metrics['accuracy']:.4f} "
@@ -55,8 +70,15 @@ def test(workdir: str, checkpoint: str = "best") -> dict:
   return result
 
 
-def export(workdir: str, checkpoint: str = "best") -> dict:
-  """Builds the compact network from a checkpoint, checks it on the test split, saves it."""
+def export(workdir: str, checkpoint: str = "best", with_onnx: bool | None = None) -> dict:
+  """Builds the compact network from a checkpoint, checks it on the test split, saves it.
+
+  `with_onnx`: whether to add its ONNX model; None adds it if the onnx extra is installed.
+  """
+  if with_onnx is None:
+    with_onnx = onnx_export.available()
+  if with_onnx:
+    onnx_export.require()  # refused at once, not after restoring and checking the network
   # The compact network is checked in float32, whatever the run trained in.
   run, state, step = restore(workdir, checkpoint, compute_dtype="float32")
   if not run.config.use_gate:
@@ -72,9 +94,13 @@ def export(workdir: str, checkpoint: str = "best") -> dict:
     export_dir = epath.Path(workdir) / workdirs.EXPORT_DIR
     export_lib.save(export_dir, run.network.graph, params, ds.test_images[:8], ds.mean, ds.std,
                     {"dataset": ds.name, "source_workdir": str(epath.Path(workdir).resolve()),
-                     "checkpoint_step": step}, result)
+                     "checkpoint_step": step}, result, with_onnx)
     print(f"{export_dir}: compact network with {result['params_compact']:,} parameters; "
           f"test accuracy {result['test_accuracy_compact']:.4f} "
           f"(gated {result['test_accuracy_gated']:.4f}), "
           f"largest logit difference {result['max_abs_logit_diff']:.2e}")
+    if with_onnx:
+      print(f"{export_dir / onnx_export.FILE}: the same network, for onnxruntime")
+    elif not onnx_export.available():
+      print(f"no {onnx_export.FILE}: the onnx extra is not installed ({onnx_export.EXTRA})")
   return result

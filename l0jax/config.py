@@ -74,8 +74,13 @@ def base_config() -> ml_collections.ConfigDict:
   # l1_norm (largest filter L1 norms first, Li et al. 2017) or random channels
   # of init_from's network, kept while they fit target_macs (or
   # target_params), then fixed like a pruned run's gates (train_gates=False).
+  # Or, with no target, a mask made from the gates another run decided
+  # (mask_from): its kept channels (decided), or as many in each gated layer
+  # chosen at random (random_widths), which separates an L0 run's choice of
+  # channels and its allocation of widths from its noisy training.
   # "": none.
   c.mask = ""
+  c.mask_from = ""  # the workdir of a gated run, at its last checkpoint
 
   # --- Objective --------------------------------------------------------
   c.lambda_l0 = 0.5
@@ -91,9 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.target_params = 0.0
   # Share of the training steps over which the target t falls from 1.
   c.target_warmup = 1 / 3
-  # From this share of the epochs on, the gates are decided for the
-  # test-time cost closest to the target from below, and fixed; the weights
-  # train on. 1: never (the run ends wherever the Lagrangian is).
+  # From this share of the epochs on (rounded, and at least the last epoch),
+  # the gates are decided for the test-time cost closest to the target from
+  # below, and fixed; the weights train on.
   c.fix_gates_after = 0.75
   # Adam's learning rate for the multipliers l1 and l2 (ascent).
   c.multiplier_learning_rate = 0.02
@@ -103,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 128
   c.learning_rate = 1e-3
   c.weight_decay = 1e-4  # AdamW; never applied to the gates' log_alpha.
+  # The gates' log_alpha learn at this multiple of learning_rate (CoFiPruning
+  # gives its gates a much larger rate than the weights').
+  c.gate_lr_scale = 1.0
   c.lr_milestones = (100, 150)  # epochs at which the lr is multiplied...
   c.lr_factor = 0.1  # ...by this.
   # bfloat16 | float32 | auto (bfloat16 on accelerators, float32 on CPU) |
@@ -171,7 +179,9 @@ PENALTIES = ("mean_gate", "params", "macs")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "bfloat16_matmuls")
 VAL_SPLITS = ("hash", "seeded")
 CHECKPOINTS = ("best", "last")
-MASKS = ("", "l1_norm", "l1_norm_relative", "random")  # "" and masks.METHODS (loads before JAX)
+# "" and masks.METHODS (this module loads before JAX); the last ones take mask_from, no target.
+MASKS_FROM_RUN = ("decided", "random_widths")
+MASKS = ("", "l1_norm", "l1_norm_relative", "random", *MASKS_FROM_RUN)
 TARGET_KINDS = ("macs", "params")  # what a budget is a fraction of: config.target_{kind}
 
 
@@ -233,13 +243,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
              if c[f"target_{kind}"]]
   check(len(targets) <= 1, f"{' and '.join(targets)}: set one target, not both")
   check(c.mask in MASKS, f"mask={c.mask!r} is not one of {', '.join(m for m in MASKS if m)}")
-  check(not c.mask or (targets and c.use_gate and not c.train_gates and c.init_from),
+  from_run = c.mask in MASKS_FROM_RUN
+  check(not c.mask or from_run or (targets and c.use_gate and not c.train_gates and c.init_from),
         f"mask={c.mask} keeps channels of a trained network up to a budget and fixes them: it "
         "needs init_from=WORKDIR, a target_macs (or target_params), use_gate=True and "
         "train_gates=False")
+  check(not from_run or (c.mask_from and not targets and c.use_gate and not c.train_gates
+                         and c.init_from),
+        f"mask={c.mask} keeps, of init_from's network, the channels (or as many in each layer) "
+        "that another run's gates decided, and fixes them: it needs mask_from=WORKDIR_OF_A_GATED_"
+        "RUN, init_from=WORKDIR, no target, use_gate=True and train_gates=False")
+  check(not c.mask_from or from_run,
+        f"mask_from={c.mask_from} makes a mask of a run's gates: it needs mask="
+        f"{' or mask='.join(MASKS_FROM_RUN)}")
   check(not targets or c.mask or (c.use_gate and c.train_gates),
         "a target (target_macs, target_params) prunes with trained gates: it needs "
         "use_gate=True and train_gates=True (or a mask)")
+  check(not targets or c.mask or c.num_epochs >= 2,
+        f"num_epochs={c.num_epochs}: a run pruned to a budget trains its gates, then settles them "
+        "for the budget (fix_gates_after) and trains on: it needs num_epochs >= 2")
   check(0 <= c.target_warmup <= 1,
         f"target_warmup={c.target_warmup} must lie in [0, 1] (a share of the steps)")
   check(0 < c.fix_gates_after <= 1,
@@ -249,6 +271,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(0 < c.droprate_init < 1, f"droprate_init={c.droprate_init} must lie in (0, 1)")
   check(c.width_multiplier > 0, f"width_multiplier={c.width_multiplier} must be > 0")
   check(c.learning_rate > 0, f"learning_rate={c.learning_rate} must be > 0")
+  check(c.gate_lr_scale > 0, f"gate_lr_scale={c.gate_lr_scale} must be > 0")
   check(c.weight_decay >= 0, f"weight_decay={c.weight_decay} must be >= 0")
   check(c.lr_factor > 0, f"lr_factor={c.lr_factor} must be > 0")
   check(all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in c.lr_milestones),

@@ -409,8 +409,9 @@ def _ways_to_provide(name: str, spec: _Spec) -> str:
           f"--config.data_dir=<a folder with {spec.expected()}>")
   if name == "fashion_mnist":
     return ways + "; apt-get install dataset-fashion-mnist."
-  return (ways + ". Offline, the quick start runs on Fashion-MNIST from Debian's package: "
-          "python -m l0jax.quickstart --workdir=runs/quickstart.")
+  return (ways + ". Offline, train on Fashion-MNIST from Debian's package instead "
+          "(apt-get install dataset-fashion-mnist): --config.dataset=fashion_mnist, as the quick "
+          "start does: python -m l0jax.quickstart --workdir=runs/quickstart.")
 
 
 def _load_tfds(name: str, spec: _Spec, data_dir: str) -> tuple[Split, Split, str]:

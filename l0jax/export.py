@@ -14,7 +14,8 @@ kept counts); closed channels leave zero-size arrays, which `compact_apply`
 treats explicitly. `save` writes the inference function as a jax.export
 artifact with a symbolic batch size that takes the data set's own uint8
 images (normalisation, weights and all inside), a JSON of its input and
-statistics, and the weights alone with Orbax. `load_inference` runs the
+statistics, the weights alone with Orbax and, if asked, an ONNX model of the
+same function (`onnx_export`). `load_inference` runs the
 artifact with JAX alone: no model code, no weights to restore. An export
 folder is written whole, under a temporary name, and renamed into place;
 `load_inference` refuses one whose files do not match its manifest.
@@ -41,6 +42,7 @@ from l0jax import data
 from l0jax import gates
 from l0jax import graph as graph_lib
 from l0jax import model
+from l0jax import onnx_export
 from l0jax import workdirs
 from l0jax.errors import UserError
 
@@ -242,10 +244,11 @@ def serving_function(graph: graph_lib.Graph, params: dict[str, Any], mean: np.nd
 
 def save(export_dir: str | os.PathLike, graph: graph_lib.Graph, params: dict[str, Any],
          example_images: np.ndarray, mean: np.ndarray, std: np.ndarray, info: dict[str, Any],
-         metrics: dict[str, Any]) -> None:
+         metrics: dict[str, Any], with_onnx: bool = False) -> None:
   """Writes the inference function (jax.export: weights and normalisation inside, any batch
   size), a JSON of what it takes (INFO_FILE, with `info`), the weights alone (Orbax),
   `metrics` and a manifest of their hashes, as one folder that replaces `export_dir` whole.
+  `with_onnx` adds the same function as an ONNX model (`onnx_export`), checked in onnxruntime.
 
   `example_images` are uint8 [N, H, W, C]. Everything goes into a temporary
   folder first, is reloaded and run on `example_images` from there, and the
@@ -268,6 +271,10 @@ def save(export_dir: str | os.PathLike, graph: graph_lib.Graph, params: dict[str
   images = jax.ShapeDtypeStruct((batch, *example_images.shape[1:]), jnp.uint8)
   exported = jax.export.export(serve, platforms=PLATFORMS)(images)
   workdirs.write_file(tmp / ARTIFACT, exported.serialize())
+  if with_onnx:
+    workdirs.write_file(tmp / onnx_export.FILE,
+                        onnx_export.model(graph, params, mean, std).SerializeToString())
+    info = {**info, "onnx": onnx_export.info()}
   workdirs.write_file(tmp / INFO_FILE, json.dumps({
       **info, "input_shape": list(example_images.shape[1:]), "input_dtype": "uint8",
       "num_classes": int(exported.out_avals[0].shape[-1]),
@@ -277,9 +284,13 @@ def save(export_dir: str | os.PathLike, graph: graph_lib.Graph, params: dict[str
   workdirs.write_file(tmp / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
   workdirs.write_file(tmp / MANIFEST, json.dumps(_file_hashes(tmp), indent=2) + "\n")
   want = np.asarray(serve(example_images))
-  got = np.asarray(load_inference(tmp)(example_images))
-  _check_close(float(np.max(np.abs(want - got))), float(np.max(np.abs(want))),
-               f"the reloaded {ARTIFACT} and the compact network")
+  reloaded = {f"the reloaded {ARTIFACT}": load_inference(tmp)}
+  if with_onnx:
+    reloaded[f"{onnx_export.FILE} in onnxruntime"] = onnx_export.session(tmp / onnx_export.FILE)
+  for what, infer in reloaded.items():
+    got = np.asarray(infer(example_images))
+    _check_close(float(np.max(np.abs(want - got))), float(np.max(np.abs(want))),
+                 f"{what} and the compact network")
   if export_dir.exists() and _exchange(tmp, export_dir):
     tmp.rmtree()  # The previous export, swapped out.
     return

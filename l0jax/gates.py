@@ -44,9 +44,14 @@ def prob_open(log_alpha: jax.Array) -> jax.Array:
   return jax.nn.sigmoid(log_alpha - BETA * math.log(-GAMMA / ZETA))
 
 
+def initial_log_alpha(droprate_init: float) -> float:
+  """log(1 - p) - log(p): the log_alpha gates start around, for the drop rate p."""
+  return math.log(1.0 - droprate_init) - math.log(droprate_init)
+
+
 def init_log_alpha(droprate_init: float) -> Callable[..., jax.Array]:
-  """Initializer: N(log(1 - p) - log(p), 0.01), so that gates start closed with probability ~p."""
-  mean = math.log(1.0 - droprate_init) - math.log(droprate_init)
+  """Initializer: N(initial_log_alpha(p), 0.01), so that gates start closed with probability ~p."""
+  mean = initial_log_alpha(droprate_init)
 
   def init(key, shape, dtype=jnp.float32):
     return mean + 0.01 * jax.random.normal(key, shape, dtype)

@@ -15,6 +15,14 @@ pruning method must beat. A channel that would overshoot the budget is
 passed over for cheaper ones further down the order, so both land just under
 it; neither leaves the network disconnected (`keep_in_order`).
 
+Two masks are made from another run's decided gates (`kept_by`) instead, at
+whatever they cost: `decided` keeps the channels that run kept, on other
+weights (the baseline's: its choice of channels without its noisy training),
+and `random_widths` keeps as many channels in each gate, chosen at random
+(its allocation of widths alone; Liu et al., *Rethinking the Value of
+Network Pruning*, ICLR 2019). Costs depend only on the kept counts, so the
+two cost the same.
+
 A mask is a set of gate values: `log_alpha` of `KEPT` (test-time gate 1) or
 `PRUNED` (test-time gate 0). Training with `train_gates=False` keeps them
 fixed, as when retraining the network an L0 run pruned.
@@ -26,10 +34,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from l0jax import accounting
+from l0jax import accounting, gates, workdirs
+from l0jax import config as config_lib
 from l0jax import graph as graph_lib
+from l0jax.errors import UserError
 
-METHODS = ("l1_norm", "l1_norm_relative", "random")
+BY_BUDGET = ("l1_norm", "l1_norm_relative", "random")  # kept while they fit a target
+FROM_RUN = config_lib.MASKS_FROM_RUN  # decided, random_widths: from mask_from's gates
+METHODS = BY_BUDGET + FROM_RUN
 # Far enough past +-ln(11) that the test-time gate is exactly 1 or 0.
 KEPT, PRUNED = 10.0, -10.0
 
@@ -109,8 +121,8 @@ def mask_log_alphas(method: str, params: nnx.State, graph: graph_lib.Graph, kind
   `key` draws the `random` order; the L1-norm methods ignore it and break ties
   by network order.
   """
-  if method not in METHODS:
-    raise ValueError(f"unknown mask method {method!r}; choose one of {', '.join(METHODS)}")
+  if method not in BY_BUDGET:
+    raise ValueError(f"unknown mask method {method!r}; choose one of {', '.join(BY_BUDGET)}")
   norms = filter_l1_norms(params, graph)
   channels = [(name, j) for name, n in norms.items() for j in range(n.size)]
   if method == "random":
@@ -121,4 +133,32 @@ def mask_log_alphas(method: str, params: nnx.State, graph: graph_lib.Graph, kind
       norms = {name: n / max(n.mean(), np.finfo(np.float32).tiny) for name, n in norms.items()}
     order = np.argsort(-np.concatenate(list(norms.values())), kind="stable")
   kept = keep_in_order(graph, [channels[i] for i in order], kind, budget)
+  return {name: np.where(k, KEPT, PRUNED).astype(np.float32) for name, k in kept.items()}
+
+
+def kept_by(workdir: str, graph: graph_lib.Graph) -> dict[str, np.ndarray]:
+  """Which channels the gated run in `workdir` keeps at test time at its last checkpoint, by
+  gate name (from its history, which records every epoch's gates)."""
+  _, step = workdirs.chosen_step(workdir, "last")
+  record = next((h for h in workdirs.load_history(workdir) if h["step"] == step), {})
+  log_alphas = record.get("log_alpha", {})
+  shapes = {name: np.shape(la) for name, la in log_alphas.items()}
+  if shapes != {g.name: (g.size,) for g in graph.gates}:
+    raise UserError(f"mask_from={workdir}: its last checkpoint (step {step}) holds no gates of "
+                    "this network (another network, or no gates)")
+  return {name: np.asarray(gates.test_gate(np.asarray(la, np.float32))) > 0
+          for name, la in log_alphas.items()}
+
+
+def from_run_log_alphas(method: str, kept: dict[str, np.ndarray], *,
+                        key: jax.Array) -> dict[str, np.ndarray]:
+  """Gate values of a `decided` or `random_widths` mask of `kept` (`kept_by`'s); `key` draws
+  the random channels, gate by gate."""
+  if method == "random_widths":
+    keys = dict(zip(kept, jax.random.split(key, len(kept))))
+    kept = {name: np.isin(np.arange(k.size),
+                          np.asarray(jax.random.permutation(keys[name], k.size))[:k.sum()])
+            for name, k in kept.items()}
+  elif method != "decided":
+    raise ValueError(f"unknown mask from a run {method!r}; choose one of {', '.join(FROM_RUN)}")
   return {name: np.where(k, KEPT, PRUNED).astype(np.float32) for name, k in kept.items()}

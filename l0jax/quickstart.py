@@ -10,9 +10,10 @@ of the width, batch 64, AdamW lr 0.003:
   WORKDIR/pruned    configs/finetune.py from it, 2 epochs with the MACs penalty
                     (lambda 40): gates close where the multiply-accumulates are
 
-Then the pruned network's last checkpoint is tested (test accuracy, and the
-per-layer table of what was kept), exported (the compact network, checked
-against the gated one) and analysed (figures in WORKDIR/pruned/analysis/).
+Then the baseline's last checkpoint is tested, and the pruned network's is
+tested (test accuracy, and the per-layer table of what was kept), exported
+(the compact network, checked against the gated one) and analysed (figures
+in WORKDIR/pruned/analysis/).
 Each step prints the `main.py` command that does the same on its own, and
 runs in this process. Run again, it resumes where it stopped. The wall time
 and output of one run on this project's CPU are in results/quickstart/.
@@ -23,12 +24,12 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 from absl import app, flags, logging
 
-from l0jax import analysis, checkpoint_modes, cli, data, train, workdirs
+from l0jax import analysis, checkpoint_modes, cli, data, train, workdirs, writers
 from l0jax.errors import UserError
 
 COMMON = {"dataset": "fashion_mnist", "width_multiplier": 0.25, "batch_size": 64,
@@ -65,6 +66,13 @@ def command(*args: str, **config: Any) -> str:
                                                config.items())])
 
 
+def checkpoint_step(mode: str, step: Callable[[str, str], dict], workdir: str) -> dict:
+  """`main.py --mode=MODE` on CHECKPOINT of `workdir`, in this process, its command said first."""
+  logging.info("quick start, %s: %s", mode, command(f"--mode={mode}", f"--checkpoint={CHECKPOINT}",
+                                                   f"--workdir={workdir}"))
+  return step(workdir, CHECKPOINT)
+
+
 def run(workdir: str, data_dir: str = "", overrides: dict[str, Any] | None = None) -> dict:
   """Trains, prunes, tests, exports and analyses; returns the pruned run's test metrics.
 
@@ -88,19 +96,16 @@ def run(workdir: str, data_dir: str = "", overrides: dict[str, Any] | None = Non
     with workdirs.training_lock(stage_dirs[name]):  # as main.py trains: one process at a time
       train.train_and_evaluate(recipe(config_name, {**common, **own}), stage_dirs[name])
   pruned = stage_dirs["pruned"]
-  baseline = checkpoint_modes.test(stage_dirs["baseline"], CHECKPOINT)
-  done = {}
-  for mode, step in (("test", checkpoint_modes.test), ("export", checkpoint_modes.export),
-                     ("analyze", analysis.analyze)):
-    logging.info("quick start, %s: %s", mode, command(
-        f"--mode={mode}", f"--checkpoint={CHECKPOINT}", f"--workdir={pruned}"))
-    done[mode] = step(pruned, CHECKPOINT)
-  result = done["test"]
+  baseline = checkpoint_step("test", checkpoint_modes.test, stage_dirs["baseline"])
+  result = checkpoint_step("test", checkpoint_modes.test, pruned)
+  checkpoint_step("export", checkpoint_modes.export, pruned)
+  checkpoint_step("analyze", analysis.analyze, pruned)
   print(f"\nQuick start done in {(time.monotonic() - start) / 60:.1f} min: the baseline's test "
         f"accuracy is {baseline['test_accuracy']:.2%}; pruned, {result['test_accuracy']:.2%} "
         f"with {result['macs_kept_fraction']:.1%} of its MACs and "
         f"{result['params_kept_fraction']:.1%} of its parameters. Figures in "
-        f"{os.path.join(pruned, workdirs.ANALYSIS_DIR)}; TensorBoard: tensorboard --logdir "
+        f"{os.path.join(pruned, workdirs.ANALYSIS_DIR)}; TensorBoard: {writers.TENSORBOARD_INSTALL}"
+        f" (the core install writes its files but has no viewer), then tensorboard --logdir "
         f"{workdir}")
   return result
 

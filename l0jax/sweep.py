@@ -41,7 +41,9 @@ A comparison that would survive review (results/fashion_mnist/PROTOCOL.md)
 adds `--control` (the baseline trained on with nothing pruned, as long as the
 pruned runs: `--control.num_epochs`), `--masks=l1_norm,random` (the simple
 methods, at the cost each budget run realised: SWEEP_DIR/l1_norm_macs{T},
-configs/mask.py from the baseline), `--scratch_budgets=macs{T}` (that budget
+configs/mask.py from the baseline; `decided` and `random_widths`: the budget
+run's own channels, or random ones at its widths, on the baseline's weights),
+`--scratch_budgets=macs{T}` (that budget
 also from scratch: SWEEP_DIR/scratch_macs{T}) and `--seeds=0,1,2` (every member
 once per seed, SWEEP_DIR/NAME_seed{S}, started from and compared with the
 same seed's runs).
@@ -72,12 +74,13 @@ from l0jax import config as config_lib
 from l0jax.errors import UserError
 
 MASKS = masks.METHODS  # kinds that are one-shot masks (config.mask), same names
+MASKS_FROM_RUN = masks.FROM_RUN  # of them, those made from the budget run's gates
 KINDS = ("baseline", "control", "scratch", "finetune", "budget", "retrain") + MASKS
 CONFIG_FILES = {"baseline": "baseline.py", "control": "baseline.py", "scratch": "gated.py",
                 "finetune": "finetune.py", "budget": "prune_to_budget.py", "retrain": "retrain.py",
                 **{kind: "mask.py" for kind in MASKS}}
 # Set by the sweep, per member.
-SWEEP_KEYS = ("lambda_l0", "init_from", "seed", "mask",
+SWEEP_KEYS = ("lambda_l0", "init_from", "init_checkpoint", "seed", "mask", "mask_from",
               *(f"target_{kind}" for kind in config_lib.TARGET_KINDS))
 COST_NAMES = {"macs": "MACs", "params": "params"}
 RESULTS_FILE, TABLE_FILE, FRONT_FILE = "results.json", "results.md", "front.png"
@@ -92,10 +95,12 @@ NOT_PRUNED = ("baseline", "control")
 NUMBERS = ("test_accuracy", "checkpoint_step", "params_full", "params_kept",
            "params_kept_fraction", "macs_full", "macs_kept", "macs_kept_fraction")
 MARKERS = {"baseline": "*", "control": "P", "scratch": "o", "finetune": "s", "budget": "^",
-           "retrain": "D", "l1_norm": "v", "l1_norm_relative": "<", "random": "x"}
+           "retrain": "D", "l1_norm": "v", "l1_norm_relative": "<", "random": "x",
+           "decided": "d", "random_widths": "+"}
 COLORS = {"baseline": "k", "control": "0.4", "scratch": "tab:orange", "finetune": "tab:blue",
           "budget": "tab:red", "retrain": "tab:green", "l1_norm": "tab:purple",
-          "l1_norm_relative": "tab:pink", "random": "tab:brown"}
+          "l1_norm_relative": "tab:pink", "random": "tab:brown", "decided": "tab:olive",
+          "random_widths": "tab:cyan"}
 LABELS = {"baseline": "baseline (no gates)",
           "control": "baseline trained on, nothing pruned (same budget)",
           "scratch": "L0 from scratch",
@@ -104,7 +109,9 @@ LABELS = {"baseline": "baseline (no gates)",
           "retrain": "pruned, then retrained with its gates fixed",
           "l1_norm": "L1-norm filters at the same cost, trained",
           "l1_norm_relative": "L1-norm filters, relative to their layer's, same cost, trained",
-          "random": "random channels at the same cost, trained"}
+          "random": "random channels at the same cost, trained",
+          "decided": "the budget run's channels on the baseline's weights, trained",
+          "random_widths": "random channels at the budget run's widths, trained"}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sweep_dir", None, "Where the members' workdirs and the results go.")
@@ -123,8 +130,10 @@ flags.DEFINE_list("scratch_budgets", [],
                   "Of the budgets (--target_macs, --target_params): those also pruned to from "
                   "scratch (configs/gated.py with the target), named as their budget runs are: "
                   "macs0.5, params0.25.")
-flags.DEFINE_list("masks", [], "Simple methods to compare with at the cost each budget run "
-                  f"realised: {', '.join(MASKS)} (configs/mask.py from the baseline).")
+flags.DEFINE_list("masks", [], "Masks to compare with each budget run, trained from the "
+                  "baseline (configs/mask.py): "
+                  f"{', '.join(m for m in MASKS if m not in MASKS_FROM_RUN)} at the cost it "
+                  f"realised; {', '.join(MASKS_FROM_RUN)} from its gates.")
 flags.DEFINE_bool("control", False, "The baseline trained on with nothing pruned, for as long "
                   "as the pruned runs train after it (--control.num_epochs).")
 flags.DEFINE_list("seeds", [], "Run every member once per seed (members named NAME_seed{S}); "
@@ -174,7 +183,8 @@ def parse_settings(args: Sequence[str]) -> dict[str, dict[str, str]]:
       raise UserError(f"{key} is set by the sweep for each run; use --scratch_lambdas / "
                       "--finetune_lambdas / --target_macs / --target_params / "
                       "--retrain_lambdas / --retrain_budgets (fine-tuning starts from "
-                      "SWEEP_DIR/baseline, retraining from the pruned run)")
+                      "SWEEP_DIR/baseline, retraining from the pruned run, each from the "
+                      f"{CHECKPOINT} checkpoint, the one tested)")
     (common if scope == "config" else own[scope])[key] = value
   return {kind: {**common, **own[kind]} for kind in KINDS}
 
@@ -239,25 +249,41 @@ def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
           **settings["scratch"], **{k: v for k, v in own.items() if k != "init_from"}},
                             target=(cost, target)))
     for method in masks:
+      mask = {"mask": method, "init_from": str(sweep_dir / "baseline")}
+      if method in MASKS_FROM_RUN:  # the budget run's decided gates, on the baseline's weights
+        members.append(Member(f"{method}_{name}", method, {
+            **settings[method], **mask, "mask_from": str(sweep_dir / f"budget_{name}"),
+            **{f"target_{kind}": "0.0" for kind in config_lib.TARGET_KINDS}},
+                              target=(cost, target), after=f"budget_{name}"))
+        continue
       # At the cost the budget run realised, not its target: both then cost the same.
-      members.append(Member(f"{method}_{name}", method, {
-          **settings[method], "mask": method, "init_from": str(sweep_dir / "baseline")},
+      members.append(Member(f"{method}_{name}", method, {**settings[method], **mask},
                             target=(cost, target), after=f"budget_{name}",
                             cost_of=f"budget_{name}"))
   if control:
     members.append(Member("control", "control", {
         **settings["control"], "init_from": str(sweep_dir / "baseline")}, after="baseline"))
   # Retraining and masks after what they start from or match, in the order given.
-  members = sorted(members, key=lambda m: m.kind in ("retrain",) + MASKS)
+  members = sorted(map(_from_tested_checkpoint, members),
+                   key=lambda m: m.kind in ("retrain",) + MASKS)
   return [_for_seed(m, seed) for seed in seeds for m in members] if seeds else members
+
+
+def _from_tested_checkpoint(member: Member) -> Member:
+  """`member` starting from the checkpoint its `init_from` was tested at, whatever its recipe's
+  default: arms compared with each other start from the same weights."""
+  if "init_from" not in member.settings:
+    return member
+  return dataclasses.replace(member, settings={**member.settings, "init_checkpoint": CHECKPOINT})
 
 
 def _for_seed(member: Member, seed: int) -> Member:
   """`member` as one seed's run: NAME_seed{S}, started from and matched with the same seed's."""
   named = lambda name: name and f"{name}_seed{seed}"
   settings = {**member.settings, "seed": str(seed)}
-  if "init_from" in settings:
-    settings["init_from"] = named(settings["init_from"])
+  for key in ("init_from", "mask_from"):
+    if key in settings:
+      settings[key] = named(settings[key])
   return dataclasses.replace(member, name=named(member.name), settings=settings,
                              after=named(member.after), cost_of=named(member.cost_of), seed=seed)
 

@@ -123,10 +123,15 @@ def _map_with_gates(fn: Callable, params: nnx.State, *others) -> Any:
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int) -> optax.GradientTransformation:
-  """AdamW with the multi-step schedule; the gates' log_alpha are not weight-decayed."""
+  """AdamW with the multi-step schedule; the gates' log_alpha are not weight-decayed, and learn
+  at `gate_lr_scale` times the weights' rate (Adam's step is proportional to it)."""
   not_a_gate = lambda params: _map_with_gates(lambda gate, _: not gate, params)
-  return optax.adamw(learning_rate_schedule(config, steps_per_epoch),
-                     weight_decay=config.weight_decay, mask=not_a_gate)
+  tx = optax.adamw(learning_rate_schedule(config, steps_per_epoch),
+                   weight_decay=config.weight_decay, mask=not_a_gate)
+  if config.gate_lr_scale == 1:
+    return tx  # the optimizer state and the program of runs made before the scale existed
+  is_gate = lambda params: _map_with_gates(lambda gate, _: gate, params)
+  return optax.chain(tx, optax.masked(optax.scale(config.gate_lr_scale), is_gate))
 
 
 def fix_gates(params: nnx.State) -> nnx.State:
@@ -378,6 +383,8 @@ def settle_gates(run: Run, budget: budget_lib.Budget, state: TrainState) -> Trai
                "%d channels closed, %d opened; from now on they are fixed.", budget.kind,
                cost["before"], cost["after"], budget.target, changed("before", "after"),
                changed("after", "before"))
+  travel, moved = budget_lib.gate_travel(before, run.config.droprate_init)
+  (logging.info if moved else logging.warning)("%s.", travel[0].upper() + travel[1:])
   if cost["after"] > budget.target:
     logging.warning("The settled gates keep %.4f of the %s, above the target %g: closing more "
                     "would disconnect the network.", cost["after"], budget.kind, budget.target)
@@ -386,17 +393,21 @@ def settle_gates(run: Run, budget: budget_lib.Budget, state: TrainState) -> Trai
 
 def mask_gates(run: Run, state: TrainState) -> TrainState:
   """`state` with the gates of the one-shot `config.mask` of its (loaded) weights, and says so."""
-  config = run.config
-  kind, target = budget_lib.target_of(config)
-  log_alphas = masks.mask_log_alphas(
-      config.mask, state.params, run.network.graph, kind, target,
-      key=jax.random.fold_in(jax.random.key(config.seed), 2))
-  cost = accounting.kept_fractions(run.network.graph,
-                                   accounting.deterministic_kept(log_alphas))[kind]
-  logging.info("Mask %s: %d of %d gated channels kept, %.4f of the %s (target %g); fixed.",
+  config, graph = run.config, run.network.graph
+  key = jax.random.fold_in(jax.random.key(config.seed), 2)
+  if config.mask in masks.FROM_RUN:
+    log_alphas = masks.from_run_log_alphas(config.mask, masks.kept_by(config.mask_from, graph),
+                                           key=key)
+    (kind, target), source = ("macs", None), f"the gates of {config.mask_from}"
+  else:
+    kind, target = budget_lib.target_of(config)
+    log_alphas = masks.mask_log_alphas(config.mask, state.params, graph, kind, target, key=key)
+    source = f"target {target:g}"
+  cost = accounting.kept_fractions(graph, accounting.deterministic_kept(log_alphas))[kind]
+  logging.info("Mask %s: %d of %d gated channels kept, %.4f of the %s (%s); fixed.",
                config.mask, sum(int(np.sum(la == masks.KEPT)) for la in log_alphas.values()),
-               sum(la.size for la in log_alphas.values()), cost, kind, target)
-  if cost > target:
+               sum(la.size for la in log_alphas.values()), cost, kind, source)
+  if target is not None and cost > target:
     logging.warning("The %s mask keeps %.4f of the %s, above the target %g: fewer channels "
                     "would disconnect the network.", config.mask, cost, kind, target)
   return with_log_alphas(run, state, log_alphas)
@@ -535,6 +546,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       steps = settled_steps if budget and epoch >= budget.settle_epoch else train_steps
       order = epoch_order(config.seed, epoch, len(ds.train_images), config.batch_size)
       epoch_start = time.monotonic()
+      progress.start_epoch()  # validation and the checkpoint are no training time
       epoch_metrics, window = [], []  # per-call metrics of the epoch and of the logging window
       for first in range(step - epoch * epoch_steps, epoch_steps, chunk):
         indices = order[first:first + chunk]
@@ -581,7 +593,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if config.use_gate:
         log_alphas = log_alphas_of(run, state)
         record["log_alpha"] = {k: v.tolist() for k, v in log_alphas.items()}
-        writer.write_histograms(step, {f"log_alpha/{k}": v for k, v in log_alphas.items()})
+        writer.write_histograms(step, {f"log_alpha/{network.graph.gated_layer(k).name}": v
+                                       for k, v in log_alphas.items()})  # as --mode=test names it
         costs = accounting.report(network.graph, log_alphas)
         scalars.update({"gates/open": costs["gated_channels_kept"] / costs["gated_channels_full"],
                         "gates/macs_kept": costs["macs_kept_fraction"]})

@@ -77,14 +77,18 @@ def tiny_flags(**overrides) -> list[str]:
           for k, v in {**config_lib.RUNLOCAL, **TEST_NETWORK, **overrides}.items()]
 
 
+def hiding(modules: tuple[str, ...], folder) -> dict[str, str]:
+  """Environment variables for a Python process that finds none of `modules`: a sitecustomize
+  module, written to `folder`, puts them in its sys.modules as None when it starts."""
+  (folder / "sitecustomize.py").write_text(
+      f"import sys\nsys.modules.update(dict.fromkeys({modules!r}))\n")
+  return {"PYTHONPATH": str(folder)}
+
+
 @pytest.fixture(scope="session")
 def without_tensorflow(tmp_path_factory) -> dict[str, str]:
-  """Environment variables for a Python process that finds no TensorFlow: a sitecustomize
-  module puts TENSORFLOW in its sys.modules as None when it starts."""
-  folder = tmp_path_factory.mktemp("without_tensorflow")
-  (folder / "sitecustomize.py").write_text(
-      f"import sys\nsys.modules.update(dict.fromkeys({TENSORFLOW!r}))\n")
-  return {"PYTHONPATH": str(folder)}
+  """Environment variables for a Python process that finds no TensorFlow."""
+  return hiding(TENSORFLOW, tmp_path_factory.mktemp("without_tensorflow"))
 
 
 @pytest.fixture

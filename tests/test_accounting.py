@@ -139,6 +139,13 @@ def test_report_is_json_ready():
   assert "block1/branch3" in table and f"{s['params_kept']:,}" in table
 
 
+def test_a_network_without_gates_gets_one_line_not_a_table_of_kept_channels():
+  graph = model.channel_graph(ARCH, use_gate=False, **CIFAR)
+  assert accounting.format_table(accounting.report(graph, {})) == (
+      f"no gates, every channel kept: {FULL_PARAMS:,} parameters, {FULL_MACS:,} MACs in 50 conv "
+      "and dense layers")
+
+
 def test_report_refuses_unknown_gates_and_non_square_images():
   with pytest.raises(ValueError, match="block9"):
     summary(all_open() | {"block9/1x1": jnp.zeros(4)})

@@ -6,12 +6,13 @@ import shutil
 
 import numpy as np
 import pytest
+from matplotlib.backend_bases import RendererBase
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from conftest import tiny_config
-from l0jax import analysis, checkpoint_modes, data, gates, locking, networks, train, workdirs
-
-# Accounting layer names of the gated branch outputs.
-
+from l0jax import (accounting, analysis, checkpoint_modes, data, gates, locking, networks, train,
+                   workdirs)
 
 @pytest.fixture(scope="module")
 def gated_run(tmp_path_factory) -> str:
@@ -64,15 +65,17 @@ def test_a_gated_run_gets_figures_and_a_summary_that_match_its_metrics(gated_run
   assert 0 < result["gates"]["pruned"] < len(log_alpha), "the run should prune some channels"
   layers = {l["name"]: l for l in metrics["layers"]}
   graph, _ = networks.channel_graph(tiny_config(), (8, 8, 3), 10)
-  gated_layer = {layer.gate: layer.name for layer in graph.layers if layer.gate is not None}
-  assert sorted(result["layers"]) == sorted(gated_layer)
+  # Named as --mode=test's table names them: the layer, not its gate (stage1/block1).
+  gated = [layer.name for layer in graph.layers if layer.gate is not None]
+  assert list(result["layers"]) == gated and gated[0] == "stage1/block1/conv1"
   for name, counts in result["layers"].items():
-    assert counts["open"] + counts["undecided"] == layers[gated_layer[name]]["kept_out"], name
+    assert counts["open"] + counts["undecided"] == layers[name]["kept_out"], name
 
   summary = open(os.path.join(out, "summary.md")).read()
   assert f"test accuracy {100 * metrics['test_accuracy']:.2f}%" in summary
   assert f"| MACs | {metrics['macs_full']:,} | {metrics['macs_kept']:,} |" in summary
   assert f"**{result['gates']['undecided']} undecided**" in summary
+  assert all(f"| {name} | " in summary for name in gated)
 
 
 def test_an_untested_run_gets_the_same_costs_from_its_best_checkpoint(gated_run, tmp_path,
@@ -134,3 +137,69 @@ def test_reading_a_run_that_is_training_says_so(gated_run, caplog):
   message = next(r.getMessage() for r in caplog.records if "is being trained" in r.getMessage())
   assert f"by process {os.getpid()}: this reads its best checkpoint, step {best}" in message
   assert (f"(the newest is step {last})" in message) == (last > best)
+
+
+def drawn(fig: Figure) -> RendererBase:
+  """`fig` laid out and drawn as saving it would; its renderer."""
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  return canvas.get_renderer()
+
+
+def per_epoch_of(workdir: str) -> tuple[list[dict], analysis.GatesPerEpoch, list[dict]]:
+  """The run's history, its gates per epoch, and --mode=test's costs at the start (epoch 0) and
+  at each epoch's end, the start counted from the gates' initial log_alpha."""
+  config, history = workdirs.load_config(workdir), workdirs.load_history(workdir)
+  graph = analysis.channel_graph(config)
+  start = gates.initial_log_alpha(config.droprate_init)
+  gate_values = [{k: np.full(len(v), start, np.float32) for k, v in history[0]["log_alpha"].items()}]
+  gate_values += [{k: np.asarray(v, np.float32) for k, v in h["log_alpha"].items()}
+                  for h in history]
+  return (history, analysis.gates_per_epoch(history, config, graph),
+          [accounting.report(graph, las) for las in gate_values])
+
+
+def test_trajectories_show_what_the_test_time_network_kept_from_the_start(gated_run):
+  history, per_epoch, reports = per_epoch_of(gated_run)
+  last_macs = reports[-1]["macs_kept_fraction"]
+  fig = analysis.trajectories_figure(history, len(history), "last", "L0 term", per_epoch,
+                                     last_macs)
+  kept = next(a for a in fig.axes if a.get_title().startswith("what is kept"))
+  lines = {line.get_label(): line for line in kept.get_lines()}
+  # As the console's "gates open" and "MACs kept" at each epoch's end, not training's means.
+  for label, expected in (
+      ("open gates (test-time gate > 0)",
+       [r["gated_channels_kept"] / r["gated_channels_full"] for r in reports]),
+      ("MACs kept by the test-time network", [r["macs_kept_fraction"] for r in reports]),
+      ("parameters kept by the test-time network", [r["params_kept_fraction"] for r in reports])):
+    np.testing.assert_array_equal(lines[label].get_xdata(), range(len(history) + 1))
+    np.testing.assert_allclose(lines[label].get_ydata(), 100 * np.array(expected), rtol=1e-6)
+  tested = next(line for label, line in lines.items() if label.startswith("the last checkpoint"))
+  assert f"{100 * last_macs:.1f}% of the MACs" in tested.get_label()
+  np.testing.assert_allclose(tested.get_ydata(), [100 * last_macs])
+
+
+def test_epochs_are_whole_from_the_start_and_no_title_is_cut_off(gated_run):
+  history, per_epoch, _ = per_epoch_of(gated_run)
+  budget_title = analysis.l0_panel_title(tiny_config(target_macs=0.5))
+  for fig in (analysis.trajectories_figure(history, 1, "best", budget_title, per_epoch, 0.5),
+              analysis.log_alpha_trajectory_figure(per_epoch, 1, "best"),
+              analysis.log_alpha_figure(per_epoch.log_alphas[1], "log_alpha at the best "
+                                        "checkpoint (epoch 1)\nrun: 99.9% of the MACs and 99.9% "
+                                        "of the parameters kept")):
+    renderer = drawn(fig)
+    for ax in (a for a in fig.axes if a.get_visible() and a.get_xlabel() == "epoch"):
+      low, high = ax.get_xlim()
+      assert [t for t in ax.get_xticks() if low <= t <= high] == list(range(len(history) + 1))
+    for text in [fig._suptitle] + [ax.title for ax in fig.axes]:  # pylint: disable=protected-access
+      if text is not None and text.get_text():
+        box = text.get_window_extent(renderer)
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, text.get_text()
+
+
+def test_the_start_is_droprate_inits_log_alpha_or_the_fixed_gates():
+  first = {"stage1/block1": np.array([3.0, -4.0], np.float32)}
+  trained = analysis.starting_log_alphas(tiny_config(droprate_init=0.5), first)
+  np.testing.assert_array_equal(trained["stage1/block1"], [0.0, 0.0])
+  fixed = analysis.starting_log_alphas(tiny_config(train_gates=False), first)
+  np.testing.assert_array_equal(fixed["stage1/block1"], first["stage1/block1"])

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import tiny_config
 from l0jax import accounting, analysis, budget, checkpoint_modes, gates, model, train, workdirs
+from l0jax import config as config_lib
 from l0jax.errors import UserError
 from test_resume import saved_arrays
 
@@ -108,11 +109,45 @@ def test_the_floor_is_the_stem_and_the_head():
   budget.check_reachable(tiny_config(target_macs=lowest["macs"] + 1e-6), GRAPH)
 
 
+@pytest.mark.parametrize("overrides, recorded", [
+    (dict(target_macs=0.5), {"target_kind": "macs", "target": 0.5}),
+    (dict(train_gates=False, mask="random", target_params=0.3),
+     {"target_kind": "params", "target": 0.3}),
+    (dict(lambda_l0=2.0), {"lambda_l0": 2.0}),
+    (dict(train_gates=False), {}),
+    (dict(use_gate=False), {}),
+])
+def test_test_metrics_record_the_target_or_the_lambda_that_was_used(overrides, recorded):
+  assert checkpoint_modes.pruned_by(tiny_config(**overrides)) == recorded
+
+
 def test_a_state_without_a_budget_saves_as_before():
   run = train.setup(tiny_config())
   _, state = train.initial_state(run)
   assert state.lagrangian is None
   assert list(workdirs.on_disk(state)) == ["step", "params", "batch_stats", "opt_state"]
+
+
+@pytest.mark.parametrize("num_epochs, fix_gates_after, first_settled", [
+    (10, 0.75, 8), (4, 0.75, 3), (2, 0.75, 1), (3, 0.1, 1), (3, 1.0, 2)])
+def test_the_gates_settle_after_the_first_epoch_and_by_the_last(num_epochs, fix_gates_after,
+                                                                first_settled):
+  # 2 epochs at 0.75 rounded to epoch 2 of 0-1 once: such a run never settled and ended at 100%.
+  config = tiny_config(target_macs=0.5, num_epochs=num_epochs, fix_gates_after=fix_gates_after)
+  assert budget.settle_epoch(config) == first_settled
+
+
+def test_a_budget_run_of_one_epoch_is_refused():
+  with pytest.raises(UserError, match="num_epochs=1: a run pruned to a budget .* num_epochs >= 2"):
+    config_lib.validate(tiny_config(target_macs=0.5, num_epochs=1))
+
+
+def test_the_gates_travel_is_said_and_gates_that_stayed_put_are_flagged():
+  start = gates.initial_log_alpha(0.05)
+  still, moved = budget.gate_travel({"a": np.full(4, start + 0.1), "b": np.full(2, start)}, 0.05)
+  assert not moved and "the furthest moved 0.10" in still and "barely moved" in still
+  travelled, moved = budget.gate_travel({"a": np.array([start - 3.0, start]), "b": [start]}, 0.05)
+  assert moved and "the furthest moved 3.00" in travelled and "barely" not in travelled
 
 
 # Pruned from scratch (droprate_init 0.5) at a learning rate that lets the
@@ -133,6 +168,8 @@ def budget_run(tmp_path_factory) -> str:
 def test_a_tiny_run_lands_at_its_target(budget_run):
   metrics = json.loads(open(f"{budget_run}/{workdirs.TEST_METRICS_FILE}").read())
   assert abs(metrics["macs_kept_fraction"] - TARGET) <= TOLERANCE, metrics["macs_kept_fraction"]
+  assert metrics["target_kind"] == "macs" and metrics["target"] == TARGET
+  assert "lambda_l0" not in metrics  # unused with a target
   history = workdirs.load_history(budget_run)
   for key in ("train_target", "train_cost", "train_l1", "train_l2"):
     assert all(np.isfinite(h[key]) for h in history), key
@@ -151,8 +188,11 @@ def test_its_analysis_plots_the_realised_cost_against_the_target(budget_run):
   assert "pruned to a budget of 50.0% of the MACs" in summary
   assert result["gates"]["undecided"] > 0  # so that the next line says something
   assert "the budget fixed every gate from epoch" in summary
+  assert "The gates settled for the budget at the start of epoch 3: before settling" in summary
   metrics = json.loads(open(f"{budget_run}/{workdirs.TEST_METRICS_FILE}").read())
-  realised = analysis.realised_costs(workdirs.load_history(budget_run), tiny_config(**RUN))["macs"]
+  config = tiny_config(**RUN)
+  realised = analysis.gates_per_epoch(workdirs.load_history(budget_run), config,
+                                      analysis.channel_graph(config)).costs["macs"]
   assert realised[-1] == pytest.approx(metrics["macs_kept_fraction"])
 
 

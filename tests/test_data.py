@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CreatesAFile, Program
+from conftest import REPO, CreatesAFile, Program
 from l0jax import data
 from l0jax.config import base_config
 
@@ -310,7 +310,15 @@ def test_tfds_unreachable_fails_fast(tmp_path, monkeypatch):
 def test_tfds_not_installed(tmp_path):
   with pytest.raises(data.DataError, match="not installed") as e:
     data.load_dataset(_config("cifar10", tmp_path))
-  _check_one_line(e, "cifar-10-python.tar.gz", "cifar-10-batches-bin/", "TFDS with network")
+  _check_one_line(e, "cifar-10-python.tar.gz", "cifar-10-batches-bin/", "TFDS with network",
+                  "--config.dataset=fashion_mnist", "python -m l0jax.quickstart")
+
+
+def test_the_readmes_first_training_command_runs_offline():
+  readme = open(os.path.join(REPO, "README.md")).read()
+  use = readme[readme.index("\n## Use\n"):]
+  first = next(line for line in use.splitlines() if line.startswith("python main.py"))
+  assert "--config.dataset=fashion_mnist" in first, first
 
 
 def test_import_does_not_import_tensorflow():

@@ -8,6 +8,7 @@ from flax import nnx
 from conftest import GOOGLENET, tiny_config
 from l0jax import accounting, gates, masks, model, networks, vgg
 from l0jax import config as config_lib
+from l0jax.errors import UserError
 from test_export import randomize
 
 WIDTH = 0.25
@@ -38,7 +39,7 @@ def mask(method, budget, params, seed=0):
   return {name: la == masks.KEPT for name, la in log_alphas.items()}
 
 
-@pytest.mark.parametrize("method", masks.METHODS)
+@pytest.mark.parametrize("method", masks.BY_BUDGET)
 @pytest.mark.parametrize("budget", [1.0, 0.5, 0.2])
 def test_masks_fit_the_budget_and_no_pruned_channel_would(method, budget, params):
   kept = mask(method, budget, params)
@@ -112,3 +113,31 @@ def test_l1_norm_relative_ranks_each_layer_by_its_own_mean(params):
                     key=lambda c: -relative_norms[c[0]][c[1]])
   expected = masks.keep_in_order(GRAPH, by_score, "macs", 0.5)
   assert all(np.array_equal(relatives[0.5][n], expected[n]) for n in expected)
+
+
+def test_masks_from_a_run_keep_its_channels_or_as_many_in_each_gate_at_random():
+  rng = np.random.default_rng(0)
+  kept = {g.name: rng.random(g.size) < 0.4 for g in GRAPH.gates}
+  decided = masks.from_run_log_alphas("decided", kept, key=jax.random.key(0))
+  assert all(np.array_equal(decided[name] == masks.KEPT, k) for name, k in kept.items())
+  draw = lambda seed: {name: la == masks.KEPT for name, la in masks.from_run_log_alphas(
+      "random_widths", kept, key=jax.random.key(seed)).items()}
+  widths = draw(0)
+  assert {n: int(k.sum()) for n, k in widths.items()} == {n: int(k.sum()) for n, k in kept.items()}
+  assert any(not np.array_equal(widths[name], k) for name, k in kept.items())
+  assert macs(widths) == macs(kept)  # the cost is the kept counts'
+  assert all(np.array_equal(draw(0)[n], widths[n]) for n in kept)
+  assert any(not np.array_equal(draw(1)[n], widths[n]) for n in kept)
+
+
+@pytest.mark.parametrize("overrides, refusal", [
+    (dict(mask="decided"), "it needs mask_from=WORKDIR_OF_A_GATED_RUN"),
+    (dict(mask="random_widths", mask_from="/a/run", target_macs=0.5), "no target"),
+    (dict(mask_from="/a/run", target_macs=0.0), "mask_from=/a/run makes a mask of a run's gates"),
+])
+def test_a_mask_from_a_run_takes_a_run_and_no_target(overrides, refusal):
+  config = tiny_config(init_from="/the/baseline", train_gates=False, **overrides)
+  with pytest.raises(UserError, match=refusal):
+    config_lib.validate(config)
+  config_lib.validate(tiny_config(init_from="/the/baseline", train_gates=False, mask="decided",
+                                  mask_from="/a/run"))

@@ -1,5 +1,6 @@
 """The quick start's chain (baseline, pruning, test, export, analysis), on tiny synthetic data."""
 
+import logging
 import os
 
 import pytest
@@ -32,6 +33,23 @@ def test_quick_start_chains_the_recipes_and_modes(tmp_path, monkeypatch):
   assert pruned_config.init_from == baseline and pruned_config.penalty == "macs"
   assert pruned_config.droprate_init == 0.05  # configs/finetune.py's
   assert all(c[2] == "last" for c in calls[2:])
+
+
+def test_every_step_says_its_command_and_the_end_how_to_get_tensorboard(tmp_path, monkeypatch,
+                                                                       caplog, capsys):
+  monkeypatch.setattr(quickstart.train, "train_and_evaluate", lambda config, workdir: None)
+  metrics = {"test_accuracy": 0.5, "macs_kept_fraction": 0.5, "params_kept_fraction": 0.5}
+  for mode in ("test", "export"):
+    monkeypatch.setattr(quickstart.checkpoint_modes, mode, lambda workdir, which: metrics)
+  monkeypatch.setattr(quickstart.analysis, "analyze", lambda workdir, which: metrics)
+  with caplog.at_level(logging.INFO):
+    quickstart.run(str(tmp_path), data_dir="/data/fmnist")
+  commands = [r.getMessage() for r in caplog.records if "python main.py" in r.getMessage()]
+  for mode, stage in (("test", "baseline"), ("test", "pruned"), ("export", "pruned"),
+                      ("analyze", "pruned")):
+    assert sum(f"--mode={mode} --checkpoint=last --workdir={tmp_path / stage}" in c
+               for c in commands) == 1, (mode, stage, commands)
+  assert "pip install tensorboard==2.21.0" in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_missing_debian_data_says_how_to_install_it(tmp_path, monkeypatch):

@@ -42,9 +42,12 @@ def test_each_kind_gets_its_recipe_its_lambda_and_the_settings_meant_for_it(tmp_
                              "--config.lambda_l0=0.25"],
       "finetune_lambda20": [f"--config={configs}/finetune.py", "--config.dataset=synthetic",
                             "--config.num_epochs=2", "--config.lambda_l0=20.0",
-                            f"--config.init_from={tmp_path}/baseline"],
+                            f"--config.init_from={tmp_path}/baseline",
+                            "--config.init_checkpoint=last"],
       "retrain_lambda30": [f"--config={configs}/retrain.py", "--config.dataset=synthetic",
-                           "--config.num_epochs=4", f"--config.init_from={tmp_path}/finetune_lambda30"],
+                           "--config.num_epochs=4",
+                           f"--config.init_from={tmp_path}/finetune_lambda30",
+                           "--config.init_checkpoint=last"],
   }
   for member in members:
     train, test = member.commands(tmp_path)
@@ -68,16 +71,20 @@ def test_budget_runs_get_their_recipe_their_target_and_their_retraining(tmp_path
   assert train[2:] == [f"--config={configs}/prune_to_budget.py",
                        f"--workdir={tmp_path}/budget_params0.25", "--config.num_epochs=2",
                        "--config.target_macs=0.0", "--config.target_params=0.25",
-                       f"--config.init_from={tmp_path}/baseline"]
+                       f"--config.init_from={tmp_path}/baseline", "--config.init_checkpoint=last"]
   train, _ = members[-1].commands(tmp_path)
-  assert train[-1] == f"--config.init_from={tmp_path}/budget_params0.25"
+  assert train[-2:] == [f"--config.init_from={tmp_path}/budget_params0.25",
+                        "--config.init_checkpoint=last"]
+  # Every member that starts from another starts from the checkpoint that was tested, whatever
+  # its recipe's default (configs/prune_to_budget.py's is the best by validation).
+  assert all(m.settings["init_checkpoint"] == sweep.CHECKPOINT for m in members[1:])
   for bad in ([("macs", 0.0)], [("params", 1.5)], [("macs", 0.5), ("macs", 0.5)]):
     with pytest.raises(UserError):
       sweep.plan(tmp_path, [], [], settings, targets=bad)
 
 
 @pytest.mark.parametrize("args", [["--config.lambda_l0=1"], ["--finetune.init_from=/a/run"],
-                                  ["--budget.target_macs=0.5"],
+                                  ["--budget.target_macs=0.5"], ["--control.init_checkpoint=best"],
                                   ["--num_epochs=3"], ["--config.num_epochs", "3"]])
 def test_arguments_it_cannot_hand_on_are_refused(args):
   with pytest.raises(UserError):
@@ -139,6 +146,18 @@ def test_a_run_tested_at_its_best_checkpoint_is_tested_again(tmp_path):
   assert not sweep.is_finished(tmp_path)
   metrics.write_text(json.dumps({"checkpoint": "last", "test_accuracy": 0.9}))
   assert sweep.is_finished(tmp_path)
+
+
+def test_masks_from_a_budget_runs_gates_start_from_the_baseline_with_no_target(tmp_path):
+  members = sweep.plan(tmp_path, [], [], sweep.parse_settings([]), [], [("macs", 0.25)],
+                       masks=["decided", "random_widths"], seeds=[3])
+  by_name = {m.name: m for m in members}
+  for method in ("decided", "random_widths"):
+    member = by_name[f"{method}_macs0.25_seed3"]
+    assert member.after == "budget_macs0.25_seed3" and member.cost_of is None
+    assert member.settings["mask_from"] == str(tmp_path / "budget_macs0.25_seed3")
+    assert member.settings["init_from"] == str(tmp_path / "baseline_seed3")
+    assert member.settings["target_macs"] == member.settings["target_params"] == "0.0"
 
 
 def test_a_comparison_plans_controls_masks_and_seeds_each_from_its_own_seeds_runs(tmp_path):

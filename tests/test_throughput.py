@@ -6,6 +6,7 @@ import json
 
 from benchmarks import profile_summary
 from conftest import Program
+from l0jax import onnx_export
 
 
 def test_throughput_benchmark_prints_json_and_a_table():
@@ -31,20 +32,26 @@ def test_throughput_benchmark_prints_json_and_a_table():
   assert table[1].split()[:3] == ["dtype", "batch", "gates"] and len(table) == 4
 
 
-def test_inference_benchmark_times_the_folded_network_pruning_is_compared_with():
+def test_inference_benchmark_times_folded_and_compact_networks_in_each_runtime():
   result = Program("-m", "benchmarks.inference", "--width_multiplier=0.25", "--image_size=8",
                    "--batch_sizes=2", "--repeats=1").wait()
   assert result.returncode == 0, result.stderr[-3000:]
   first, *table = result.stdout.splitlines()
   summary = json.loads(first)
-  rows = {r["network"]: r for r in summary["results"]}
-  assert list(rows) == ["full", "gated", "folded", "compact"]
+  rows = {(r["network"], r["runtime"]): r for r in summary["results"]}
+  runtimes = ["jax", "onnxruntime"] if onnx_export.available() else ["jax"]
+  assert list(rows) == [("full", "jax"), ("gated", "jax"), *[
+      (name, runtime) for name in ("folded", "compact 50%", "compact 25%") for runtime in runtimes]]
   # Folding BN alone removes parameters (each kept channel's scale and shift), not MACs.
-  assert summary["params_compact"] < summary["params_folded"] < summary["params_full"]
-  assert rows["folded"]["macs_per_image"] == rows["full"]["macs_per_image"]
-  assert rows["compact"]["macs_per_image"] < rows["folded"]["macs_per_image"]
-  assert table[1].split() == ["network", "batch", "images/s", "MMACs/image", "vs", "full", "vs",
-                              "folded"]
+  params = summary["params"]
+  assert params["compact 25%"] < params["compact 50%"] < params["folded"] < summary["params_full"]
+  assert rows["folded", "jax"]["macs_per_image"] == summary["macs_full"]
+  for name, fraction in (("compact 50%", 0.5), ("compact 25%", 0.25)):
+    macs = {rows[name, runtime]["macs_per_image"] for runtime in runtimes}
+    assert len(macs) == 1 and fraction - 0.02 < macs.pop() / summary["macs_full"] <= fraction
+  assert table[1].split() == ["network", "runtime", "batch", "images/s", "MMACs/image",
+                              "vs", "full", "vs", "folded", "folded", "MACs/MACs"]
+  assert len(table) == 2 + len(rows)
 
 
 def test_profile_summary_adds_up_a_modules_operations_by_kind(tmp_path):

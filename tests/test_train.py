@@ -112,6 +112,25 @@ def test_weight_decay_spares_the_gates():
   assert all(v for k, v in moved.items() if "kernel" in k)
 
 
+def test_the_gates_learn_at_their_scale_of_the_weights_rate():
+  def first_update(scale):
+    config = tiny_config(learning_rate=0.1, gate_lr_scale=scale)
+    _, params, _ = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
+    tx = train.create_optimizer(config, steps_per_epoch=1)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
+    split = lambda gate: [np.asarray(u) for p, u in leaves if ("log_alpha" in str(p)) == gate]
+    return split(True), split(False)
+  gates_1, weights_1 = first_update(1.0)
+  gates_10, weights_10 = first_update(10.0)
+  assert gates_1 and all(np.all(g != 0) for g in gates_1)
+  for a, b in zip(gates_10, gates_1):
+    np.testing.assert_allclose(a, 10 * b, rtol=1e-6)
+  for a, b in zip(weights_10, weights_1):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_epoch_order_is_a_seeded_permutation():
   a = train.epoch_order(0, 3, 100, 32)
   assert a.shape == (3, 32) and len(np.unique(a)) == 96
@@ -254,6 +273,10 @@ def runs(tmp_path_factory, without_tensorflow) -> dict[str, subprocess.Completed
       "mask": (("train_base",), lambda: run_main(
           "--config=configs/mask.py", f"--workdir={root / 'masked'}", f"--config.init_from={base}",
           "--config.mask=random", "--config.target_macs=0.4", *tiny_flags(num_epochs=1))),
+      "mask_decided": (("train_tuned",), lambda: run_main(
+          "--config=configs/mask.py", f"--workdir={root / 'decided'}", f"--config.init_from={base}",
+          "--config.mask=decided", f"--config.mask_from={tuned}", "--config.target_macs=0",
+          *tiny_flags(num_epochs=1))),
       "analyze_retrained": (("retrain",), lambda: run_main(
           "--mode=analyze", "--checkpoint=last", f"--workdir={root / 'retrained'}")),
       "export": (("test_tuned",), lambda: run_main(
@@ -301,7 +324,7 @@ def test_a_run_writes_config_history_checkpoints_and_test_metrics(runs):
         1152 + 2304) + 160 == 53_152
     assert len(metrics["layers"]) == 1 + 3 * 2 + 1
   output = runs["test_base"].stdout
-  assert "test accuracy" in output and "head" in output
+  assert "test accuracy" in output and "no gates, every channel kept" in output
   assert "log_alpha" not in history_line(base) and "log_alpha" in history_line(tuned)
 
 
@@ -377,6 +400,19 @@ def test_a_mask_prunes_the_baseline_to_its_budget_and_stays_fixed(runs):
   kernel = lambda state: state["params"]["stem"]["conv"]["kernel"]["value"]
   assert not np.array_equal(kernel(saved_state(base, "best")), kernel(after))
   assert history_line(masked)["train_loss"] == history_line(masked)["train_cross_entropy"]
+
+
+def test_a_mask_of_a_runs_decided_gates_keeps_its_channels_on_the_baselines_weights(runs):
+  tuned, decided = runs["tuned"], os.path.join(runs["root"], "decided")
+  result = succeeded(runs, "mask_decided")
+  assert "Mask decided:" in result.stderr and f"(the gates of {tuned}); fixed." in result.stderr
+  assert f"Network weights from the last checkpoint of {runs['base']}" in result.stderr
+  graph, _ = networks.channel_graph(tiny_config(), (8, 8, 3), 10)
+  assert (masks.kept_by(decided, graph).keys() == masks.kept_by(tuned, graph).keys())
+  for name, kept in masks.kept_by(tuned, graph).items():
+    np.testing.assert_array_equal(masks.kept_by(decided, graph)[name], kept, err_msg=name)
+  kernel = lambda state: state["params"]["stem"]["conv"]["kernel"]["value"]
+  assert not np.array_equal(kernel(saved_state(tuned, "last")), kernel(saved_state(decided, "last")))
 
 
 def test_export_of_a_finished_run(runs):
@@ -455,8 +491,9 @@ def test_training_without_tensorflow_writes_tensorboard_events_and_reports(runs)
   window_means = [losses[6]] * 6 + [losses[12]] * 6 + [losses[14]] * 2  # weighted by steps
   assert history_line(workdir)["train_loss"] == pytest.approx(np.mean(window_means), rel=1e-4)
   tags = {v.tag for e in events for v in e.summary.value}
-  assert {"val/accuracy", "gates/open", "gates/macs_kept", "log_alpha/stage1/block1",
-          "log_alpha/stage3/block1", "_hparams_/experiment"} <= tags
+  # A gated layer's histogram is named as --mode=test's table names the layer.
+  assert {"val/accuracy", "gates/open", "gates/macs_kept", "log_alpha/stage1/block1/conv1",
+          "log_alpha/stage3/block1/conv1", "_hparams_/experiment"} <= tags
 
 
 def test_compiled_steps_are_kept_for_the_next_run_with_no_warning(tmp_path):

@@ -1,10 +1,11 @@
 """TensorBoard event files without TensorFlow, and the console's progress lines."""
 
 import logging
+import os
 
 import numpy as np
 
-from conftest import read_events
+from conftest import REPO, read_events
 from l0jax import writers
 
 
@@ -44,3 +45,21 @@ def test_progress_reports_speed_and_time_left(caplog):
       "step 22/100 (epoch 2): 2.1 steps/s, 134 images/s; epoch done in 9 s, training in 37 s",
       "step 62/100 (epoch 4): 0.7 steps/s, 43 images/s; epoch done in 27 s, training in 57 s",
   ]
+
+
+def test_progress_leaves_the_pause_between_epochs_out_of_the_speed(caplog):
+  progress = writers.Progress(num_steps=100, epoch_steps=20, first_step=0)
+  with caplog.at_level(logging.INFO):
+    progress(1, 64, t=0.0)
+    progress(20, 64, t=19.0)  # 1 step/s to the epoch's end, reported
+    progress.start_epoch()
+    progress(21, 64, t=320.0)  # 300 s of validation and checkpoint before this call ended
+    progress(80, 64, t=379.0)
+  lines = [r.getMessage() for r in caplog.records]
+  assert lines[-1] == ("step 80/100 (epoch 4): 1.0 steps/s, 64 images/s; epoch done in 0 s, "
+                       "training in 20 s")
+
+
+def test_the_readme_names_the_tensorboard_the_quick_start_does():
+  readme = open(os.path.join(REPO, "README.md")).read()
+  assert writers.TENSORBOARD_INSTALL in readme
