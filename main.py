@@ -17,12 +17,14 @@ Bad input ends with one line on stderr and exit status 2 (--debug shows the
 traceback instead).
 """
 
+import contextlib
 import sys
 
 from absl import app, flags
+import ml_collections
 from ml_collections import config_flags
 
-from l0jax import cli
+from l0jax import cli, hosts
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -50,6 +52,9 @@ flags.DEFINE_integer("num_processes", None, "--multihost: how many processes tak
                      lower_bound=1)
 flags.DEFINE_integer("process_id", None, "--multihost: this process's index, from 0.",
                      lower_bound=0)
+flags.DEFINE_integer("peer_timeout", hosts.DEFAULT_PEER_TIMEOUT,
+                     "--multihost: seconds the processes wait for each other to join; past it, "
+                     f"each ends with exit status {hosts.NEVER_JOINED}.", lower_bound=1)
 flags.DEFINE_string("compilation_cache", None,
                     "Folder of JAX's persistent compilation cache, from which a later run of the "
                     "same network loads its compiled steps ('': none). Default: "
@@ -59,8 +64,8 @@ flags.DEFINE_bool("debug", False, "Show Python tracebacks for bad input too.")
 
 
 def check_multihost_flags() -> None:
-  given = [f"--{name}" for name in ("coordinator_address", "num_processes", "process_id")
-           if FLAGS[name].present]
+  given = [f"--{name}" for name in ("coordinator_address", "num_processes", "process_id",
+                                    "peer_timeout") if FLAGS[name].present]
   if given and not FLAGS.multihost:
     raise UserError(f"{', '.join(given)} set without --multihost")
 
@@ -70,6 +75,16 @@ def run(mode: str, workdir: str) -> None:
   if FLAGS["export_onnx"].present and mode != "export":
     raise UserError("--export_onnx and --noexport_onnx are for --mode=export")
   config = cli.checked_config(FLAGS.config, sys.argv) if mode == "train" else None
+  if FLAGS.multihost and not hosts.is_child():
+    hosts.supervise(sys.argv, workdir if mode == "train" else None, FLAGS.process_id,
+                    FLAGS.num_processes, FLAGS.debug)
+  if FLAGS.multihost:
+    hosts.native_log_to_supervisor()
+  with hosts.peer_errors(FLAGS.debug) if FLAGS.multihost else contextlib.nullcontext():
+    run_mode(mode, workdir, config)
+
+
+def run_mode(mode: str, workdir: str, config: "ml_collections.ConfigDict | None") -> None:
   # Imported here so that `--help` and bad flags or config values answer without loading JAX.
   from l0jax import checkpoint_modes, train  # pylint: disable=import-outside-toplevel
 
@@ -77,7 +92,8 @@ def run(mode: str, workdir: str) -> None:
   # from the persistent cache hung at its first collective (results/multihost_cache/).
   cli.use_compilation_cache("" if FLAGS.multihost else FLAGS.compilation_cache)
   if FLAGS.multihost:
-    cli.join_processes(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    hosts.join(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+               FLAGS.peer_timeout)
   if mode == "train":
     from l0jax import workdirs  # pylint: disable=import-outside-toplevel
     given = config_flags.get_override_values(FLAGS["config"])

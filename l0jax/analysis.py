@@ -13,6 +13,7 @@ matplotlib `Figure`s and rendered by Agg, never through pyplot, so no display
 is needed and no global state is touched.
 """
 
+import io
 import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -35,7 +36,10 @@ STATE_COLORS = {"pruned": "tab:gray", "undecided": "tab:orange", "open": "tab:bl
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> None:
-  fig.savefig(path, dpi=DPI)
+  """`fig` as the image file `path` (its format by its suffix); a refused write names the file."""
+  image = io.BytesIO()
+  fig.savefig(image, dpi=DPI, format=os.path.splitext(path)[1][1:])
+  workdirs.write_file(path, image.getvalue())
 
 
 def channel_graph(config: ml_collections.ConfigDict) -> graph_lib.Graph:
@@ -461,10 +465,9 @@ def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
       save_figure(fig, out / name)
-    (out / SUMMARY_FILE).write_text(summary_markdown(workdir, config, history, checkpoint,
-                                                     chosen, metrics, tested, log_alphas,
-                                                     layer_states, total,
-                                                     list(figures)))
+    workdirs.write_file(out / SUMMARY_FILE, summary_markdown(
+        workdir, config, history, checkpoint, chosen, metrics, tested, log_alphas, layer_states,
+        total, list(figures)))
     print(f"{out}: {', '.join(figures)} and {SUMMARY_FILE}")
   return {"tested": tested, "checkpoint_step": metrics["checkpoint_step"], "gates": total,
           "layers": layer_states, "files": [*figures, SUMMARY_FILE]}

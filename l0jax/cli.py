@@ -8,9 +8,11 @@ console (`quiet_libraries`).
 """
 
 import contextlib
+import ctypes
 import logging as py_logging
 import os
 import pathlib
+import signal
 import sys
 import traceback
 from typing import TYPE_CHECKING, Iterator, NoReturn
@@ -36,9 +38,18 @@ def checkout() -> pathlib.Path:
   return repo
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, status: int = 2) -> NoReturn:
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+  """In a child, before it starts: `signum` when its parent dies, even of SIGKILL (Linux)."""
+  if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signum)
 
 
 def config_file_error(e: OSError) -> str:
@@ -103,19 +114,50 @@ def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
       sys.exit(0)  # absl exits with 1 after printing the help that was asked for.
     raise
   except Exception as e:  # pylint: disable=broad-except  # The --config file may raise anything.
-    if "--debug" in argv:
+    message = None if "--debug" in argv else _bad_flags(e, argv)
+    if message is None:
       raise
-    in_config_file = raised_in_config_file(e, argv)
-    if in_config_file:
-      fail(in_config_file)
-    if not isinstance(e, (flags.Error, OSError, AttributeError, KeyError)):
+    fail(message)
+
+
+def _bad_flags(e: Exception, argv: list[str]) -> str | None:
+  """What was wrong with the flags or the --config file in `argv`; None if `e` is a bug."""
+  in_config_file = raised_in_config_file(e, argv)
+  if in_config_file:
+    return in_config_file
+  if not isinstance(e, (flags.Error, OSError, AttributeError, KeyError)):
+    return None
+  return _flag_error(e)
+
+
+def command_config(argv: list[str]) -> "ml_collections.ConfigDict":
+  """The config that the main.py command line `argv` would train with (its --config file and
+  --config.KEY=VALUE overrides; other flags are ignored), checked as main.py checks it."""
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv)  # Its overrides, not this process's.
+  try:
+    values(argv, known_only=True)
+  except Exception as e:  # pylint: disable=broad-except  # The --config file may raise anything.
+    message = _bad_flags(e, argv)
+    if message is None:
       raise
-    fail(_flag_error(e))
+    raise UserError(message) from e
+  return checked_config(values.config, argv)
+
+
+# What logs as l0jax itself: the package's files and the checkout's main.py. Anything else is a
+# library's, Python's warnings (`warnings.warn`, which `quiet_libraries` logs) included.
+_OURS = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+         os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py"))
 
 
 class QuietLibraries(py_logging.Filter):
   """For absl's handler: libraries' INFO chatter stays off the console (Orbax on every
-  checkpoint, JAX probing for backends); their warnings still show.
+  checkpoint, JAX probing for backends), and so do their warnings (unless `tracebacks`), which
+  would print above the one `error:` line of a run that then fails, or between its progress
+  lines: deprecations and notes meant for the program's authors, not its users.
 
   The errors that Orbax's, tensorboardX's and asyncio's background threads log
   when a write fails keep their first line but not their pages of traceback
@@ -131,6 +173,8 @@ class QuietLibraries(py_logging.Filter):
     self._tracebacks = tracebacks
 
   def filter(self, record: py_logging.LogRecord) -> bool:
+    if not record.pathname.startswith(_OURS) and record.levelno == py_logging.WARNING and not self._tracebacks:
+      return False
     library = next((lib for lib in ("orbax", "jax", "tensorboardX", "asyncio")
                     if f"/{lib}/" in record.pathname), None)
     if library in ("orbax", "jax") and record.levelno < py_logging.WARNING:
@@ -156,7 +200,8 @@ def _quiet_unraisable(unraisable) -> None:
 
 
 def quiet_libraries(debug: bool = False) -> None:
-  """Libraries' INFO lines and background tracebacks off the console, unless `debug`."""
+  """Libraries' INFO lines, warnings and background tracebacks off the console, unless `debug`."""
+  py_logging.captureWarnings(True)  # Python's warnings through absl's handler, and its filter.
   logging.get_absl_handler().addFilter(QuietLibraries(tracebacks=debug))
   if not debug:
     sys.unraisablehook = _quiet_unraisable
@@ -235,25 +280,3 @@ def use_compilation_cache(folder: str | None) -> None:
     folder = COMPILATION_CACHE
     jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
   jax.config.update("jax_compilation_cache_dir", folder or None)
-
-
-def join_processes(coordinator_address: str | None, num_processes: int | None,
-                   process_id: int | None) -> None:
-  """jax.distributed.initialize with the values that are set; JAX finds the others or says why.
-
-  On CPU the processes exchange arrays through gloo, JAX's default there.
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  try:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  except ValueError as e:  # "coordinator_address should be defined.", a process_id too large
-    raise UserError(f"--multihost: {e} Set --coordinator_address, --num_processes and "
-                    "--process_id (or run under a cluster JAX detects, such as Slurm)") from e
-  # gloo gives the processes 30 s to meet at their first collective, and one
-  # can compile for longer while another reads the compilation cache. So they
-  # meet at a barrier of JAX's coordination service first (minutes), then start
-  # gloo together; later collectives wait as long as they must.
-  ocp.multihost.sync_global_processes("l0jax: joined", processes=set(range(jax.process_count())))
-  multihost_utils.sync_global_devices("l0jax: collectives started")

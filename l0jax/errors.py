@@ -31,6 +31,12 @@ _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 _PATH = re.compile(r"""(?:^|[\s"'])(/[^\s"';:]+)""")
 
 
+def _absolute(filename: str | bytes | int) -> str:
+  """A relative name means nothing to whoever reads the line elsewhere (a descriptor stays)."""
+  return os.path.abspath(os.fsdecode(filename)) if isinstance(filename, (str, bytes)) else str(
+      filename)
+
+
 def os_failure(e: BaseException) -> str | None:
   """What the operating system refused (no space, read-only, permission), in one line.
 
@@ -41,7 +47,7 @@ def os_failure(e: BaseException) -> str | None:
   while e is not None and id(e) not in seen:
     seen.add(id(e))
     if isinstance(e, OSError) and e.strerror:
-      return e.strerror + (f" ({e.filename})" if e.filename else "")
+      return e.strerror + (f" ({_absolute(e.filename)})" if e.filename else "")
     message = str(e)
     code = _OS_ERROR_CODE.search(message)
     reasons = ([os.strerror(int(code.group(1)))] if code else

@@ -21,9 +21,12 @@ folder is written whole, under a temporary name, and renamed into place;
 `load_inference` refuses one whose files do not match its manifest.
 """
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -40,6 +43,7 @@ from l0jax import gates
 from l0jax import graph as graph_lib
 from l0jax import model
 from l0jax import onnx_export
+from l0jax import workdirs
 from l0jax.errors import UserError
 
 PARAMS_DIR = "params"
@@ -48,6 +52,8 @@ METRICS_FILE = "export_metrics.json"
 # The sha256 of every other file in the folder: what makes a mix of two exports detectable.
 MANIFEST = "manifest.json"
 INFO_FILE = "inference.json"  # what the artifact takes and gives, and its normalisation
+# renameat2(2) on Linux: swaps two paths in one step, so a reader finds one export or the other.
+RENAME_EXCHANGE, AT_FDCWD = 2, -100
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # the artifact runs wherever the user serves it
 # Largest |logit difference| between two float32 evaluations of the same network, as a
 # fraction of the largest |logit| (at least 1). Folding BN and gates reorders float32
@@ -264,18 +270,19 @@ def save(export_dir: str | os.PathLike, graph: graph_lib.Graph, params: dict[str
   batch, = jax.export.symbolic_shape("b")
   images = jax.ShapeDtypeStruct((batch, *example_images.shape[1:]), jnp.uint8)
   exported = jax.export.export(serve, platforms=PLATFORMS)(images)
-  (tmp / ARTIFACT).write_bytes(exported.serialize())
+  workdirs.write_file(tmp / ARTIFACT, exported.serialize())
   if with_onnx:
-    (tmp / onnx_export.FILE).write_bytes(
-        onnx_export.model(graph, params, mean, std).SerializeToString())
+    workdirs.write_file(tmp / onnx_export.FILE,
+                        onnx_export.model(graph, params, mean, std).SerializeToString())
     info = {**info, "onnx": onnx_export.info()}
-  (tmp / INFO_FILE).write_text(json.dumps({
+  workdirs.write_file(tmp / INFO_FILE, json.dumps({
       **info, "input_shape": list(example_images.shape[1:]), "input_dtype": "uint8",
       "num_classes": int(exported.out_avals[0].shape[-1]),
       "mean": [float(m) for m in mean], "std": [float(s) for s in std],
-      "output": "logits, float32 [batch, num_classes]"}, indent=2) + "\n")
-  (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-  (tmp / MANIFEST).write_text(json.dumps(_file_hashes(tmp), indent=2) + "\n")
+      "output": "logits, float32 [batch, num_classes]",
+      "manifest": MANIFEST}, indent=2) + "\n")  # Says that it has one: it may not go missing.
+  workdirs.write_file(tmp / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+  workdirs.write_file(tmp / MANIFEST, json.dumps(_file_hashes(tmp), indent=2) + "\n")
   want = np.asarray(serve(example_images))
   reloaded = {f"the reloaded {ARTIFACT}": load_inference(tmp)}
   if with_onnx:
@@ -284,25 +291,58 @@ def save(export_dir: str | os.PathLike, graph: graph_lib.Graph, params: dict[str
     got = np.asarray(infer(example_images))
     _check_close(float(np.max(np.abs(want - got))), float(np.max(np.abs(want))),
                  f"{what} and the compact network")
-  if export_dir.exists():
+  if export_dir.exists() and _exchange(tmp, export_dir):
+    tmp.rmtree()  # The previous export, swapped out.
+    return
+  if export_dir.exists():  # No atomic swap here: a reader recovers from `old` (`_settled`).
     export_dir.rename(old)
   tmp.rename(export_dir)
   if old.exists():
     old.rmtree()
 
 
-def _check_whole(export_dir: epath.Path) -> None:
-  """Refuses a folder whose files are not the ones its manifest lists, as they were written."""
+def _exchange(a: epath.Path, b: epath.Path) -> bool:
+  """Swaps the folders `a` and `b` in one step (Linux's renameat2); False where that is not
+  supported (another system, an old C library, a file system without it)."""
+  if not sys.platform.startswith("linux"):
+    return False
+  renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+  if renameat2 is None:
+    return False
+  if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+    return True
+  error = ctypes.get_errno()
+  if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+    return False
+  raise OSError(error, os.strerror(error), str(b))
+
+
+def _settled(export_dir: epath.Path) -> epath.Path:
+  """`export_dir`, or the previous export that a save killed between its two renames left beside
+  it (where folders cannot be swapped in one step); the next save puts it back."""
+  old = _sibling(export_dir, "old")
+  if export_dir.exists() or not old.is_dir():
+    return export_dir
+  logging.warning("%s is missing: an export was stopped while replacing it; reading the previous "
+                  "one, %s (the next --mode=export puts it back)", export_dir, old)
+  return old
+
+
+def _check_whole(export_dir: epath.Path, info: dict[str, Any]) -> None:
+  """Refuses a folder whose files are not the ones its manifest lists, as they were written.
+
+  An export made before manifests existed (its `info` names none) loads with a warning.
+  """
   manifest = export_dir / MANIFEST
+  if not manifest.exists() and MANIFEST == info.get("manifest"):
+    raise UserError(f"{export_dir} is not one whole export: its {MANIFEST} is missing; "
+                    "export again")
   if not manifest.exists():
     logging.warning("%s has no %s (it was exported before exports had one): whether its files "
                     "come from one export cannot be checked; export again to be sure.",
                     export_dir, MANIFEST)
     return
-  try:
-    listed = json.loads(manifest.read_text())
-  except ValueError as e:
-    raise UserError(f"{manifest} is damaged ({e}); export again") from e
+  listed = workdirs.read_json(manifest, dict, "export again")
   found = _file_hashes(export_dir)
   differ = sorted(name for name in set(listed) | set(found) if listed.get(name) != found.get(name))
   if differ:
@@ -316,22 +356,35 @@ def _damaged(path: epath.Path, e: Exception) -> UserError:
                    "export the run again (--mode=export)")
 
 
+def _check_present(export_dir: epath.Path) -> None:
+  """Refuses a folder that holds no export, saying why: none there, one of this version with a
+  file missing, or one made before the artifact existed (it took float32 images)."""
+  if not export_dir.is_dir():
+    raise UserError(f"{export_dir} holds no exported network: it does not exist (--mode=export "
+                    "writes one)")
+  missing = [name for name in (ARTIFACT, INFO_FILE) if not (export_dir / name).is_file()]
+  if not missing:
+    return
+  before_artifacts = missing[0] == ARTIFACT and not (export_dir / MANIFEST).exists()
+  raise UserError(f"{export_dir} holds no exported network: {missing[0]} is missing " + (
+      "(an export made before it existed takes float32 images: export the run again)"
+      if before_artifacts else "(export the run again)"))
+
+
 def load_inference(export_dir: str | os.PathLike) -> Callable[[np.ndarray], jax.Array]:
   """uint8 images [batch, *input_shape] -> logits, from a `save`d export; needs JAX only.
 
   A missing or damaged file of the export raises a UserError that names it.
   """
-  export_dir = epath.Path(export_dir).resolve()
-  for name in (ARTIFACT, INFO_FILE):
-    if not (export_dir / name).is_file():
-      raise UserError(f"{export_dir} holds no exported network: {name} is missing (an export "
-                      "made before it existed takes float32 images: export the run again)")
-  _check_whole(export_dir)
-  try:
-    info = json.loads((export_dir / INFO_FILE).read_text())
-    input_shape = tuple(info["input_shape"])
-  except (ValueError, KeyError, TypeError) as e:
-    raise _damaged(export_dir / INFO_FILE, e) from e
+  export_dir = _settled(epath.Path(export_dir).resolve())
+  _check_present(export_dir)
+  info = workdirs.read_json(export_dir / INFO_FILE, dict, "export the run again (--mode=export)")
+  input_shape = info.get("input_shape")
+  if not (isinstance(input_shape, list) and input_shape
+          and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in input_shape)):
+    raise _damaged(export_dir / INFO_FILE, ValueError(f"input_shape={input_shape!r}"))
+  _check_whole(export_dir, info)
+  input_shape = tuple(input_shape)
   try:
     exported = jax.export.deserialize(bytearray((export_dir / ARTIFACT).read_bytes()))
   except Exception as e:  # pylint: disable=broad-except  # flatbuffers raise all sorts.

@@ -54,7 +54,6 @@ member's epoch times in history.jsonl (training and validation; not process
 start-up, data loading or the test), which an interruption does not lose.
 """
 
-import ctypes
 import dataclasses
 import json
 import pathlib
@@ -84,7 +83,6 @@ CONFIG_FILES = {"baseline": "baseline.py", "control": "baseline.py", "scratch": 
 SWEEP_KEYS = ("lambda_l0", "init_from", "init_checkpoint", "seed", "mask", "mask_from",
               *(f"target_{kind}" for kind in config_lib.TARGET_KINDS))
 COST_NAMES = {"macs": "MACs", "params": "params"}
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 RESULTS_FILE, TABLE_FILE, FRONT_FILE = "results.json", "results.md", "front.png"
 # Members are tested at their last checkpoint: the network their lambda made.
 # The best by validation can be one from before the gates closed.
@@ -93,6 +91,9 @@ CHECKPOINT = "last"
 # the one with the highest validation accuracy (test accuracy chooses nothing).
 TARGET_MACS = 0.5
 NOT_PRUNED = ("baseline", "control")
+# What the table takes from a member's test_metrics.json.
+NUMBERS = ("test_accuracy", "checkpoint_step", "params_full", "params_kept",
+           "params_kept_fraction", "macs_full", "macs_kept", "macs_kept_fraction")
 MARKERS = {"baseline": "*", "control": "P", "scratch": "o", "finetune": "s", "budget": "^",
            "retrain": "D", "l1_norm": "v", "l1_norm_relative": "<", "random": "x",
            "decided": "d", "random_widths": "+"}
@@ -152,6 +153,13 @@ class Member:
   # The member whose realised cost is this one's budget (a mask's), read once it is tested.
   cost_of: str | None = None
   seed: int | None = None
+
+  def check(self, sweep_dir: pathlib.Path) -> None:
+    """Refuses a member whose config main.py would refuse, before the sweep writes anything."""
+    try:
+      cli.command_config(self.commands(sweep_dir)[0][1:])
+    except UserError as e:
+      raise UserError(f"{self.name}: {e}") from e
 
   def commands(self, sweep_dir: pathlib.Path) -> list[list[str]]:
     """Train (or resume), then test: the two main.py command lines."""
@@ -308,12 +316,6 @@ def _failure_line(output: str) -> str:
   return next((l for l in reversed(lines) if _ERROR_LINE.match(l)), lines[-1] if lines else "")
 
 
-def _die_with_parent() -> None:
-  """In the child, before it starts: SIGTERM when the sweep dies, even of SIGKILL (Linux)."""
-  if sys.platform.startswith("linux"):
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _run_forwarding_signals(command: list[str], log) -> int:
   """Runs `command` to its end, passing it the sweep's SIGTERM or SIGINT, and its exit status.
 
@@ -333,7 +335,7 @@ def _run_forwarding_signals(command: list[str], log) -> int:
   previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     children.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=_die_with_parent))
+                                     start_new_session=True, preexec_fn=cli.die_with_parent))
     while pending:
       children[0].send_signal(pending.pop(0))
     status = children[0].wait()
@@ -377,15 +379,27 @@ def run_member(member: Member, sweep_dir: pathlib.Path) -> bool:
   return True
 
 
+def _unmeasured(workdir: pathlib.Path, why: str) -> UserError:
+  return UserError(f"{workdir}: its {workdirs.TEST_METRICS_FILE} or {workdirs.HISTORY_FILE} does "
+                   f"not hold the numbers of the table ({why}); delete its "
+                   f"{workdirs.TEST_METRICS_FILE} to test it again")
+
+
 def measured(workdir: pathlib.Path) -> dict[str, Any]:
   """A finished run's test metrics (of its last checkpoint), validation accuracy and train time."""
   metrics = workdirs.read_test_metrics(workdir)
   history = workdirs.load_history(workdir)
-  return {**{k: metrics[k] for k in ("dataset", "test_accuracy", "checkpoint_step", "params_full",
-                                     "params_kept", "params_kept_fraction", "macs_full",
-                                     "macs_kept", "macs_kept_fraction")},
-          "val_accuracy": history[-1]["val_accuracy"],  # at the last checkpoint, the one tested
-          "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history)}
+  try:
+    numbers = {**{k: metrics[k] for k in NUMBERS},
+               "val_accuracy": history[-1]["val_accuracy"],  # at the last checkpoint, the tested
+               "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history)}
+  except (KeyError, TypeError) as e:  # A field missing, or a record that is not an object.
+    raise _unmeasured(workdir, f"{type(e).__name__}: {e}") from e
+  wrong = [f"{k}={v!r}" for k, v in numbers.items()
+           if not isinstance(v, (int, float)) or isinstance(v, bool)]
+  if wrong:
+    raise _unmeasured(workdir, ", ".join(wrong))
+  return {"dataset": str(metrics.get("dataset")), **numbers}
 
 
 def collect(sweep_dir: pathlib.Path, members: Sequence[Member], command: str) -> dict[str, Any]:
@@ -574,23 +588,14 @@ def front_figure(results: dict[str, Any]) -> Figure:
 
 def write_results(sweep_dir: pathlib.Path, results: dict[str, Any]) -> None:
   """results.json, results.md and front.png, rewritten from the runs' files on every sweep."""
-  (sweep_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
-  (sweep_dir / TABLE_FILE).write_text(table_markdown(results))
+  workdirs.write_text_atomically(sweep_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+  workdirs.write_text_atomically(sweep_dir / TABLE_FILE, table_markdown(results))
   if results["runs"]:
     analysis.save_figure(front_figure(results), sweep_dir / FRONT_FILE)
 
 
-def sweep(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
-          finetune_lambdas: Sequence[float], retrain_lambdas: Sequence[float],
-          settings: dict[str, dict[str, str]], command: str,
-          targets: Sequence[tuple[str, float]] = (), retrain_budgets: bool = False,
-          **more: Any) -> dict[str, Any]:
-  """Runs every unfinished member in turn, then writes the results; returns them.
-
-  `more`: plan's keyword arguments (scratch_budgets, masks, control, seeds).
-  """
-  members = plan(sweep_dir, scratch_lambdas, finetune_lambdas, settings, retrain_lambdas,
-                 targets, retrain_budgets, **more)
+def sweep(sweep_dir: pathlib.Path, members: Sequence[Member], command: str) -> dict[str, Any]:
+  """Runs every unfinished member of `plan` in turn, then writes the results; returns them."""
   start = time.monotonic()
   finished = [run_member(m, sweep_dir) for m in members]
   results = collect(sweep_dir, members, command)
@@ -623,17 +628,18 @@ def main(argv: list[str]) -> None:
       raise UserError("--sweep_dir is required")
     sweep_dir = pathlib.Path(FLAGS.sweep_dir).absolute()
     cli.checkout()  # refused before anything runs, not at the first member
+    members = plan(sweep_dir, _floats("scratch_lambdas", FLAGS.scratch_lambdas),
+                   _floats("finetune_lambdas", FLAGS.finetune_lambdas), parse_settings(argv[1:]),
+                   _floats("retrain_lambdas", FLAGS.retrain_lambdas),
+                   [(kind, target) for kind in config_lib.TARGET_KINDS
+                    for target in _floats(f"target_{kind}", FLAGS[f"target_{kind}"].value)],
+                   FLAGS.retrain_budgets, scratch_budgets=FLAGS.scratch_budgets,
+                   masks=FLAGS.masks, control=FLAGS.control, seeds=_seeds(FLAGS.seeds))
+    for member in members:  # Every config as main.py would check it, before anything is written.
+      member.check(sweep_dir)
     with locking.held(str(sweep_dir), "--sweep_dir"):
-      results = sweep(sweep_dir, _floats("scratch_lambdas", FLAGS.scratch_lambdas),
-                      _floats("finetune_lambdas", FLAGS.finetune_lambdas),
-                      _floats("retrain_lambdas", FLAGS.retrain_lambdas),
-                      parse_settings(argv[1:]),
-                      shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]),
-                      [(kind, target) for kind in config_lib.TARGET_KINDS
-                       for target in _floats(f"target_{kind}", FLAGS[f"target_{kind}"].value)],
-                      FLAGS.retrain_budgets, scratch_budgets=FLAGS.scratch_budgets,
-                      masks=FLAGS.masks, control=FLAGS.control,
-                      seeds=_seeds(FLAGS.seeds))
+      results = sweep(sweep_dir, members,
+                      shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]))
   if results["unfinished"]:
     sys.exit(1)
 

@@ -54,12 +54,40 @@ SWEEP_LOG_FILE = "sweep.log"
 BEST_METRIC = "val_accuracy"
 
 
+def write_file(path: str | os.PathLike, data: str | bytes) -> None:
+  """Writes `data` to `path`; an OSError names the file, absolute, as `errors.os_failure` reports.
+
+  A write that fails once the file is open (a full disk) raises without a file name.
+  """
+  path = epath.Path(path)
+  try:
+    if isinstance(data, str):
+      path.write_text(data)
+    else:
+      path.write_bytes(data)
+  except OSError as e:
+    raise OSError(e.errno, e.strerror, os.path.abspath(path)) from e
+
+
+def read_json(path: str | os.PathLike, expected: type, fix: str) -> Any:
+  """The JSON value in `path`, a `expected` (dict, list); anything else, or a file that does not
+  parse, is a UserError that names the file and says `fix`."""
+  try:
+    value = json.loads(epath.Path(path).read_text())
+  except (OSError, ValueError) as e:  # Cut short, not a file, not UTF-8.
+    raise UserError(f"{path} is damaged ({_why(e)}); {fix}") from e
+  if not isinstance(value, expected):
+    raise UserError(f"{path} is damaged (it holds a {type(value).__name__}, not a JSON "
+                    f"{'object' if expected is dict else 'array'}); {fix}")
+  return value
+
+
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
   """Writes `text` so that a reader sees the old file or the new one, never half of one."""
   path = epath.Path(path)
   tmp = path.parent / f".{path.name}.tmp"
   try:
-    tmp.write_text(text)
+    write_file(tmp, text)
     tmp.replace(path)  # Not rename: epath's refuses to overwrite, and a resumed run rewrites.
   except OSError:
     tmp.unlink(missing_ok=True)  # A full disk leaves no half-written copy behind.
@@ -105,16 +133,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise UserError(f"{workdir} holds no training run (no {CONFIG_FILE}); train into it first")
+  fix = ("it was left as it is; to go on with this run, delete it and train again with the "
+         "run's --config (it is written anew and training resumes from the checkpoints)")
+  saved = read_json(path, dict, fix)
   config = config_lib.base_config()
   try:
-    saved = json.loads(path.read_text())
-    if not isinstance(saved, dict):
-      raise ValueError(f"it holds a {type(saved).__name__}, not the config's fields")
     config.update({**config_lib.LEGACY_VALUES, **saved})
-  except (OSError, ValueError, TypeError) as e:  # Cut short, not a file, a field of a wrong type.
-    raise UserError(f"{path} is damaged ({_why(e)}) and was left as it is; to go on with this "
-                    "run, delete it and train again with the run's --config (it is written anew "
-                    "and training resumes from the checkpoints)") from e
+  except (ValueError, TypeError, KeyError, AttributeError) as e:  # A field of a wrong type, or none.
+    raise UserError(f"{path} is damaged ({_why(e)}); {fix}") from e
   return config
 
 
@@ -181,11 +207,23 @@ def read_history(workdir: str | os.PathLike) -> tuple[list[tuple[int, str]], lis
     lines.pop()
   records, damaged = [], []
   for number, line in enumerate(lines, 1):
-    try:
-      records.append((int(json.loads(line)["epoch"]), line))
-    except (ValueError, KeyError, TypeError):
+    epoch = _epoch(line)
+    if epoch is None:
       damaged.append(number)
+    else:
+      records.append((epoch, line))
   return records, damaged
+
+
+def _epoch(line: str) -> int | None:
+  """The epoch of a history line: a JSON object whose epoch and step are integers; else None."""
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  integers = isinstance(record, dict) and all(
+      isinstance(record.get(k), int) and not isinstance(record[k], bool) for k in ("epoch", "step"))
+  return record["epoch"] if integers else None
 
 
 def load_history(workdir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -229,7 +267,9 @@ def write_test_metrics(workdir: str | os.PathLike, metrics: dict[str, Any]) -> N
 def read_test_metrics(workdir: str | os.PathLike) -> dict[str, Any] | None:
   """What --mode=test wrote, or None if the run was not tested."""
   path = epath.Path(workdir) / TEST_METRICS_FILE
-  return json.loads(path.read_text()) if path.exists() else None
+  if not path.exists():
+    return None
+  return read_json(path, dict, f"delete it and test the run again (--mode=test --workdir={workdir})")
 
 
 def manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.CheckpointManager:

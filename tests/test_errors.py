@@ -21,10 +21,11 @@ import typing
 
 import pytest
 from absl import logging as absl_logging
+from matplotlib.figure import Figure
 
 from conftest import MAIN, TWO_DEVICES, CreatesAFile, Program, run_main, tiny_config, tiny_flags
-from l0jax import cli, locking, train, workdirs
-from l0jax.errors import UserError
+from l0jax import analysis, cli, locking, train, workdirs
+from l0jax.errors import UserError, os_failure
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
 
@@ -85,9 +86,25 @@ class Case(typing.NamedTuple):
   before: dict | None  # its listing before the run
 
 
+# A sitecustomize module: libraries warn, both ways, as the program imports JAX.
+LIBRARIES_WARN = """
+import logging, sys, warnings
+def warn(event, args):
+  if event == "import" and args[0] == "jax" and not warned:
+    warned.append(1)
+    warnings.warn("a library's deprecation", UserWarning)
+    logging.getLogger("some_library").warning("a library's warning")
+warned = []
+sys.addaudithook(warn)
+"""
+
+
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
   root = tmp_path_factory.mktemp("errors")
+  (root / "warn").mkdir()
+  (root / "warn" / "sitecustomize.py").write_text(LIBRARIES_WARN)
+  libraries_warn = {"PYTHONPATH": str(root / "warn")}
   missing = str(root / "missing")
   empty, empty_workdir = root / "empty", root / "empty_workdir"
   empty.mkdir()
@@ -109,6 +126,15 @@ def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
   raising_config.write_text("def get_config():\n  return 1 / 0\n")
   broken_config = root / "broken.py"
   broken_config.write_text("from configs import gated\n\nget_config = gated.get_config(\n")
+  config_list = saved_run(root / "config_list")
+  (root / "config_list" / "config.json").write_text("[]")
+  config_wrong_type = saved_run(root / "config_wrong_type")
+  (root / "config_wrong_type" / "config.json").write_text('{"batch_size": "abc"}')
+  metrics_list = saved_run(root / "metrics_list")
+  (root / "metrics_list" / workdirs.TEST_METRICS_FILE).write_text("[]")
+  history_wrong_types = saved_run(root / "history_wrong_types")
+  (root / "history_wrong_types" / "history.jsonl").write_text(
+      '[]\n5\n{"epoch": "0", "step": 14}\n{"epoch": 0}\n')
   older = saved_run(root / "older")  # Saved before val_split existed: it used the seeded split.
   saved = json.loads((root / "older" / "config.json").read_text())
   del saved["val_split"]
@@ -129,6 +155,8 @@ def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
       "negative_lambda": (TRAIN + ["--config.lambda_l0=-0.5"], None, missing, None),
       "droprate_init_1": (TRAIN + ["--config.droprate_init=1.0"], None, missing, None),
       "indivisible_batch": (TRAIN + ["--config.batch_size=33"], TWO_DEVICES, missing, None),
+      "libraries_warn": (TRAIN + ["--config.batch_size=33"], {**TWO_DEVICES, **libraries_warn},
+                         missing, None),
       "unknown_dataset": (TRAIN + ["--config.dataset=imagenet"], None, missing, None),
       "unknown_model": (TRAIN + ["--config.model=alexnet"], None, missing, None),
       "unsupported_depth": (TRAIN + ["--config.model=resnet", "--config.depth=21"], None, missing,
@@ -163,6 +191,12 @@ def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
       "resume_other_network": (TRAIN + ["--config.width_multiplier=0.5"], None, resumed, resumed),
       "truncated_config_json": (TRAIN, None, truncated_config, truncated_config),
       "config_json_is_a_folder": (["--mode=test"], None, config_folder, config_folder),
+      "config_json_is_a_list": (["--mode=test"], None, config_list, config_list),
+      "config_json_field_of_a_wrong_type": (["--mode=test"], None, config_wrong_type,
+                                            config_wrong_type),
+      "test_metrics_is_a_list": (["--mode=analyze"], None, metrics_list, metrics_list),
+      "history_of_wrong_types": (["--mode=analyze"], None, history_wrong_types,
+                                 history_wrong_types),
       "config_file_raises": ([f"--config={raising_config}"], None, missing, None),
       "config_file_does_not_parse": ([f"--config={broken_config}"], None, missing, None),
       "unknown_variant": (["--config=configs/gated.py:fast"], None, missing, None),
@@ -223,6 +257,7 @@ REFUSALS = {
     "negative_lambda": ["lambda_l0=-0.5 must be >= 0"],
     "droprate_init_1": ["droprate_init=1.0 must lie in (0, 1)"],
     "indivisible_batch": ["batch_size=33", "2 devices"],
+    "libraries_warn": ["batch_size=33", "2 devices"],  # and nothing above it
     "unknown_dataset": ["dataset='imagenet'"],
     "unknown_model": ["model='alexnet' is not one of googlenet, resnet, vgg"],
     "unsupported_depth": ["depth=21: a CIFAR ResNet has 6n + 2 layers"],
@@ -247,6 +282,13 @@ REFUSALS = {
                               "JSONDecodeError", "delete it and train again"],
     "config_json_is_a_folder": [os.path.join("{watched}", "config.json"), "is damaged",
                                 "IsADirectoryError"],
+    "config_json_is_a_list": [os.path.join("{watched}", "config.json"),
+                              "is damaged (it holds a list, not a JSON object)"],
+    "config_json_field_of_a_wrong_type": [os.path.join("{watched}", "config.json"), "is damaged",
+                                          "batch_size"],
+    "test_metrics_is_a_list": [os.path.join("{watched}", workdirs.TEST_METRICS_FILE),
+                               "is damaged (it holds a list"],
+    "history_of_wrong_types": ["has no history.jsonl entries"],
     "config_file_raises": ["raising.py, line 2: ZeroDivisionError: division by zero"],
     "config_file_does_not_parse": ["broken.py, line 3: SyntaxError"],
     "unknown_variant": ["gated.py, line", "--config=FILE:fast: the one variant of a recipe is "
@@ -361,6 +403,21 @@ SMALL_FILES_ONLY = ("import os, resource, signal, sys; n = int(sys.argv[1]); "
                     "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
                     "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
                     "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
+def test_a_refused_write_names_its_file_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert os_failure(PermissionError(errno.EACCES, "Permission denied", "run/x")) == (
+      f"Permission denied ({tmp_path / 'run' / 'x'})")
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "big").symlink_to("/dev/full")  # Full once the file is open: no name.
+  with pytest.raises(OSError) as e:
+    workdirs.write_file("run/big", b"x" * 2**20)
+  assert os_failure(e.value) == f"No space left on device ({tmp_path / 'run' / 'big'})"
+  (tmp_path / "run" / "figure.png").symlink_to("/dev/full")
+  with pytest.raises(OSError) as e:  # --mode=analyze's figures, the sweep's front.
+    analysis.save_figure(Figure(), "run/figure.png")
+  assert os_failure(e.value) == f"No space left on device ({tmp_path / 'run' / 'figure.png'})"
 
 
 def test_a_history_line_is_appended_whole_or_not_at_all(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """The compact network computes the gated network's test-time logits, and survives export."""
 
+import errno
 import json
 import os
 import shutil
@@ -10,10 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils import epath
 from flax import nnx
 
 from l0jax import accounting, export, gates, model, resnet, vgg
-from l0jax.errors import UserError
+from l0jax.errors import UserError, os_failure
 
 WIDTH, HW, CLASSES = 0.25, 12, 10  # 12 -> 6 -> 3 after the pools
 # log_alpha per state: pruned (test-time gate 0), partly open (in (0, 1)), fully open (1).
@@ -195,7 +197,7 @@ def test_export_takes_uint8_images_of_any_batch_size_and_says_so(saved):
   info = json.loads((folder / export.INFO_FILE).read_text())
   assert info == {"dataset": "fixture", "input_shape": [HW, HW, 3], "input_dtype": "uint8",
                   "num_classes": CLASSES, "mean": MEAN.tolist(), "std": STD.tolist(),
-                  "output": "logits, float32 [batch, num_classes]"}
+                  "output": "logits, float32 [batch, num_classes]", "manifest": export.MANIFEST}
   exported = jax.export.deserialize(bytearray((folder / export.ARTIFACT).read_bytes()))
   assert set(exported.platforms) == set(export.PLATFORMS)
   assert json.loads((folder / export.METRICS_FILE).read_text()) == {"checkpoint_step": 14}
@@ -219,6 +221,13 @@ def test_export_runs_in_a_fresh_process_without_l0jax(saved):
     (lambda f: (f / export.ARTIFACT).write_bytes((f / export.ARTIFACT).read_bytes()[:500]),
      export.ARTIFACT),
     (lambda f: (f / export.INFO_FILE).write_text("{"), export.INFO_FILE),
+    # Valid JSON of the wrong type.
+    (lambda f: (f / export.INFO_FILE).write_text("[]"), export.INFO_FILE),
+    (lambda f: (f / export.INFO_FILE).write_text('{"input_shape": "abc"}'), export.INFO_FILE),
+    (lambda f: (f / export.MANIFEST).write_text("[]"), f"{export.MANIFEST} is damaged"),
+    (lambda f: (f / export.MANIFEST).write_text("{"), f"{export.MANIFEST} is damaged"),
+    # This version's export always has a manifest: one deleted is not taken for an old export.
+    (lambda f: (f / export.MANIFEST).unlink(), f"its {export.MANIFEST} is missing"),
 ])
 def test_a_damaged_export_names_the_file(saved, tmp_path, damage, named):
   folder = tmp_path / "export"
@@ -226,9 +235,23 @@ def test_a_damaged_export_names_the_file(saved, tmp_path, damage, named):
   damage(folder)
   with pytest.raises(UserError, match=named) as e:
     export.load_inference(folder)
-  assert "\n" not in str(e.value)
-  with pytest.raises(UserError, match="no exported network"):
-    export.load_inference(tmp_path)
+  assert "\n" not in str(e.value) and "float32 images" not in str(e.value)
+  with pytest.raises(UserError, match="no exported network: it does not exist"):
+    export.load_inference(tmp_path / "nothing")
+
+
+def test_only_an_export_from_before_manifests_loads_without_one(saved, tmp_path):
+  folder = tmp_path / "export"
+  shutil.copytree(saved[1], folder)
+  (folder / export.MANIFEST).unlink()
+  info = json.loads((folder / export.INFO_FILE).read_text())
+  del info["manifest"]
+  (folder / export.INFO_FILE).write_text(json.dumps(info))
+  x = uint8_images(2, 3)
+  np.testing.assert_allclose(export.load_inference(folder)(x), export.load_inference(saved[1])(x))
+  (folder / export.ARTIFACT).unlink()  # Older still: before the artifact, float32 images.
+  with pytest.raises(UserError, match="takes float32 images"):
+    export.load_inference(folder)
 
 
 def uint8_images(n, seed):
@@ -262,3 +285,55 @@ def test_an_export_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
   artifact.write_bytes(artifact.read_bytes() + b" ")  # as if copied over from another export
   with pytest.raises(UserError, match=f"not one whole export: 1 file.*{export.ARTIFACT}"):
     export.load_inference(folder)
+
+
+def test_an_export_killed_while_replacing_the_previous_leaves_one_of_them(tmp_path, monkeypatch):
+  """The process dies right after the first rename of the folders (simulated): the swap is one
+  step where the file system allows it, and otherwise the previous export is read until the next
+  save puts it back."""
+  first, second = gated_net(seed=0), gated_net(seed=1)
+  x = uint8_images(3, 2)
+  want = {"first": gated_logits(first, normalized(x)), "second": gated_logits(second, normalized(x))}
+  path_type = type(epath.Path(tmp_path))  # epath's concrete class, whose rename save calls
+  real_rename = path_type.rename
+
+  def rename_then_die(self, target):
+    real_rename(self, target)
+    if self.name == "export":  # The previous export, moved aside (Orbax renames its own too).
+      raise SystemExit("killed")
+
+  for atomic in (True, False):
+    folder = tmp_path / f"atomic_{atomic}" / "export"
+    save = lambda net, name: export.save(folder, graph_of(net), compact(net), uint8_images(2, 0),
+                                         MEAN, STD, {}, {"net": name})
+    save(first, "first")
+    with monkeypatch.context() as patched:
+      patched.setattr(path_type, "rename", rename_then_die)
+      if not atomic:
+        patched.setattr(export, "_exchange", lambda a, b: False)
+      try:
+        save(second, "second")
+      except SystemExit:
+        pass
+    np.testing.assert_allclose(export.load_inference(folder)(x),
+                               want["second" if atomic else "first"], rtol=1e-5, atol=1e-5)
+    save(second, "second")
+    assert json.loads((folder / export.METRICS_FILE).read_text()) == {"net": "second"}
+    assert sorted(os.listdir(folder.parent)) == ["export"]
+
+
+def test_a_full_disk_during_an_export_names_the_file_absolute(tmp_path, monkeypatch):
+  """The write fails once the file is open (no file name in Python's OSError), from a relative
+  export folder; the previous export stays."""
+  monkeypatch.chdir(tmp_path)
+  net = gated_net()
+  path_type = type(epath.Path(tmp_path))
+
+  def full(self, data):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(path_type, "write_bytes", full)
+  with pytest.raises(OSError) as e:
+    export.save("export", graph_of(net), compact(net), uint8_images(2, 0), MEAN, STD, {}, {})
+  assert os_failure(e.value) == (f"No space left on device "
+                                 f"({tmp_path / '.export.tmp' / export.ARTIFACT})")

@@ -1,24 +1,30 @@
 """Two processes on localhost (one CPU device each) as two hosts: `main.py --multihost`.
 
-They train one tiny run together, are killed mid-run and resume, then test and
-export it. The run must come out as one process with two devices trains it
-(two hosts with one GPU each and one host with two GPUs split the batch the
-same way), with one set of checkpoints and one history. Every process costs
-seconds of imports and tracing, so the reference runs beside the first pair,
-and the two modes after training run one pair each.
+They train one tiny run together, one is killed mid-run and the other stops in
+one line, and both resume, then test and export it. The run must come out as
+one process with two devices trains it (two hosts with one GPU each and one
+host with two GPUs split the batch the same way), with one set of checkpoints
+and one history. Every process costs seconds of imports and tracing, so the
+reference runs beside the first pair, and the two modes after training run one
+pair each. A killed coordinator, and a peer that never starts, end the others
+in one line too.
 """
 
 import json
 import os
+import re
 import socket
+import subprocess
 
 import pytest
 
 from conftest import MAIN, TWO_DEVICES, Program, tiny_flags
-from l0jax import export, workdirs
+from l0jax import export, hosts, workdirs
 from test_resume import history, resumed_from, step_dirs
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]  # 2 epochs of 14 steps
+# What JAX's abort prints, and a traceback: none of it may reach the console without --debug.
+NATIVE = re.compile(r"^([FEW]\d{4} |Traceback|Fatal Python error|\*\*\* Check failure)", re.M)
 
 
 def free_port() -> int:
@@ -27,10 +33,21 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def together(*args: str) -> list[Program]:
-  """`main.py --multihost ARGS` as processes 0 and 1 of two, started at once."""
+def together(*args: str, processes: tuple[int, ...] = (0, 1)) -> list[Program]:
+  """`main.py --multihost ARGS` as `processes` of two, started at once."""
   flags = ["--multihost", f"--coordinator_address=localhost:{free_port()}", "--num_processes=2"]
-  return [Program(MAIN, *args, *flags, f"--process_id={i}") for i in range(2)]
+  return [Program(MAIN, *args, *flags, f"--process_id={i}") for i in processes]
+
+
+def check_stopped_in_one_line(result: subprocess.CompletedProcess, status: int,
+                              *fragments: str) -> None:
+  """Ended with `status` and one last `error:` line holding `fragments`, nothing native above."""
+  assert result.returncode == status, (result.returncode, result.stderr[-3000:])
+  assert not NATIVE.search(result.stderr), result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: "), result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in last, last
 
 
 def finish(processes: list[Program]) -> list[str]:
@@ -47,13 +64,13 @@ def test_two_processes_train_resume_test_and_export_as_one_with_two_devices(tmp_
   workdir, reference = str(tmp_path / "run"), str(tmp_path / "reference")
   one = Program(MAIN, *TRAIN, f"--workdir={reference}", env=TWO_DEVICES)
   first = together(*TRAIN, f"--workdir={workdir}")
-  # Killed both, a few steps into the second epoch (after the first checkpoint). Process 0
-  # waits for its peer in every step: if process 1 ended, it is stopped at once.
-  first[0].kill_when(lambda: first[1].proc.poll() is not None or (
-      first[0].step >= 14 + 3 and "14" in step_dirs(workdir)))
-  assert first[1].proc.poll() is None, first[1].stderr[-3000:]
-  first[1].proc.kill()
-  first[1].wait()
+  # Process 1 killed a few steps into the second epoch (after the first checkpoint): process 0
+  # stops in one line, in less than JAX's heartbeat timeout (100 s).
+  first[1].kill_when(lambda: first[0].proc.poll() is not None or (
+      first[1].step >= 14 + 3 and "14" in step_dirs(workdir)))
+  check_stopped_in_one_line(first[0].wait(timeout=90), hosts.PEER_GONE,
+                            "process 0 of the run: process 1 is gone",
+                            "resumes from its newest complete checkpoint, step 14")
   logs = finish(together(*TRAIN, f"--workdir={workdir}"))
   assert all(resumed_from(log) == 14 for log in logs), [l[-2000:] for l in logs]
   finish([one])
@@ -66,3 +83,17 @@ def test_two_processes_train_resume_test_and_export_as_one_with_two_devices(tmp_
   assert tested["checkpoint_step"] == exported["checkpoint_step"] == 28
   assert exported["test_accuracy_gated"] == pytest.approx(tested["test_accuracy"], abs=1e-6)
   assert not [n for n in os.listdir(workdir) if n.startswith(".")]  # no temporary folder
+
+
+def test_a_killed_coordinator_or_a_peer_that_never_starts_ends_the_others_in_one_line(tmp_path):
+  """Process 0 hosts JAX's coordination service: when it dies, JAX aborts the others at once."""
+  workdir = str(tmp_path / "run")
+  pair = together(*TRAIN, f"--workdir={workdir}")
+  alone = together(*TRAIN, f"--workdir={tmp_path / 'alone'}", "--peer_timeout=5", processes=(0,))
+  pair[0].kill_when(lambda: pair[1].proc.poll() is not None or pair[1].step >= 3)
+  check_stopped_in_one_line(pair[1].wait(timeout=90), hosts.PEER_GONE,
+                            "process 1 of the run: process 0, which coordinates the run, is gone",
+                            "resumes from the start (no checkpoint was complete),")
+  check_stopped_in_one_line(alone[0].wait(timeout=90), hosts.NEVER_JOINED,
+                            "process 0 of the run: not every process joined in time")
+  assert not os.path.exists(tmp_path / "alone")

@@ -91,6 +91,31 @@ def test_arguments_it_cannot_hand_on_are_refused(args):
     sweep.parse_settings(args)
 
 
+@pytest.mark.parametrize("setting,refusal", [
+    ("--config.width_multiplier=0", "baseline: config: width_multiplier=0.0 must be > 0"),
+    ("--retrain.nonexistent=1", "retrain_lambda20: the config has no field 'nonexistent'")])
+def test_a_members_config_that_main_py_would_refuse_is_refused_before_anything_is_written(
+    tmp_path, setting, refusal):
+  sweep_dir = tmp_path / "sweep"
+  result = start_sweep(sweep_dir, "--finetune_lambdas=20", "--retrain_lambdas=20",
+                       setting).wait()
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+  assert lines[0].startswith(f"error: {refusal}"), lines
+  assert not sweep_dir.exists()
+
+
+@pytest.mark.parametrize("metrics,history", [
+    ("[]", '{"epoch": 0, "step": 1}'),
+    ('{"checkpoint": "last", "test_accuracy": "high"}', '{"epoch": 0, "step": 1}'),
+    ('{"checkpoint": "last"}', '{"epoch": 0, "step": 1, "val_accuracy": null}')])
+def test_a_members_files_of_wrong_types_are_refused_in_one_line(tmp_path, metrics, history):
+  (tmp_path / workdirs.TEST_METRICS_FILE).write_text(metrics)
+  (tmp_path / workdirs.HISTORY_FILE).write_text(history + "\n")
+  with pytest.raises(UserError, match=f"{tmp_path}.*{workdirs.TEST_METRICS_FILE}"):
+    sweep.measured(tmp_path)
+
+
 def test_a_lambda_listed_twice_is_refused(tmp_path):
   with pytest.raises(UserError, match="twice"):
     sweep.plan(tmp_path, [0.5, 0.5], [], sweep.parse_settings([]))
@@ -209,7 +234,8 @@ def tiny_sweep(tmp_path_factory):
   The first sees two devices, as on a machine with two GPUs.
   """
   sweep_dir = tmp_path_factory.mktemp("sweep")
-  first = start_sweep(sweep_dir, "--finetune_lambdas=20", "--finetune.droprate_init=5",
+  # A setting that only the member's run can refuse (it counts the devices).
+  first = start_sweep(sweep_dir, "--finetune_lambdas=20", "--finetune.batch_size=33",
                       env=TWO_DEVICES).wait()
   first_results = json.loads((sweep_dir / sweep.RESULTS_FILE).read_text())
   baseline_files = mtimes(sweep_dir / "baseline")
@@ -220,7 +246,7 @@ def tiny_sweep(tmp_path_factory):
 def test_a_failed_run_does_not_stop_the_sweep(tiny_sweep):
   _, first, results, _, _ = tiny_sweep
   assert first.returncode == 1, first.stderr[-3000:]
-  assert "finetune_lambda20: training failed" in first.stderr and "droprate_init" in first.stderr
+  assert "finetune_lambda20: training failed" in first.stderr and "batch_size=33" in first.stderr
   assert [r["name"] for r in results["runs"]] == ["baseline"]
   assert results["unfinished"] == ["finetune_lambda20"]
 
