@@ -91,8 +91,10 @@ def test_a_killed_coordinator_or_a_peer_that_never_starts_ends_the_others_in_one
   pair = together(*TRAIN, f"--workdir={workdir}")
   alone = together(*TRAIN, f"--workdir={tmp_path / 'alone'}", "--peer_timeout=5", processes=(0,))
   pair[0].kill_when(lambda: pair[1].proc.poll() is not None or pair[1].step >= 3)
+  # Whether the native log names the coordination service first or a failed collective depends
+  # on which of the two fails first: "process 0, which coordinates the run, is gone" or not.
   check_stopped_in_one_line(pair[1].wait(timeout=90), hosts.PEER_GONE,
-                            "process 1 of the run: process 0, which coordinates the run, is gone",
+                            "process 1 of the run: process 0", "is gone",
                             "resumes from the start (no checkpoint was complete),")
   check_stopped_in_one_line(alone[0].wait(timeout=90), hosts.NEVER_JOINED,
                             "process 0 of the run: not every process joined in time")
