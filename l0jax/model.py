@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from l0jax import convolutions
 from l0jax import gates
 from l0jax import graph as graph_lib
 
@@ -141,51 +142,9 @@ def _bfloat16_dot_bwd(residuals, g):
 bfloat16_dot.defvjp(_bfloat16_dot_fwd, _bfloat16_dot_bwd)
 
 
-def _same_conv(lhs: jax.Array, rhs: jax.Array, specs=("NHWC", "HWIO", "NHWC"),
-               padding="SAME") -> jax.Array:
-  return jax.lax.conv_general_dilated(lhs, rhs, (1, 1), padding, dimension_numbers=specs,
-                                      preferred_element_type=jnp.float32)
-
-
-@jax.custom_vjp
-def bfloat16_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A stride-1 'SAME' NHWC convolution of float32 arrays, in bfloat16 with float32 accumulation.
-
-  XLA's own convolution, not im2col or a sum of shifted 1x1 dots: those were
-  slower on a block's 3x3 shape, forward and backward, and im2col won only on
-  the 3-channel stem (results/throughput_cpu/convolutions_under_load.txt). Its gradients are such
-  convolutions of the cotangent rounded to bfloat16, written out because JAX's
-  would convolve the float32 cotangent in float32.
-  """
-  return _same_conv(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
-
-
-def _bfloat16_conv_fwd(x, kernel):
-  return bfloat16_conv(x, kernel), (x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
-
-
-def _bfloat16_conv_bwd(residuals, g):
-  x, kernel = residuals
-  g = g.astype(jnp.bfloat16)
-  # The input gradient convolves with the kernel flipped in space, in and out swapped.
-  dx = _same_conv(g, kernel[::-1, ::-1], ("NHWC", "HWOI", "NHWC"))
-  # The kernel gradient: a convolution over the batch, whose window is the whole image.
-  pad = [(k // 2, (k - 1) // 2) for k in kernel.shape[:2]]
-  dkernel = _same_conv(x, g, ("CHWN", "IHWO", "HWNC"), pad)
-  return dx, dkernel
-
-
-bfloat16_conv.defvjp(_bfloat16_conv_fwd, _bfloat16_conv_bwd)
-
-
 def _bfloat16_pointwise_conv(inputs: jax.Array, kernel: jax.Array, *args, **kwargs) -> jax.Array:
   del args, kwargs  # As in `pointwise_conv`.
   return bfloat16_dot(inputs, kernel[0, 0])
-
-
-def _bfloat16_spatial_conv(inputs: jax.Array, kernel: jax.Array, *args, **kwargs) -> jax.Array:
-  del args, kwargs  # Stride 1, 'SAME', NHWC and HWIO: every convolution of this network.
-  return bfloat16_conv(inputs, kernel)
 
 
 def conv_function(kernel_size: int, bfloat16_matmuls: bool,
@@ -197,9 +156,9 @@ def conv_function(kernel_size: int, bfloat16_matmuls: bool,
   """
   if stride != 1:
     return jax.lax.conv_general_dilated
-  if bfloat16_matmuls:
-    return _bfloat16_pointwise_conv if kernel_size == 1 else _bfloat16_spatial_conv
-  return pointwise_conv if kernel_size == 1 else jax.lax.conv_general_dilated
+  if kernel_size > 1:
+    return convolutions.same_conv(bfloat16_matmuls)
+  return _bfloat16_pointwise_conv if bfloat16_matmuls else pointwise_conv
 
 
 class ConvBN(nnx.Module):

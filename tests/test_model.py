@@ -77,6 +77,22 @@ def test_max_pool_matches_reduce_window(stride):
                              atol=1e-6)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_sends_each_outputs_gradient_to_one_maximum_of_its_window_under_ties(stride):
+  x = jnp.round(jax.random.normal(jax.random.key(0), (1, 7, 9, 2)))  # most windows tie
+  y, vjp = jax.vjp(lambda x: model.max_pool_3x3(x, stride), x)
+  one_hots = jnp.eye(y.size).reshape(-1, *y.shape)
+  (grads,) = jax.vmap(vjp)(one_hots)
+  padded = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+  for one_hot, grad in zip(one_hots, np.asarray(grads)):
+    _, i, j, c = np.argwhere(one_hot)[0]
+    (where,) = np.argwhere(grad)
+    assert grad[tuple(where)] == 1 and np.count_nonzero(grad) == 1
+    window = padded[0, stride * i:stride * i + 3, stride * j:stride * j + 3, c]
+    assert where[3] == c and where[1] - stride * i in (-1, 0, 1) and where[2] - stride * j in (-1, 0, 1)
+    assert x[tuple(where)] == window.max() == y[0, i, j, c]
+
+
 @pytest.mark.parametrize("kernel_size", [1, 3, 5])
 @pytest.mark.parametrize("bfloat16_matmuls", [False, True])
 def test_conv_functions_match_lax_conv(kernel_size, bfloat16_matmuls):
