@@ -591,16 +591,6 @@ def _make_dataset(name: str, train: Split, test: Split, num_classes: int,
 # --- On device --------------------------------------------------------------
 
 
-def put(host_array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
-  """An array that every process holds alike on the host, onto the devices of `sharding`.
-
-  Each process fills its own devices. jax.device_put would first compare the
-  value across processes, by a collective per array.
-  """
-  host_array = np.asarray(host_array)
-  return jax.make_array_from_callback(host_array.shape, sharding, lambda i: host_array[i])
-
-
 def normalize(images: jax.Array, mean: jax.typing.ArrayLike, std: jax.typing.ArrayLike,
               dtype: jax.typing.DTypeLike = jnp.float32) -> jax.Array:
   """uint8 pixels -> (x - mean) / std per channel, in float32 and then cast once to `dtype`."""
