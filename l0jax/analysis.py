@@ -23,7 +23,7 @@ from etils import epath
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from l0jax import accounting, budget, data, gates, networks, workdirs
+from l0jax import accounting, budget, checkpoints, data, gates, networks, workdirs
 from l0jax import config as config_lib
 from l0jax import graph as graph_lib
 from l0jax.gates import OPEN_AT, PRUNE_AT
@@ -54,7 +54,7 @@ def checkpoint_metrics(workdir: epath.Path, checkpoint: str, graph: graph_lib.Gr
   metrics = workdirs.read_test_metrics(workdir)
   if metrics is not None and metrics.get("checkpoint", "best") == checkpoint:
     return metrics, True
-  _, step = workdirs.chosen_step(str(workdir), checkpoint)
+  _, step = checkpoints.chosen_step(str(workdir), checkpoint)
   record = _record_at(history, step, workdir, checkpoint)
   log_alphas = _arrays(record.get("log_alpha", {}))
   return {"checkpoint_step": step, **accounting.report(graph, log_alphas)}, False

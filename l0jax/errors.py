@@ -57,3 +57,9 @@ def os_failure(e: BaseException) -> str | None:
       return reasons[0] + (f" ({path.group(1)})" if path else "")
     e = e.__cause__ or e.__context__
   return None
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+  """What a library raised, in one line: Orbax, TensorStore and TFDS messages run to pages."""
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}"

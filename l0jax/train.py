@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from l0jax import accounting, budget as budget_lib, cli, data, evaluator, networks, optimizer
-from l0jax import pruning, sharding, workdirs, writers
+from l0jax import checkpoints, pruning, sharding, warm_start, workdirs, writers
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -228,12 +228,12 @@ def start_or_resume(run: Run,
   weights (with a mask's gates, fixed), else the initial state."""
   config = run.config
   tx, state = initial_state(run)
-  restored = workdirs.restore_latest(str(workdir), state)
+  restored = checkpoints.restore_latest(str(workdir), state)
   if restored is not None:
     latest, state = restored
     logging.info("Resuming %s from step %d.", workdir, latest)
   elif config.init_from:
-    params, batch_stats = workdirs.load_weights(config.init_from, config, state.params,
+    params, batch_stats = warm_start.load_weights(config.init_from, config, state.params,
                                                 state.batch_stats)
     if config.mask:
       params = pruning.mask_gates(run.network, config, params, batch_stats)
@@ -337,8 +337,8 @@ def end_epoch(loop: Loop, state: TrainState, epoch: int, step: int,
   writer.flush()  # TensorBoard shows each epoch as it ends.
   if workdirs.is_primary_process():
     workdirs.append_history(loop.workdir, record)
-  loop.mngr.save(step, args=ocp.args.StandardSave(workdirs.on_disk(state)),
-                 metrics={workdirs.BEST_METRIC: val["accuracy"]})
+  loop.mngr.save(step, args=ocp.args.StandardSave(checkpoints.on_disk(state)),
+                 metrics={checkpoints.BEST_METRIC: val["accuracy"]})
   logging.info("epoch %d/%d: train accuracy %.4f, val accuracy %.4f (loss %.4f)%s (%.1f s)",
                epoch + 1, config.num_epochs, record["train_accuracy"], val["accuracy"],
                val["loss"], gates_line, record["epoch_seconds"])
@@ -352,16 +352,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   network, init_from, damaged checkpoints) is checked before the first write
   to `workdir`.
   """
-  workdirs.check_same_network(workdir, config)
-  workdirs.check_history_has_checkpoints(workdir)
-  if config.init_from and not workdirs.has_checkpoints(workdir):
-    workdirs.init_source(config.init_from, config)  # Before the data and network are built.
+  warm_start.check_same_network(workdir, config)
+  checkpoints.check_history_has_checkpoints(workdir)
+  if config.init_from and not checkpoints.has_checkpoints(workdir):
+    warm_start.init_source(config.init_from, config)  # Before the data and network are built.
   run = setup(config)
   workdir = epath.Path(workdir)
   ds, network, mesh = run.dataset, run.network, run.mesh
   tx, state = start_or_resume(run, workdir)
   epoch_steps = steps_per_epoch(run)
-  mngr = workdirs.manager(str(workdir), keep=config.keep_checkpoints)
+  mngr = checkpoints.manager(str(workdir), keep=config.keep_checkpoints)
   if workdirs.is_primary_process():
     workdirs.save_config(str(workdir), config)
 

@@ -11,8 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from conftest import tiny_config
-from l0jax import (accounting, analysis, checkpoint_modes, data, gates, locking, networks, train,
-                   workdirs)
+from l0jax import (accounting, analysis, checkpoint_modes, checkpoints, data, gates, locking,
+                   networks, train, workdirs)
 
 @pytest.fixture(scope="module")
 def gated_run(tmp_path_factory) -> str:
@@ -129,11 +129,11 @@ def test_a_run_without_gates_gets_its_trajectories_and_says_so(gated_run, tmp_pa
 
 def test_reading_a_run_that_is_training_says_so(gated_run, caplog):
   """Test, export and analyze may read a workdir while it trains; they say which step they read."""
-  _, best = workdirs.chosen_step(gated_run, "best")
-  last = workdirs.manager(gated_run, read_only=True).latest_step()
+  _, best = checkpoints.chosen_step(gated_run, "best")
+  last = checkpoints.manager(gated_run, read_only=True).latest_step()
   assert not any("is being trained" in r.getMessage() for r in caplog.records)
   with locking.held(gated_run, "--workdir"):  # As the training process holds it.
-    workdirs.chosen_step(gated_run, "best")
+    checkpoints.chosen_step(gated_run, "best")
   message = next(r.getMessage() for r in caplog.records if "is being trained" in r.getMessage())
   assert f"by process {os.getpid()}: this reads its best checkpoint, step {best}" in message
   assert (f"(the newest is step {last})" in message) == (last > best)

@@ -17,7 +17,8 @@ import pytest
 from flax import nnx
 
 from conftest import GOOGLENET, REPO, TWO_DEVICES, read_events, run_main, tiny_config, tiny_flags
-from l0jax import accounting, cli, masks, model, networks, optimizer, train, workdirs
+from l0jax import accounting, checkpoints, cli, masks, model, networks, optimizer, train
+from l0jax import warm_start, workdirs
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -336,7 +337,7 @@ def test_finetuning_starts_from_the_baselines_weights(runs):
   base = runs["base"]
   config = tiny_config(init_from=base, droprate_init=0.05)
   network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  params, batch_stats = workdirs.load_weights(base, config, params, batch_stats)
+  params, batch_stats = warm_start.load_weights(base, config, params, batch_stats)
   saved = saved_state(base, "best")
   np.testing.assert_array_equal(params["stem"]["conv"]["kernel"][...],
                                 saved["params"]["stem"]["conv"]["kernel"]["value"])
@@ -362,7 +363,7 @@ def test_the_last_checkpoint_is_tested_when_asked_for(runs):
 
 
 def saved_state(workdir: str, which: str) -> dict:
-  mngr, step = workdirs.chosen_step(workdir, which)
+  mngr, step = checkpoints.chosen_step(workdir, which)
   return mngr.restore(step, args=ocp.args.StandardRestore())
 
 
