@@ -8,13 +8,9 @@ the gates its epoch's record holds. No data is loaded and no network is
 built. A gated layer is named as the cost accounting and `--mode=test` name
 it (the layer whose output channels its gate decides: `block1/branch3`, not
 its gate's `block1/3x3`, which history.jsonl keys by). Epoch 0 is the start
-of training, before the first epoch. Figures are drawn on
-matplotlib `Figure`s and rendered by Agg, never through pyplot, so no display
-is needed and no global state is touched.
+of training, before the first epoch. Figures are saved by plots.py.
 """
 
-import io
-import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import ml_collections
@@ -23,23 +19,15 @@ from etils import epath
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from l0jax import accounting, budget, checkpoints, data, gates, networks, workdirs
+from l0jax import accounting, budget, checkpoints, data, gates, networks, plots, workdirs
 from l0jax import config as config_lib
 from l0jax import graph as graph_lib
 from l0jax.gates import OPEN_AT, PRUNE_AT
 from l0jax.errors import UserError
 
 SUMMARY_FILE = "summary.md"
-DPI = 110
 STATES = ("pruned", "undecided", "open")
 STATE_COLORS = {"pruned": "tab:gray", "undecided": "tab:orange", "open": "tab:blue"}
-
-
-def save_figure(fig: Figure, path: str | os.PathLike) -> None:
-  """`fig` as the image file `path` (its format by its suffix); a refused write names the file."""
-  image = io.BytesIO()
-  fig.savefig(image, dpi=DPI, format=os.path.splitext(path)[1][1:])
-  workdirs.write_file(path, image.getvalue())
 
 
 def channel_graph(config: ml_collections.ConfigDict) -> graph_lib.Graph:
@@ -464,7 +452,7 @@ def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
   if workdirs.is_primary_process():  # With --multihost, the others drew the same.
     out.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
-      save_figure(fig, out / name)
+      plots.save_figure(fig, out / name)
     workdirs.write_file(out / SUMMARY_FILE, summary_markdown(
         workdir, config, history, checkpoint, chosen, metrics, tested, log_alphas, layer_states,
         total, list(figures)))

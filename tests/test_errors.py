@@ -24,7 +24,7 @@ from absl import logging as absl_logging
 from matplotlib.figure import Figure
 
 from conftest import MAIN, TWO_DEVICES, CreatesAFile, Program, run_main, tiny_config, tiny_flags
-from l0jax import analysis, checkpoints, cli, locking, train, workdirs
+from l0jax import checkpoints, cli, locking, plots, train, workdirs
 from l0jax.errors import UserError, os_failure
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
@@ -416,7 +416,7 @@ def test_a_refused_write_names_its_file_absolute(tmp_path, monkeypatch):
   assert os_failure(e.value) == f"No space left on device ({tmp_path / 'run' / 'big'})"
   (tmp_path / "run" / "figure.png").symlink_to("/dev/full")
   with pytest.raises(OSError) as e:  # --mode=analyze's figures, the sweep's front.
-    analysis.save_figure(Figure(), "run/figure.png")
+    plots.save_figure(Figure(), "run/figure.png")
   assert os_failure(e.value) == f"No space left on device ({tmp_path / 'run' / 'figure.png'})"
 
 
