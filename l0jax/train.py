@@ -137,8 +137,8 @@ def steps_per_call(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
   """Training steps per compiled call: at most `config.steps_per_call`, in equal calls an epoch.
 
   `steps_per_call=0` picks 1 on CPU, where XLA runs the training steps
-  slower inside a loop than outside one (results/throughput_cpu),
-  and 100 on accelerators, where fewer host round-trips pay. Calls of equal
+  slower inside a loop than outside one, and 100 on accelerators, where fewer
+  host round-trips pay. Calls of equal
   size leave at most one padded step per call (see `make_train_steps`).
   """
   n = config.steps_per_call or (1 if jax.default_backend() == "cpu" else 100)
