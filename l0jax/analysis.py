@@ -87,20 +87,21 @@ def gates_per_epoch(history: Sequence[dict], config: ml_collections.ConfigDict,
                        {kind: np.array([k[kind] for k in kept]) for kind in ("params", "macs")})
 
 
-def l0_panel_title(config: ml_collections.ConfigDict) -> str:
+def l0_panel_title(config: ml_collections.ConfigDict, target: tuple[str, float] | None) -> str:
   """The L0 panel's title, in two lines: one is too wide for a third of the figure."""
   if not (config.use_gate and config.train_gates):
     return "L0 term\n(not in the loss: gates fixed)"
-  if budget.target_of(config):
+  if target:
     return "L0 term, in the loss as the Lagrangian\nl1 (c - t) + l2 (c - t)^2"
   return f"L0 term\n(times lambda_l0 = {config.lambda_l0:g} in the loss)"
 
 
-def _travel_lines(config: ml_collections.ConfigDict, history: Sequence[dict]) -> list[str]:
+def _travel_lines(config: ml_collections.ConfigDict, history: Sequence[dict],
+                  target: tuple[str, float] | None) -> list[str]:
   """For a budget run whose gates settled: how far training had moved them by then."""
   settled = budget.settle_epoch(config)
   before = next((h for h in history if h["epoch"] == settled - 1), None)
-  if not (budget.target_of(config) and config.train_gates and before
+  if not (target and config.train_gates and before
           and any(h["epoch"] >= settled for h in history)):
     return []
   travel, _ = budget.gate_travel(before["log_alpha"], config.droprate_init)
@@ -112,14 +113,14 @@ def summary_markdown(workdir: epath.Path, config: ml_collections.ConfigDict,
                      history: Sequence[dict], checkpoint: str, chosen: dict,
                      metrics: dict, tested: bool, log_alphas: dict[str, np.ndarray],
                      layer_states: dict[str, dict[str, int]], total: dict[str, int],
-                     figures: Sequence[str]) -> str:
+                     figures: Sequence[str], target: tuple[str, float] | None) -> str:
   """The run in a few lines: what it is, what it is worth, and what its gates decided."""
   minutes = sum(h["epoch_seconds"] for h in history) / 60
   if not config.use_gate:
     kind = "without gates"
-  elif budget.target_of(config):
-    what, target = budget.target_of(config)
-    kind = (f"with L0 gates pruned to a budget of {run_figures.percent(target)} of the "
+  elif target:
+    what, fraction = target
+    kind = (f"with L0 gates pruned to a budget of {run_figures.percent(fraction)} of the "
             f"{'MACs' if what == 'macs' else 'parameters'} (realised: "
             f"{run_figures.percent(metrics[f'{what}_kept_fraction'])})")
   elif config.train_gates:
@@ -157,14 +158,14 @@ def summary_markdown(workdir: epath.Path, config: ml_collections.ConfigDict,
     if total["undecided"]:
       share = run_figures.percent(total["undecided"] / num_gates)
       settled = budget.settle_epoch(config)
-      if budget.target_of(config) and chosen["epoch"] >= settled:
+      if target and chosen["epoch"] >= settled:
         why = (f"the budget fixed every gate from epoch {settled + 1} on (`fix_gates_after`), "
                "so these keep the scale they had learnt, and the weights trained with it")
       else:
         why = ("many of them are a sign that training stopped before the gates settled, or "
                "that the temperature keeps them from settling")
       lines += ["", f"{share} of the gates are undecided: kept, but scaled; {why}."]
-    lines += _travel_lines(config, history)
+    lines += _travel_lines(config, history, target)
     lines += ["", "| gated layer | channels | pruned | undecided | open | log_alpha min | median "
               "| max |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, counts in layer_states.items():
@@ -183,6 +184,7 @@ def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
   """
   workdir = epath.Path(workdir)
   config = workdirs.load_config(str(workdir))
+  target = budget.target_of(config)  # the one reading of the budget, for every part below
   history = workdirs.load_history(workdir)
   graph = channel_graph(config)
   metrics, tested = checkpoint_metrics(workdir, checkpoint, graph, history)
@@ -200,14 +202,13 @@ def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
     figures["log_alpha_trajectories.png"] = run_figures.log_alpha_trajectory_figure(
         per_epoch, epoch, checkpoint)
     figures["channels.png"] = run_figures.channels_figure(metrics["layers"], title)
-  target = budget.target_of(config)
   if target:
     figures["budget.png"] = run_figures.budget_figure(history, epoch, checkpoint, *target,
-                                          per_epoch.costs[target[0]],
-                                          budget.settle_epoch(config))
-  figures["trajectories.png"] = run_figures.trajectories_figure(history, epoch, checkpoint,
-                                                    l0_panel_title(config), per_epoch,
-                                                    metrics["macs_kept_fraction"])
+                                                      per_epoch.costs[target[0]],
+                                                      budget.settle_epoch(config))
+  figures["trajectories.png"] = run_figures.trajectories_figure(
+      history, epoch, checkpoint, l0_panel_title(config, target), per_epoch,
+      metrics["macs_kept_fraction"])
   layer_states = {name: {state: int(m.sum()) for state, m in run_figures.gate_states(la).items()}
                   for name, la in log_alphas.items()}
   total = {s: sum(c[s] for c in layer_states.values()) for s in run_figures.STATES}
@@ -217,7 +218,7 @@ def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
       plots.save_figure(fig, out / name)
     workdirs.write_file(out / SUMMARY_FILE, summary_markdown(
         workdir, config, history, checkpoint, chosen, metrics, tested, log_alphas, layer_states,
-        total, list(figures)))
+        total, list(figures), target))
     print(f"{out}: {', '.join(figures)} and {SUMMARY_FILE}")
   return {"tested": tested, "checkpoint_step": metrics["checkpoint_step"], "gates": total,
           "layers": layer_states, "files": [*figures, SUMMARY_FILE]}

@@ -117,19 +117,24 @@ def describe_network(config: ml_collections.ConfigDict, image_shape: tuple[int, 
   return network, abstract
 
 
-def create_network(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
-                   num_classes: int, mean: np.ndarray,
-                   std: np.ndarray) -> tuple[Network, nnx.State, nnx.State]:
-  """The network's static description (`describe_network`) and its initial (params,
-  batch_stats).
+def initial_arrays(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
+                   num_classes: int) -> tuple[nnx.State, nnx.State]:
+  """The network's initial (params, batch_stats), drawn from `config.seed`.
 
   Initialisation runs as one compiled program (`run_once`): op by op, each of its hundreds of
   operations would be compiled and dispatched on its own.
   """
-  network, _ = describe_network(config, image_shape, num_classes, mean, std)
-  params, batch_stats = run_once(
+  return run_once(
       lambda seed: nnx.split(build(config, image_shape, num_classes,
                                    jax.random.fold_in(jax.random.key(seed), 0)),
                              nnx.Param, nnx.BatchStat)[1:],
       np.uint32(config.seed))  # Unsigned: a seed may take all 32 bits (config.validate).
-  return network, params, batch_stats
+
+
+def create_network(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
+                   num_classes: int, mean: np.ndarray,
+                   std: np.ndarray) -> tuple[Network, nnx.State, nnx.State]:
+  """The network's static description (`describe_network`) and its initial (params,
+  batch_stats) (`initial_arrays`)."""
+  network, _ = describe_network(config, image_shape, num_classes, mean, std)
+  return network, *initial_arrays(config, image_shape, num_classes)

@@ -161,6 +161,8 @@ class Run(NamedTuple):
   params: nnx.State
   batch_stats: nnx.State
   mesh: Any
+  # The budget the run is pruned to, resolved once from the config; None without one.
+  budget: budget_lib.Budget | None = None
 
 
 def setup(config: ml_collections.ConfigDict) -> Run:
@@ -171,16 +173,18 @@ def setup(config: ml_collections.ConfigDict) -> Run:
                     f"{jax.device_count()} devices")
   start = time.monotonic()
   dataset = data.load_dataset(config)
+  image_shape = dataset.train_images.shape[1:]
+  data_seconds, start = time.monotonic() - start, time.monotonic()
+  # One channel graph, that a budget is checked against and the network trains with.
+  network, _ = networks.describe_network(config, image_shape, dataset.num_classes, dataset.mean,
+                                         dataset.std)
   if budget_lib.target_of(config):  # Refused before anything is announced, as other bad input.
-    budget_lib.check_reachable(config, networks.channel_graph(
-        config, dataset.train_images.shape[1:], dataset.num_classes)[0])
+    budget_lib.check_reachable(config, network.graph)
   sizes = [f"{len(x):,}" for x in (dataset.train_images, dataset.val_images, dataset.test_images)]
   logging.info("Data: %s from %s: %s training, %s validation, %s test images of %s (%.1f s).",
-               dataset.name, dataset.source, *sizes,
-               "x".join(map(str, dataset.train_images.shape[1:])), time.monotonic() - start)
-  start = time.monotonic()
-  network, params, batch_stats = networks.create_network(config, dataset.train_images.shape[1:],
-                                                dataset.num_classes, dataset.mean, dataset.std)
+               dataset.name, dataset.source, *sizes, "x".join(map(str, image_shape)),
+               data_seconds)
+  params, batch_stats = networks.initial_arrays(config, image_shape, dataset.num_classes)
   num_params, macs = accounting.totals(accounting.count(network.graph, None))
   logging.info("Network: %s at width %g, %s, %s parameters, %.2f M MACs per image, "
                "%s on %d %s device(s) (%.1f s).", config_lib.network_name(config),
@@ -188,7 +192,8 @@ def setup(config: ml_collections.ConfigDict) -> Run:
                "gated" if config.use_gate else "no gates", f"{num_params:,}", macs / 1e6,
                jnp.dtype(network.dtype).name, jax.device_count(), jax.default_backend(),
                time.monotonic() - start)
-  return Run(config, dataset, network, params, batch_stats, sharding.data_mesh())
+  run = Run(config, dataset, network, params, batch_stats, sharding.data_mesh())
+  return run._replace(budget=budget_lib.Budget.from_config(config, steps_per_epoch(run)))
 
 
 def steps_per_epoch(run: Run) -> int:
@@ -199,10 +204,6 @@ def steps_per_epoch(run: Run) -> int:
   return steps
 
 
-def run_budget(run: Run) -> budget_lib.Budget | None:
-  return budget_lib.Budget.from_config(run.config, steps_per_epoch(run))
-
-
 def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
   """The optimizer and the step-0 state, replicated over the run's mesh.
 
@@ -210,10 +211,9 @@ def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
   evaluate it (Orbax restores into the target's shardings).
   """
   tx = optimizer.create_optimizer(run.config, steps_per_epoch(run))
-  budget = run_budget(run)
   state = networks.run_once(lambda params, batch_stats: TrainState(
       jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params),
-      budget.init() if budget else None), run.params, run.batch_stats)
+      run.budget.init() if run.budget else None), run.params, run.batch_stats)
   return tx, sharding.replicate(state, run.mesh)
 
 
@@ -365,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if workdirs.is_primary_process():
     workdirs.save_config(str(workdir), config)
 
-  budget = run_budget(run)
+  budget = run.budget
   step = int(state.step)
   loop = Loop(
       run, workdir, budget, make_train_steps(network, tx, config, mesh, budget),

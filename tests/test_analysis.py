@@ -181,7 +181,7 @@ def test_trajectories_show_what_the_test_time_network_kept_from_the_start(gated_
 
 def test_epochs_are_whole_from_the_start_and_no_title_is_cut_off(gated_run):
   history, per_epoch, _ = per_epoch_of(gated_run)
-  budget_title = analysis.l0_panel_title(tiny_config(target_macs=0.5))
+  budget_title = analysis.l0_panel_title(tiny_config(target_macs=0.5), ("macs", 0.5))
   for fig in (run_figures.trajectories_figure(history, 1, "best", budget_title, per_epoch, 0.5),
               run_figures.log_alpha_trajectory_figure(per_epoch, 1, "best"),
               run_figures.log_alpha_figure(per_epoch.log_alphas[1], "log_alpha at the best "
