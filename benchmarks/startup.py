@@ -4,7 +4,7 @@ r"""Where the time to the first training step goes, in a fresh process, as `main
   python -m benchmarks.startup --compilation_cache=DIR   # twice: the second loads the programs
 
 Wall and CPU seconds of each stage: importing JAX and l0jax, the synthetic
-data, `train.create_network` (building and initialising the network), the
+data, `networks.create_network` (building and initialising the network), the
 optimizer state, and the first `train.make_train_steps` call (tracing,
 compiling, one step); then a second call, for the step alone. Prints one
 JSON object, then a table.
@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import cli, data, train
+from l0jax import cli, data, networks, sharding, train
 from l0jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -51,16 +51,17 @@ def main(argv):
   config.update(dataset="synthetic", compute_dtype=FLAGS.compute_dtype,
                 width_multiplier=FLAGS.width_multiplier, batch_size=FLAGS.batch_size)
   dataset = data.load_dataset(config)
-  mesh = train.data_mesh()
+  mesh = sharding.data_mesh()
   stage("data")
-  network, params, batch_stats = train.create_network(config, dataset.train_images.shape[1:],
-                                                      dataset.num_classes, dataset.mean,
-                                                      dataset.std)
+  network, params, batch_stats = networks.create_network(config, dataset.train_images.shape[1:],
+                                                         dataset.num_classes, dataset.mean,
+                                                         dataset.std)
   stage("create_network")
   run = train.Run(config, dataset, network, params, batch_stats, mesh)
   tx, state = train.initial_state(run)
   replicated = NamedSharding(mesh, P())
-  images, labels = (data.put(a, replicated) for a in (dataset.train_images, dataset.train_labels))
+  images, labels = (sharding.put(a, replicated)
+                    for a in (dataset.train_images, dataset.train_labels))
   stage("optimizer state")
   train_steps = train.make_train_steps(network, tx, config, mesh)
   indices = NamedSharding(mesh, P(None, "data"))
@@ -69,7 +70,7 @@ def main(argv):
   def call():
     nonlocal state
     batch = rng.integers(0, len(dataset.train_images), (1, config.batch_size), dtype=np.int32)
-    state, metrics = train_steps(state, images, labels, data.put(batch, indices),
+    state, metrics = train_steps(state, images, labels, sharding.put(batch, indices),
                                  np.ones(1, bool))
     jax.device_get(metrics)
 

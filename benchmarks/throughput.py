@@ -30,7 +30,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from l0jax import config as config_lib
-from l0jax import data, evaluator, networks, train
+from l0jax import data, evaluator, networks, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["128"], "Training batch sizes to time.")
@@ -65,26 +65,26 @@ class Calls(NamedTuple):
 
 def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator) -> Calls:
   """The training and evaluation calls of one network, as `train.train_and_evaluate` makes them."""
-  network, params, batch_stats = train.create_network(config, dataset.train_images.shape[1:],
-                                                      dataset.num_classes, dataset.mean,
-                                                      dataset.std)
+  network, params, batch_stats = networks.create_network(config, dataset.train_images.shape[1:],
+                                                         dataset.num_classes, dataset.mean,
+                                                         dataset.std)
   run = train.Run(config, dataset, network, params, batch_stats, mesh)
   tx, state = train.initial_state(run)  # replicated over the mesh
   replicated = NamedSharding(mesh, P())
-  images = data.put(dataset.train_images, replicated)
-  labels = data.put(dataset.train_labels, replicated)
+  images = sharding.put(dataset.train_images, replicated)
+  labels = sharding.put(dataset.train_labels, replicated)
   train_steps = train.make_train_steps(network, tx, config, mesh)
   eval_images = dataset.train_images[:FLAGS.eval_examples]
   evaluate = evaluator.Evaluator(network, eval_images, dataset.train_labels[:FLAGS.eval_examples],
                                  config.eval_batch_size, mesh)
   steps = train.steps_per_call(config, FLAGS.epoch_examples // config.batch_size)
-  valid = data.put(np.ones(steps, bool), replicated)
+  valid = sharding.put(np.ones(steps, bool), replicated)
 
   def train_call():
     nonlocal state
     indices = rng.integers(0, len(dataset.train_images), (steps, config.batch_size), dtype=np.int32)
     state, metrics = train_steps(state, images, labels,
-                                 data.put(indices, NamedSharding(mesh, P(None, "data"))),
+                                 sharding.put(indices, NamedSharding(mesh, P(None, "data"))),
                                  valid)
     if not np.all(np.isfinite(jax.device_get(metrics)["loss"])):
       raise FloatingPointError("the training loss is not finite")
@@ -174,7 +174,7 @@ def synthetic_dataset() -> data.Dataset:
 def main(argv):
   del argv
   dataset = synthetic_dataset()
-  mesh = train.data_mesh()
+  mesh = sharding.data_mesh()
   results = [r for dtype in FLAGS.dtypes for batch_size in map(int, FLAGS.batch_sizes)
              for r in benchmark(dtype, batch_size, dataset, mesh)]
   print(json.dumps({

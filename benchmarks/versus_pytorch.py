@@ -27,7 +27,7 @@ from absl import app, flags
 
 from benchmarks import throughput
 from l0jax import config as config_lib
-from l0jax import data, train
+from l0jax import data, sharding
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("threads", os.cpu_count() or 1, "PyTorch's intra-op threads.")
@@ -104,7 +104,7 @@ def have_pytorch() -> bool:
 def main(argv):
   del argv
   dataset = throughput.synthetic_dataset()
-  mesh = train.data_mesh()
+  mesh = sharding.data_mesh()
   load_before = os.getloadavg()
   nets: dict[str, throughput.Calls] = {}
   for dtype in FLAGS.dtypes:

@@ -14,8 +14,8 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from l0jax import accounting, budget, data, evaluator, export as export_lib, onnx_export, train
-from l0jax import workdirs
+from l0jax import accounting, budget, checkpoints, data, evaluator, export as export_lib
+from l0jax import onnx_export, train, workdirs
 
 
 def restore(workdir: str, checkpoint: str = "best",
@@ -23,10 +23,10 @@ def restore(workdir: str, checkpoint: str = "best",
   """The run in `workdir` (its saved config, with `overrides`) at `checkpoint` (best or last)."""
   config = workdirs.load_config(workdir)
   config.update(overrides)
-  mngr, step = workdirs.chosen_step(workdir, checkpoint)
+  mngr, step = checkpoints.chosen_step(workdir, checkpoint)
   run = train.setup(config)
   _, state = train.initial_state(run)
-  state = workdirs.restore_step(mngr, step, state)
+  state = checkpoints.restore_step(mngr, step, state)
   return run, state, step
 
 

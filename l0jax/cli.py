@@ -4,7 +4,8 @@ Bad input (a flag, a --config file or value, a workdir) ends with one line
 on stderr, `error: ...`, and exit status 2, and so does a write the system
 refuses (a full disk, a read-only folder); anything else is a bug and keeps
 its traceback. Libraries' INFO chatter and background tracebacks stay off the
-console (`quiet_libraries`).
+console (`quiet_libraries`). A training run stops at a signal with its checkpoint
+written (`StopSignals`).
 """
 
 import contextlib
@@ -14,6 +15,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 import traceback
 from typing import TYPE_CHECKING, Iterator, NoReturn
 
@@ -23,6 +25,7 @@ from l0jax.errors import Stopped, UserError, os_failure
 
 if TYPE_CHECKING:
   import ml_collections
+  import orbax.checkpoint as ocp
 
 FLAGS = flags.FLAGS
 HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
@@ -280,3 +283,50 @@ def use_compilation_cache(folder: str | None) -> None:
     folder = COMPILATION_CACHE
     jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
   jax.config.update("jax_compilation_cache_dir", folder or None)
+
+
+class StopSignals:
+  """SIGTERM or SIGINT while training: stop at the next step or epoch end, its save complete.
+
+  Unhandled, either ends the process at once, and a checkpoint still being
+  written (saves are asynchronous) is lost with the epoch it holds. Handled in
+  the main thread only, where Python runs signal handlers; a second signal
+  acts as if this were not there (SIGINT raises KeyboardInterrupt, SIGTERM
+  kills). Not in a run of several processes: each would stop at the step its
+  own signal came, and the others would wait at the next collective forever.
+  """
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+
+  def __enter__(self) -> "StopSignals":
+    import jax  # pylint: disable=import-outside-toplevel
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+      self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self._restore()
+
+  def _restore(self) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def _handle(self, signum: int, frame) -> None:  # pylint: disable=unused-argument
+    self.received = signum
+    self._restore()
+    logging.warning("Signal %d: stopping after the current training call, once the newest "
+                    "checkpoint is written (the same signal again stops at once).", signum)
+
+  def stop_if_received(self, mngr: "ocp.CheckpointManager", step: int) -> None:
+    """Raises `Stopped` if a signal came, once every save in flight is complete."""
+    if self.received is None:
+      return
+    mngr.wait_until_finished()
+    latest = mngr.latest_step()
+    kept = (f"it resumes from its newest checkpoint, step {latest}," if latest is not None
+            else "no checkpoint had been written: it starts afresh")
+    raise Stopped(f"signal {self.received} stopped the run at step {step}; {kept} when the same "
+                  "command is run again", self.received)

@@ -116,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
   # bfloat16 | float32 | auto (bfloat16 on accelerators, float32 on CPU) |
   # bfloat16_matmuls (float32 activations; the convolutions multiply in
   # bfloat16 and sum in float32, forward and backward: the fastest precision
-  # on this project's CPU, see results/throughput_cpu).
+  # on the CPU of the README's *Speed*).
   # Parameters, optimizer state, BN statistics and the loss stay float32.
   c.compute_dtype = "auto"
 
@@ -130,8 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
   # pruning run's best can predate its gates closing; retraining takes last.
   c.init_checkpoint = "best"
   # Training steps per compiled call (fewer host round-trips); a call never
-  # crosses an epoch boundary. 0: 1 on CPU (XLA:CPU runs the steps slower
-  # inside a loop, results/throughput_cpu), 100 on accelerators.
+  # crosses an epoch boundary. 0: automatic (`train.steps_per_call`).
   c.steps_per_call = 0
   c.eval_batch_size = 1000
   # Training metrics, averaged over this many steps, go to TensorBoard and the

@@ -1,8 +1,10 @@
-"""The one exception type that means "the user asked for something we cannot do".
+"""What counts as bad input, a stop on request or a refused write, and how each is told.
 
-`main.py` turns a `UserError` into a single line on stderr and exit status 2,
-and so it does with a failure of the machine (see `os_failure`); anything else
-is a bug and keeps its traceback.
+`UserError` means "the user asked for something we cannot do": `main.py`
+turns it into a single line on stderr and exit status 2, and so it does with
+a failure of the machine (`os_failure`); anything else is a bug and keeps its
+traceback. `Stopped` is a run that stopped at a signal; `one_line` shortens
+what a library raised to one line of such a message.
 """
 
 import errno
@@ -57,3 +59,9 @@ def os_failure(e: BaseException) -> str | None:
       return reasons[0] + (f" ({path.group(1)})" if path else "")
     e = e.__cause__ or e.__context__
   return None
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+  """What a library raised, in one line: Orbax, TensorStore and TFDS messages run to pages."""
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}"

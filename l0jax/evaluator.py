@@ -8,7 +8,7 @@ batch, compiled once per network and batch shape.
 """
 
 import functools
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +17,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import data
-
-if TYPE_CHECKING:
-  from l0jax.train import Network
+from l0jax import data, sharding
+from l0jax.networks import Network
 
 
 class EvalSet(NamedTuple):
@@ -44,13 +42,13 @@ def put_eval_set(images: np.ndarray, labels: np.ndarray, batch_size: int,
   weights = np.concatenate([np.ones(len(images), np.float32), np.zeros(pad, np.float32)])
   images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
   labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-  sharding = NamedSharding(mesh, P(None, "data"))
-  batched = lambda a: data.put(a.reshape((num_batches, batch_size) + a.shape[1:]), sharding)
+  over_data = NamedSharding(mesh, P(None, "data"))
+  batched = lambda a: sharding.put(a.reshape((num_batches, batch_size) + a.shape[1:]), over_data)
   return EvalSet(batched(images), batched(labels), batched(weights))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def eval_step(network: "Network", params: nnx.State, batch_stats: nnx.State, images: jax.Array,
+def eval_step(network: Network, params: nnx.State, batch_stats: nnx.State, images: jax.Array,
               labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(correct, cross-entropy) summed over one uint8 batch, padding weighted 0."""
   logits, _, _ = network.apply(params, batch_stats,
@@ -69,7 +67,7 @@ class Evaluator:
   steps do, see `train.steps_per_call`).
   """
 
-  def __init__(self, network: "Network", images: np.ndarray, labels: np.ndarray,
+  def __init__(self, network: Network, images: np.ndarray, labels: np.ndarray,
                batch_size: int, mesh: jax.sharding.Mesh):
     self.network = network
     self.num_examples = len(images)

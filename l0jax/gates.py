@@ -74,7 +74,7 @@ class LogAlpha(nnx.Param):
   """The log_alpha of a gated layer's output channels: how every part of l0jax finds a gate.
 
   A `Param` (it trains, and checkpoints written when gates were plain Params
-  restore into it), but never weight-decayed (`train.create_optimizer`).
+  restore into it), but never weight-decayed (`optimizer.create_optimizer`).
   """
 
 

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from l0jax import accounting, gates, workdirs
+from l0jax import accounting, checkpoints, gates, workdirs
 from l0jax import config as config_lib
 from l0jax import graph as graph_lib
 from l0jax.errors import UserError
@@ -139,7 +139,7 @@ def mask_log_alphas(method: str, params: nnx.State, graph: graph_lib.Graph, kind
 def kept_by(workdir: str, graph: graph_lib.Graph) -> dict[str, np.ndarray]:
   """Which channels the gated run in `workdir` keeps at test time at its last checkpoint, by
   gate name (from its history, which records every epoch's gates)."""
-  _, step = workdirs.chosen_step(workdir, "last")
+  _, step = checkpoints.chosen_step(workdir, "last")
   record = next((h for h in workdirs.load_history(workdir) if h["step"] == step), {})
   log_alphas = record.get("log_alpha", {})
   shapes = {name: np.shape(la) for name, la in log_alphas.items()}

@@ -1,14 +1,18 @@
 """The network a config describes: built, and its channel graph, from the config alone.
 
 Training builds it here; whatever counts a run's costs (`analysis`) asks here
-for its graph, without loading data or restoring a checkpoint.
+for its graph, without loading data or restoring a checkpoint. `Network` is
+what a step function needs of it besides its arrays, here so that the
+evaluator takes it without knowing the trainer.
 """
 
 import functools
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from l0jax import config as config_lib
@@ -65,3 +69,72 @@ def channel_graph(config: ml_collections.ConfigDict, image_shape: tuple[int, int
   graph = abstract.channel_graph(height)
   graph.check(abstract)
   return graph, abstract
+
+
+class Network(NamedTuple):
+  """What the step functions need to know about the network, besides its arrays."""
+
+  graphdef: nnx.GraphDef
+  graph: graph_lib.Graph
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  dtype: Any
+  # The training split's per-channel pixel mean and std, that every input is normalised by.
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  def apply(self, params: nnx.State, batch_stats: nnx.State, images: jax.Array, *, train: bool,
+            gate_key: jax.Array | None = None) -> tuple[jax.Array, nnx.State, nnx.Module]:
+    """Logits, the updated BN statistics and the module, as a pure function of the arrays."""
+    # copy=True: fresh Variables at this trace level, so BN may update them under grad.
+    net = nnx.merge(self.graphdef, params, batch_stats, copy=True)
+    logits = net(images, train=train, gate_key=gate_key)
+    return logits, nnx.state(net, nnx.BatchStat), net
+
+
+def run_once(fn: Callable, *args) -> Any:
+  """`jax.jit(fn)(*args)`, compiled at XLA's backend optimisation level 1.
+
+  For programs that run once, such as initialisation: XLA's optimisations
+  cost more compile time on its hundreds of random draws than they save in
+  one run, and level 1 gives the same bits (tests/test_train.py).
+  """
+  return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 1})(*args)
+
+
+def describe_network(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
+                     num_classes: int, mean: np.ndarray,
+                     std: np.ndarray) -> tuple[Network, nnx.Module]:
+  """The network's static description, and its module of shapes only (no arrays drawn).
+
+  `mean` and `std` are the per-channel statistics its inputs are normalised by.
+  """
+  graph, abstract = channel_graph(config, image_shape, num_classes)
+  graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+  network = Network(graphdef, graph, tuple(image_shape), num_classes,
+                    compute_dtype(config.compute_dtype), tuple(map(float, mean)),
+                    tuple(map(float, std)))
+  return network, abstract
+
+
+def initial_arrays(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
+                   num_classes: int) -> tuple[nnx.State, nnx.State]:
+  """The network's initial (params, batch_stats), drawn from `config.seed`.
+
+  Initialisation runs as one compiled program (`run_once`): op by op, each of its hundreds of
+  operations would be compiled and dispatched on its own.
+  """
+  return run_once(
+      lambda seed: nnx.split(build(config, image_shape, num_classes,
+                                   jax.random.fold_in(jax.random.key(seed), 0)),
+                             nnx.Param, nnx.BatchStat)[1:],
+      np.uint32(config.seed))  # Unsigned: a seed may take all 32 bits (config.validate).
+
+
+def create_network(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
+                   num_classes: int, mean: np.ndarray,
+                   std: np.ndarray) -> tuple[Network, nnx.State, nnx.State]:
+  """The network's static description (`describe_network`) and its initial (params,
+  batch_stats) (`initial_arrays`)."""
+  network, _ = describe_network(config, image_shape, num_classes, mean, std)
+  return network, *initial_arrays(config, image_shape, num_classes)

@@ -2,7 +2,7 @@
 
   config.json           the run's resolved config (`save_config`, `load_config`)
   checkpoints/STEP/     Orbax checkpoints: the newest `keep_checkpoints`, and the best by
-                        validation accuracy (`manager`, `chosen_step`, `restore_latest`)
+                        validation accuracy (l0jax/checkpoints.py)
   corrupt_checkpoints/  damaged steps, set aside when an older one is resumed
   history.jsonl         one JSON record per epoch, with every gate's log_alpha
                         (`append_history`, `load_history`, `keep_history_before`)
@@ -14,13 +14,10 @@
   lock                  held while the run trains (`training_lock`)
 
 Files are written whole or not at all: a reader sees the old file or the new
-one, a history line is appended whole, and Orbax writes a step into a
-temporary directory that it renames only once it is complete, so a killed
-save never looks like a checkpoint. A step damaged later (a truncated copy, a
-failing disk) is found when it is restored, and set aside for an older one.
-With several processes (`--multihost`) every one computes the same values and
-the primary one writes the files; every process writes its part of a
-checkpoint, through Orbax.
+one, and a history line is appended whole. With several processes
+(`--multihost`) every one computes the same values and the primary one writes
+the files. Checkpoints are checkpoints.py's, and what a run starts from
+warm_start.py's; this module loads neither Orbax nor the network.
 """
 
 import contextlib
@@ -31,15 +28,12 @@ from typing import Any, Collection
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from flax import nnx
 
 from l0jax import config as config_lib
-from l0jax import gates
 from l0jax import locking
-from l0jax.errors import UserError
+from l0jax.errors import UserError, one_line
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -50,8 +44,6 @@ TEST_METRICS_FILE = "test_metrics.json"
 EXPORT_DIR = "export"
 ANALYSIS_DIR = "analysis"
 SWEEP_LOG_FILE = "sweep.log"
-# The metric Orbax keeps the best checkpoint by; a checkpoint's metrics are saved beside it.
-BEST_METRIC = "val_accuracy"
 
 
 def write_file(path: str | os.PathLike, data: str | bytes) -> None:
@@ -75,7 +67,7 @@ def read_json(path: str | os.PathLike, expected: type, fix: str) -> Any:
   try:
     value = json.loads(epath.Path(path).read_text())
   except (OSError, ValueError) as e:  # Cut short, not a file, not UTF-8.
-    raise UserError(f"{path} is damaged ({_why(e)}); {fix}") from e
+    raise UserError(f"{path} is damaged ({one_line(e)}); {fix}") from e
   if not isinstance(value, expected):
     raise UserError(f"{path} is damaged (it holds a {type(value).__name__}, not a JSON "
                     f"{'object' if expected is dict else 'array'}); {fix}")
@@ -140,49 +132,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   try:
     config.update({**config_lib.LEGACY_VALUES, **saved})
   except (ValueError, TypeError, KeyError, AttributeError) as e:  # A field of a wrong type, or none.
-    raise UserError(f"{path} is damaged ({_why(e)}); {fix}") from e
+    raise UserError(f"{path} is damaged ({one_line(e)}); {fix}") from e
   return config
-
-
-def architecture_differences(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-                             fields: Collection[str] = config_lib.ARCHITECTURE_FIELDS
-                             ) -> list[str]:
-  return [f"{f}: {saved.get(f)!r} there, {config.get(f)!r} here" for f in fields
-          if saved.get(f) != config.get(f)]
-
-
-def check_same_network(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses to train into a workdir that holds a run of another network or split.
-
-  Called before anything is written, so that the refused workdir stays as it was.
-  """
-  if not (epath.Path(workdir) / CONFIG_FILE).exists():
-    return
-  # Its split too: a resumed run trains on the examples it started with.
-  differences = architecture_differences(load_config(workdir), config,
-                                         config_lib.ARCHITECTURE_FIELDS + ("val_split",))
-  if differences:
-    raise UserError(f"{workdir} holds a run of a different network or split "
-                    f"({'; '.join(differences)}); "
-                    "it was left untouched. Train into another workdir, or resume with the "
-                    f"saved settings in {epath.Path(workdir) / CONFIG_FILE}")
-
-
-def check_history_has_checkpoints(workdir: str) -> None:
-  """Refuses to train afresh over the history of epochs whose checkpoints are gone (deleted, or
-  not copied with the rest): starting again would rewrite that history.
-
-  A record of the first epoch alone is a first save that a kill cut short; training
-  does that epoch again. Called before anything is written.
-  """
-  if has_checkpoints(workdir):
-    return
-  epochs = {e for e, _ in read_history(workdir)[0]}
-  if epochs - {0}:
-    raise UserError(f"{epath.Path(workdir) / HISTORY_FILE} records {len(epochs)} epochs but "
-                    f"{workdir} has no checkpoint to resume them from; it was left untouched. "
-                    "Resume a copy that has its checkpoints, train into another workdir, or "
-                    f"delete {HISTORY_FILE} to train this one again from the start")
 
 
 def training_lock(workdir: str) -> contextlib.AbstractContextManager:
@@ -272,138 +223,14 @@ def read_test_metrics(workdir: str | os.PathLike) -> dict[str, Any] | None:
   return read_json(path, dict, f"delete it and test the run again (--mode=test --workdir={workdir})")
 
 
-def manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.CheckpointManager:
-  """The run's CheckpointManager: the newest `keep` checkpoints plus the best by validation.
-
-  A writing manager first removes the temporary directories of saves that a
-  killed process left unfinished. A read-only one creates, cleans and deletes
-  nothing (it is not Orbax's read_only mode, which logs warnings on every use).
-  """
-  best = lambda metrics: metrics[BEST_METRIC]
-  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-      ocp.checkpoint_managers.LatestN(n=keep),
-      ocp.checkpoint_managers.BestN(get_metric_fn=best, n=1),
-  ])
-  options = ocp.CheckpointManagerOptions(
-      best_fn=best, best_mode="max", preservation_policy=None if read_only else policy,
-      create=not read_only, cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(epath.Path(workdir).absolute() / CHECKPOINTS_DIR, options=options)
-
-
-def on_disk(state: tuple) -> dict[str, Any]:
-  """A NamedTuple state as it is saved: its fields, without those that are None.
-
-  So a state with a field added since (the multipliers of a budget, None in
-  a run without one) saves exactly as before, and old checkpoints restore.
-  """
-  return {k: v for k, v in state._asdict().items() if v is not None}
-
-
-def _restore_into(mngr: ocp.CheckpointManager, step: int, target: tuple) -> tuple:
-  """A checkpoint restored into the structure of the NamedTuple `target` (see `on_disk`)."""
-  restored = mngr.restore(step, args=ocp.args.StandardRestore(on_disk(target)))
-  return type(target)(**restored)
-
-
-def _why(e: Exception) -> str:
-  """What Orbax or TensorStore raised, in one line (their messages run to pages)."""
-  return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
-
-
-def _unreadable(mngr: ocp.CheckpointManager, step: int, e: Exception) -> str:
-  return f"{mngr.directory / str(step)} ({_why(e)})"
-
-
-def chosen_step(workdir: str, checkpoint: str = "best") -> tuple[ocp.CheckpointManager, int]:
-  """A read-only manager of a finished (or running) workdir and its best or last step."""
-  try:
-    mngr = manager(workdir, read_only=True)
-    step = mngr.best_step() if checkpoint == "best" else mngr.latest_step()
-  except Exception as e:  # pylint: disable=broad-except  # A damaged step's metrics.
-    raise UserError(f"cannot read the checkpoints in {workdir}: {_why(e)}") from e
-  if step is None:
-    raise UserError(f"{workdir} has no checkpoint yet; train into it first")
-  trainer = locking.holder(workdir)
-  if trainer:
-    newest = mngr.latest_step()
-    logging.warning("%s is being trained by %s: this reads its %s checkpoint, step %d%s.",
-                    workdir, trainer, checkpoint, step,
-                    f" (the newest is step {newest})" if newest > step else "")
-  return mngr, step
-
-
-def _lister(workdir: str) -> ocp.CheckpointManager:
-  """A manager that only lists the complete steps: metrics are read later, step by step."""
-  options = ocp.CheckpointManagerOptions(create=False, lightweight_initialize=True)
-  return ocp.CheckpointManager(epath.Path(workdir).absolute() / CHECKPOINTS_DIR, options=options)
-
-
-def has_checkpoints(workdir: str) -> bool:
-  return bool(_lister(workdir).all_steps())
-
-
-def restore_latest(workdir: str, target: Any) -> tuple[int, Any] | None:
-  """(step, state) of the newest checkpoint that restores into `target`'s structure; None if none.
-
-  A step that cannot be restored (truncated, missing files, unreadable
-  metrics) is skipped with a warning, and moved to `CORRUPT_DIR` once an
-  older one has restored, so that the resumed run can write that step again.
-  If every step is damaged, nothing is moved and a UserError names them all:
-  never a silent restart from scratch over a run.
-  """
-  workdir = epath.Path(workdir)
-  mngr = _lister(str(workdir))
-  damaged = []
-  for step in sorted(mngr.all_steps(), reverse=True):
-    try:
-      mngr.metrics(step)[BEST_METRIC]  # pylint: disable=expression-not-assigned
-      state = _restore_into(mngr, step, target)
-    except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore raise all sorts.
-      logging.warning("Cannot restore the checkpoint %s; trying an older one.",
-                      _unreadable(mngr, step, e))
-      damaged.append((step, e))
-      continue
-    for bad, _ in damaged if is_primary_process() else []:  # Every process found it; one moves it.
-      aside = workdir / CORRUPT_DIR / f"{bad}-{time.strftime('%Y%m%d-%H%M%S')}"
-      aside.parent.mkdir(exist_ok=True)
-      (mngr.directory / str(bad)).rename(aside)
-      logging.warning("Moved the damaged checkpoint of step %d to %s; resuming from step %d.",
-                      bad, aside, step)
-    return step, state
-  if damaged:
-    raise UserError(f"no checkpoint in {mngr.directory} can be restored, and the run was left "
-                    "untouched: " + "; ".join(_unreadable(mngr, s, e) for s, e in damaged))
-  return None
-
-
-def _path_str(path) -> str:
-  """A leaf's path as "a/0/b", whatever containers Orbax restored it into."""
-  keys = (str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-  return "/".join(k for k in keys if k != "value")
-
-
-def _flat(tree) -> dict[str, Any]:
-  return {_path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def restore_step(mngr: ocp.CheckpointManager, step: int, target: tuple | None = None) -> Any:
-  """One checkpoint, into `target`'s structure (a NamedTuple) or as saved; damaged: UserError."""
-  try:
-    if target is None:
-      return mngr.restore(step, args=ocp.args.StandardRestore())
-    return _restore_into(mngr, step, target)
-  except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore raise all sorts.
-    raise UserError(f"cannot restore {_unreadable(mngr, step, e)}") from e
-
-
 def with_source_fields(workdir: str, config: ml_collections.ConfigDict,
                        given: Collection[str]) -> ml_collections.ConfigDict:
   """`config` with the data and network of the run it continues, where not `given`.
 
   The run continued is the one in `workdir` when resuming (RESUME_FIELDS),
   else `init_from`'s (SOURCE_FIELDS). A field given on the command line is
-  kept, and checked against the source later (`check_same_network`,
-  `init_source`).
+  kept, and checked against the source later (`warm_start.check_same_network`,
+  `warm_start.init_source`).
   """
   if (epath.Path(workdir) / CONFIG_FILE).is_file():
     source, fields = workdir, config_lib.RESUME_FIELDS
@@ -419,48 +246,3 @@ def with_source_fields(workdir: str, config: ml_collections.ConfigDict,
     config = config.copy_and_resolve_references()
     config.update(taken)
   return config
-
-
-def init_source(init_from: str, config: ml_collections.ConfigDict
-                ) -> tuple[ocp.CheckpointManager, int]:
-  """The manager and `init_checkpoint` step of `init_from`, once it fits this network.
-
-  Its gates are only needed when they are kept (`config_lib.gates_from_init`).
-  """
-  if not epath.Path(init_from).is_dir():
-    raise UserError(f"init_from={init_from} does not exist (it should be a training workdir)")
-  # The gates' presence matters only when they are taken.
-  fields = tuple(f for f in config_lib.ARCHITECTURE_FIELDS
-                 if f != "use_gate" or config_lib.gates_from_init(config))
-  differences = architecture_differences(load_config(init_from), config, fields)
-  if differences:
-    raise UserError(f"init_from={init_from} is a different network: {'; '.join(differences)}")
-  return chosen_step(init_from, config.init_checkpoint)
-
-
-def load_weights(init_from: str, config: ml_collections.ConfigDict, params: nnx.State,
-                 batch_stats: nnx.State) -> tuple[nnx.State, nnx.State]:
-  """`params` and `batch_stats` with their arrays replaced by those of `init_from`'s checkpoint.
-
-  Gates are left as initialised (at `droprate_init`), so that a trained
-  baseline can be fine-tuned with gates, unless `train_gates=False` keeps
-  those of a pruning run. Arrays must match in shape, one for one.
-  """
-  mngr, step = init_source(init_from, config)
-  restored = restore_step(mngr, step)
-  source = {**_flat(restored["params"]), **{f"bn:{k}": v for k, v in
-                                            _flat(restored["batch_stats"]).items()}}
-
-  def take(prefix, tree):
-    gate_paths = gates.gate_paths(tree)
-
-    def replace(path, leaf):
-      key = prefix + _path_str(path)
-      if path in gate_paths and not config_lib.gates_from_init(config):
-        return leaf
-      if key not in source or source[key].shape != leaf.shape:
-        raise UserError(f"init_from={init_from} does not fit this network at {key}")
-      return jax.numpy.asarray(source[key], leaf.dtype)
-    return jax.tree_util.tree_map_with_path(replace, tree)
-
-  return take("", params), take("bn:", batch_stats)

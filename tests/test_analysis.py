@@ -11,8 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from conftest import tiny_config
-from l0jax import (accounting, analysis, checkpoint_modes, data, gates, locking, networks, train,
-                   workdirs)
+from l0jax import (accounting, analysis, checkpoint_modes, checkpoints, data, gates, locking,
+                   networks, run_figures, train, workdirs)
 
 @pytest.fixture(scope="module")
 def gated_run(tmp_path_factory) -> str:
@@ -129,11 +129,11 @@ def test_a_run_without_gates_gets_its_trajectories_and_says_so(gated_run, tmp_pa
 
 def test_reading_a_run_that_is_training_says_so(gated_run, caplog):
   """Test, export and analyze may read a workdir while it trains; they say which step they read."""
-  _, best = workdirs.chosen_step(gated_run, "best")
-  last = workdirs.manager(gated_run, read_only=True).latest_step()
+  _, best = checkpoints.chosen_step(gated_run, "best")
+  last = checkpoints.manager(gated_run, read_only=True).latest_step()
   assert not any("is being trained" in r.getMessage() for r in caplog.records)
   with locking.held(gated_run, "--workdir"):  # As the training process holds it.
-    workdirs.chosen_step(gated_run, "best")
+    checkpoints.chosen_step(gated_run, "best")
   message = next(r.getMessage() for r in caplog.records if "is being trained" in r.getMessage())
   assert f"by process {os.getpid()}: this reads its best checkpoint, step {best}" in message
   assert (f"(the newest is step {last})" in message) == (last > best)
@@ -146,7 +146,7 @@ def drawn(fig: Figure) -> RendererBase:
   return canvas.get_renderer()
 
 
-def per_epoch_of(workdir: str) -> tuple[list[dict], analysis.GatesPerEpoch, list[dict]]:
+def per_epoch_of(workdir: str) -> tuple[list[dict], run_figures.GatesPerEpoch, list[dict]]:
   """The run's history, its gates per epoch, and --mode=test's costs at the start (epoch 0) and
   at each epoch's end, the start counted from the gates' initial log_alpha."""
   config, history = workdirs.load_config(workdir), workdirs.load_history(workdir)
@@ -162,7 +162,7 @@ def per_epoch_of(workdir: str) -> tuple[list[dict], analysis.GatesPerEpoch, list
 def test_trajectories_show_what_the_test_time_network_kept_from_the_start(gated_run):
   history, per_epoch, reports = per_epoch_of(gated_run)
   last_macs = reports[-1]["macs_kept_fraction"]
-  fig = analysis.trajectories_figure(history, len(history), "last", "L0 term", per_epoch,
+  fig = run_figures.trajectories_figure(history, len(history), "last", "L0 term", per_epoch,
                                      last_macs)
   kept = next(a for a in fig.axes if a.get_title().startswith("what is kept"))
   lines = {line.get_label(): line for line in kept.get_lines()}
@@ -181,10 +181,10 @@ def test_trajectories_show_what_the_test_time_network_kept_from_the_start(gated_
 
 def test_epochs_are_whole_from_the_start_and_no_title_is_cut_off(gated_run):
   history, per_epoch, _ = per_epoch_of(gated_run)
-  budget_title = analysis.l0_panel_title(tiny_config(target_macs=0.5))
-  for fig in (analysis.trajectories_figure(history, 1, "best", budget_title, per_epoch, 0.5),
-              analysis.log_alpha_trajectory_figure(per_epoch, 1, "best"),
-              analysis.log_alpha_figure(per_epoch.log_alphas[1], "log_alpha at the best "
+  budget_title = analysis.l0_panel_title(tiny_config(target_macs=0.5), ("macs", 0.5))
+  for fig in (run_figures.trajectories_figure(history, 1, "best", budget_title, per_epoch, 0.5),
+              run_figures.log_alpha_trajectory_figure(per_epoch, 1, "best"),
+              run_figures.log_alpha_figure(per_epoch.log_alphas[1], "log_alpha at the best "
                                         "checkpoint (epoch 1)\nrun: 99.9% of the MACs and 99.9% "
                                         "of the parameters kept")):
     renderer = drawn(fig)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from l0jax import accounting, analysis, budget, checkpoint_modes, gates, model, train, workdirs
+from l0jax import accounting, analysis, budget, checkpoint_modes, checkpoints, gates, model, train
+from l0jax import workdirs
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 from test_resume import saved_arrays
@@ -125,7 +126,7 @@ def test_a_state_without_a_budget_saves_as_before():
   run = train.setup(tiny_config())
   _, state = train.initial_state(run)
   assert state.lagrangian is None
-  assert list(workdirs.on_disk(state)) == ["step", "params", "batch_stats", "opt_state"]
+  assert list(checkpoints.on_disk(state)) == ["step", "params", "batch_stats", "opt_state"]
 
 
 @pytest.mark.parametrize("num_epochs, fix_gates_after, first_settled", [

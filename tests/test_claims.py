@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import REPO
-from l0jax import sweep
+from l0jax.sweep import planning, reporting
 
 
 
@@ -33,7 +33,7 @@ def results(**accuracies):
            "target_kind": None, "lambda_l0": None, "test_accuracy": accuracy,
            "val_accuracy": accuracy, "macs_kept_fraction": 0.5, "params_kept_fraction": 0.6}
           for name, values in accuracies.items() for seed, accuracy in enumerate(values)]
-  return {"command": "python -m l0jax.sweep ...", "groups": sweep.seed_groups(runs)}
+  return {"command": "python -m l0jax.sweep ...", "groups": reporting.seed_groups(runs)}
 
 
 def protocol(**changes):
@@ -78,7 +78,7 @@ def finished_run(workdir, test_accuracy, val_accuracies):
   """A finished run's workdir: its test metrics (of the sweep's checkpoint) and history."""
   workdir.mkdir()
   (workdir / "test_metrics.json").write_text(json.dumps({
-      "checkpoint": sweep.CHECKPOINT, "dataset": "fashion_mnist",
+      "checkpoint": planning.CHECKPOINT, "dataset": "fashion_mnist",
       "test_accuracy": test_accuracy, "checkpoint_step": 2105, "params_full": 10,
       "params_kept": 5, "params_kept_fraction": 0.5, "macs_full": 100, "macs_kept": 25,
       "macs_kept_fraction": 0.25}))
@@ -98,7 +98,7 @@ def test_the_posthoc_results_replace_the_reruns_and_add_the_posthoc_masks(tmp_pa
           run("budget_macs0.25", 0, 0.85), run("budget_macs0.25", 1, 0.10),
           run("retrain_macs0.25", 0, 0.91), run("retrain_macs0.25", 1, 0.12),
           run("l1_norm_macs0.25", 0, 0.89), run("l1_norm_macs0.25", 1, 0.88)]
-  protocol = sweep.summarise(runs, ["random_macs0.25_seed1"], "python -m l0jax.sweep ...")
+  protocol = reporting.summarise(runs, ["random_macs0.25_seed1"], "python -m l0jax.sweep ...")
   finished_run(tmp_path / "budget_macs0.25_seed1", 0.78, [0.7, 0.77])
   (tmp_path / "retrain_macs0.25_seed1").mkdir()  # Not tested: not a re-run.
   finished_run(tmp_path / "l1_norm_relative_macs0.25_seed0", 0.90, [0.905])

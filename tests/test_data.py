@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO, CreatesAFile, Program
 from l0jax import data
+from l0jax.data import augmentation, sources
 from l0jax.config import base_config
 
 BATCH = 20  # images per fixture batch file; CIFAR-10 fixtures hold 5 train batches
@@ -184,7 +185,7 @@ def test_fashion_mnist_idx(tmp_path, gz):
 
 def test_debian_folder_is_the_fashion_mnist_default(tmp_path, monkeypatch):
   f, folder = write_fashion_mnist(tmp_path / "debian", gz=True)
-  monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(folder))
+  monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", str(folder))
   ds = data.load_dataset(_config("fashion_mnist"))
   check_matches(ds, f, 10)
   assert ds.source.startswith(str(folder))
@@ -295,8 +296,8 @@ def test_tfds_mocked(tmp_path, name, shape):
 
 def test_tfds_unreachable_fails_fast(tmp_path, monkeypatch):
   tfds = pytest.importorskip("tensorflow_datasets")
-  monkeypatch.setattr(data, "_PROBE_TIMEOUT_S", 0.1)
-  monkeypatch.setattr(data, "_can_download", lambda url: False)
+  monkeypatch.setattr(sources, "_PROBE_TIMEOUT_S", 0.1)
+  monkeypatch.setattr(sources, "_can_download", lambda url: False)
   hung = threading.Event()  # A download that waits for an unreachable host.
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lambda self: hung.wait())
   with pytest.raises(data.DataError, match="cannot download") as e:
@@ -499,7 +500,8 @@ def test_augment_shape_dtype_range_determinism(dtype):
 
 def test_full_box_is_identity():
   image = jnp.asarray(_images(1, 0)[0], jnp.float32)
-  out = data._resized_crop(image, jnp.float32(0), jnp.float32(0), jnp.float32(32), jnp.float32(32))
+  out = augmentation._resized_crop(image, jnp.float32(0), jnp.float32(0), jnp.float32(32),
+                                   jnp.float32(32))
   np.testing.assert_allclose(out, image, atol=1e-4)
 
 

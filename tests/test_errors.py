@@ -24,7 +24,7 @@ from absl import logging as absl_logging
 from matplotlib.figure import Figure
 
 from conftest import MAIN, TWO_DEVICES, CreatesAFile, Program, run_main, tiny_config, tiny_flags
-from l0jax import analysis, cli, locking, train, workdirs
+from l0jax import checkpoints, cli, locking, plots, train, workdirs
 from l0jax.errors import UserError, os_failure
 
 TRAIN = ["--config=configs/gated.py", *tiny_flags()]
@@ -416,7 +416,7 @@ def test_a_refused_write_names_its_file_absolute(tmp_path, monkeypatch):
   assert os_failure(e.value) == f"No space left on device ({tmp_path / 'run' / 'big'})"
   (tmp_path / "run" / "figure.png").symlink_to("/dev/full")
   with pytest.raises(OSError) as e:  # --mode=analyze's figures, the sweep's front.
-    analysis.save_figure(Figure(), "run/figure.png")
+    plots.save_figure(Figure(), "run/figure.png")
   assert os_failure(e.value) == f"No space left on device ({tmp_path / 'run' / 'figure.png'})"
 
 
@@ -464,4 +464,4 @@ def test_a_full_disk_stops_the_run_in_one_line_keeping_what_was_complete(tmp_pat
   epochs = [json.loads(l)["epoch"] for l in open(os.path.join(workdir, workdirs.HISTORY_FILE))]
   assert open(os.path.join(workdir, workdirs.HISTORY_FILE)).read().startswith(history)
   assert epochs in ([0], [0, 1])  # Epoch 1's line, if written, is whole; a resume rewrites it.
-  assert workdirs.manager(workdir, read_only=True).all_steps() == [14]  # Where it resumes.
+  assert checkpoints.manager(workdir, read_only=True).all_steps() == [14]  # Where it resumes.

@@ -20,7 +20,7 @@ import pytest
 from etils import epath
 
 from conftest import MAIN, TWO_DEVICES, Program, run_main, tiny_flags
-from l0jax import workdirs
+from l0jax import checkpoints, workdirs
 from l0jax.errors import UserError
 from test_errors import tree_listing
 
@@ -48,7 +48,7 @@ def resumed_from(log: str) -> int | None:
 
 def saved_arrays(workdir: str) -> dict[int, dict[str, np.ndarray]]:
   """Every kept checkpoint's arrays (parameters, gates, BN statistics, optimizer state) by path."""
-  mngr = workdirs.manager(workdir, read_only=True)
+  mngr = checkpoints.manager(workdir, read_only=True)
   return {step: {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in
                  jax.tree_util.tree_flatten_with_path(
                      mngr.restore(step, args=ocp.args.StandardRestore()))[0]}
@@ -210,7 +210,7 @@ def test_a_first_epoch_without_its_checkpoint_is_trained_again_but_more_is_refus
   # A kill during the first save leaves epoch 0's record alone; more means checkpoints went.
   path = tmp_path / "history.jsonl"
   path.write_text(json.dumps({"epoch": 0, "step": 14}) + "\n")
-  workdirs.check_history_has_checkpoints(str(tmp_path))
+  checkpoints.check_history_has_checkpoints(str(tmp_path))
   path.write_text(path.read_text() + json.dumps({"epoch": 1, "step": 28}) + "\n")
   with pytest.raises(UserError, match="records 2 epochs but .* has no checkpoint"):
-    workdirs.check_history_has_checkpoints(str(tmp_path))
+    checkpoints.check_history_has_checkpoints(str(tmp_path))

@@ -19,15 +19,16 @@ import time
 import pytest
 
 from conftest import MAIN, REPO, TWO_DEVICES, Program, tiny_flags
-from l0jax import sweep, workdirs
+from l0jax import workdirs
+from l0jax.sweep import planning, reporting, running
 from l0jax.errors import UserError
 
 
 def test_each_kind_gets_its_recipe_its_lambda_and_the_settings_meant_for_it(tmp_path):
-  settings = sweep.parse_settings(["--config.dataset=synthetic", "--config.num_epochs=3",
+  settings = planning.parse_settings(["--config.dataset=synthetic", "--config.num_epochs=3",
                                    "--finetune.num_epochs=2", "--scratch.lr_milestones=(1,2)",
                                    "--retrain.num_epochs=4"])
-  members = sweep.plan(tmp_path, [0.25, 1.0], [20.0, 30.0], settings, [30.0])
+  members = planning.plan(tmp_path, [0.25, 1.0], [20.0, 30.0], settings, [30.0])
   assert [m.name for m in members] == ["baseline", "scratch_lambda0.25", "scratch_lambda1",
                                        "finetune_lambda20", "finetune_lambda30",
                                        "retrain_lambda30"]
@@ -59,8 +60,8 @@ def test_each_kind_gets_its_recipe_its_lambda_and_the_settings_meant_for_it(tmp_
 
 
 def test_budget_runs_get_their_recipe_their_target_and_their_retraining(tmp_path):
-  settings = sweep.parse_settings(["--config.num_epochs=3", "--budget.num_epochs=2"])
-  members = sweep.plan(tmp_path, [], [20.0], settings, [20.0],
+  settings = planning.parse_settings(["--config.num_epochs=3", "--budget.num_epochs=2"])
+  members = planning.plan(tmp_path, [], [20.0], settings, [20.0],
                        [("macs", 0.5), ("params", 0.25)], retrain_budgets=True)
   assert [m.name for m in members] == ["baseline", "finetune_lambda20", "budget_macs0.5",
                                        "budget_params0.25", "retrain_lambda20",
@@ -77,10 +78,10 @@ def test_budget_runs_get_their_recipe_their_target_and_their_retraining(tmp_path
                         "--config.init_checkpoint=last"]
   # Every member that starts from another starts from the checkpoint that was tested, whatever
   # its recipe's default (configs/prune_to_budget.py's is the best by validation).
-  assert all(m.settings["init_checkpoint"] == sweep.CHECKPOINT for m in members[1:])
+  assert all(m.settings["init_checkpoint"] == planning.CHECKPOINT for m in members[1:])
   for bad in ([("macs", 0.0)], [("params", 1.5)], [("macs", 0.5), ("macs", 0.5)]):
     with pytest.raises(UserError):
-      sweep.plan(tmp_path, [], [], settings, targets=bad)
+      planning.plan(tmp_path, [], [], settings, targets=bad)
 
 
 @pytest.mark.parametrize("args", [["--config.lambda_l0=1"], ["--finetune.init_from=/a/run"],
@@ -88,7 +89,7 @@ def test_budget_runs_get_their_recipe_their_target_and_their_retraining(tmp_path
                                   ["--num_epochs=3"], ["--config.num_epochs", "3"]])
 def test_arguments_it_cannot_hand_on_are_refused(args):
   with pytest.raises(UserError):
-    sweep.parse_settings(args)
+    planning.parse_settings(args)
 
 
 @pytest.mark.parametrize("setting,refusal", [
@@ -113,17 +114,17 @@ def test_a_members_files_of_wrong_types_are_refused_in_one_line(tmp_path, metric
   (tmp_path / workdirs.TEST_METRICS_FILE).write_text(metrics)
   (tmp_path / workdirs.HISTORY_FILE).write_text(history + "\n")
   with pytest.raises(UserError, match=f"{tmp_path}.*{workdirs.TEST_METRICS_FILE}"):
-    sweep.measured(tmp_path)
+    reporting.measured(tmp_path)
 
 
 def test_a_lambda_listed_twice_is_refused(tmp_path):
   with pytest.raises(UserError, match="twice"):
-    sweep.plan(tmp_path, [0.5, 0.5], [], sweep.parse_settings([]))
+    planning.plan(tmp_path, [0.5, 0.5], [], planning.parse_settings([]))
 
 
 def test_only_a_fine_tuned_run_can_be_retrained(tmp_path):
   with pytest.raises(UserError, match="each must be one of --finetune_lambdas=20"):
-    sweep.plan(tmp_path, [], [20.0], sweep.parse_settings([]), [30.0])
+    planning.plan(tmp_path, [], [20.0], planning.parse_settings([]), [30.0])
 
 
 def test_a_package_installed_without_its_checkout_says_so_in_one_line(tmp_path):
@@ -141,15 +142,15 @@ def test_a_package_installed_without_its_checkout_says_so_in_one_line(tmp_path):
 
 def test_a_run_tested_at_its_best_checkpoint_is_tested_again(tmp_path):
   metrics = tmp_path / workdirs.TEST_METRICS_FILE
-  assert not sweep.is_finished(tmp_path)
+  assert not reporting.is_finished(tmp_path)
   metrics.write_text(json.dumps({"checkpoint": "best", "test_accuracy": 0.9}))
-  assert not sweep.is_finished(tmp_path)
+  assert not reporting.is_finished(tmp_path)
   metrics.write_text(json.dumps({"checkpoint": "last", "test_accuracy": 0.9}))
-  assert sweep.is_finished(tmp_path)
+  assert reporting.is_finished(tmp_path)
 
 
 def test_masks_from_a_budget_runs_gates_start_from_the_baseline_with_no_target(tmp_path):
-  members = sweep.plan(tmp_path, [], [], sweep.parse_settings([]), [], [("macs", 0.25)],
+  members = planning.plan(tmp_path, [], [], planning.parse_settings([]), [], [("macs", 0.25)],
                        masks=["decided", "random_widths"], seeds=[3])
   by_name = {m.name: m for m in members}
   for method in ("decided", "random_widths"):
@@ -161,8 +162,8 @@ def test_masks_from_a_budget_runs_gates_start_from_the_baseline_with_no_target(t
 
 
 def test_a_comparison_plans_controls_masks_and_seeds_each_from_its_own_seeds_runs(tmp_path):
-  settings = sweep.parse_settings(["--control.num_epochs=4", "--l1_norm.num_epochs=4"])
-  members = sweep.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], True, masks=["l1_norm"],
+  settings = planning.parse_settings(["--control.num_epochs=4", "--l1_norm.num_epochs=4"])
+  members = planning.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], True, masks=["l1_norm"],
                        control=True, scratch_budgets=["macs0.5"], seeds=[0, 1])
   names = [m.name for m in members]
   assert names[:5] == ["baseline_seed0", "budget_macs0.5_seed0", "scratch_macs0.5_seed0",
@@ -179,18 +180,18 @@ def test_a_comparison_plans_controls_masks_and_seeds_each_from_its_own_seeds_run
   (tmp_path / "budget_macs0.5_seed1").mkdir()
   (tmp_path / "budget_macs0.5_seed1" / workdirs.TEST_METRICS_FILE).write_text(
       json.dumps({"macs_kept_fraction": 0.4871, "params_kept_fraction": 0.7}))
-  train, _ = sweep.realised_cost(mask, tmp_path).commands(tmp_path)
+  train, _ = running.realised_cost(mask, tmp_path).commands(tmp_path)
   assert "--config.target_macs=0.4871" in train and "--config.target_params=0.0" in train
   with pytest.raises(UserError, match="not one of l1_norm, l1_norm_relative, random"):
-    sweep.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], masks=["magnitude"])
+    planning.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], masks=["magnitude"])
   with pytest.raises(UserError, match="needs --target_macs"):
-    sweep.plan(tmp_path, [], [], settings, [], [], masks=["random"])
+    planning.plan(tmp_path, [], [], settings, [], [], masks=["random"])
   # From scratch only to the budgets named, as the protocol's arm 6 (0.5, not 0.25).
-  both = sweep.plan(tmp_path, [], [], settings, [], [("macs", 0.5), ("macs", 0.25)],
+  both = planning.plan(tmp_path, [], [], settings, [], [("macs", 0.5), ("macs", 0.25)],
                     scratch_budgets=["macs0.5"])
   assert [m.name for m in both if m.kind == "scratch"] == ["scratch_macs0.5"]
   with pytest.raises(UserError, match="macs0.25 is not one of the budgets \\(macs0.5\\)"):
-    sweep.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], scratch_budgets=["macs0.25"])
+    planning.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], scratch_budgets=["macs0.25"])
 
 
 def test_groups_over_seeds_pair_each_run_with_its_seeds_control():
@@ -201,7 +202,7 @@ def test_groups_over_seeds_pair_each_run_with_its_seeds_control():
   runs = [run("control", "control", s, a, 1.0) for s, a in enumerate([0.90, 0.92, 0.91])]
   runs += [run("l1_norm_macs0.5", "l1_norm", s, a, m)
            for s, a, m in zip(range(3), [0.89, 0.90, 0.90], [0.49, 0.5, 0.48])]
-  groups = {g["name"]: g for g in sweep.seed_groups(runs)}
+  groups = {g["name"]: g for g in reporting.seed_groups(runs)}
   assert set(groups) == {"control", "l1_norm_macs0.5"} and "versus" not in groups["control"]
   pruned = groups["l1_norm_macs0.5"]
   assert pruned["seeds"] == [0, 1, 2] and pruned["versus"] == "control"
@@ -211,7 +212,7 @@ def test_groups_over_seeds_pair_each_run_with_its_seeds_control():
   paired = pruned["paired_difference"]
   assert paired["mean"] == pytest.approx(-0.013333, abs=1e-6)
   assert paired["high"] - paired["mean"] == pytest.approx(4.303 * 0.0057735 / 3**0.5, abs=1e-6)
-  table = "\n".join(sweep.groups_markdown(sweep.seed_groups(runs)))
+  table = "\n".join(reporting.groups_markdown(reporting.seed_groups(runs)))
   assert "| l1_norm_macs0.5 | 0,1,2 | 89.67% +- 0.58 |" in table and "-1.33 pp [" in table
 
 
@@ -237,7 +238,7 @@ def tiny_sweep(tmp_path_factory):
   # A setting that only the member's run can refuse (it counts the devices).
   first = start_sweep(sweep_dir, "--finetune_lambdas=20", "--finetune.batch_size=33",
                       env=TWO_DEVICES).wait()
-  first_results = json.loads((sweep_dir / sweep.RESULTS_FILE).read_text())
+  first_results = json.loads((sweep_dir / reporting.RESULTS_FILE).read_text())
   baseline_files = mtimes(sweep_dir / "baseline")
   second = start_sweep(sweep_dir, "--finetune_lambdas=").wait()
   return sweep_dir, first, first_results, baseline_files, second
@@ -257,12 +258,12 @@ def test_a_rerun_skips_finished_runs(tiny_sweep):
   assert "baseline: finished before, skipped" in second.stderr
   assert "baseline: training" not in second.stderr
   assert mtimes(sweep_dir / "baseline") == baseline_files
-  assert (sweep_dir / sweep.FRONT_FILE).stat().st_size > 1000
+  assert (sweep_dir / reporting.FRONT_FILE).stat().st_size > 1000
 
 
 def table_rows(table: str) -> dict[str, list[str]]:
   rows = ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
-          if re.match(rf"\| ({'|'.join(sweep.KINDS)})", line))
+          if re.match(rf"\| ({'|'.join(planning.KINDS)})", line))
   return {cells[0]: cells for cells in rows}
 
 
@@ -276,12 +277,12 @@ def test_the_table_and_results_hold_each_runs_test_metrics(tiny_sweep, tmp_path)
   metrics.update(use_gate=True, lambda_l0=20.0, test_accuracy=metrics["test_accuracy"] - 0.00456,
                  params_kept_fraction=0.432149, macs_kept_fraction=0.387651)
   (tuned / workdirs.TEST_METRICS_FILE).write_text(json.dumps(metrics))
-  results = sweep.collect(sweep_dir, sweep.plan(sweep_dir, [], [20.0], sweep.parse_settings([])),
+  results = reporting.collect(sweep_dir, planning.plan(sweep_dir, [], [20.0], planning.parse_settings([])),
                           "python -m l0jax.sweep ...")
-  sweep.write_results(sweep_dir, results)
-  assert results == json.loads((sweep_dir / sweep.RESULTS_FILE).read_text())
+  reporting.write_results(sweep_dir, results)
+  assert results == json.loads((sweep_dir / reporting.RESULTS_FILE).read_text())
   assert results["unfinished"] == [] and results["best_trade_off"] == "finetune_lambda20"
-  table = (sweep_dir / sweep.TABLE_FILE).read_text()
+  table = (sweep_dir / reporting.TABLE_FILE).read_text()
   rows = table_rows(table)
   assert sorted(rows) == ["baseline", "finetune_lambda20"]
   for run in results["runs"]:
@@ -311,11 +312,11 @@ def test_a_failed_runs_line_is_its_error_not_jaxs_note():
       "ValueError: Received incompatible devices for jitted computation", "-" * 20,
       "For simplicity, JAX has removed its internal frames from the traceback of the following "
       "exception. Set JAX_TRACEBACK_FILTERING=off to include these.", ""])
-  assert sweep._failure_line(output) == (
+  assert running._failure_line(output) == (
       "ValueError: Received incompatible devices for jitted computation")
-  assert sweep._failure_line("I1125 x.py:1] fine\nerror: config: seed=-1 must be\n") == (
+  assert running._failure_line("I1125 x.py:1] fine\nerror: config: seed=-1 must be\n") == (
       "error: config: seed=-1 must be")
-  assert sweep._failure_line("killed\n") == "killed"
+  assert running._failure_line("killed\n") == "killed"
 
 
 def children(pid: int) -> list[int]:

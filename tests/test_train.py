@@ -17,7 +17,8 @@ import pytest
 from flax import nnx
 
 from conftest import GOOGLENET, REPO, TWO_DEVICES, read_events, run_main, tiny_config, tiny_flags
-from l0jax import accounting, cli, masks, model, networks, train, workdirs
+from l0jax import accounting, checkpoints, cli, masks, model, networks, optimizer, train
+from l0jax import warm_start, workdirs
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -96,14 +97,14 @@ def test_defaults_are_the_pytorch_originals_recipes():
 
 def test_schedule_steps_down_at_the_milestones():
   config = tiny_config(learning_rate=1.0, lr_milestones=(2, 3), lr_factor=0.5)
-  schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
+  schedule = optimizer.learning_rate_schedule(config, steps_per_epoch=10)
   assert [float(schedule(s)) for s in (0, 19, 20, 29, 30)] == [1.0, 1.0, 0.5, 0.5, 0.25]
 
 
 def test_weight_decay_spares_the_gates():
   config = tiny_config(learning_rate=0.1, weight_decay=0.5)
-  network, params, _ = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  tx = train.create_optimizer(config, steps_per_epoch=1)
+  network, params, _ = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
+  tx = optimizer.create_optimizer(config, steps_per_epoch=1)
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
   moved = {jax.tree_util.keystr(p): bool(jnp.any(u != 0))
@@ -115,8 +116,8 @@ def test_weight_decay_spares_the_gates():
 def test_the_gates_learn_at_their_scale_of_the_weights_rate():
   def first_update(scale):
     config = tiny_config(learning_rate=0.1, gate_lr_scale=scale)
-    _, params, _ = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-    tx = train.create_optimizer(config, steps_per_epoch=1)
+    _, params, _ = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
+    tx = optimizer.create_optimizer(config, steps_per_epoch=1)
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
     updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
     leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
@@ -142,8 +143,8 @@ def test_epoch_order_is_a_seeded_permutation():
 @pytest.mark.parametrize("use_gate", [False, True])
 def test_train_step_lowers_the_loss_on_a_fixed_batch(use_gate):
   config = tiny_config(use_gate=use_gate, learning_rate=3e-3)
-  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  tx = train.create_optimizer(config, steps_per_epoch=100)
+  network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
+  tx = optimizer.create_optimizer(config, steps_per_epoch=100)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (32, 8, 8, 3)), jnp.uint8)
@@ -159,13 +160,13 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(use_gate):
     assert float(metrics["l0"]) > 0 and 0 < float(metrics["open_gates"]) <= 1
 
 
-def abstract_train_state(config) -> tuple[train.Network, optax.GradientTransformation,
+def abstract_train_state(config) -> tuple[networks.Network, optax.GradientTransformation,
                                           train.TrainState]:
   """A tiny network (8x8x3 images, 10 classes), its optimizer and a TrainState of shapes only:
   what tracing a step needs, without compiling the initialisation."""
-  network, abstract = train.describe_network(config, (8, 8, 3), 10, [127.0], [70.0])
+  network, abstract = networks.describe_network(config, (8, 8, 3), 10, [127.0], [70.0])
   _, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-  tx = train.create_optimizer(config, steps_per_epoch=100)
+  tx = optimizer.create_optimizer(config, steps_per_epoch=100)
   state = jax.eval_shape(lambda p, b: train.TrainState(jnp.zeros((), jnp.int32), p, b, tx.init(p)),
                          params, batch_stats)
   return network, tx, state
@@ -199,7 +200,7 @@ def test_run_once_gives_the_bits_of_the_default_compile():
       dtype=jnp.float32, bfloat16_matmuls=False, rngs=nnx.Rngs(params=key)))
   key = jax.random.key(3)
   default = jax.jit(init).lower(key).compile({"xla_backend_optimization_level": 3})
-  for a, b in zip(jax.tree.leaves(train.run_once(init, key)), jax.tree.leaves(default(key)),
+  for a, b in zip(jax.tree.leaves(networks.run_once(init, key)), jax.tree.leaves(default(key)),
                   strict=True):
     np.testing.assert_array_equal(a, b)
 
@@ -335,8 +336,8 @@ def history_line(workdir: str) -> dict:
 def test_finetuning_starts_from_the_baselines_weights(runs):
   base = runs["base"]
   config = tiny_config(init_from=base, droprate_init=0.05)
-  network, params, batch_stats = train.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  params, batch_stats = workdirs.load_weights(base, config, params, batch_stats)
+  network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
+  params, batch_stats = warm_start.load_weights(base, config, params, batch_stats)
   saved = saved_state(base, "best")
   np.testing.assert_array_equal(params["stem"]["conv"]["kernel"][...],
                                 saved["params"]["stem"]["conv"]["kernel"]["value"])
@@ -362,7 +363,7 @@ def test_the_last_checkpoint_is_tested_when_asked_for(runs):
 
 
 def saved_state(workdir: str, which: str) -> dict:
-  mngr, step = workdirs.chosen_step(workdir, which)
+  mngr, step = checkpoints.chosen_step(workdir, which)
   return mngr.restore(step, args=ocp.args.StandardRestore())
 
 

@@ -1,0 +1,138 @@
+"""The gates inside a training run: what the step reports of them, and how they are fixed.
+
+The step functions (`train.train_step`) stop the gates' gradient (`fix_gates`)
+or hold them where they were (`keep_gates`) and report `gate_metrics` and
+`budget_metrics`; the loop sets them once, by name, to a budget's settled
+values (`settle_gates`) or a one-shot mask (`mask_gates`). The gates are
+found by their type (`gates.gate_paths`), named by the channel graph.
+"""
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from l0jax import accounting, budget as budget_lib, gates, masks
+from l0jax.networks import Network
+
+
+def map_with_gates(fn: Callable, params: nnx.State, *others) -> Any:
+  """`fn(is_gate, x, *others' x)` on each array of `params`, and of trees shaped like it."""
+  gate_paths = gates.gate_paths(params)
+  return jax.tree_util.tree_map_with_path(lambda path, *x: fn(path in gate_paths, *x), params,
+                                          *others)
+
+
+def fix_gates(params: nnx.State) -> nnx.State:
+  """`params` with no gradient through the gates: their AdamW updates are then exactly 0."""
+  return map_with_gates(lambda gate, x: jax.lax.stop_gradient(x) if gate else x, params)
+
+
+def keep_gates(params: nnx.State, old: nnx.State) -> nnx.State:
+  """`params` with the gates' log_alpha of `old`."""
+  return map_with_gates(lambda gate, x, o: o if gate else x, params, old)
+
+
+def gate_metrics(network: Network, net: nnx.Module, penalty: str,
+                 fixed: bool = False) -> dict[str, jax.Array]:
+  """The L0 term and the gate statistics worth watching; zeros without gates.
+
+  The expected costs are over the gates training draws: with the gates `fixed` at their
+  test-time values, what those keep, not the hard-concrete expectation of their log_alpha.
+  """
+  if not network.graph.gates:
+    return {"l0": jnp.zeros(()), "open_gates": jnp.ones(()),
+            "expected_params_kept": jnp.ones(()), "expected_macs_kept": jnp.ones(())}
+  log_alphas = network.graph.log_alphas(net)
+  flat = jnp.concatenate(list(log_alphas.values()))
+  l0 = accounting.penalties(log_alphas, network.graph)
+  kept = (accounting.kept_fractions(network.graph, accounting.test_time_kept(log_alphas))
+          if fixed else l0)
+  return {
+      "l0": l0[penalty],
+      "open_gates": jnp.mean(gates.test_gate(flat) > 0),
+      "expected_params_kept": kept["params"],
+      "expected_macs_kept": kept["macs"],
+  }
+
+
+def budget_metrics(budget: budget_lib.Budget, network: Network, net: nnx.Module,
+                   metrics: dict[str, jax.Array], step: jax.Array,
+                   multipliers: budget_lib.Multipliers, settled: bool) -> dict[str, jax.Array]:
+  """The Lagrangian as the L0 term, and what it is made of: t, c, l1, l2; the test-time cost.
+
+  Once the gates are settled, c is the test-time cost: the one they were fixed for.
+  """
+  # Once settled, gate_metrics' expected cost is already the test-time one: not counted twice.
+  cost = metrics[f"expected_{budget.kind}_kept"]
+  test_time = cost if settled else accounting.kept_fractions(
+      network.graph, accounting.test_time_kept(network.graph.log_alphas(net)))[budget.kind]
+  target = budget.target_at(step)
+  return {"l0": budget_lib.lagrangian_term(multipliers, cost, target), "target": target,
+          "cost": cost, f"test_time_{budget.kind}_kept": test_time, "l1": multipliers.l1,
+          "l2": multipliers.l2}
+
+
+def log_alphas_of(network: Network, params: nnx.State,
+                  batch_stats: nnx.State) -> dict[str, np.ndarray]:
+  """Each gate's log_alpha, by the name the channel graph gives it."""
+  net = nnx.merge(network.graphdef, params, batch_stats)
+  return {k: np.asarray(v) for k, v in network.graph.log_alphas(net).items()}
+
+
+def with_log_alphas(network: Network, params: nnx.State, batch_stats: nnx.State,
+                    log_alphas: dict[str, np.ndarray]) -> nnx.State:
+  """`params` with each gate's log_alpha replaced, by the names the channel graph gives them."""
+  net = nnx.merge(network.graphdef, params, batch_stats)
+  network.graph.set_log_alphas(net, log_alphas)
+  return nnx.state(net, nnx.Param)
+
+
+def settle_gates(network: Network, budget: budget_lib.Budget, params: nnx.State,
+                 batch_stats: nnx.State, droprate_init: float) -> nnx.State:
+  """`params` with its gates decided for the budget at test time (budget.settle), and says how."""
+  graph = network.graph
+  before = log_alphas_of(network, params, batch_stats)
+  after = budget_lib.settle(before, budget.kind, budget.target, graph)
+  kept = {when: {k: np.asarray(gates.test_gate(v)) > 0 for k, v in las.items()}
+          for when, las in (("before", before), ("after", after))}
+  cost = {when: accounting.kept_fractions(graph, accounting.deterministic_kept(las))[budget.kind]
+          for when, las in (("before", before), ("after", after))}
+  changed = lambda a, b: sum(int(np.sum(kept[a][k] & ~kept[b][k])) for k in before)
+  logging.info("Gates settled for the budget: test-time %s kept %.4f -> %.4f (target %g); "
+               "%d channels closed, %d opened; from now on they are fixed.", budget.kind,
+               cost["before"], cost["after"], budget.target, changed("before", "after"),
+               changed("after", "before"))
+  travel, moved = budget_lib.gate_travel(before, droprate_init)
+  (logging.info if moved else logging.warning)("%s.", travel[0].upper() + travel[1:])
+  if cost["after"] > budget.target:
+    logging.warning("The settled gates keep %.4f of the %s, above the target %g: closing more "
+                    "would disconnect the network.", cost["after"], budget.kind, budget.target)
+  return with_log_alphas(network, params, batch_stats, after)
+
+
+def mask_gates(network: Network, config: ml_collections.ConfigDict, params: nnx.State,
+               batch_stats: nnx.State) -> nnx.State:
+  """`params` with the gates of the one-shot `config.mask` of these weights, and says so."""
+  graph = network.graph
+  key = jax.random.fold_in(jax.random.key(config.seed), 2)
+  if config.mask in masks.FROM_RUN:
+    log_alphas = masks.from_run_log_alphas(config.mask, masks.kept_by(config.mask_from, graph),
+                                           key=key)
+    (kind, target), source = ("macs", None), f"the gates of {config.mask_from}"
+  else:
+    kind, target = budget_lib.target_of(config)
+    log_alphas = masks.mask_log_alphas(config.mask, params, graph, kind, target, key=key)
+    source = f"target {target:g}"
+  cost = accounting.kept_fractions(graph, accounting.deterministic_kept(log_alphas))[kind]
+  logging.info("Mask %s: %d of %d gated channels kept, %.4f of the %s (%s); fixed.",
+               config.mask, sum(int(np.sum(la == masks.KEPT)) for la in log_alphas.values()),
+               sum(la.size for la in log_alphas.values()), cost, kind, source)
+  if target is not None and cost > target:
+    logging.warning("The %s mask keeps %.4f of the %s, above the target %g: fewer channels "
+                    "would disconnect the network.", config.mask, cost, kind, target)
+  return with_log_alphas(network, params, batch_stats, log_alphas)
