@@ -1,0 +1,220 @@
+"""The channel graph traced from a network's program: the same as the stated one, or one error."""
+
+import dataclasses
+import functools
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from l0jax import accounting, gates, model, resnet, tracing, vgg
+from l0jax.graph import INPUT, Graph, GraphError, Layer, Pool
+
+sys.path.insert(0, __file__.rsplit("/tests/", 1)[0] + "/examples")
+import custom_cnn  # pylint: disable=wrong-import-position
+
+
+def images(hw: int, channels: int = 3) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((8, hw, hw, channels), jnp.float32)
+
+
+def _start(graph: Graph, node, reads_hw: int) -> int | None:
+  """Where a layer's or max-pool's first window starts, however its padding is spelled."""
+  if getattr(node, "dense", False) or getattr(node, "kind", "max") == "mean":
+    return None
+  kernel = node.kernel if isinstance(node, Layer) else node.window
+  if node.padding != "SAME":
+    return node.padding
+  return max((graph.out_hw(node.name) - 1) * node.stride + kernel - reads_hw, 0) // 2
+
+
+def canonical(graph: Graph) -> list:
+  """The nodes with every name replaced by what it names: a layer by its path, a gate by its
+  variable's, any other node by its kind and inputs; paddings as the pixel a window starts at."""
+  names, gate_paths, nodes = {INPUT: INPUT}, {g.name: (g.path, g.size) for g in graph.gates}, []
+  for node in graph.nodes:
+    inputs = tuple(names[n] for n in node.inputs)
+    key = ("layer", node.path) if isinstance(node, Layer) else (type(node).__name__, inputs)
+    reads_hw = graph.out_hw(node.inputs[0])
+    changes = {"name": key, "inputs": inputs}
+    if isinstance(node, (Layer, Pool)):
+      changes["padding"] = _start(graph, node, reads_hw)
+    if isinstance(node, Layer):
+      changes["gate"] = gate_paths.get(node.gate)
+    names[node.name] = key
+    nodes.append(dataclasses.replace(node, **changes))
+  return nodes
+
+
+def random_kept(graph: Graph, seed: int) -> dict[tuple, accounting.Kept]:
+  """Some channels of each gate kept, some gates closed, by gate path."""
+  rng = np.random.default_rng(seed)
+  kept = {}
+  for g in sorted(graph.gates, key=lambda g: g.path):
+    n = int(rng.integers(0, g.size + 1))
+    kept[g.path] = accounting.Kept(n, int(n > 0))
+  return kept
+
+
+def assert_same(traced: Graph, stated: Graph) -> None:
+  assert (traced.input_hw, traced.in_channels) == (stated.input_hw, stated.in_channels)
+  for t, s in zip(canonical(traced), canonical(stated)):
+    assert t == s
+  assert len(traced.nodes) == len(stated.nodes)
+  assert sorted((g.path, g.size) for g in traced.gates) == sorted(
+      (g.path, g.size) for g in stated.gates)
+  assert [traced.out_hw(n.name) for n in traced.nodes] == [
+      stated.out_hw(n.name) for n in stated.nodes]
+  for seed in (None, 0, 1):
+    by_path = None if seed is None else random_kept(stated, seed)
+    costs = [accounting.count(g, None if by_path is None else
+                              {gate.name: by_path[gate.path] for gate in g.gates})
+             for g in (traced, stated)]
+    assert [(c.params, c.macs, c.kept_in, c.kept_out) for c in costs[0]] == [
+        (c.params, c.macs, c.kept_in, c.kept_out) for c in costs[1]]
+
+
+def abstract(make):
+  return nnx.eval_shape(lambda: make(rngs=nnx.Rngs(0)))
+
+
+NETWORKS = {
+    "googlenet": lambda w, **kw: functools.partial(model.GoogleNet, 10, 3, width_multiplier=w,
+                                                   **kw),
+    "resnet20": lambda w, **kw: functools.partial(resnet.ResNet, 10, 3, depth=20,
+                                                  width_multiplier=w, **kw),
+    "resnet56": lambda w, **kw: functools.partial(resnet.ResNet, 10, 3, depth=56,
+                                                  width_multiplier=w, **kw),
+    "vgg11": lambda w, **kw: functools.partial(vgg.VGG, 10, 3, depth=11, width_multiplier=w,
+                                               **kw),
+    "vgg16": lambda w, **kw: functools.partial(vgg.VGG, 10, 3, depth=16, width_multiplier=w,
+                                               **kw),
+}
+
+
+@pytest.mark.parametrize("width", [0.25, 1.0])
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_the_traced_graph_is_the_stated_one(name, width):
+  net = abstract(NETWORKS[name](width))
+  assert_same(tracing.trace_graph(net, images(32)), net.channel_graph(32))
+
+
+@pytest.mark.parametrize("name", ["googlenet", "resnet20", "vgg11"])
+def test_bfloat16_matmuls_custom_vjp_convolutions_trace_the_same(name):
+  net = abstract(NETWORKS[name](0.5, bfloat16_matmuls=True))
+  assert_same(tracing.trace_graph(net, images(32)), net.channel_graph(32))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg11"])
+def test_odd_sizes_and_one_channel_images_trace_the_same(name):
+  """28x28: VGG's last pools round up ('SAME'), as on Fashion-MNIST; no gates."""
+  net = abstract(NETWORKS[name](0.5, use_gate=False))
+  net = nnx.eval_shape(lambda: type(net)(10, 1, **{"depth": 20 if name == "resnet20" else 11},
+                                         width_multiplier=0.5, use_gate=False,
+                                         rngs=nnx.Rngs(0)))
+  assert_same(tracing.trace_graph(net, images(28, 1)), net.channel_graph(28))
+
+
+def test_the_example_network_traces_to_its_stated_graph():
+  net = custom_cnn.SmallResNet(8, rngs=nnx.Rngs(0))
+  assert_same(tracing.trace_graph(net, images(16)), net.channel_graph(16))
+
+
+def test_a_traced_graph_of_a_real_module_checks_and_counts():
+  net = resnet.ResNet(10, 3, depth=8, rngs=nnx.Rngs(0))
+  graph = tracing.trace_graph(net, np.zeros((1, 16, 16, 3), np.float32))
+  graph.check(net)
+  assert accounting.report(graph, graph.log_alphas(net))["params_full"] == accounting.report(
+      net.channel_graph(16), net.channel_graph(16).log_alphas(net))["params_full"]
+
+
+@jax.custom_vjp
+def _pool_3x3(x):
+  """A 3x3/1 max-pool as issue 41 writes it: a custom VJP around pads, slices and maxima."""
+  return model.max_pool_3x3(x, 1)
+
+
+_pool_3x3.defvjp(lambda x: (_pool_3x3(x), x), lambda x, g: (g,))
+
+
+class Net(nnx.Module):
+  """conv + BN + ReLU (gated) -> `body` -> global mean -> dense; `body` varies by test."""
+
+  def __init__(self, body=lambda self, x: x, c: int = 8, *, rngs: nnx.Rngs):
+    self.body = body
+    self.conv = nnx.Conv(3, c, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(c, rngs=rngs)
+    self.gate = gates.L0Gate(c, 0.5, rngs=rngs)
+    self.conv2 = nnx.Conv(c, c, (3, 3), feature_group_count=c, rngs=rngs)
+    self.conv3 = nnx.Conv(c, c, (1, 1), rngs=rngs)
+    self.head = nnx.Linear(c, 10, rngs=rngs)
+    self.flat_head = nnx.Linear(c * 8 * 8, 10, rngs=rngs)
+
+  def stem(self, x):
+    x = nnx.relu(self.bn(self.conv(x), use_running_average=True))
+    return gates.gate_channels(x, self.gate.log_alpha[...])
+
+  def __call__(self, x, train=False):
+    return self.head(jnp.mean(self.body(self, self.stem(x)), axis=(1, 2)))
+
+
+def trace(body) -> Graph:
+  return tracing.trace_graph(Net(body, rngs=nnx.Rngs(0)), images(8))
+
+
+def test_a_custom_vjp_pool_is_read_inside():
+  graph = trace(lambda self, x: self.conv3(_pool_3x3(x)))
+  assert [type(n).__name__ for n in graph.nodes] == ["Layer", "Pool", "Layer", "Pool", "Layer"]
+  assert graph.nodes[1] == Pool("max_pool1", ("conv",), window=3, stride=1, padding=1)
+  assert graph.nodes[0].gate == "gate" and graph.nodes[0].bn == ("bn",)
+
+
+def one_line_error(body, *patterns: str) -> str:
+  with pytest.raises(GraphError) as e:
+    trace(body)
+  message = str(e.value)
+  assert "\n" not in message
+  for pattern in patterns:
+    assert re.search(pattern, message), message
+  return message
+
+
+def test_an_untraceable_operation_is_one_line_naming_it_and_its_line():
+  one_line_error(lambda self, x: jnp.cumsum(x, axis=-1), r"cannot trace cumsum at ",
+                 r"test_tracing\.py:\d+")
+  one_line_error(lambda self, x: x * x, r"cannot trace mul .*two activations")
+  one_line_error(lambda self, x: jnp.concatenate([x[..., 4:], x[..., :4]], -1),
+                 r"cannot trace slice .*selects no channels")
+
+
+def test_a_layer_read_before_its_gate_is_refused():
+  net = Net(rngs=nnx.Rngs(0))
+
+  def apply(net, x):
+    y = nnx.relu(net.bn(net.conv(x), use_running_average=True))
+    gated = gates.gate_channels(y, net.gate.log_alpha[...])
+    return net.head(jnp.mean(net.conv3(y) + net.conv3(gated), axis=(1, 2)))
+
+  with pytest.raises(GraphError, match="called twice|before its gate"):
+    tracing.trace_graph(net, images(8), apply)
+
+
+def test_out_of_scope_forms_are_refused_in_one_line():
+  """A depthwise conv and a flatten-then-dense head: not statable in the graph (README)."""
+  one_line_error(lambda self, x: self.conv3(self.conv2(x)), r"grouped convolution",
+                 r"depthwise")
+  net = Net(rngs=nnx.Rngs(0))
+  with pytest.raises(GraphError, match="flattened map"):
+    tracing.trace_graph(net, images(8),
+                        lambda net, x: net.flat_head(net.stem(x).reshape(x.shape[0], -1)))
+
+
+def test_training_mode_batch_norm_is_refused():
+  net = Net(rngs=nnx.Rngs(0))
+  with pytest.raises(GraphError, match="cannot trace"):
+    tracing.trace_graph(net, images(8), lambda net, x: net.head(
+        jnp.mean(net.bn(net.conv(x), use_running_average=False), axis=(1, 2))))
