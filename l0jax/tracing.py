@@ -29,6 +29,7 @@ and shortcuts by kind and number. The graph is checked against the module
 
 import dataclasses
 import math
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -44,13 +45,16 @@ from l0jax.graph import GraphError
 Apply = Callable[[nnx.Module, jax.Array], jax.Array]
 _LAYER_STAGES = ("bias", "bn", "relu", "gate")  # a Layer's order of what follows its conv
 _CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-          "remat", "checkpoint")
+          "custom_vjp_call_jaxpr", "remat", "checkpoint")
 _PASS = ("convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier")
 _ELEMENTWISE = frozenset((
     "add", "sub", "mul", "div", "max", "min", "pow", "integer_pow", "exp", "exp2", "log",
     "log1p", "expm1", "logistic", "neg", "rsqrt", "sqrt", "abs", "sign", "tanh", "erf", "clamp",
     "select_n", "ge", "gt", "le", "lt", "eq", "ne", "and", "or", "not", "square",
     "stop_gradient", *_PASS))
+# What `nnx.BatchNorm` computes in eval mode: (x - mean) * (rsqrt(var + eps) * scale) + bias.
+_BATCH_NORM = {"sub": {"mean"}, "mul": {"var", "scale"}, "add": {"bias"}}
+_FLAX = os.path.dirname(nnx.__file__).rsplit(os.sep, 1)[0]
 _VALUES = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
            "max": np.maximum, "min": np.minimum, "neg": np.negative}
 
@@ -128,12 +132,16 @@ class _Compare:
 
 
 def _where(eqn, outer: str) -> str:
+  """The line of the user's code an equation came from, past JAX's and Flax's own frames."""
   try:
     from jax._src import source_info_util  # pylint: disable=import-outside-toplevel
-    where = source_info_util.summarize(eqn.source_info)
+    frames = list(source_info_util.user_frames(eqn.source_info.traceback))
   except (ImportError, AttributeError):
-    where = ""
-  return where if where and not where.startswith("unknown") else outer
+    return outer
+  frame = next((f for f in frames if not f.file_name.startswith(_FLAX)), None)
+  if frame is None:
+    return outer
+  return f"{frame.file_name}:{frame.start_line} ({frame.function_name})"
 
 
 def _refuse(eqn, where: str, why: str):
@@ -191,7 +199,7 @@ class _Tracer:
   def eqn(self, eqn, ins: list[Any], where: str) -> list[Any]:
     name = eqn.primitive.name
     if name in _CALLS:
-      inner = eqn.params.get("call_jaxpr", eqn.params.get("jaxpr"))
+      inner = next(eqn.params[k] for k in ("call_jaxpr", "jaxpr", "fun_jaxpr") if k in eqn.params)
       if isinstance(inner, jax_core.ClosedJaxpr):
         return self.run(inner.jaxpr, inner.consts, ins, where)
       return self.run(inner, (), ins, where)
@@ -267,7 +275,7 @@ class _Tracer:
     self.counts[kind] = self.counts.get(kind, 0) + 1
     return f"{kind}{self.counts[kind]}"
 
-  def inputs(self, x: _Act, eqn, where: str, spatial: bool = True) -> tuple[str, ...]:
+  def inputs(self, x: _Act, eqn, where: str) -> tuple[str, ...]:
     """The nodes that a layer, add or output reading `x` reads: pools and shortcuts made here."""
     if x.divisor != 1:
       _refuse(eqn, where, "a sum over the image that is not divided by its size (a mean)")
@@ -297,18 +305,20 @@ class _Tracer:
       if padding is None:
         _refuse(eqn, where, f"a max-pool {window}x{window}/{h.stride} with padding {lo} on "
                 f"{hw}x{hw} that is neither the same on every side nor 'SAME'")
-      name = self.node(graph_lib.Pool(self.fresh("max_pool"), names, window=window,
-                                              stride=h.stride, padding=padding), h.size)
+      pool = graph_lib.Pool(self.fresh("max_pool"), names, window=window, stride=h.stride,
+                            padding=padding)
+      name = self.node(pool, h.size)
     else:
       before = next((i for i, s in enumerate(x.segs) if s.node is not None), len(x.segs))
       if h.offsets != (0,) or h.size != -(-hw // h.stride) or x.fill is not None or any(
           s.node is None for s in x.segs[before:len(x.segs) - _trailing_zeros(x.segs)]):
         _refuse(eqn, where, "a crop, a shift or zero channels between others: only a shortcut's "
                 "x[:, ::s, ::s] padded with zero channels before and after is a graph node")
-      after = sum(s.channels for s in x.segs[len(x.segs) - _trailing_zeros(x.segs):])
-      name = self.node(graph_lib.Pad(self.fresh("shortcut"), names, stride=h.stride,
-                                            before=sum(s.channels for s in x.segs[:before]),
-                                            after=after), h.size)
+      pad = graph_lib.Pad(
+          self.fresh("shortcut"), names, stride=h.stride,
+          before=sum(s.channels for s in x.segs[:before]),
+          after=sum(s.channels for s in x.segs[len(x.segs) - _trailing_zeros(x.segs):]))
+      name = self.node(pad, h.size)
     self.pooled[key] = name
     return (name,)
 
@@ -689,26 +699,22 @@ class _Tracer:
     node = self.nodes.get(seg.node)
     whole = all(run.start == 0 and run.stop == graph_lib.at(self.module, path).shape[axis]
                 for path, axis in run.sources)
-    parents = {path[:-1] for path in paths}
-    if not whole:
-      pass
-    elif all(issubclass(self.kinds[p], gates.LogAlpha) for p in paths) and len(paths) == 1:
-      (path,) = paths
-      if op == "mul" and isinstance(node, graph_lib.Layer):
-        gate = graph_lib.Gate(_name(path[:-1] if path[-1] == "log_alpha" else path),
-                              run.stop, path)
+    parent = next(iter(paths))[:-1]
+    if whole and isinstance(node, graph_lib.Layer):
+      if op == "mul" and len(paths) == 1 and issubclass(self.kinds[min(paths)], gates.LogAlpha):
+        (path,) = paths
+        gate = graph_lib.Gate(_name(parent if path[-1] == "log_alpha" else path), run.stop, path)
         self.gates.append(gate)
         return self.apply(seg, "gate", eqn, where, gate=gate.name)
-    elif isinstance(node, graph_lib.Layer) and paths == {(*node.path, "bias")}:
-      if op in ("add", "sub"):
+      if op == "add" and paths == {(*node.path, "bias")}:
         return self.apply(seg, "bias", eqn, where, bias=True)
-    elif len(parents) == 1 and isinstance(graph_lib.at(self.module, next(iter(parents))),
-                                          nnx.BatchNorm) and isinstance(node, graph_lib.Layer):
-      (bn,) = parents
-      if node.bn not in (None, bn):
-        _refuse(eqn, where, f"{seg.node} is normalised twice")
-      self.bn_used.setdefault(seg.node, set()).update(path[-1] for path in paths)
-      return self.apply(seg, "bn", eqn, where, bn=bn)
+      if ({p[:-1] for p in paths} == {parent}
+          and isinstance(graph_lib.at(self.module, parent), nnx.BatchNorm)
+          and {p[-1] for p in paths} <= _BATCH_NORM.get(op, set())):
+        if node.bn not in (None, parent):
+          _refuse(eqn, where, f"{seg.node} is normalised twice")
+        self.bn_used.setdefault(seg.node, set()).update(p[-1] for p in paths)
+        return self.apply(seg, "bn", eqn, where, bn=parent)
     _refuse(eqn, where, f"a per-channel {op} of {seg.node or 'zero channels'} by "
             f"{', '.join(sorted(map(_name, paths)))}: not its bias, its BatchNorm or an L0 gate")
 
