@@ -180,7 +180,10 @@ class _Tracer:
     except TypeError:  # A PRNG key, say: nothing the graph reads.
       return _Const(tuple(np.shape(x)), (None,) * len(np.shape(x)), opaque=True)
     same = x.size > 0 and x.dtype != object and bool(np.all(x == x.flat[0]))
-    value = float(x.flat[0]) if same and np.issubdtype(x.dtype, np.number) else None
+    try:
+      value = float(x.flat[0]) if same else None  # bfloat16 too, which is no np.number
+    except (TypeError, ValueError):
+      value = None
     return _Const(x.shape, (None,) * x.ndim, opaque=not same and x.size > 1, value=value)
 
   def run(self, jaxpr, consts: Sequence[Any], args: Sequence[Any], where: str) -> list[Any]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from l0jax import accounting, gates, model, resnet, tracing, vgg
+from l0jax import accounting, export, gates, model, resnet, tracing, vgg
 from l0jax.graph import INPUT, Graph, GraphError, Layer, Pool
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0] + "/examples")
@@ -103,9 +103,13 @@ def test_the_traced_graph_is_the_stated_one(name, width):
   assert_same(tracing.trace_graph(net, images(32)), net.channel_graph(32))
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16_matmuls", "bfloat16"])
 @pytest.mark.parametrize("name", ["googlenet", "resnet20", "vgg11"])
-def test_bfloat16_matmuls_custom_vjp_convolutions_trace_the_same(name):
-  net = abstract(NETWORKS[name](0.5, bfloat16_matmuls=True))
+def test_bfloat16_networks_trace_the_same(name, dtype):
+  """bfloat16_matmuls: convolutions and dots inside custom VJPs; bfloat16: casts everywhere."""
+  kwargs = ({"bfloat16_matmuls": True} if dtype == "bfloat16_matmuls"
+            else {"dtype": jnp.bfloat16})
+  net = abstract(NETWORKS[name](0.5, **kwargs))
   assert_same(tracing.trace_graph(net, images(32)), net.channel_graph(32))
 
 
@@ -130,6 +134,18 @@ def test_a_traced_graph_of_a_real_module_checks_and_counts():
   graph.check(net)
   assert accounting.report(graph, graph.log_alphas(net))["params_full"] == accounting.report(
       net.channel_graph(16), net.channel_graph(16).log_alphas(net))["params_full"]
+
+
+def test_the_export_of_a_traced_graph_gives_the_gated_networks_logits():
+  net = custom_cnn.SmallResNet(8, rngs=nnx.Rngs(0))
+  graph = tracing.trace_graph(net, images(16))
+  rng = np.random.default_rng(0)
+  graph.set_log_alphas(net, {g.name: rng.normal(0, 3, g.size) for g in graph.gates})
+  x = rng.normal(size=(4, 16, 16, 3)).astype(np.float32)
+  params = export.compact_params(net, graph)
+  metrics = export.verify(net, graph, params, x, np.asarray(net(x, train=False).argmax(-1)), 4)
+  assert metrics["max_abs_logit_diff"] < 1e-4
+  assert metrics["params_compact"] < accounting.totals(accounting.count(graph, None))[0]
 
 
 @jax.custom_vjp
