@@ -491,14 +491,17 @@ class _Tracer:
   def act_reshape(self, eqn, ins, where):
     x = self.rebase(ins[0])
     old, new = tuple(eqn.invars[0].aval.shape), tuple(eqn.params["new_sizes"])
+    if old == new:
+      return x
     axes = [(n, r) for n, r in zip(old, x.roles) if n != 1 or r in ("N", "C")]
     roles, views, i = [], list(x.views), 0
-    for n in new:
-      if n == 1 and (i >= len(axes) or axes[i][0] != 1):
+    for j, n in enumerate(new):
+      size, role = axes[i] if i < len(axes) else (None, None)
+      # A spatial axis of k split into (1, k): the outer one is the pooled map's, of side 1.
+      split_off_one = n == 1 and role in ("H", "W") and new[j + 1:j + 2] == (size,)
+      if n == 1 and size != 1 and not split_off_one:
         roles.append("1")
-        continue
-      size, role = axes[i]
-      if size == n:
+      elif size == n:
         roles.append(role)
         i += 1
       elif size > n and size % n == 0 and role in ("H", "W"):

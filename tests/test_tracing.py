@@ -123,6 +123,14 @@ def test_odd_sizes_and_one_channel_images_trace_the_same(name):
   assert_same(tracing.trace_graph(net, images(28, 1)), net.channel_graph(28))
 
 
+@pytest.mark.parametrize("hw", [1, 5, 8, 9])
+@pytest.mark.parametrize("name", ["googlenet", "resnet20", "vgg11"])
+def test_small_and_odd_images_trace_the_same(name, hw):
+  """Maps of 1x1 and odd sides: a VGG's pools pad them with -inf and split off axes of 1."""
+  net = abstract(NETWORKS[name](0.25))
+  assert_same(tracing.trace_graph(net, images(hw)), net.channel_graph(hw))
+
+
 def test_the_example_network_traces_to_its_stated_graph():
   net = custom_cnn.SmallResNet(8, rngs=nnx.Rngs(0))
   assert_same(tracing.trace_graph(net, images(16)), net.channel_graph(16))
