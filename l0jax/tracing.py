@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax._src import source_info_util  # An equation's user frames; JAX exports no other way.
 from jax.extend import core as jax_core
 
 from l0jax import gates
@@ -133,11 +134,7 @@ class _Compare:
 
 def _where(eqn, outer: str) -> str:
   """The line of the user's code an equation came from, past JAX's and Flax's own frames."""
-  try:
-    from jax._src import source_info_util  # pylint: disable=import-outside-toplevel
-    frames = list(source_info_util.user_frames(eqn.source_info.traceback))
-  except (ImportError, AttributeError):
-    return outer
+  frames = list(source_info_util.user_frames(eqn.source_info.traceback))
   frame = next((f for f in frames if not f.file_name.startswith(_FLAX)), None)
   if frame is None:
     return outer
@@ -676,8 +673,10 @@ class _Tracer:
     x, c = (ins[0], ins[1]) if isinstance(ins[0], _Act) else (ins[1], ins[0])
     if not isinstance(c, _Const) or (op in ("sub", "div") and x is not ins[0]):
       _refuse(eqn, where, f"a {op} of two activations: only an add of two is a graph node")
-    if c.opaque or any(l is not None for r, l in zip(x.roles, c.labels[-len(x.roles):])
-                       if r != "C"):
+    if "C" not in x.roles:
+      _refuse(eqn, where, f"a {op} of a flattened map: not a graph node")
+    if c.opaque or any(l is not None and n != 1 for r, l, n in zip(
+        x.roles, c.labels[-len(x.roles):], c.shape[-len(x.roles):]) if r != "C"):
       _refuse(eqn, where, f"a {op} by an operand that varies over pixels or the batch")
     axis = x.roles.index("C") - len(x.roles) + len(c.shape)
     runs = c.labels[axis] if 0 <= axis < len(c.shape) else None
