@@ -30,7 +30,7 @@ and shortcuts by kind and number. The graph is checked against the module
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -801,6 +801,19 @@ def _padding(hw: int, kernel: int, stride: int, lo: int, size: int) -> int | str
 
 def _variables(state: nnx.State) -> list[tuple[graph_lib.Path, nnx.Variable]]:
   return [(tuple(path), v) for path, v in nnx.to_flat_state(state)]
+
+
+def renamed(graph: graph_lib.Graph, names: Mapping[str, str]) -> graph_lib.Graph:
+  """`graph` with each node and gate named `names[name]` (those not in `names` keep theirs)."""
+  new = lambda name: names.get(name, name)
+
+  def rename(node: graph_lib.Node) -> graph_lib.Node:
+    gate = {"gate": new(node.gate)} if getattr(node, "gate", None) else {}
+    return dataclasses.replace(node, name=new(node.name), inputs=tuple(map(new, node.inputs)),
+                               **gate)
+
+  return graph_lib.Graph(graph.input_hw, graph.in_channels, tuple(map(rename, graph.nodes)),
+                         tuple(dataclasses.replace(g, name=new(g.name)) for g in graph.gates))
 
 
 def trace_graph(net: nnx.Module, example_images: Any, apply: Apply | None = None
