@@ -10,7 +10,7 @@ runs it on a CNN of its own):
   `channel_groups` gives the channels that residual adds tie (`l0jax.coupling`);
 - `costs`, `format_table`, `penalty`, `save_export`, `load_export` (`l0jax.api`);
 - the built-in networks, `GoogleNet`, `ResNet` and `VGG`, whose `channel_graph`s are
-  examples of graphs.
+  traced and whose `stated_channel_graph`s are examples of graphs stated by hand.
 """
 
 import importlib
