@@ -8,7 +8,8 @@ of every value through the equations:
   [batch, channels] make a `graph.Layer` (its kernel's module is its path);
 - per-channel operations on a layer's outputs that read that module's
   `bias`, the variables of an `nnx.BatchNorm`, `max` with 0, or a
-  `gates.LogAlpha` are its bias, BN, ReLU and gate, in that order;
+  `gates.LogAlpha` are its bias, BN, ReLU and gate, in that order (a gate,
+  being >= 0, may come before the ReLU);
 - a max-pool (pads with -inf, strided slices, maxima, a reshape and a max, or
   `reduce_window_max`) is a `graph.Pool`, a sum over the image divided by
   its size the global average pool; a sum of two activations is an `Add`
@@ -44,7 +45,8 @@ from l0jax import graph as graph_lib
 from l0jax.graph import GraphError
 
 Apply = Callable[[nnx.Module, jax.Array], jax.Array]
-_LAYER_STAGES = ("bias", "bn", "relu", "gate")  # a Layer's order of what follows its conv
+# What may follow a Layer's conv, in this order; a gate is >= 0, so it and a ReLU commute.
+_LAYER_STAGES = {"bias": 0, "bn": 1, "relu": 2, "gate": 2}
 _CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
           "custom_vjp_call_jaxpr", "remat", "checkpoint")
 _PASS = ("convert_element_type", "copy", "copy_p", "reduce_precision", "optimization_barrier")
@@ -337,7 +339,7 @@ class _Tracer:
   def apply(self, seg: _Seg, stage: str, eqn, where: str, **changes) -> _Seg:
     """`seg` after one of its node's following operations (bias, BN, ReLU, gate)."""
     node, chain = self.nodes.get(seg.node), self.post.get(seg.node)
-    stages = _LAYER_STAGES if isinstance(node, graph_lib.Layer) else ("relu",)
+    stages = _LAYER_STAGES if isinstance(node, graph_lib.Layer) else {"relu": 0}
     if not isinstance(node, (graph_lib.Layer, graph_lib.Add)) or stage not in stages:
       what = "zero channels" if seg.node is None else f"the output of {seg.node}"
       _refuse(eqn, where, f"a per-channel {stage} on {what}: only a layer's bias, BN, ReLU "
@@ -345,10 +347,9 @@ class _Tracer:
     if seg.version != len(chain):
       _refuse(eqn, where, f"{seg.node}'s output goes two ways: once after its "
               f"{chain[seg.version:] or 'computation'}, once with a {stage}")
-    if chain and (stages.index(stage) < stages.index(chain[-1])
-                  or stage == chain[-1] != "bn"):
+    if chain and (stages[stage] < stages[chain[-1]] or stage in chain and stage != "bn"):
       _refuse(eqn, where, f"a {stage} after the {chain[-1]} of {seg.node}: a layer is "
-              "conv, bias, BN, ReLU, gate, in that order")
+              "conv, bias, BN, then ReLU and gate, each once")
     chain.append(stage)
     self.nodes[seg.node] = dataclasses.replace(node, **changes)
     return dataclasses.replace(seg, version=seg.version + 1)
