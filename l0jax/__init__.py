@@ -3,7 +3,8 @@
 The Python API (the README's "Python API" section; `examples/custom_cnn.py`
 runs it on a CNN of its own):
 
-- gate a network: `L0Gate` holds a layer's `LogAlpha`, `gate_channels` applies it;
+- gate a network: `L0Gate` holds a layer's `LogAlpha`, `gate_channels` applies it; or
+  `gate_network` puts them into an unmodified one (`l0jax.gating`);
 - describe its channels: `trace_graph` reads its `Graph` from its program
   (`l0jax.tracing`), or state one of `Layer`, `Pool`, `Add`, `Pad` and `Gate`
   (`l0jax.graph`'s docstring); a wrong graph raises `GraphError`;
@@ -24,6 +25,7 @@ _API = {
     **dict.fromkeys(["costs", "load_export", "penalty", "save_export"], "l0jax.api"),
     "UserError": "l0jax.errors",
     **dict.fromkeys(["L0Gate", "LogAlpha", "gate_channels"], "l0jax.gates"),
+    **dict.fromkeys(["GatedNetwork", "gate_network"], "l0jax.gating"),
     **dict.fromkeys(["INPUT", "Add", "Gate", "Graph", "GraphError", "Layer", "Pad", "Pool"],
                     "l0jax.graph"),
     "GoogleNet": "l0jax.model",
