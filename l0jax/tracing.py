@@ -34,7 +34,6 @@ import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax._src import source_info_util  # An equation's user frames; JAX exports no other way.
