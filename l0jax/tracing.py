@@ -4,8 +4,10 @@
 module's variables being the program's inputs, and follows the channel axis
 of every value through the equations:
 
-- a convolution, a 1x1 convolution written as a dot, and a dense layer on
-  [batch, channels] make a `graph.Layer` (its kernel's module is its path);
+- a convolution (XLA's; a 1x1 one written as a dot; a stride-1 one as im2col,
+  shifted zero-padded copies concatenated and multiplied by the kernel's
+  [k*k*Ci, Co]) and a dense layer on [batch, channels] make a `graph.Layer`
+  (its kernel's module is its path);
 - per-channel operations on a layer's outputs that read that module's
   `bias`, the variables of an `nnx.BatchNorm`, `max` with 0, or a
   `gates.LogAlpha` are its bias, BN, ReLU and gate, in that order (a gate,
@@ -126,6 +128,16 @@ class _Act:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Patches:
+  """An im2col matrix: the channels of `base` at each tap (dy, dx) of a stride-1 window,
+  concatenated in `taps`' order, zero where a tap falls off the map; `size` pixels a side."""
+
+  base: _Act
+  taps: tuple[tuple[int, int], ...]
+  size: int
+
+
+@dataclasses.dataclass(frozen=True)
 class _Compare:
   """`a >= b` (or `>`) of two activations: half of a `where(a >= b, a, b)` maximum."""
 
@@ -204,12 +216,15 @@ class _Tracer:
       if isinstance(inner, jax_core.ClosedJaxpr):
         return self.run(inner.jaxpr, inner.consts, ins, where)
       return self.run(inner, (), ins, where)
-    if not any(isinstance(x, (_Act, _Compare)) for x in ins):
+    if not any(isinstance(x, (_Act, _Compare, _Patches)) for x in ins):
       if len(eqn.outvars) == 1:
         return [self.const_eqn(eqn, ins)]
       return [_opaque(v.aval) for v in eqn.outvars]
     if name in _PASS:
       return [ins[0]]
+    if any(isinstance(x, _Patches) for x in ins) and name != "dot_general":
+      _refuse(eqn, where, "shifted copies of a map concatenated, then not multiplied by a "
+              "kernel: not an im2col convolution")
     handler = getattr(self, f"act_{name}", None)
     if handler is None:
       _refuse(eqn, where, "an operation on activations that the channel graph cannot state")
@@ -249,6 +264,8 @@ class _Tracer:
       if [n for n in c.shape if n != 1] == [n for n in shape if n != 1]:
         it = iter(kept)
         return _Const(shape, tuple(None if n == 1 else next(it) for n in shape), c.opaque, value)
+      if merged := _merged_leading_axes(c, shape):
+        return merged
     if name == "transpose":
       return _Const(shape, tuple(c.labels[i] for i in p["permutation"]), c.opaque, value)
     if name == "concatenate":
@@ -388,6 +405,8 @@ class _Tracer:
 
   def act_dot_general(self, eqn, ins, where):
     x, kernel = ins
+    if isinstance(x, _Patches):
+      return self.im2col(x, kernel, eqn, where)
     ((contract, k_contract), batch) = eqn.params["dimension_numbers"]
     if not isinstance(x, _Act) or not isinstance(kernel, _Const) or any(batch) or len(
         contract) != 1 or len(kernel.shape) != 2:
@@ -411,9 +430,32 @@ class _Tracer:
     roles = tuple(r for i, r in enumerate(x.roles) if i != contract[0]) + ("C",)
     return dataclasses.replace(self.produce(layer.name, c_out, side), roles=roles)
 
-  def kernel_path(self, kernel: _Const, in_axis: int, out_axis: int, eqn,
-                  where: str) -> graph_lib.Path:
-    """The path of the module whose `kernel` `kernel` is, its in and out axes whole."""
+  def im2col(self, x: _Patches, kernel: _Const, eqn, where: str) -> _Act:
+    """A stride-1 convolution as im2col computes it: the patches by the kernel's [k*k*Ci, Co]."""
+    ((contract, k_contract), batch) = eqn.params["dimension_numbers"]
+    if (not isinstance(kernel, _Const) or any(batch) or len(contract) != 1
+        or x.base.roles[contract[0]] != "C" or len(kernel.shape) != 2):
+      _refuse(eqn, where, "im2col patches multiplied by anything but a kernel on channels")
+    path = self.kernel_path(kernel, k_contract[0], 1 - k_contract[0], eqn, where, merged=True)
+    k, _, c_in, c_out = graph_lib.at(self.module, path).kernel.shape
+    lo = -x.taps[0][0]
+    if x.taps != tuple((i - lo, j - lo) for i in range(k) for j in range(k)) or (
+        c_in != x.base.channels):
+      _refuse(eqn, where, f"im2col taps {x.taps} that are not a {k}x{k} kernel's, in its order")
+    padding = _padding(x.base.hw, k, 1, lo, x.size)
+    if padding is None:
+      _refuse(eqn, where, f"an im2col convolution padded by {lo} that is neither the same on "
+              "every side nor 'SAME'")
+    layer = graph_lib.Layer(_name(path), self.inputs(x.base, eqn, where), c_in, c_out, kernel=k,
+                            padding=padding, relu=False, path=path, bias=False)
+    self.new_layer(layer, eqn, where, x.size)
+    roles = tuple(r for i, r in enumerate(x.base.roles) if i != contract[0]) + ("C",)
+    return dataclasses.replace(self.produce(layer.name, c_out, x.size), roles=roles)
+
+  def kernel_path(self, kernel: _Const, in_axis: int, out_axis: int, eqn, where: str,
+                  merged: bool = False) -> graph_lib.Path:
+    """The path of the module whose `kernel` `kernel` is, its in and out axes whole; `merged`:
+    its in axis is the variable's (H, W, I) flattened, as im2col multiplies it."""
     runs = (kernel.labels[in_axis], kernel.labels[out_axis])
     sources = {src for r in runs if r for run in r for src in run.sources}
     paths = {path for path, _ in sources}
@@ -422,9 +464,12 @@ class _Tracer:
     (path,) = paths
     variable = tuple(graph_lib.at(self.module, path).shape)
     want_in, want_out = len(variable) - 2, len(variable) - 1
+    in_size = variable[want_in]
+    if merged:
+      want_in, in_size = tuple(range(want_out)), math.prod(variable[:-1])
     if (path[-1] != "kernel" or runs[0][0].sources != {(path, want_in)}
         or runs[1][0].sources != {(path, want_out)}
-        or (runs[0][0].start, runs[0][0].stop) != (0, variable[want_in])
+        or (runs[0][0].start, runs[0][0].stop) != (0, in_size)
         or (runs[1][0].start, runs[1][0].stop) != (0, variable[want_out])):
       _refuse(eqn, where, f"{_name(path)} is not a module's kernel used whole, its inputs "
               "and outputs on its last two axes (HWIO)")
@@ -562,6 +607,8 @@ class _Tracer:
     x, fill = ins
     if not isinstance(x, _Act) or not isinstance(fill, _Const) or fill.value is None:
       _refuse(eqn, where, "a pad of activations with anything but one number")
+    if any(len(v.offsets) > 1 for v in x.views) and fill.value != x.fill:
+      self.inputs(x, eqn, where)  # A finished max-pool, padded for what reads it.
     x = self.rebase(x)
     segs, views, padded = x.segs, list(x.views), False
     for role, config in zip(x.roles, eqn.params["padding_config"]):
@@ -591,10 +638,18 @@ class _Tracer:
     if not all(isinstance(x, _Act) for x in ins) or ins[0].roles[axis] != "C":
       _refuse(eqn, where, "a concatenation that is not of activations on channels")
     first = ins[0]
-    if any((x.views, x.hw, x.fill, x.divisor) != (first.views, first.hw, first.fill,
+    if all((x.views, x.hw, x.fill, x.divisor) == (first.views, first.hw, first.fill,
                                                   first.divisor) for x in ins):
-      _refuse(eqn, where, "a concatenation of differently pooled or shaped activations")
-    return dataclasses.replace(first, segs=tuple(s for x in ins for s in x.segs))
+      return dataclasses.replace(first, segs=tuple(s for x in ins for s in x.segs))
+    # Copies of one map, each shifted by a tap of a window and zero-padded: im2col.
+    views = [x.views for x in ins]
+    if all((x.segs, x.hw, x.divisor, x.roles) == (first.segs, first.hw, 1, first.roles)
+           and x.fill in (None, 0) and len({(v.stride, v.size) for v in x.views}) == 1
+           and all(len(v.offsets) == 1 and v.stride == 1 for v in x.views) for x in ins):
+      view = _View((0,), 1, first.hw)
+      return _Patches(dataclasses.replace(first, views=(view, view), fill=None),
+                      tuple((h.offsets[0], w.offsets[0]) for h, w in views), views[0][0].size)
+    _refuse(eqn, where, "a concatenation of differently pooled or shaped activations")
 
   def act_ge(self, eqn, ins, where):
     a, b = ins
@@ -753,6 +808,23 @@ class _Tracer:
                          f"{graph.out_hw(name)}")
     graph.check(self.module)
     return graph
+
+
+def _merged_leading_axes(c: _Const, shape: tuple[int, ...]) -> _Const | None:
+  """`c` reshaped to `shape` by flattening its leading axes into one, as im2col reshapes a
+  kernel to [k*k*Ci, Co]; None if that is not the reshape, or the axes are not one variable's."""
+  merge = len(c.shape) - len(shape) + 1
+  if merge < 2 or shape != (math.prod(c.shape[:merge]), *c.shape[merge:]):
+    return None
+  runs = c.labels[:merge]
+  if None in runs or any(len(r) != 1 or len(r[0].sources) != 1 for r in runs):
+    return None
+  sources = [next(iter(r[0].sources)) for r in runs]
+  if len({path for path, _ in sources}) != 1 or [axis for _, axis in sources] != list(
+      range(merge)) or any((r[0].start, r[0].stop) != (0, n) for r, n in zip(runs, c.shape)):
+    return None
+  run = _Run(frozenset({(sources[0][0], tuple(range(merge)))}), 0, shape[0])
+  return _Const(shape, (((run,),) + c.labels[merge:]), c.opaque, None)
 
 
 def _opaque(aval) -> _Const:

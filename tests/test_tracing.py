@@ -205,6 +205,37 @@ def test_a_custom_vjp_pool_is_read_inside():
   assert graph.nodes[0].gate == "gate" and graph.nodes[0].bn == ("bn",)
 
 
+def _im2col(x, kernel):
+  """A 'SAME' stride-1 convolution as im2col: k*k shifted copies of x, times the kernel."""
+  k, h, w = kernel.shape[0], x.shape[1], x.shape[2]
+  x = jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+  patches = jnp.concatenate([x[:, i:i + h, j:j + w] for i in range(k) for j in range(k)], -1)
+  return jax.lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]),
+                             (((3,), (0,)), ((), ())))
+
+
+@jax.custom_vjp
+def _im2col_conv(x, kernel):
+  return _im2col(x, kernel)
+
+
+_im2col_conv.defvjp(lambda x, k: (_im2col(x, k), (x, k)), lambda res, g: res)
+
+
+@pytest.mark.parametrize("im2col", [_im2col, _im2col_conv], ids=["plain", "custom_vjp"])
+def test_an_im2col_convolution_is_a_convolution(im2col):
+  """As `convolutions.py` computes some shapes; here of a max-pool's output."""
+  def traced(conv):
+    net = Net(lambda self, x: self.conv2(_pool_3x3(x)), rngs=nnx.Rngs(0))
+    net.conv2 = nnx.Conv(8, 8, (3, 3), conv_general_dilated=conv, rngs=nnx.Rngs(1))
+    return tracing.trace_graph(net, images(8))
+
+  graph = traced(lambda x, kernel, *args, **kwargs: im2col(x, kernel))
+  assert canonical(graph) == canonical(traced(jax.lax.conv_general_dilated))
+  assert graph.layers[1] == Layer("conv2", ("max_pool1",), 8, 8, kernel=3, padding=1,
+                                  relu=False, path=("conv2",))
+
+
 def one_line_error(body, *patterns: str) -> str:
   with pytest.raises(GraphError) as e:
     trace(body)
