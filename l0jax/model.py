@@ -1,8 +1,9 @@
 """The CIFAR-sized GoogleNet of the UvA deep learning tutorial 5, optionally gated; its graph.
 
 The architecture is data (`INCEPTION_BLOCKS`), read by the network and by
-its channel graph (`channel_graph`), which the cost accounting and the
-export read; `graph.Graph.check` holds the graph against the module.
+its stated channel graph (`channel_graph`). The cost accounting and the
+export read the graph traced from the network's program
+(`GoogleNet.channel_graph`, `tracing`), named as the stated one names it.
 """
 
 import dataclasses
@@ -16,6 +17,7 @@ from flax import nnx
 from l0jax import convolutions
 from l0jax import gates
 from l0jax import graph as graph_lib
+from l0jax import tracing
 
 STEM_CHANNELS = 64
 BRANCHES = ("1x1", "3x3", "5x5", "pool")  # concatenation order of a block's outputs
@@ -259,13 +261,38 @@ class GoogleNet(nnx.Module):
     return self.head(x).astype(jnp.float32)
 
   def channel_graph(self, image_hw: int) -> graph_lib.Graph:
+    """The network's channel graph traced from its program, named as `channel_graph` states it."""
+    graph = tracing.trace_graph(
+        self, jax.ShapeDtypeStruct((1, image_hw, image_hw, self.in_channels), jnp.float32))
+    return tracing.renamed(graph, _stated_names(graph))
+
+  def stated_channel_graph(self, image_hw: int) -> graph_lib.Graph:
     return channel_graph(self.arch, use_gate=self.use_gate, image_hw=image_hw,
                          in_channels=self.in_channels, num_classes=self.num_classes)
 
 
+def _stated_names(graph: graph_lib.Graph) -> dict[str, str]:
+  """The traced graph's names (module paths, pools by number) as `channel_graph` gives them."""
+  block = lambda path: f"block{path[1] + 1}"
+  names = {g.name: f"{block(g.path)}/{BRANCHES[g.path[3]]}" for g in graph.gates}
+  for layer in graph.layers:
+    names[layer.name] = (f"{block(layer.path)}/{layer.path[2]}" if layer.path[0] == "blocks"
+                         else layer.path[0])
+  for pool in (n for n in graph.nodes if isinstance(n, graph_lib.Pool)):
+    if pool.kind == "mean":
+      names[pool.name] = "global_pool"
+    elif pool.stride == 1:  # a block's pool branch, named for the block that reads it
+      reader = next(l for l in graph.layers if pool.name in l.inputs)
+      names[pool.name] = f"{block(reader.path)}/pool"
+    else:  # the max-pool after a block, named for that block
+      names[pool.name] = f"{names[pool.inputs[0]].split('/')[0]}/max_pool"
+  return names
+
+
 def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_channels: int,
                   num_classes: int) -> graph_lib.Graph:
-  """The GoogleNet's channel graph: its layers' names and paths, its gates' names.
+  """The GoogleNet's channel graph as stated by hand: its layers' names and paths, its gates'
+  names; what the traced graph is tested against, and the graph of an architecture alone.
 
   A gate is named for the branch output it decides, `block{i}/{branch}`
   (1-based, `BRANCHES`), as the run's history has always recorded them.

@@ -23,7 +23,7 @@ from flax import nnx
 
 from l0jax import gates
 from l0jax import graph as graph_lib
-from l0jax import model
+from l0jax import model, tracing
 
 STAGE_CHANNELS = (16, 32, 64)
 
@@ -96,8 +96,16 @@ class ResNet(nnx.Module):
     return self.head(x).astype(jnp.float32)
 
   def channel_graph(self, image_hw: int) -> graph_lib.Graph:
-    """The network's channel graph. A block is `stage{s}/block{b}` (1-based): its layers
-    `.../conv1` and `.../conv2`, its output `.../add`; its gate is named for the block."""
+    """The network's channel graph traced from its program, named as `stated_channel_graph`
+    names it."""
+    graph = tracing.trace_graph(
+        self, jax.ShapeDtypeStruct((1, image_hw, image_hw, self.in_channels), jnp.float32))
+    return tracing.renamed(graph, _stated_names(graph))
+
+  def stated_channel_graph(self, image_hw: int) -> graph_lib.Graph:
+    """The channel graph as stated by hand, what the traced one is tested against. A block is
+    `stage{s}/block{b}` (1-based): its layers `.../conv1` and `.../conv2`, its output
+    `.../add`; its gate is named for the block."""
     def conv_bn(name, inputs, conv_bn_module, path, gate=None):
       conv = conv_bn_module.conv
       return graph_lib.Layer(name, inputs, conv.in_features, conv.out_features, kernel=3,
@@ -128,3 +136,23 @@ class ResNet(nnx.Module):
               graph_lib.Layer("head", ("global_pool",), self.head.in_features, self.num_classes,
                               dense=True, relu=False, path=("head",))]
     return graph_lib.Graph(image_hw, self.in_channels, tuple(nodes), tuple(gate_list))
+
+
+def _stated_names(graph: graph_lib.Graph) -> dict[str, str]:
+  """The traced graph's names (module paths, adds by number) as `stated_channel_graph` gives
+  them."""
+  block = lambda path: f"stage{path[1] + 1}/block{path[2] + 1}"
+  names = {g.name: block(g.path) for g in graph.gates}
+  layers, nodes = {l.name: l for l in graph.layers}, {n.name: n for n in graph.nodes}
+  for layer in graph.layers:
+    names[layer.name] = (f"{block(layer.path)}/{layer.path[3]}" if layer.path[0] == "stages"
+                         else layer.path[0])
+  for node in graph.nodes:
+    if isinstance(node, graph_lib.Add):  # a block's: its second conv plus its shortcut
+      conv2, shortcut = node.inputs
+      names[node.name] = f"{block(layers[conv2].path)}/add"
+      if isinstance(nodes[shortcut], graph_lib.Pad):
+        names[shortcut] = f"{block(layers[conv2].path)}/shortcut"
+    elif isinstance(node, graph_lib.Pool):
+      names[node.name] = "global_pool"
+  return names

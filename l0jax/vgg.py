@@ -20,7 +20,7 @@ from flax import nnx
 
 from l0jax import gates
 from l0jax import graph as graph_lib
-from l0jax import model
+from l0jax import model, tracing
 
 # Output channels of each stage's convs, by depth (the number of weight layers in the paper).
 STAGES = {
@@ -74,8 +74,15 @@ class VGG(nnx.Module):
     return self.head(x).astype(jnp.float32)
 
   def channel_graph(self, image_hw: int) -> graph_lib.Graph:
-    """The network's channel graph: layers `conv{i}` (1-based), each gated by a gate of its
-    name; `pool{s}` after stage s."""
+    """The network's channel graph traced from its program, named as `stated_channel_graph`
+    names it."""
+    graph = tracing.trace_graph(
+        self, jax.ShapeDtypeStruct((1, image_hw, image_hw, self.in_channels), jnp.float32))
+    return tracing.renamed(graph, _stated_names(graph))
+
+  def stated_channel_graph(self, image_hw: int) -> graph_lib.Graph:
+    """The channel graph as stated by hand, what the traced one is tested against: layers
+    `conv{i}` (1-based), each gated by a gate of its name; `pool{s}` after stage s."""
     nodes, gate_list, x = [], [], graph_lib.INPUT
     for i, conv_bn in enumerate(self.convs):
       name = f"conv{i + 1}"
@@ -94,3 +101,15 @@ class VGG(nnx.Module):
               graph_lib.Layer("head", ("global_pool",), self.head.in_features, self.num_classes,
                               dense=True, relu=False, path=("head",))]
     return graph_lib.Graph(image_hw, self.in_channels, tuple(nodes), tuple(gate_list))
+
+
+def _stated_names(graph: graph_lib.Graph) -> dict[str, str]:
+  """The traced graph's names (module paths, pools by number) as `stated_channel_graph` gives
+  them."""
+  names = {g.name: f"conv{g.path[1] + 1}" for g in graph.gates}
+  names.update({l.name: f"conv{l.path[1] + 1}" if l.path[0] == "convs" else l.path[0]
+                for l in graph.layers})
+  pools = [n for n in graph.nodes if isinstance(n, graph_lib.Pool)]
+  names.update({p.name: f"pool{i + 1}" for i, p in enumerate(pools[:-1])})
+  names[pools[-1].name] = "global_pool"
+  return names

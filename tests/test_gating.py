@@ -1,0 +1,110 @@
+"""Gates put into an unmodified NNX CNN: where its channels are its own, trainable, exportable."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import l0jax
+from l0jax import export, gating, resnet, tracing, vgg
+from l0jax.graph import GraphError
+
+
+class Plain(nnx.Module):
+  """An ordinary CNN: stem, a residual block, a max-pool, a strided conv, mean, dense."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    conv = lambda c_in, c_out, stride=1: nnx.Conv(c_in, c_out, (3, 3), strides=stride,
+                                                  rngs=rngs)
+    self.stem, self.stem_bn = conv(3, 8), nnx.BatchNorm(8, rngs=rngs)
+    self.a, self.a_bn = conv(8, 8), nnx.BatchNorm(8, rngs=rngs)
+    self.b, self.b_bn = conv(8, 8), nnx.BatchNorm(8, rngs=rngs)
+    self.c = conv(8, 16, 2)
+    self.head = nnx.Linear(16, 10, rngs=rngs)
+
+  def __call__(self, x, train):
+    bn = lambda norm, y: norm(y, use_running_average=not train)
+    x = nnx.relu(bn(self.stem_bn, self.stem(x)))
+    y = nnx.relu(bn(self.a_bn, self.a(x)))
+    x = nnx.relu(x + bn(self.b_bn, self.b(y)))
+    x = nnx.max_pool(x, (2, 2), (2, 2))
+    return self.head(nnx.relu(self.c(x)).mean((1, 2)))
+
+
+IMAGES = jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 16, 3)), jnp.float32)
+
+
+def gated_plain():
+  net = Plain(nnx.Rngs(0))
+  logits = net(IMAGES, train=False)
+  gated = gating.gate_network(net, IMAGES, rngs=nnx.Rngs(1))
+  return gated, tracing.trace_graph(gated, IMAGES), logits
+
+
+def test_the_layers_whose_channels_are_their_own_are_gated_and_all_open_changes_nothing():
+  gated, graph, logits = gated_plain()
+  # The stem and b are tied by the residual add; the head gives the logits.
+  assert {l.name: l.gate for l in graph.layers} == {
+      "net/stem": None, "net/a": "net/a_bn/gate", "net/b": None,
+      "net/c/module": "net/c/gate", "net/head": None}
+  graph.check(gated)
+  graph.set_log_alphas(gated, {g.name: np.full(g.size, 10.0) for g in graph.gates})
+  np.testing.assert_allclose(gated(IMAGES, train=False), logits, rtol=1e-6, atol=1e-6)
+
+
+def test_a_gated_network_trains_with_the_penalty_and_exports_its_logits():
+  gated, graph, _ = gated_plain()
+  labels = jnp.arange(8) % 10
+  optimizer = nnx.Optimizer(gated, optax.adam(0.05), wrt=nnx.Param)
+  before = graph.log_alphas(gated)
+
+  @nnx.jit
+  def step(gated, optimizer, key):
+    def loss_fn(gated):
+      logits = gated(IMAGES, train=True, gate_key=key)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return ce + l0jax.penalty(gated, graph, "macs")
+
+    loss, grads = nnx.value_and_grad(loss_fn)(gated)
+    optimizer.update(gated, grads)
+    return loss
+
+  losses = [float(step(gated, optimizer, jax.random.key(i))) for i in range(3)]
+  assert np.all(np.isfinite(losses))
+  for name, log_alpha in graph.log_alphas(gated).items():
+    assert not np.allclose(log_alpha, before[name])
+  rng = np.random.default_rng(0)
+  graph.set_log_alphas(gated, {g.name: rng.normal(0, 3, g.size) for g in graph.gates})
+  params = export.compact_params(gated, graph)
+  labels = np.asarray(gated(IMAGES, train=False).argmax(-1))
+  assert export.verify(gated, graph, params, np.asarray(IMAGES), labels,
+                       8)["max_abs_logit_diff"] < 1e-4
+
+
+def test_training_gates_are_drawn_per_key_and_example():
+  gated, _, _ = gated_plain()
+  call = nnx.jit(lambda gated, key: gated(IMAGES, train=True, gate_key=key))
+  first, again, other = (call(gated, jax.random.key(k)) for k in (0, 0, 1))
+  np.testing.assert_array_equal(first, again)
+  assert not np.allclose(first, other)
+
+
+@pytest.mark.parametrize("network, depth", [(resnet.ResNet, 20), (vgg.VGG, 11)])
+def test_an_ungated_builtin_is_gated_where_the_builtin_gates(network, depth):
+  gated = nnx.eval_shape(lambda: gating.gate_network(
+      network(10, 3, depth=depth, use_gate=False, width_multiplier=0.25, rngs=nnx.Rngs(0)),
+      jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32), rngs=nnx.Rngs(1)))
+  graph = tracing.trace_graph(gated, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+  builtin = nnx.eval_shape(lambda: network(10, 3, depth=depth, width_multiplier=0.25,
+                                           rngs=nnx.Rngs(0))).channel_graph(32)
+  assert [l.path[1:] for l in graph.layers if l.gate] == [
+      l.path for l in builtin.layers if l.gate]
+  assert [g.size for g in graph.gates] == [g.size for g in builtin.gates]
+
+
+def test_a_gated_network_is_not_gated_again():
+  gated, _, _ = gated_plain()
+  with pytest.raises(GraphError, match="has gates already"):
+    gating.gate_network(gated.net, IMAGES, rngs=nnx.Rngs(2))
