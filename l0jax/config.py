@@ -119,6 +119,11 @@ def base_config() -> ml_collections.ConfigDict:
   # on the CPU of the README's *Speed*).
   # Parameters, optimizer state, BN statistics and the loss stay float32.
   c.compute_dtype = "auto"
+  # With the gates fixed (train_gates=False, a mask, a budget's settled gates),
+  # a training step computes the kept channels alone (`compact_training`): the
+  # masked network's function at the cost of what is kept. False computes every
+  # channel and multiplies the pruned ones by 0.
+  c.compact_training = True
 
   # --- Run --------------------------------------------------------------
   # An integer in [0, 2**32): JAX's keys take 32 bits, so 2**32 would train exactly as 0.

@@ -17,7 +17,7 @@ from flax import nnx
 
 from l0jax import config as config_lib
 from l0jax import graph as graph_lib
-from l0jax import model, resnet, vgg
+from l0jax import compact_training, model, resnet, vgg
 
 
 def compute_dtype(name: str) -> jnp.dtype:
@@ -84,11 +84,16 @@ class Network(NamedTuple):
   std: tuple[float, ...]
 
   def apply(self, params: nnx.State, batch_stats: nnx.State, images: jax.Array, *, train: bool,
-            gate_key: jax.Array | None = None) -> tuple[jax.Array, nnx.State, nnx.Module]:
-    """Logits, the updated BN statistics and the module, as a pure function of the arrays."""
+            gate_key: jax.Array | None = None,
+            kept: compact_training.Kept | None = None) -> tuple[jax.Array, nnx.State, nnx.Module]:
+    """Logits, the updated BN statistics and the module, as a pure function of the arrays.
+
+    With `kept` (the gates fixed, training), only the kept channels are computed.
+    """
     # copy=True: fresh Variables at this trace level, so BN may update them under grad.
     net = nnx.merge(self.graphdef, params, batch_stats, copy=True)
-    logits = net(images, train=train, gate_key=gate_key)
+    logits = (net(images, train=train, gate_key=gate_key) if kept is None
+              else compact_training.apply(net, self.graph, kept, images))
     return logits, nnx.state(net, nnx.BatchStat), net
 
 

@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from l0jax import accounting, budget as budget_lib, cli, data, evaluator, networks, optimizer
-from l0jax import checkpoints, pruning, sharding, warm_start, workdirs, writers
+from l0jax import checkpoints, compact_training, pruning, sharding, warm_start, workdirs, writers
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -45,13 +45,15 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
                network: networks.Network, tx: optax.GradientTransformation,
                config: ml_collections.ConfigDict,
                budget: budget_lib.Budget | None = None,
-               settled: bool = False) -> tuple[TrainState, dict]:
+               settled: bool = False,
+               kept: compact_training.Kept | None = None) -> tuple[TrainState, dict]:
   """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch.
 
   With a `budget` the L0 term is its Lagrangian instead, and its multipliers
   take one step of gradient ascent on the same loss. With `train_gates=False`,
   or a budget's gates `settled`, the gates act with their test-time values and
-  only the cross-entropy is minimised, over the weights alone.
+  only the cross-entropy is minimised, over the weights alone; with `kept`
+  (`pruning.fixed_kept`) only those channels are computed.
   """
   aug_key, gate_key = jax.random.split(key)
   # Augmented in float32 and rounded to the compute dtype once.
@@ -65,7 +67,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
     if gates_fixed:
       params = pruning.fix_gates(params)
     logits, batch_stats, net = network.apply(params, batch_stats, images, train=True,
-                                             gate_key=gate_key)
+                                             gate_key=gate_key, kept=kept)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     metrics = pruning.gate_metrics(network, net, config.penalty, fixed=gates_fixed)
     if budget:
@@ -96,7 +98,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
 
 def make_train_steps(network: networks.Network, tx: optax.GradientTransformation,
                      config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                     budget: budget_lib.Budget | None = None, settled: bool = False) -> Callable:
+                     budget: budget_lib.Budget | None = None, settled: bool = False,
+                     kept: compact_training.Kept | None = None) -> Callable:
   """A compiled `(state, images, labels, indices[n, B], valid[n]) -> (state, per-step metrics)`.
 
   Every call has the same number of steps, so it compiles once; the last call
@@ -107,7 +110,7 @@ def make_train_steps(network: networks.Network, tx: optax.GradientTransformation
   metrics are 0.
   """
   step_fn = functools.partial(train_step, network=network, tx=tx, config=config, budget=budget,
-                              settled=settled)
+                              settled=settled, kept=kept)
   train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   batch_sharding = NamedSharding(mesh, P("data"))
 
@@ -253,7 +256,7 @@ class Loop(NamedTuple):
   workdir: epath.Path
   budget: budget_lib.Budget | None
   train_steps: Callable
-  settled_steps: Callable | None  # the budget's, once its gates are settled
+  settled_steps: Callable | None  # the budget's, made once its gates are settled
   images: jax.Array
   labels: jax.Array
   evaluate_val: evaluator.Evaluator
@@ -368,8 +371,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   budget = run.budget
   step = int(state.step)
   loop = Loop(
-      run, workdir, budget, make_train_steps(network, tx, config, mesh, budget),
-      budget and make_train_steps(network, tx, config, mesh, budget, settled=True),
+      run, workdir, budget, make_train_steps(network, tx, config, mesh, budget, kept=(
+          None if config.train_gates else pruning.fixed_kept(network, config, state))),
+      None,
       sharding.replicate(ds.train_images, mesh), sharding.replicate(ds.train_labels, mesh),
       evaluator.Evaluator(network, ds.val_images, ds.val_labels, config.eval_batch_size, mesh),
       writers.MetricWriter(str(workdir), enabled=workdirs.is_primary_process()),
@@ -389,6 +393,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if budget and epoch == budget.settle_epoch:  # at the epoch's start: resumed runs too
         state = sharding.replicate(state._replace(params=pruning.settle_gates(
             network, budget, state.params, state.batch_stats, config.droprate_init)), mesh)
+      if budget and epoch >= budget.settle_epoch and loop.settled_steps is None:
+        kept = pruning.fixed_kept(network, config, state)
+        loop = loop._replace(settled_steps=make_train_steps(network, tx, config, mesh, budget,
+                                                            settled=True, kept=kept))
       epoch_start = time.monotonic()
       loop.progress.start_epoch()  # validation and the checkpoint are no training time
       state, step, epoch_metrics = train_epoch(loop, stop, state, epoch, step,

@@ -1,0 +1,152 @@
+"""Training only the kept channels while the gates are fixed: the same function, fewer MACs.
+
+With its gates fixed, a gated network's pruned channels are exactly zero
+wherever they are read, so a training step need compute only the kept ones.
+`apply` runs the network's layers in the order of its channel graph, each
+with its kernel gathered to the kept input rows and output columns (indices
+known when the step is compiled, from `kept_channels`), BN and ReLU on the
+kept channels alone, and the kept channels' test-time gates as a scale. The
+layers are the network's own modules, called with the gathered arrays, so
+each keeps its convolution method, dtype and BN arithmetic. Autodiff scatters
+the gradients back into the full-size arrays: a pruned entry gets exactly 0,
+as the masked step gives it, so parameters and optimizer state evolve as
+there, up to float rounding. Checkpoints, evaluation, accounting and export
+see the full network. One difference: the masked step still updates the
+pruned channels' BN running statistics, which nothing reads; here they stay.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from l0jax import accounting, gates, model, vgg
+from l0jax import graph as graph_lib
+
+Kept = dict[str, np.ndarray]  # each node's kept output channels (and INPUT's), as indices
+
+
+def kept_channels(graph: graph_lib.Graph, log_alphas: dict[str, Any]) -> Kept:
+  """The kept output channels of every node at the test-time gates of `log_alphas`.
+
+  A gated layer keeps the channels whose test-time gate is > 0; an ungated one
+  all of them, or none where the accounting counts it removed (all its readers
+  closed); pools pass their inputs' kept channels on; adds and pads keep all.
+  """
+  costs = {c.name: c for c in accounting.count(graph, accounting.deterministic_kept(log_alphas))}
+  kept = {graph_lib.INPUT: np.arange(graph.in_channels)}
+  for node in graph.nodes:
+    if isinstance(node, graph_lib.Layer) and node.gate is not None:
+      kept[node.name] = np.flatnonzero(np.asarray(gates.test_gate(log_alphas[node.gate])) > 0)
+    elif isinstance(node, graph_lib.Layer):
+      kept[node.name] = np.arange(node.c_out if costs[node.name].kept_out else 0)
+    elif isinstance(node, graph_lib.Pool):
+      kept[node.name] = _read(graph, kept, node)
+    else:  # Add, Pad: ungated inputs, all of them kept (`graph.Graph.whole`)
+      kept[node.name] = np.arange(sum(s.channels for s in graph.segments(node.name)))
+  return kept
+
+
+def _read(graph: graph_lib.Graph, kept: Kept, node: graph_lib.Node) -> np.ndarray:
+  """Which channels of `node`'s concatenated inputs are kept."""
+  sizes = [sum(s.channels for s in graph.segments(name)) if name != graph_lib.INPUT
+           else graph.in_channels for name in node.inputs]
+  offsets = np.cumsum([0] + sizes[:-1])
+  return np.concatenate([kept[name] + o for name, o in zip(node.inputs, offsets)])
+
+
+def _set(module: nnx.Module, name: str, value: jax.Array) -> None:
+  """Replaces the array of `module`'s variable `name`, whatever its shape."""
+  setattr(module, name, type(getattr(module, name))(value))
+
+
+def _layer(net: nnx.Module, layer: graph_lib.Layer, x: jax.Array, rows: np.ndarray,
+           columns: np.ndarray, out_hw: int, scale: jax.Array | None) -> jax.Array:
+  """The layer's kept `columns` from the kept input `rows` `x`, through its own modules."""
+  conv = graph_lib.at(net, layer.path)
+  kernel = jnp.take(jnp.take(conv.kernel[...], rows, axis=-2), columns, axis=-1)
+  bias = None if conv.bias is None else jnp.take(conv.bias[...], columns)
+  if rows.size:
+    y, _ = _called(conv, x, {"kernel": kernel} if bias is None else {"kernel": kernel,
+                                                                     "bias": bias})
+  else:  # Every input closed: the conv of zeros, its bias.
+    shape = (x.shape[0], columns.size) if layer.dense else (x.shape[0], out_hw, out_hw,
+                                                              columns.size)
+    y = jnp.zeros(shape, x.dtype) if bias is None else jnp.broadcast_to(bias.astype(x.dtype),
+                                                                         shape)
+  if layer.bn is not None:
+    y = _batch_norm(graph_lib.at(net, layer.bn), y, columns)
+  if layer.relu:
+    y = nnx.relu(y)
+  return y if scale is None else y * scale.astype(y.dtype)
+
+
+def _called(module: nnx.Module, x: jax.Array, arrays: dict[str, jax.Array],
+            **kwargs) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`module(x, **kwargs)` with the variables named in `arrays` holding those (smaller) arrays.
+
+  Returns the output and what those variables held after the call (BN's
+  updated statistics); the module holds its full arrays again.
+  """
+  full = {name: getattr(module, name)[...] for name in arrays}
+  for name, value in arrays.items():
+    _set(module, name, value)
+  y = module(x, **kwargs)
+  after = {name: getattr(module, name)[...] for name in arrays}
+  for name, value in full.items():
+    _set(module, name, value)
+  return y, after
+
+
+def _batch_norm(bn: nnx.BatchNorm, y: jax.Array, columns: np.ndarray) -> jax.Array:
+  """Training-mode BN of the kept `columns`; their running statistics updated in place."""
+  names = ("scale", "bias", "mean", "var")
+  y, after = _called(bn, y, {name: jnp.take(getattr(bn, name)[...], columns) for name in names},
+                     use_running_average=False)
+  for name in ("mean", "var"):
+    _set(bn, name, getattr(bn, name)[...].at[columns].set(after[name]))
+  return y
+
+
+def _pool(node: graph_lib.Pool, x: jax.Array) -> jax.Array:
+  """The pool as the built-in networks compute it (their gradients are XLA:CPU's fast ones)."""
+  if node.kind == "mean":
+    return jnp.mean(x, axis=(1, 2))
+  if (node.window, node.padding) == (3, 1):
+    return model.max_pool_3x3(x, node.stride)
+  if (node.window, node.stride, node.padding) == (2, 2, 0):
+    return vgg.max_pool_2x2(x)
+  pad = (node.padding if isinstance(node.padding, str)
+         else ((0, 0), (node.padding,) * 2, (node.padding,) * 2, (0, 0)))
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, node.window, node.window, 1),
+                               (1, node.stride, node.stride, 1), pad)
+
+
+def apply(net: nnx.Module, graph: graph_lib.Graph, kept: Kept, images: jax.Array) -> jax.Array:
+  """Training-mode float32 logits of `net` at its fixed gates, computing only `kept` channels.
+
+  Updates `net`'s BN statistics in place, as calling it in training does;
+  nothing else of it changes.
+  """
+  log_alphas = graph.log_alphas(net)
+  values = {graph_lib.INPUT: images}
+  for node in graph.nodes:
+    if isinstance(node, graph_lib.Add):
+      y = sum(values[name] for name in node.inputs)
+      values[node.name] = nnx.relu(y) if node.relu else y
+      continue
+    x = jnp.concatenate([values[name] for name in node.inputs], axis=-1)
+    if isinstance(node, graph_lib.Layer):
+      columns = kept[node.name]
+      scale = (None if node.gate is None
+               else jnp.take(gates.test_gate(log_alphas[node.gate]), columns))
+      values[node.name] = _layer(net, node, x, _read(graph, kept, node), columns,
+                                 graph.out_hw(node.name), scale)
+    elif isinstance(node, graph_lib.Pad):
+      x = x[:, ::node.stride, ::node.stride]
+      values[node.name] = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (node.before, node.after)))
+    else:
+      values[node.name] = _pool(node, x)
+  return values[graph.nodes[-1].name].astype(jnp.float32)

@@ -1,0 +1,93 @@
+"""Training the kept channels alone gives the masked network's step, for every built-in network."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import tiny_config
+from l0jax import accounting, compact_training, masks, networks, pruning
+
+NETWORKS = [dict(model="googlenet", depth=0, width_multiplier=0.25),
+            dict(model="resnet", depth=8, width_multiplier=1.0),
+            dict(model="vgg", depth=11, width_multiplier=0.125)]
+
+
+def at(state, path):
+  for key in path:
+    state = state[key]
+  return state
+
+
+def fixed_gates(network, params, batch_stats, seed):
+  """Gates fixed at a mix of kept, pruned and partly open (test-time gate in (0, 1)) channels,
+  with one gate closed whole where that leaves the network connected (a GoogleNet's branch: its
+  reduce conv is removed too)."""
+  rng = np.random.default_rng(seed)
+  log_alphas = {g.name: rng.choice([masks.KEPT, masks.PRUNED, 0.5], g.size).astype(np.float32)
+                for g in network.graph.gates}
+  closed = {**log_alphas, network.graph.gates[1].name: np.full(network.graph.gates[1].size,
+                                                               masks.PRUNED, np.float32)}
+  if accounting.connected(network.graph, accounting.deterministic_kept(closed)):
+    log_alphas = closed
+  return pruning.fix_gates(pruning.with_log_alphas(network, params, batch_stats, log_alphas))
+
+
+@pytest.mark.parametrize("overrides", NETWORKS, ids=lambda o: o["model"])
+def test_the_kept_channels_train_as_the_masked_network(overrides):
+  config = tiny_config(**overrides, use_gate=True)
+  network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [0.0], [1.0])
+  params = fixed_gates(network, params, batch_stats, seed=0)
+  kept = compact_training.kept_channels(network.graph,
+                                        pruning.log_alphas_of(network, params, batch_stats))
+  images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+  labels = jnp.arange(4)
+
+  def masked(params):
+    logits, stats, _ = network.apply(params, batch_stats, images, train=True)
+    return loss(logits), (logits, stats)
+
+  def compact(params):
+    net = nnx.merge(network.graphdef, params, batch_stats, copy=True)
+    logits = compact_training.apply(net, network.graph, kept, images)
+    return loss(logits), (logits, nnx.state(net, nnx.BatchStat))
+
+  loss = lambda logits: -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+  grads_m, (logits_m, stats_m) = jax.jit(jax.grad(masked, has_aux=True))(params)
+  grads_c, (logits_c, stats_c) = jax.jit(jax.grad(compact, has_aux=True))(params)
+  assert logits_c.dtype == logits_m.dtype == jnp.float32
+  np.testing.assert_allclose(logits_c, logits_m, rtol=1e-5, atol=1e-5)
+  for g_c, g_m in zip(jax.tree.leaves(grads_c), jax.tree.leaves(grads_m)):
+    assert g_c.shape == g_m.shape
+    np.testing.assert_allclose(g_c, g_m, rtol=1e-4, atol=1e-5 * float(np.abs(g_m).max() + 1))
+  # A pruned channel's filter gets exactly 0 on both paths: AdamW moves it the same way.
+  for layer in network.graph.layers:
+    pruned = np.setdiff1d(np.arange(layer.c_out), kept[layer.name])
+    for grads in (grads_c, grads_m):
+      assert not np.asarray(at(grads, layer.path)["kernel"][...])[..., pruned].any(), layer.name
+  # Running statistics: the kept channels' updated as the masked step updates them, the
+  # pruned channels' left where they were.
+  for (path, s_c), s_m, s_0 in zip(jax.tree_util.tree_leaves_with_path(stats_c),
+                                   jax.tree.leaves(stats_m), jax.tree.leaves(batch_stats)):
+    moved = np.asarray(s_c) != np.asarray(s_0)
+    np.testing.assert_allclose(np.asarray(s_c)[moved], np.asarray(s_m)[moved], rtol=1e-4,
+                               atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  assert sum(int((np.asarray(c) != np.asarray(m)).sum()) for c, m in
+             zip(jax.tree.leaves(stats_c), jax.tree.leaves(stats_m))) > 0  # some were pruned
+
+
+def test_kept_channels_follow_the_test_time_gates_and_the_removed_layers():
+  config = tiny_config(model="googlenet", depth=0, width_multiplier=0.25, use_gate=True)
+  network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [0.0], [1.0])
+  params = fixed_gates(network, params, batch_stats, seed=0)
+  log_alphas = pruning.log_alphas_of(network, params, batch_stats)
+  kept = compact_training.kept_channels(network.graph, log_alphas)
+  costs = {c.name: c for c in accounting.count(network.graph,
+                                               accounting.deterministic_kept(log_alphas))}
+  for layer in network.graph.layers:
+    assert kept[layer.name].size == costs[layer.name].kept_out, layer.name
+    if layer.gate is not None:
+      open_ = np.flatnonzero(log_alphas[layer.gate] != masks.PRUNED)
+      np.testing.assert_array_equal(kept[layer.name], open_)
+  assert any(kept[l.name].size == 0 and l.gate is None for l in network.graph.layers)
