@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from l0jax import accounting, compact_training, masks, networks, pruning
+from l0jax import accounting, compact_training, masks, networks, optimizer, pruning, sharding
+from l0jax import train
 
 NETWORKS = [dict(model="googlenet", depth=0, width_multiplier=0.25),
             dict(model="resnet", depth=8, width_multiplier=1.0),
@@ -91,3 +92,26 @@ def test_kept_channels_follow_the_test_time_gates_and_the_removed_layers():
       open_ = np.flatnonzero(log_alphas[layer.gate] != masks.PRUNED)
       np.testing.assert_array_equal(kept[layer.name], open_)
   assert any(kept[l.name].size == 0 and l.gate is None for l in network.graph.layers)
+
+
+def test_a_training_step_at_fixed_gates_is_the_masked_ones():
+  config = tiny_config(use_gate=True, train_gates=False)
+  network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
+  run = train.Run(config, None, network, params, batch_stats, sharding.data_mesh())
+  tx = optimizer.create_optimizer(config, 10)
+  params = fixed_gates(network, params, batch_stats, seed=1)
+  state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+  kept = pruning.fixed_kept(network, config, state)
+  assert kept is not None and pruning.fixed_kept(
+      network, tiny_config(use_gate=True, train_gates=False, compact_training=False), state) is None
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), np.uint8))
+  indices, valid = jnp.arange(8, dtype=jnp.int32).reshape(2, 4), jnp.ones(2, bool)
+  after = {}
+  for name, k in (("masked", None), ("compact", kept)):
+    steps = train.make_train_steps(network, tx, config, run.mesh, kept=k)
+    after[name] = steps(jax.tree.map(jnp.copy, state), images, jnp.arange(8) % 10, indices, valid)
+  (masked, masked_metrics), (compact, compact_metrics) = after["masked"], after["compact"]
+  for key in masked_metrics:
+    np.testing.assert_allclose(compact_metrics[key], masked_metrics[key], rtol=1e-5, err_msg=key)
+  for c, m in zip(jax.tree.leaves(compact.params), jax.tree.leaves(masked.params)):
+    np.testing.assert_allclose(c, m, rtol=1e-4, atol=1e-6)
