@@ -126,7 +126,7 @@ def prune_with_penalty(net: nnx.Module, graph: l0jax.Graph, data: Data,
 
 
 def main(export_dir: str, *, width: int = 8, image_hw: int = 16, steps: int = 60,
-         lambda_l0: float = 2.0, seed: int = 0) -> dict[str, Any]:
+         lambda_l0: float = 0.5, seed: int = 0) -> dict[str, Any]:
   """Gates, trains, reports and exports `SmallCNN`; returns the export's metrics."""
   data = synthetic_data(64, image_hw, 3, 10, seed)
   gated = l0jax.gate_network(SmallCNN(width, rngs=nnx.Rngs(seed)), data.x,
