@@ -120,8 +120,9 @@ def prune_with_penalty(net: nnx.Module, graph: l0jax.Graph, data: Data,
   then `export_and_check`s it."""
   penalty = lambda net, lambda_l0: lambda_l0 * l0jax.penalty(net, graph, "macs")
   optimizer = nnx.Optimizer(net, optax.adam(0.05), wrt=nnx.Param)
+  x = data.x
   for step in range(steps):
-    train_step(net, optimizer, data.x, data.labels, jax.random.key(step), penalty, lambda_l0)
+    train_step(net, optimizer, x, data.labels, jax.random.key(step), penalty, lambda_l0)
   return export_and_check(net, graph, data, export_dir)
 
 

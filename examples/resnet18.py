@@ -104,20 +104,21 @@ def prune_to_budget(gated: l0jax.GatedNetwork, graph: l0jax.Graph, data: Data, *
   lagrangian = budget.init()
   expected_macs = lambda net: l0jax.penalty(net, graph, "macs")
   l0_term = lambda net, args: budget_lib.lagrangian_term(args[0], expected_macs(net), args[1])
+  cost_of = nnx.jit(expected_macs)
   optimizer = nnx.Optimizer(gated, optax.adam(LEARNING_RATE), wrt=nnx.Param)
+  x = data.x
   for step in range(steps):
     t = budget.target_at(step)
-    train_step(gated, optimizer, data.x, data.labels, jax.random.key(step), l0_term,
+    train_step(gated, optimizer, x, data.labels, jax.random.key(step), l0_term,
                (lagrangian.multipliers, t))
-    cost = nnx.jit(expected_macs)(gated)
-    grads = jax.grad(budget_lib.lagrangian_term)(lagrangian.multipliers, cost, t)
+    grads = jax.grad(budget_lib.lagrangian_term)(lagrangian.multipliers, cost_of(gated), t)
     lagrangian = budget.ascend(lagrangian, grads)
   graph.set_log_alphas(gated, budget_lib.settle(graph.log_alphas(gated), "macs", target, graph))
   # A fresh Adam without the gates: no gradient nor momentum moves them from where they settled.
   weights = nnx.Optimizer(gated, optax.adam(LEARNING_RATE),
                           wrt=nnx.All(nnx.Param, nnx.Not(l0jax.LogAlpha)))
   for _ in range(settled_steps):
-    train_step(gated, weights, data.x, data.labels, None, _no_l0_term, None)
+    train_step(gated, weights, x, data.labels, None, _no_l0_term, None)
 
 
 def main(export_dir: str, *, target_macs: float = 0.5, width: float = 0.125, image_hw: int = 28,
