@@ -13,6 +13,8 @@ each reads and which gate decides its outputs (see `l0jax.graph`).
 the residual add ties stay ungated; the gates sit inside the block and on the
 last conv. The rest is `examples/custom_cnn.py`'s: a few training steps with
 the MACs penalty, the cost table, the compact export, reloaded and checked.
+`SmallResNet` itself traces, to this very graph (`tests/test_tracing.py`):
+it shows the route on a network small enough to read.
 """
 
 import argparse
