@@ -1,20 +1,29 @@
-r"""Gating your own Flax NNX CNN with l0jax: its costs, a cost-weighted penalty, a compact export.
+r"""Pruning an ordinary Flax NNX CNN with l0jax: gates put in, costs, a penalty, a compact export.
 
     python examples/custom_cnn.py --export_dir=/tmp/custom_cnn_export
 
-`SmallResNet` is an ordinary NNX module with two things added: an
-`l0jax.L0Gate` on the output channels of the layers to prune (applied with
-`l0jax.gate_channels`), and `channel_graph`, which states its layers, what
-each reads and which gate decides its outputs (see `l0jax.graph`). The
-channels that the residual add ties stay ungated; the gates sit inside the
-block and on the last conv. The script trains it a few steps on random images
-with cross-entropy + lambda x the expected kept fraction of its MACs, prints
-the cost table of what is kept, and exports the compact network (kept
-channels only, BN and gates folded), which it reloads and checks against the
-gated network. `tests/test_examples.py` runs it at a tiny size.
+`SmallCNN` is a plain NNX module, with nothing of l0jax in it.
+`l0jax.gate_network` traces its channel graph from its program and puts an
+L0 gate on the output channels of every layer whose channels are its own
+(each conv here; the head's are the logits); the gated network's traced
+graph is what the penalty, the cost table and the export read. The
+script trains it a few steps on synthetic images with cross-entropy + lambda
+x the expected kept fraction of its MACs, prints the cost table of what is
+kept, and exports the compact network (kept channels only, BN and gates
+folded), which it reloads and checks against the gated network.
+
+The other examples reuse its steps: `examples/resnet18.py` prunes a
+ResNet-18 to a MAC budget; `examples/stated_graph.py` prunes a network that
+carries its own gates and a graph stated by hand, the route for what tracing
+cannot follow.
+`tests/test_examples.py` runs them at a tiny size.
 """
 
 import argparse
+import functools
+import os
+import sys
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,94 +32,119 @@ import optax
 from flax import nnx
 
 import l0jax
-from l0jax import INPUT, Add, Gate, Graph, Layer, Pad, Pool
+
+# The L0 term added to the cross-entropy: (network, arrays that change between steps) -> scalar.
+L0Term = Callable[[nnx.Module, Any], jax.Array]
 
 
-class SmallResNet(nnx.Module):
-  """stem conv -> residual block (stride 2, option-A shortcut) -> gated conv -> pool -> dense."""
+class SmallCNN(nnx.Module):
+  """stem conv -> 1x1 and 3x3 conv branches, concatenated -> max-pool -> conv -> mean -> dense."""
 
   def __init__(self, width: int = 8, in_channels: int = 3, num_classes: int = 10, *,
                rngs: nnx.Rngs):
-    self.width, self.in_channels, self.num_classes = width, in_channels, num_classes
-    conv = lambda c_in, c_out, stride=1: nnx.Conv(c_in, c_out, (3, 3), strides=stride, rngs=rngs)
-    self.stem, self.stem_bn = conv(in_channels, width), nnx.BatchNorm(width, rngs=rngs)
-    self.conv_a, self.conv_a_bn = conv(width, 2 * width, 2), nnx.BatchNorm(2 * width, rngs=rngs)
-    self.gate_a = l0jax.L0Gate(2 * width, droprate_init=0.5, rngs=rngs)
-    self.conv_b, self.conv_b_bn = conv(2 * width, 2 * width), nnx.BatchNorm(2 * width, rngs=rngs)
-    self.conv_c, self.conv_c_bn = conv(2 * width, 4 * width), nnx.BatchNorm(4 * width, rngs=rngs)
-    self.gate_c = l0jax.L0Gate(4 * width, droprate_init=0.5, rngs=rngs)
+    conv = lambda c_in, c_out, k=3: nnx.Conv(c_in, c_out, (k, k), rngs=rngs)
+    norm = lambda c: nnx.BatchNorm(c, rngs=rngs)
+    self.stem, self.stem_bn = conv(in_channels, width), norm(width)
+    self.branch1, self.branch1_bn = conv(width, width, 1), norm(width)
+    self.branch3, self.branch3_bn = conv(width, width), norm(width)
+    self.conv, self.conv_bn = conv(2 * width, 4 * width), norm(4 * width)
     self.head = nnx.Linear(4 * width, num_classes, rngs=rngs)
 
-  def __call__(self, x: jax.Array, *, train: bool, gate_key: jax.Array | None = None):
-    """Training gates drawn from `gate_key`; without one, the test-time gates."""
-    key_a, key_c = jax.random.split(gate_key) if gate_key is not None else (None, None)
-    bn = lambda norm, y: norm(y, use_running_average=not train)
-    x = nnx.relu(bn(self.stem_bn, self.stem(x)))
-    y = nnx.relu(bn(self.conv_a_bn, self.conv_a(x)))
-    y = l0jax.gate_channels(y, self.gate_a.log_alpha[...], key_a)
-    y = bn(self.conv_b_bn, self.conv_b(y))
-    shortcut = jnp.pad(x[:, ::2, ::2], ((0, 0), (0, 0), (0, 0), (self.width // 2,) * 2))
-    x = nnx.relu(y + shortcut)
-    x = nnx.relu(bn(self.conv_c_bn, self.conv_c(x)))
-    x = l0jax.gate_channels(x, self.gate_c.log_alpha[...], key_c)
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    layer = lambda conv, bn, y: nnx.relu(bn(conv(y), use_running_average=not train))
+    x = layer(self.stem, self.stem_bn, x)
+    x = jnp.concatenate([layer(self.branch1, self.branch1_bn, x),
+                         layer(self.branch3, self.branch3_bn, x)], axis=-1)
     x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+    x = layer(self.conv, self.conv_bn, x)
     return self.head(jnp.mean(x, axis=(1, 2)))
 
-  def channel_graph(self, image_hw: int) -> Graph:
-    w = self.width
-    conv = lambda name, inputs, c_in, c_out, **kw: Layer(
-        name, inputs, c_in, c_out, kernel=3, path=(name,), bn=(f"{name}_bn",), **kw)
-    return Graph(image_hw, self.in_channels, gates=(
-        Gate("block/a", 2 * w, ("gate_a", "log_alpha")),
-        Gate("conv_c", 4 * w, ("gate_c", "log_alpha"))), nodes=(
-        conv("stem", (INPUT,), self.in_channels, w),
-        conv("conv_a", ("stem",), w, 2 * w, stride=2, gate="block/a"),
-        conv("conv_b", ("conv_a",), 2 * w, 2 * w, relu=False),
-        Pad("shortcut", ("stem",), stride=2, before=w // 2, after=w // 2),
-        Add("block", ("conv_b", "shortcut")),
-        conv("conv_c", ("block",), 2 * w, 4 * w, gate="conv_c"),
-        Pool("pool", ("conv_c",), window=2, stride=2, padding=0),
-        Pool("global_pool", ("pool",), kind="mean"),
-        Layer("head", ("global_pool",), 4 * w, self.num_classes, dense=True, relu=False,
-              path=("head",))))
+
+class Data(NamedTuple):
+  """Labelled images, and the per-channel mean and std that normalise them."""
+
+  images: np.ndarray  # uint8 NHWC
+  labels: np.ndarray
+  mean: np.ndarray
+  std: np.ndarray
+
+  @property
+  def x(self) -> np.ndarray:
+    """The images normalised, as the network reads them."""
+    return ((self.images - self.mean) / self.std).astype(np.float32)
 
 
-def main(export_dir: str, *, width: int = 8, image_hw: int = 16, steps: int = 60,
-         lambda_l0: float = 2.0, seed: int = 0) -> dict:
-  """Trains, reports and exports the example network; returns the export's metrics."""
-  net = SmallResNet(width, rngs=nnx.Rngs(seed))
-  graph = net.channel_graph(image_hw)
-  graph.check(net)  # A graph that does not match the module: l0jax.GraphError, naming the layer.
+def synthetic_data(num: int, image_hw: int, channels: int, num_classes: int, seed: int) -> Data:
+  """Random images whose label is their brightness, in `num_classes` bins of equal counts:
+  something a CNN can learn from the pixels."""
   rng = np.random.default_rng(seed)
-  images = rng.integers(0, 256, (64, image_hw, image_hw, 3), dtype=np.uint8)
-  labels = images.reshape(64, -1, 3).mean(1).argmax(-1)  # the brightest colour channel
-  mean, std = images.reshape(-1, 3).mean(0), images.reshape(-1, 3).std(0)
-  x = (images - mean) / std
-  optimizer = nnx.Optimizer(net, optax.adam(0.05), wrt=nnx.Param)
+  images = rng.integers(0, 256, (num, image_hw, image_hw, channels), dtype=np.uint8)
+  brightness = images.reshape(num, -1).mean(1)
+  labels = np.argsort(np.argsort(brightness)) * num_classes // num
+  pixels = images.reshape(-1, channels)
+  return Data(images, labels, pixels.mean(0), pixels.std(0))
 
-  @nnx.jit
-  def train_step(net, optimizer, key):
-    def loss_fn(net):
-      logits = net(x, train=True, gate_key=key)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return ce + lambda_l0 * l0jax.penalty(net, graph, "macs")
 
-    loss, grads = nnx.value_and_grad(loss_fn)(net)
-    optimizer.update(net, grads)
-    return loss
+@functools.partial(nnx.jit, static_argnames="l0_term")
+def train_step(net: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, labels: jax.Array,
+               gate_key: jax.Array | None, l0_term: L0Term, l0_args: Any) -> jax.Array:
+  """One Adam step on cross-entropy + `l0_term(net, l0_args)`, for the variables the
+  optimizer updates; gates drawn from `gate_key`, or the test-time ones without it."""
+  def loss_fn(net):
+    logits = net(x, train=True, gate_key=gate_key)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return ce + l0_term(net, l0_args)
 
-  for step in range(steps):
-    train_step(net, optimizer, jax.random.key(step))
+  loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, optimizer.wrt))(net)
+  optimizer.update(net, grads)
+  return loss
+
+
+def export_and_check(net: nnx.Module, graph: l0jax.Graph, data: Data,
+                     export_dir: str | os.PathLike) -> dict[str, Any]:
+  """Prints the cost table, exports the compact network, and checks that the reloaded export
+  gives `net`'s test-time logits; returns the export's metrics."""
   print(l0jax.format_table(l0jax.costs(net, graph)))
-  metrics = l0jax.save_export(net, graph, export_dir, images, mean, std)
-  logits = l0jax.load_export(export_dir)(images)
-  np.testing.assert_allclose(logits, net(x, train=False), rtol=1e-4, atol=1e-4)
+  metrics = l0jax.save_export(net, graph, export_dir, data.images, data.mean, data.std)
+  logits = l0jax.load_export(export_dir)(data.images)
+  np.testing.assert_allclose(logits, net(data.x, train=False), rtol=1e-4, atol=1e-4)
   print(f"{export_dir}: {metrics['params_compact']:,} parameters, largest logit difference "
         f"{metrics['max_abs_logit_diff']:.2e}")
   return metrics
 
 
+def prune_with_penalty(net: nnx.Module, graph: l0jax.Graph, data: Data,
+                       export_dir: str | os.PathLike, *, steps: int, lambda_l0: float
+                       ) -> dict[str, Any]:
+  """Trains `net` with cross-entropy + `lambda_l0` x the expected kept fraction of its MACs,
+  then `export_and_check`s it."""
+  penalty = lambda net, lambda_l0: lambda_l0 * l0jax.penalty(net, graph, "macs")
+  optimizer = nnx.Optimizer(net, optax.adam(0.05), wrt=nnx.Param)
+  x = data.x
+  for step in range(steps):
+    train_step(net, optimizer, x, data.labels, jax.random.key(step), penalty, lambda_l0)
+  return export_and_check(net, graph, data, export_dir)
+
+
+def main(export_dir: str, *, width: int = 8, image_hw: int = 16, steps: int = 60,
+         lambda_l0: float = 0.5, seed: int = 0) -> dict[str, Any]:
+  """Gates, trains, reports and exports `SmallCNN`; returns the export's metrics."""
+  data = synthetic_data(64, image_hw, 3, 10, seed)
+  gated = l0jax.gate_network(SmallCNN(width, rngs=nnx.Rngs(seed)), data.x,
+                             rngs=nnx.Rngs(seed + 1))
+  graph = l0jax.trace_graph(gated, data.x)
+  return prune_with_penalty(gated, graph, data, export_dir, steps=steps, lambda_l0=lambda_l0)
+
+
+def run(main: Callable[..., Any], parser: argparse.ArgumentParser) -> None:
+  """`main(**flags)`; a network or flag l0jax refuses ends the script with its one line."""
+  try:
+    main(**vars(parser.parse_args()))
+  except l0jax.UserError as e:
+    sys.exit(f"{parser.prog}: {e}")
+
+
 if __name__ == "__main__":
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--export_dir", required=True)
-  main(parser.parse_args().export_dir)
+  run(main, parser)

@@ -15,7 +15,7 @@ from l0jax import accounting, export, gates, model, resnet, tracing, vgg
 from l0jax.graph import INPUT, Graph, GraphError, Layer, Pool
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0] + "/examples")
-import custom_cnn  # pylint: disable=wrong-import-position
+import stated_graph  # pylint: disable=wrong-import-position
 
 
 def images(hw: int, channels: int = 3) -> jax.ShapeDtypeStruct:
@@ -137,7 +137,7 @@ def test_small_and_odd_images_trace_the_same(name, hw):
 
 
 def test_the_example_network_traces_to_its_stated_graph():
-  net = custom_cnn.SmallResNet(8, rngs=nnx.Rngs(0))
+  net = stated_graph.SmallResNet(8, rngs=nnx.Rngs(0))
   assert_same(tracing.trace_graph(net, images(16)), net.channel_graph(16))
 
 
@@ -153,7 +153,7 @@ def test_a_traced_graph_of_a_real_module_checks_and_counts():
 
 
 def test_the_export_of_a_traced_graph_gives_the_gated_networks_logits():
-  net = custom_cnn.SmallResNet(8, rngs=nnx.Rngs(0))
+  net = stated_graph.SmallResNet(8, rngs=nnx.Rngs(0))
   graph = tracing.trace_graph(net, images(16))
   rng = np.random.default_rng(0)
   graph.set_log_alphas(net, {g.name: rng.normal(0, 3, g.size) for g in graph.gates})
