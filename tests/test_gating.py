@@ -47,8 +47,8 @@ def test_the_layers_whose_channels_are_their_own_are_gated_and_all_open_changes_
   gated, graph, logits = gated_plain()
   # The stem and b are tied by the residual add; the head gives the logits.
   assert {l.name: l.gate for l in graph.layers} == {
-      "net/stem": None, "net/a": "net/a_bn/gate", "net/b": None,
-      "net/c/module": "net/c/gate", "net/head": None}
+      "net/stem": None, "net/a": "net/a_bn/gates/0", "net/b": None,
+      "net/c/module": "net/c/gates/0", "net/head": None}
   graph.check(gated)
   graph.set_log_alphas(gated, {g.name: np.full(g.size, 10.0) for g in graph.gates})
   np.testing.assert_allclose(gated(IMAGES, train=False), logits, rtol=1e-6, atol=1e-6)

@@ -44,7 +44,7 @@ def canonical(graph: Graph) -> list:
     if isinstance(node, (Layer, Pool)):
       changes["padding"] = _start(graph, node, reads_hw)
     if isinstance(node, Layer):
-      changes["gate"] = gate_paths.get(node.gate)
+      changes["gate"] = tuple(gate_paths[g] for g in node.gate_names)
     names[node.name] = key
     nodes.append(dataclasses.replace(node, **changes))
   return nodes
@@ -87,6 +87,8 @@ NETWORKS = {
                                                    **kw),
     "resnet20": lambda w, **kw: functools.partial(resnet.ResNet, 10, 3, depth=20,
                                                   width_multiplier=w, **kw),
+    "resnet20_residual": lambda w, **kw: functools.partial(
+        resnet.ResNet, 10, 3, depth=20, width_multiplier=w, gate_residual=True, **kw),
     "resnet56": lambda w, **kw: functools.partial(resnet.ResNet, 10, 3, depth=56,
                                                   width_multiplier=w, **kw),
     "vgg11": lambda w, **kw: functools.partial(vgg.VGG, 10, 3, depth=11, width_multiplier=w,
