@@ -11,11 +11,11 @@ channels in every member, in the residual adds (whose outputs it scales, as
 each of their inputs is scaled by it) and in the shortcuts' zero channels
 that line up with them.
 
-The compact network is a pytree of arrays, one {kernel, bias} per layer name,
-whose shapes say everything (`compact_apply` runs it with the graph at any
-kept counts); closed channels leave zero-size arrays, which `compact_apply`
-treats explicitly. A shortcut (`graph.Pad`) has {before, after}: arrays of
-shape [zero channels kept, 0]. `save` writes the inference function as a jax.export
+The compact network is a pytree of arrays, one {kernel, bias} per layer name
+and {before, after} per shortcut (of shape [zero channels kept, 0]), whose
+shapes say everything (`compact_apply` runs it with the graph at any kept
+counts); closed channels leave zero-size arrays, which `compact_apply`
+treats explicitly. `save` writes the inference function as a jax.export
 artifact with a symbolic batch size that takes the data set's own uint8
 images (normalisation, weights and all inside), a JSON of its input and
 statistics, the weights alone with Orbax and, if asked, an ONNX model of the

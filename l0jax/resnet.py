@@ -97,7 +97,7 @@ class ResNet(nnx.Module):
     ])
     self.head = nnx.Linear(widths[-1], num_classes, dtype=dtype, rngs=rngs)
     self.width_gates = nnx.List(
-        [gates.L0Gate(n, droprate_init, rngs=rngs) for n in added] if gate_residual else [])
+        [gates.L0Gate(size, droprate_init, rngs=rngs) for size in added] if gate_residual else [])
 
   def __call__(self, x: jax.Array, *, train: bool, gate_key: jax.Array | None = None) -> jax.Array:
     x = self.stem(x, train)

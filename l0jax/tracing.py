@@ -81,8 +81,8 @@ def renamed(graph: graph_lib.Graph, names: Mapping[str, str]) -> graph_lib.Graph
   def rename(node: graph_lib.Node) -> graph_lib.Node:
     gate = {}
     if getattr(node, "gate", None):
-      names = tuple(map(new, node.gate_names))
-      gate = {"gate": names if len(names) > 1 else names[0]}
+      gate_names = tuple(map(new, node.gate_names))
+      gate = {"gate": gate_names if len(gate_names) > 1 else gate_names[0]}
     return dataclasses.replace(node, name=new(node.name), inputs=tuple(map(new, node.inputs)),
                                **gate)
 
