@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import l0jax
-from l0jax import accounting, export, gating, resnet, tracing, vgg
+from l0jax import accounting, export, gates, gating, resnet, tracing, vgg
 from l0jax.graph import GraphError
 
 
@@ -121,6 +121,16 @@ def test_gate_residual_shares_one_gate_per_coupled_group_and_all_open_changes_no
   assert gated.net.stem_bn.gates[0] is gated.net.b_bn.gates[0] is gated.groups[0]
   graph.set_log_alphas(gated, {g.name: np.full(g.size, 10.0) for g in graph.gates})
   np.testing.assert_allclose(gated(IMAGES, train=False), logits, rtol=1e-6, atol=1e-6)
+
+
+def test_a_shared_gate_is_drawn_with_one_key_for_all_its_members(monkeypatch):
+  gated = gating.gate_network(Plain(nnx.Rngs(0)), IMAGES, rngs=nnx.Rngs(1), gate_residual=True)
+  keys, draw = [], gates.gate_values
+  monkeypatch.setattr(gates, "gate_values",
+                      lambda log_alpha, key, n: keys.append(key) or draw(log_alpha, key, n))
+  nnx.jit(lambda gated: gated(IMAGES, train=True, gate_key=jax.random.key(0)))(gated)
+  stem, a, b, c = keys  # in the order the network calls them; stem and b share groups/0
+  assert stem is b and len({id(k) for k in (stem, a, c)}) == 3
 
 
 def gated_resnet(hw=8):
