@@ -133,6 +133,28 @@ def test_a_shared_gate_is_drawn_with_one_key_for_all_its_members(monkeypatch):
   assert stem is b and len({id(k) for k in (stem, a, c)}) == 3
 
 
+class InputAdd(nnx.Module):
+  """A conv whose first 3 channels the input is added to (zero channels pad it to 6)."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.widen = nnx.Conv(3, 6, (3, 3), rngs=rngs)
+    self.conv = nnx.Conv(6, 8, (3, 3), rngs=rngs)
+    self.head = nnx.Linear(8, 10, rngs=rngs)
+
+  def __call__(self, x, train):
+    y = self.widen(x) + jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, 3)))
+    return self.head(nnx.relu(self.conv(nnx.relu(y))).mean((1, 2)))
+
+
+def test_gate_residual_leaves_a_layer_ungated_whose_channels_the_input_is_added_to():
+  gated = gating.gate_network(InputAdd(nnx.Rngs(0)), IMAGES, rngs=nnx.Rngs(1),
+                              gate_residual=True)
+  graph = tracing.trace_graph(gated, IMAGES)
+  # widen's channels 3-6 are a group of their own, but 0-3 hold the input's: gated whole or not.
+  assert {l.name: l.gate for l in graph.layers} == {
+      "net/widen": None, "net/conv/module": "net/conv/gates/0", "net/head": None}
+
+
 def gated_resnet(hw=8):
   """A ResNet-20 of widths 4, 8, 16 with its stage widths gated: a mix of pruned, partly and
   fully open channels, stage 3's added channels closed whole (its shortcut pads nothing)."""
