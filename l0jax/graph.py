@@ -21,7 +21,7 @@ that order. `INPUT` is the image.
 - `Pad`: an identity shortcut that changes shape (He et al.'s option A):
   `x[:, ::stride, ::stride]` with `before` and `after` zero channels added.
 - `Gate`: the `gates.LogAlpha` variable at `path` in the module, `size`
-  channels. A gate multiplies its layer's outputs after BN and ReLU, before
+  channels. A gate multiplies its layers' outputs after BN and ReLU, before
   anything reads them (`gates.gate_channels`), so it is a non-negative
   per-channel scale that max/mean pools and ReLU commute with, and that the
   export folds into the layers that read it.
