@@ -112,7 +112,7 @@ def test_the_traced_graph_is_the_stated_one(name, width):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16_matmuls", "bfloat16"])
-@pytest.mark.parametrize("name", ["googlenet", "resnet20", "vgg11"])
+@pytest.mark.parametrize("name", ["googlenet", "resnet20", "resnet20_residual", "vgg11"])
 def test_bfloat16_networks_trace_the_same(name, dtype):
   """bfloat16_matmuls: convolutions and dots inside custom VJPs; bfloat16: casts everywhere."""
   kwargs = ({"bfloat16_matmuls": True} if dtype == "bfloat16_matmuls"
