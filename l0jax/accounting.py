@@ -8,7 +8,10 @@ differentiates through to log_alpha, so the same counts serve the report
 after training and the cost-weighted L0 penalty during it.
 
 A layer reads its producers' kept channels: a gated producer's kept ones, an
-ungated producer's all. An ungated layer that only gated layers read (a
+ungated producer's all. A gate that a coupled group shares (a ResNet's stage
+width) decides the kept outputs of every member layer, the kept inputs of
+every layer reading them, through the adds, and so the add's kept channels;
+a layer with several gates keeps the sum of theirs. An ungated layer that only gated layers read (a
 GoogleNet's 1x1 reduce conv) is counted as removed when all of their gates
 are closed (the export drops it too); in expectation, its outputs count with
 the probability that any of those gates is open.
@@ -72,15 +75,16 @@ def count(graph: graph_lib.Graph, kept: Mapping[str, Kept] | None) -> list[Layer
 
   def used(layer: graph_lib.Layer) -> Count:
     readers = graph.readers[layer.name]
-    if layer.name in graph.whole or not readers or any(r.gate is None for r in readers):
+    if layer.name in graph.whole or not readers or any(not r.gate_names for r in readers):
       return 1
-    return _any_alive([gate_kept[r.gate].alive for r in readers])
+    read_gates = dict.fromkeys(g for r in readers for g in r.gate_names)  # a shared one once
+    return _any_alive([gate_kept[g].alive for g in read_gates])
 
   costs = []
   for layer in graph.layers:
     kept_in = sum(s.channels if s.gate is None else gate_kept[s.gate].channels
                   for s in graph.input_segments(layer))
-    kept_out = (gate_kept[layer.gate].channels if layer.gate is not None
+    kept_out = (sum(gate_kept[g].channels for g in layer.gate_names) if layer.gate_names
                 else layer.c_out * used(layer))
     costs.append(LayerCost(layer.name, 1 if layer.dense else layer.kernel,
                            graph.out_hw(layer.name), layer.c_in, layer.c_out, kept_in, kept_out,

@@ -12,15 +12,16 @@ from l0jax.errors import UserError
 # Fields that define the network's shape. Resuming or fine-tuning with a
 # different value of any of these is refused, because the checkpoint's arrays
 # would not fit.
-ARCHITECTURE_FIELDS = ("dataset", "model", "depth", "use_gate", "width_multiplier",
-                       "synthetic_image_size")
+ARCHITECTURE_FIELDS = ("dataset", "model", "depth", "use_gate", "gate_residual",
+                       "width_multiplier", "synthetic_image_size")
+GATE_FIELDS = ("use_gate", "gate_residual")
 # What a run continued from another one (`init_from`, or its own workdir when
 # resuming) takes from that run's config, unless given on the command line:
 # the data and the network's shape, but not its gates (fine-tuning adds them to
 # a baseline). Resuming also keeps the gates and the split.
-SOURCE_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f != "use_gate") + (
+SOURCE_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f not in GATE_FIELDS) + (
     "data_dir", "synthetic_num_train")
-RESUME_FIELDS = SOURCE_FIELDS + ("use_gate", "val_split")
+RESUME_FIELDS = SOURCE_FIELDS + GATE_FIELDS + ("val_split",)
 # What a saved config written before a field existed meant by it, where that
 # is not today's default: runs keep the data they were made with.
 LEGACY_VALUES = {"val_split": "seeded"}
@@ -58,6 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
   # googlenet has one depth: 0.
   c.depth = 0
   c.use_gate = True
+  # resnet: gates its stage widths too (the channels the residual adds tie, one
+  # gate per width shared by the stem and the blocks that make them), besides
+  # the blocks' inner channels.
+  c.gate_residual = False
   # Scales every channel count; 1.0 is the network at its published widths.
   c.width_multiplier = 1.0
   # Sets the gates' initial log_alpha to log((1 - p) / p), as the PyTorch original did
@@ -236,6 +241,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"compute_dtype={c.compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
   check(c.init_checkpoint in CHECKPOINTS,
         f"init_checkpoint={c.init_checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
+  check(not c.gate_residual or (c.model == "resnet" and c.use_gate),
+        "gate_residual=True gates a ResNet's stage widths: it needs model='resnet' and "
+        "use_gate=True")
   check(c.train_gates or bool(c.use_gate and c.init_from),
         "train_gates=False keeps the gates of a pruned run: it needs use_gate=True and "
         "init_from=WORKDIR_OF_A_GATED_RUN")

@@ -6,7 +6,9 @@ with the others or not at all; a `Pad` shifts its input's channels by
 `before` (its zero channels tie nothing); pools and concatenations pass
 channels on. `channel_groups` joins tied channels across the whole graph: in
 a ResNet, the stem's outputs with the block outputs of every stage they flow
-into. A group that holds the input's channels cannot be pruned.
+into. A group that holds the input's channels cannot be pruned; any other
+may be gated as one, its members sharing one gate (`gating.gate_network`'s
+`gate_residual`, `graph`'s shared gates).
 """
 
 from typing import NamedTuple

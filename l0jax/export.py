@@ -6,11 +6,15 @@ the pruned channels' filters go, and the kept channels' test-time gates (in
 because a gate is a non-negative per-channel scale, which commutes with ReLU,
 max-pool and average-pool. Eval-mode BatchNorm folds into each conv's kernel
 and bias. An ungated layer that the accounting counts as removed (all its
-readers closed) goes too.
+readers closed) goes too. A gate that a coupled group shares drops its
+channels in every member, in the residual adds (whose outputs it scales, as
+each of their inputs is scaled by it) and in the shortcuts' zero channels
+that line up with them.
 
-The compact network is a pytree of arrays, one {kernel, bias} per layer name,
-whose shapes say everything (`compact_apply` runs it with the graph at any
-kept counts); closed channels leave zero-size arrays, which `compact_apply`
+The compact network is a pytree of arrays, one {kernel, bias} per layer name
+and {before, after} per shortcut (of shape [zero channels kept, 0]), whose
+shapes say everything (`compact_apply` runs it with the graph at any kept
+counts); closed channels leave zero-size arrays, which `compact_apply`
 treats explicitly. `save` writes the inference function as a jax.export
 artifact with a symbolic batch size that takes the data set's own uint8
 images (normalisation, weights and all inside), a JSON of its input and
@@ -27,7 +31,7 @@ import hashlib
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -102,21 +106,41 @@ def compact_params(net: nnx.Module, graph: graph_lib.Graph) -> dict[str, dict[st
     offsets = np.cumsum([0] + [scale[name].size for name in node.inputs])
     inputs = np.concatenate([kept[name] + o for name, o in zip(node.inputs, offsets)])
     input_scale = np.concatenate([scale[name] for name in node.inputs])
-    if isinstance(node, graph_lib.Layer):
-      if node.gate is not None:
-        scale[node.name] = test_gates[node.gate]
-        kept[node.name] = np.flatnonzero(scale[node.name] > 0)
-      else:
-        scale[node.name] = np.ones(node.c_out, np.float32)
-        kept[node.name] = np.arange(node.c_out if costs[node.name].kept_out else 0)
-      params[node.name] = _select(_folded(net, node), inputs, input_scale, kept[node.name])
-    elif isinstance(node, graph_lib.Pool):
+    if isinstance(node, graph_lib.Pool):
       kept[node.name], scale[node.name] = inputs, input_scale
-    else:  # Add, Pad: ungated inputs, all of them kept (`graph.Graph.whole`)
-      channels = sum(s.channels for s in graph.segments(node.name))
-      kept[node.name] = np.arange(channels)
-      scale[node.name] = np.ones(channels, np.float32)
+      continue
+    scale[node.name] = _scale(graph.segments(node.name), test_gates)
+    kept[node.name] = np.flatnonzero(scale[node.name] > 0)
+    if isinstance(node, graph_lib.Layer):
+      if not node.gate_names and not costs[node.name].kept_out:
+        kept[node.name] = kept[node.name][:0]
+      params[node.name] = _select(_folded(net, node), inputs, input_scale, kept[node.name])
+    elif isinstance(node, graph_lib.Pad):
+      kept[node.name], params[node.name] = _pad(graph, node, inputs, test_gates)
   return jax.tree.map(jnp.asarray, params)
+
+
+def _scale(segments: Sequence[graph_lib.Segment],
+           test_gates: dict[str, np.ndarray]) -> np.ndarray:
+  """The test-time gate of each channel of a node's output: 1 where no gate scales it."""
+  return np.concatenate([np.ones(s.channels, np.float32) if s.gate is None else test_gates[s.gate]
+                         for s in segments])
+
+
+def _pad(graph: graph_lib.Graph, pad: graph_lib.Pad, inputs: np.ndarray,
+         test_gates: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """A shortcut's kept channels, and its compact zero channels: those that line up with the
+  kept channels of the add that reads it (all, if no add reads it)."""
+  add = next((n for n in graph.nodes if isinstance(n, graph_lib.Add) and pad.name in n.inputs),
+             None)
+  channels = sum(s.channels for s in graph.segments(pad.name))
+  zeros = np.ones(channels, bool)
+  if add is not None:
+    zeros = _scale(graph.segments(add.name), test_gates) > 0
+  zeros[pad.before:channels - pad.after] = False
+  kept = np.union1d(inputs + pad.before, np.flatnonzero(zeros))
+  side = lambda mask: np.zeros((int(mask.sum()), 0), np.float32)
+  return kept, {"before": side(zeros[:pad.before]), "after": side(zeros[channels - pad.after:])}
 
 
 def _layer(x: jax.Array, p: dict[str, jax.Array], layer: graph_lib.Layer, out_hw: int):
@@ -135,10 +159,11 @@ def _layer(x: jax.Array, p: dict[str, jax.Array], layer: graph_lib.Layer, out_hw
   return jax.nn.relu(y) if layer.relu else y
 
 
-def _node(x: jax.Array, node: graph_lib.Pool | graph_lib.Pad) -> jax.Array:
+def _node(x: jax.Array, node: graph_lib.Pool | graph_lib.Pad,
+          p: dict[str, jax.Array] | None) -> jax.Array:
   if isinstance(node, graph_lib.Pad):
     x = x[:, ::node.stride, ::node.stride]
-    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (node.before, node.after)))
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (len(p["before"]), len(p["after"]))))
   if node.kind == "mean":
     return jnp.mean(x, axis=(1, 2))
   pad = (node.padding if isinstance(node.padding, str)
@@ -158,7 +183,8 @@ def compact_apply(graph: graph_lib.Graph, params: dict[str, dict[str, jax.Array]
       continue
     x = jnp.concatenate([values[name] for name in node.inputs], axis=-1)
     values[node.name] = (_layer(x, params[node.name], node, graph.out_hw(node.name))
-                         if isinstance(node, graph_lib.Layer) else _node(x, node))
+                         if isinstance(node, graph_lib.Layer)
+                         else _node(x, node, params.get(node.name)))
   return values[graph.nodes[-1].name]
 
 

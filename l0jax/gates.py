@@ -59,6 +59,17 @@ def init_log_alpha(droprate_init: float) -> Callable[..., jax.Array]:
   return init
 
 
+def gate_values(log_alpha: jax.Array, key: jax.Array | None, batch_size: int) -> jax.Array:
+  """The gates of one call: with a `key` (training) drawn per example, [batch_size, channels];
+  without one the test-time gates, [1, channels]."""
+  return test_gate(log_alpha)[None] if key is None else sample_gate(key, log_alpha, batch_size)
+
+
+def scale_channels(x: jax.Array, z: jax.Array) -> jax.Array:
+  """`x` (channels last) times the gates `z` ([batch or 1, channels]), cast back to x's dtype."""
+  return x * z.reshape(z.shape[0], *(1,) * (x.ndim - 2), -1).astype(x.dtype)
+
+
 def gate_channels(x: jax.Array, log_alpha: jax.Array, key: jax.Array | None = None) -> jax.Array:
   """Multiplies each channel of an NHWC activation by its gate.
 
@@ -66,8 +77,7 @@ def gate_channels(x: jax.Array, log_alpha: jax.Array, key: jax.Array | None = No
   without one the test-time gates are used. Gates are float32 whatever the
   activation's dtype; the product is cast back.
   """
-  z = test_gate(log_alpha)[None] if key is None else sample_gate(key, log_alpha, x.shape[0])
-  return x * z[:, None, None, :].astype(x.dtype)
+  return scale_channels(x, gate_values(log_alpha, key, x.shape[0]))
 
 
 class LogAlpha(nnx.Param):

@@ -21,16 +21,19 @@ that order. `INPUT` is the image.
 - `Pad`: an identity shortcut that changes shape (He et al.'s option A):
   `x[:, ::stride, ::stride]` with `before` and `after` zero channels added.
 - `Gate`: the `gates.LogAlpha` variable at `path` in the module, `size`
-  channels. A gate multiplies its layer's outputs after BN and ReLU, before
+  channels. A gate multiplies its layers' outputs after BN and ReLU, before
   anything reads them (`gates.gate_channels`), so it is a non-negative
   per-channel scale that max/mean pools and ReLU commute with, and that the
   export folds into the layers that read it.
 
-Channels tied by a residual add are not gated: an `Add`'s or a `Pad`'s inputs
-must carry no gate, so that a pruned channel never has to be pruned in two
-places at once; in a ResNet, gate the channels inside each residual block
-(the first conv's outputs). A layer whose outputs reach an `Add` or a `Pad`
-is always counted whole.
+Channels tied by residual adds are gated together or not at all: a gate
+may gate several layers only where an `Add` ties their channels one to one
+(channel j of each is the gate's channel j; a coupled group, `coupling`), and
+every input of an `Add` carries, channel by channel, the same gate's same
+channel, or none; a `Pad`'s zero channels tie nothing. A layer whose output
+runs through several groups (a ResNet block's output in a wider stage) names
+their gates in order, `gate=("a", "b")`, each gate a run of its channels. A
+layer whose ungated outputs reach an `Add` or a `Pad` is always counted whole.
 
 An ungated layer that only gated layers read is counted as removed when all
 of their gates are closed (a GoogleNet's 1x1 reduce conv whose branch is
@@ -82,11 +85,18 @@ class Layer:
   stride: int = 1
   padding: str | int = "SAME"  # as `nnx.Conv` takes it: "SAME", or the same pad on every side
   dense: bool = False
-  gate: str | None = None
+  gate: str | tuple[str, ...] | None = None
   relu: bool = True
   path: Path = ()
   bn: Path | None = None
   bias: bool = True
+
+  @property
+  def gate_names(self) -> tuple[str, ...]:
+    """The gates of its output channels, in the order of the runs they gate; () if ungated."""
+    if self.gate is None:
+      return ()
+    return (self.gate,) if isinstance(self.gate, str) else tuple(self.gate)
 
   @property
   def per_output(self) -> int:
@@ -108,7 +118,7 @@ class Pool:
 
 @dataclasses.dataclass(frozen=True)
 class Add:
-  """A residual add of ungated inputs with the same shape, then ReLU if `relu`."""
+  """A residual add of inputs with the same shape and gates, then ReLU if `relu`."""
 
   name: str
   inputs: tuple[str, ...]
@@ -141,9 +151,37 @@ Node = Layer | Pool | Add | Pad
 class Segment(NamedTuple):
   """A run of channels of a node's output: who made them and which gate scales them."""
 
-  producers: tuple[str, ...]  # layers (or INPUT); several when an Add summed them
-  gate: str | None
+  producers: tuple[str, ...]  # layers (or INPUT); several when an Add summed them; none: zeros
+  gate: str | None  # gated segments are whole gates
   channels: int
+
+
+class _Channel(NamedTuple):
+  """One channel of a node's output, as an Add lines its inputs up."""
+
+  producers: tuple[str, ...]
+  gate: str | None
+  index: int  # its channel of `gate`; 0 when ungated
+
+
+def _channels(segments: Sequence[Segment]) -> list[_Channel]:
+  return [_Channel(s.producers, s.gate, i if s.gate else 0)
+          for s in segments for i in range(s.channels)]
+
+
+def _segments(channels: Sequence[_Channel]) -> tuple[Segment, ...]:
+  """Channels in runs: one per gate's channels, per stretch of ungated ones, per stretch of
+  zeros."""
+  out: list[Segment] = []
+  for c in channels:
+    last = out[-1] if out else None
+    if last and last.gate == c.gate and bool(last.producers) == bool(c.producers) and (
+        c.gate is None or c.index == last.channels):
+      out[-1] = Segment(tuple(dict.fromkeys(last.producers + c.producers)), c.gate,
+                        last.channels + 1)
+    else:
+      out.append(Segment(c.producers, c.gate, 1))
+  return tuple(out)
 
 
 class _Shape(NamedTuple):
@@ -153,6 +191,43 @@ class _Shape(NamedTuple):
   @property
   def channels(self) -> int:
     return sum(s.channels for s in self.segments)
+
+
+def _layer_segments(layer: Layer, gate_sizes: Mapping[str, int]) -> tuple[Segment, ...]:
+  """A layer's output: one segment per gate (each a run of its channels), or one ungated."""
+  names = layer.gate_names
+  if not names:
+    return (Segment((layer.name,), None, layer.c_out),)
+  for gate in names:
+    if gate not in gate_sizes:
+      raise GraphError(f"{layer.name}: its gate {gate!r} is not one of the graph's")
+  if len(set(names)) != len(names):
+    raise GraphError(f"{layer.name}: names a gate twice in {names}")
+  if (total := sum(gate_sizes[g] for g in names)) != layer.c_out:
+    raise GraphError(f"{layer.name}: its gate {layer.gate!r} has {total} channels, the layer "
+                     f"c_out={layer.c_out}")
+  return tuple(Segment((layer.name,), g, gate_sizes[g]) for g in names)
+
+
+def _add_segments(add: Add, inputs: Sequence[Sequence[Segment]]) -> tuple[Segment, ...]:
+  """An add's output: channel by channel, its inputs' channels must be one gate's same channel,
+  or all ungated (a pad's zeros go with either)."""
+  out = []
+  for j, column in enumerate(zip(*map(_channels, inputs))):
+    real = [c for c in column if c.producers]
+    if len({(c.gate, c.index) for c in real}) > 1:
+      show = lambda c: f"channel {c.index} of gate {c.gate!r}" if c.gate else "an ungated one"
+      raise GraphError(f"{add.name}: adds {' to '.join(dict.fromkeys(map(show, real)))} (its "
+                       f"channel {j}); tied channels carry the same gate's same channel, or none")
+    producers = tuple(dict.fromkeys(p for c in real for p in c.producers))
+    out.append(real[0]._replace(producers=producers) if real else column[0])
+  return _segments(out)
+
+
+def _tie(groups: list[set[str]], layers: set[str]) -> list[set[str]]:
+  """`groups` with those that share a layer with `layers` joined into one."""
+  joined = layers.union(*(g for g in groups if g & layers))
+  return [g for g in groups if not g & layers] + [joined]
 
 
 def _conv_hw(hw: int, kernel: int, stride: int, padding: str | int) -> int:
@@ -182,7 +257,7 @@ class Graph:
     if len(gate_sizes) != len(self.gates):
       raise GraphError("the channel graph names a gate twice")
     shapes = {INPUT: _Shape(self.input_hw, (Segment((INPUT,), None, self.in_channels),))}
-    gated = {}
+    tied: dict[str, list[set[str]]] = {}  # by gate: its layers, in sets an add ties
     for node in self.nodes:
       if node.name in shapes:
         raise GraphError(f"{node.name}: a second node of that name")
@@ -204,33 +279,23 @@ class Graph:
                            f"but states c_in={node.c_in}")
         if node.dense and hw != 1:
           raise GraphError(f"{node.name}: a dense layer reads {hw}x{hw} images; pool them first")
-        if node.gate is not None:
-          if node.gate not in gate_sizes:
-            raise GraphError(f"{node.name}: its gate {node.gate!r} is not one of the graph's")
-          if gate_sizes[node.gate] != node.c_out:
-            raise GraphError(f"{node.name}: its gate {node.gate!r} has "
-                             f"{gate_sizes[node.gate]} channels, the layer c_out={node.c_out}")
-          if node.gate in gated:
-            raise GraphError(f"{node.name}: its gate {node.gate!r} already gates "
-                             f"{gated[node.gate]}")
-          gated[node.gate] = node.name
+        for gate in node.gate_names:
+          tied.setdefault(gate, []).append({node.name})
         hw = 1 if node.dense else _conv_hw(hw, node.kernel, node.stride, node.padding)
-        shapes[node.name] = _Shape(hw, (Segment((node.name,), node.gate, node.c_out),))
+        shapes[node.name] = _Shape(hw, _layer_segments(node, gate_sizes))
         continue
-      if isinstance(node, (Add, Pad)):
-        for s in segments:
-          if s.gate is not None:
-            raise GraphError(f"{node.name}: reads channels gated by {s.gate!r}; channels tied "
-                             "by a residual add or shortcut must be ungated")
-      producers = tuple(dict.fromkeys(p for s in segments for p in s.producers))
       if isinstance(node, Add):
         if len({(r.hw, r.channels) for r in read}) != 1:
           raise GraphError(f"{node.name}: adds inputs of different shapes "
                            f"{[(r.hw, r.hw, r.channels) for r in read]}")
-        shapes[node.name] = _Shape(hw, (Segment(producers, None, read[0].channels),))
+        shapes[node.name] = _Shape(hw, _add_segments(node, [r.segments for r in read]))
+        for s in shapes[node.name].segments:
+          if s.gate is not None:
+            tied[s.gate] = _tie(tied[s.gate], set(s.producers))
       elif isinstance(node, Pad):
-        shapes[node.name] = _Shape(-(-hw // node.stride), (
-            Segment(producers, None, channels + node.before + node.after),))
+        zeros = lambda n: [_Channel((), None, 0)] * n
+        shapes[node.name] = _Shape(-(-hw // node.stride), _segments(
+            zeros(node.before) + _channels(segments) + zeros(node.after)))
       elif node.kind == "mean":
         shapes[node.name] = _Shape(1, segments)
       elif node.kind == "max":
@@ -238,9 +303,17 @@ class Graph:
                                    segments)
       else:
         raise GraphError(f"{node.name}: unknown pool kind {node.kind!r}; 'max' or 'mean'")
-    if unused := set(gate_sizes) - set(gated):
+    if unused := set(gate_sizes) - set(tied):
       raise GraphError(f"gate(s) {sorted(unused)} gate no layer of the graph")
+    for gate, layers in tied.items():
+      if len(layers) > 1:
+        first, second = (min(t, key=self._order) for t in layers[:2])
+        raise GraphError(f"{second}: its gate {gate!r} already gates {first}, and no residual "
+                         "add ties their channels: layers share a gate only as a coupled group")
     return shapes
+
+  def _order(self, name: str) -> int:
+    return next(i for i, n in enumerate(self.nodes) if n.name == name)
 
   @property
   def layers(self) -> tuple[Layer, ...]:
@@ -272,16 +345,30 @@ class Graph:
 
   @functools.cached_property
   def whole(self) -> frozenset[str]:
-    """Layers always counted whole: tied by an Add or Pad, or read by the output."""
+    """Layers always counted whole: their ungated channels tied by an Add or Pad, or read by
+    the output."""
     whole = {p for s in self.segments(self.nodes[-1].name) for p in s.producers}
     for node in self.nodes:
       if isinstance(node, (Add, Pad)):
-        whole.update(p for s in self.input_segments(node) for p in s.producers)
+        whole.update(p for s in self.input_segments(node) if s.gate is None
+                     for p in s.producers)
     return frozenset(whole)
 
+  def members(self, gate: str) -> tuple[tuple[Layer, int, int], ...]:
+    """The layers whose output channels `gate` decides, each with its run of them [start,
+    stop): one layer, or the members of a coupled group."""
+    found = []
+    for layer in self.layers:
+      start = 0
+      for s in self.segments(layer.name):
+        if s.gate == gate:
+          found.append((layer, start, start + s.channels))
+        start += s.channels
+    return tuple(found)
+
   def gated_layer(self, gate: str) -> Layer:
-    """The layer whose output channels `gate` decides."""
-    return next(l for l in self.layers if l.gate == gate)
+    """The first layer whose output channels `gate` decides (what the gate is shown as)."""
+    return self.members(gate)[0][0]
 
   def log_alphas(self, module: nnx.Module) -> dict[str, jax.Array]:
     """Every gate's log_alpha in `module`, by gate name, in the graph's order."""

@@ -99,18 +99,22 @@ def _take(graph: graph_lib.Graph, first: Sequence[tuple[str, int]],
 
 
 def filter_l1_norms(params: nnx.State, graph: graph_lib.Graph) -> dict[str, np.ndarray]:
-  """The L1 norm of the filter behind each gated output channel, by gate name.
+  """The L1 norm of the filters behind each gated output channel, by gate name.
 
   `params` is the network's `nnx.Param` state; a gate's channels are made by
-  the layer it gates (`graph.Graph.gated_layer`).
+  the layers it gates (`graph.Graph.members`): a coupled group's channel by a
+  filter of each member, whose norms add up (DepGraph's group norm).
   """
   norms = {}
   for g in graph.gates:
-    weights = params
-    for key in graph.gated_layer(g.name).path:
-      weights = weights[key]
-    kernel = np.asarray(weights["kernel"][...])  # [k, k, c_in, c_out] or [c_in, c_out]
-    norms[g.name] = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+    norms[g.name] = 0
+    for layer, start, stop in graph.members(g.name):
+      weights = params
+      for key in layer.path:
+        weights = weights[key]
+      kernel = np.asarray(weights["kernel"][...])  # [k, k, c_in, c_out] or [c_in, c_out]
+      norms[g.name] = norms[g.name] + np.abs(kernel[..., start:stop]).reshape(
+          -1, stop - start).sum(axis=0)
   return norms
 
 

@@ -50,7 +50,8 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], 
   """The configured network (`config.model` at its depth), its parameters drawn from `key`."""
   depth = config_lib.depth(config)
   network_class = {"googlenet": model.GoogleNet,
-                   "resnet": functools.partial(resnet.ResNet, depth=depth),
+                   "resnet": functools.partial(resnet.ResNet, depth=depth,
+                                               gate_residual=config.gate_residual),
                    "vgg": functools.partial(vgg.VGG, depth=depth)}[config.model]
   return network_class(
       num_classes, image_shape[-1], use_gate=config.use_gate,

@@ -112,16 +112,24 @@ def _pool(b: _Builder, node: graph_lib.Pool, x: str, in_hw: int) -> str:
               strides=[node.stride] * 2, pads=_pads(node.padding, in_hw, node.window, node.stride))
 
 
-def _shortcut(b: _Builder, node: graph_lib.Pad, x: str) -> str:
-  """x[:, ::stride, ::stride] with zero channels before and after, in NCHW."""
+def _shortcut(b: _Builder, node: graph_lib.Pad, p: dict[str, np.ndarray], x: str) -> str:
+  """x[:, ::stride, ::stride] with the compact zero channels before and after, in NCHW."""
   if node.stride != 1:
     x = b.op("Slice", [x, b.const(f"{node.name}/starts", np.zeros(2, np.int64)),
                        b.const(f"{node.name}/ends", np.full(2, np.iinfo(np.int64).max)),
                        b.const(f"{node.name}/axes", np.array([2, 3], np.int64)),
                        b.const(f"{node.name}/steps", np.full(2, node.stride, np.int64))],
              f"{node.name}/subsample")
-  pads = np.array([0, node.before, 0, 0, 0, node.after, 0, 0], np.int64)
+  pads = np.array([0, len(p["before"]), 0, 0, 0, len(p["after"]), 0, 0], np.int64)
   return b.op("Pad", [x, b.const(f"{node.name}/pads", pads)], node.name)
+
+
+def _add(b: _Builder, node: graph_lib.Add, inputs: list[str]) -> str | None:
+  """The sum of the inputs that have channels (those that have none are closed or zeros)."""
+  if not inputs:
+    return None
+  y = b.op("Sum", inputs, f"{node.name}/sum")
+  return b.op("Relu", [y], node.name) if node.relu else y
 
 
 def _concat(b: _Builder, name: str, inputs: list[str | None]) -> str | None:
@@ -153,12 +161,11 @@ def model(graph: graph_lib.Graph, params: dict[str, dict[str, Any]], mean: np.nd
       values[node.name] = _layer(b, node, params[node.name], _concat(b, node.name, inputs),
                                  in_hw, graph.out_hw(node.name), batch)
     elif isinstance(node, graph_lib.Add):
-      y = b.op("Sum", inputs, f"{node.name}/sum")
-      values[node.name] = b.op("Relu", [y], node.name) if node.relu else y
+      values[node.name] = _add(b, node, [x for x in inputs if x is not None])
     elif (x := _concat(b, node.name, inputs)) is None:  # a pool of closed channels only
-      values[node.name] = None
+      values[node.name] = None  # a shortcut of them: zeros, which the add that reads it skips
     elif isinstance(node, graph_lib.Pad):
-      values[node.name] = _shortcut(b, node, x)
+      values[node.name] = _shortcut(b, node, params[node.name], x)
     else:
       values[node.name] = _pool(b, node, x, in_hw)
   logits = b.op("Identity", [values[graph.nodes[-1].name]], OUTPUT)

@@ -7,12 +7,15 @@ identity, and where a block changes the shape, its input subsampled by 2 and
 padded with zero channels after its own (no parameters).
 
 Gates sit on each block's inner channels, the first conv's outputs, which the
-block's second conv alone reads. A block's output channels are not gated:
-the residual adds tie each of them to the same channel of every block of its
-stage and of the stage's input, so that it could only go with all of those
-(the channel graph refuses gates on tied channels); the stages keep their
-widths. When all of a block's gates close, the block adds a constant (its
-second conv's BN of zero inputs) to its input, then the ReLU.
+block's second conv alone reads. When all of a block's gates close, the block
+adds a constant (its second conv's BN of zero inputs) to its input, then the
+ReLU. A block's output channels are tied by the residual adds to the same
+channel of every block of its stage, of the later stages (through the padded
+shortcuts) and of the stem: with `gate_residual`, one gate per stage width
+decides them, the channels each stage adds to the one before (`width_gates`;
+stage 1's are the stem's), shared by the stem and every block's second conv
+that makes them (after its BN, before the add). Each call draws each width
+gate once, so all of its members multiply a channel by the same value.
 """
 
 import functools
@@ -24,6 +27,7 @@ from flax import nnx
 from l0jax import gates
 from l0jax import graph as graph_lib
 from l0jax import model, tracing
+from l0jax.errors import UserError
 
 STAGE_CHANNELS = (16, 32, 64)
 
@@ -51,11 +55,14 @@ class BasicBlock(nnx.Module):
     self.gate = gates.L0Gate(c_out, droprate_init, rngs=rngs) if use_gate else None
     self.stride = stride
 
-  def __call__(self, x: jax.Array, train: bool, gate_key: jax.Array | None) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, gate_key: jax.Array | None,
+               width_gates: jax.Array | None = None) -> jax.Array:
     y = self.conv1(x, train)
     if self.gate is not None:
       y = gates.gate_channels(y, self.gate.log_alpha[...], gate_key)
     y = self.conv2(y, train)
+    if width_gates is not None:
+      y = gates.scale_channels(y, width_gates)
     return nnx.relu(y + shortcut(x, y.shape[-1], self.stride))
 
 
@@ -63,14 +70,19 @@ class ResNet(nnx.Module):
   """Stem, three stages of basic blocks, global average pool, dense head.
 
   Called as `model.GoogleNet` is: `gate_key` draws training gates, none gives
-  the test-time ones; `dtype` and `bfloat16_matmuls` as there.
+  the test-time ones; `dtype` and `bfloat16_matmuls` as there. `gate_residual`
+  adds the width gates (see the module docstring).
   """
 
   def __init__(self, num_classes: int, in_channels: int, *, depth: int = 20,
-               use_gate: bool = True, width_multiplier: float = 1.0,
-               droprate_init: float = 0.5, dtype=jnp.float32, bfloat16_matmuls: bool = False,
-               rngs: nnx.Rngs):
+               use_gate: bool = True, gate_residual: bool = False,
+               width_multiplier: float = 1.0, droprate_init: float = 0.5, dtype=jnp.float32,
+               bfloat16_matmuls: bool = False, rngs: nnx.Rngs):
     widths = [model.scale_channels(c, width_multiplier) for c in STAGE_CHANNELS]
+    added = [b - a for a, b in zip([0] + widths, widths)]
+    if gate_residual and min(added) < 1:
+      raise UserError(f"gate_residual gates the channels each stage adds, but width_multiplier="
+                      f"{width_multiplier} gives stage widths {widths}")
     self.in_channels, self.num_classes = in_channels, num_classes
     self.stem = model.ConvBN(in_channels, widths[0], 3, use_bias=False, dtype=dtype,
                              bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
@@ -84,14 +96,22 @@ class ResNet(nnx.Module):
         for s, (c_in, c) in enumerate(zip(c_ins, widths))
     ])
     self.head = nnx.Linear(widths[-1], num_classes, dtype=dtype, rngs=rngs)
+    self.width_gates = nnx.List(
+        [gates.L0Gate(size, droprate_init, rngs=rngs) for size in added] if gate_residual else [])
 
   def __call__(self, x: jax.Array, *, train: bool, gate_key: jax.Array | None = None) -> jax.Array:
     x = self.stem(x, train)
-    blocks = [block for stage in self.stages for block in stage]
-    keys = (jax.random.split(gate_key, len(blocks)) if gate_key is not None
-            else [None] * len(blocks))
-    for block, key in zip(blocks, keys):
-      x = block(x, train, key)
+    blocks = [(s, block) for s, stage in enumerate(self.stages) for block in stage]
+    n = len(blocks) + len(self.width_gates)
+    keys = jax.random.split(gate_key, n) if gate_key is not None else [None] * n
+    added = [gates.gate_values(g.log_alpha[...], key, x.shape[0])
+             for g, key in zip(self.width_gates, keys[len(blocks):])]
+    stage_gates = [jnp.concatenate(added[:s + 1], axis=-1) if added else None
+                   for s in range(len(self.stages))]
+    if added:
+      x = gates.scale_channels(x, stage_gates[0])
+    for (s, block), key in zip(blocks, keys):
+      x = block(x, train, key, stage_gates[s])
     x = jnp.mean(x, axis=(1, 2))
     return self.head(x).astype(jnp.float32)
 
@@ -105,14 +125,20 @@ class ResNet(nnx.Module):
   def stated_channel_graph(self, image_hw: int) -> graph_lib.Graph:
     """The channel graph as stated by hand, what the traced one is tested against. A block is
     `stage{s}/block{b}` (1-based): its layers `.../conv1` and `.../conv2`, its output
-    `.../add`; its gate is named for the block."""
+    `.../add`; its gate is named for the block, a width gate `stage{s}/width`."""
     def conv_bn(name, inputs, conv_bn_module, path, gate=None):
       conv = conv_bn_module.conv
       return graph_lib.Layer(name, inputs, conv.in_features, conv.out_features, kernel=3,
                              stride=conv.strides, padding=1, gate=gate, relu=conv_bn_module.relu,
                              path=(*path, "conv"), bn=(*path, "bn"), bias=False)
 
-    nodes, gate_list = [conv_bn("stem", (graph_lib.INPUT,), self.stem, ("stem",))], []
+    widths = [graph_lib.Gate(f"stage{s + 1}/width", g.log_alpha.shape[0],
+                             ("width_gates", s, "log_alpha"))
+              for s, g in enumerate(self.width_gates)]
+    width_gate = lambda s: (tuple(g.name for g in widths[:s + 1]) if s else widths[0].name
+                            ) if widths else None
+    nodes = [conv_bn("stem", (graph_lib.INPUT,), self.stem, ("stem",), width_gate(0))]
+    gate_list = widths[:1]  # each in the order the network first uses it, as traced
     x = "stem"
     for s, stage in enumerate(self.stages):
       for b, block in enumerate(stage):
@@ -120,10 +146,13 @@ class ResNet(nnx.Module):
         if block.gate is not None:
           gate_list.append(graph_lib.Gate(name, block.gate.log_alpha.shape[0],
                                           (*path, "gate", "log_alpha")))
+        if widths and s and not b:
+          gate_list.append(widths[s])
         nodes += [
             conv_bn(f"{name}/conv1", (x,), block.conv1, (*path, "conv1"),
                     gate=name if block.gate is not None else None),
-            conv_bn(f"{name}/conv2", (f"{name}/conv1",), block.conv2, (*path, "conv2")),
+            conv_bn(f"{name}/conv2", (f"{name}/conv1",), block.conv2, (*path, "conv2"),
+                    gate=width_gate(s)),
         ]
         shortcut = x
         c_in, c_out = block.conv1.conv.in_features, block.conv2.conv.out_features
@@ -142,7 +171,8 @@ def _stated_names(graph: graph_lib.Graph) -> dict[str, str]:
   """The traced graph's names (module paths, adds by number) as `stated_channel_graph` gives
   them."""
   block = lambda path: f"stage{path[1] + 1}/block{path[2] + 1}"
-  names = {g.name: block(g.path) for g in graph.gates}
+  names = {g.name: (f"stage{g.path[1] + 1}/width" if g.path[0] == "width_gates"
+                    else block(g.path)) for g in graph.gates}
   layers, nodes = {l.name: l for l in graph.layers}, {n.name: n for n in graph.nodes}
   for layer in graph.layers:
     names[layer.name] = (f"{block(layer.path)}/{layer.path[3]}" if layer.path[0] == "stages"

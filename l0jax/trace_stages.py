@@ -110,26 +110,28 @@ class _Stages:
       _refuse(eqn, where, f"a per-channel {op} after a pool or a shortcut")
     runs, segs = list(runs), []
     for seg in x.segs:
-      run = runs.pop(0) if runs else None
-      if run is None or run.stop - run.start != seg.channels:
+      covering = []  # a layer's outputs may be scaled by several gates, one run each
+      while runs and sum(r.stop - r.start for r in covering) < seg.channels:
+        covering.append(runs.pop(0))
+      if sum(r.stop - r.start for r in covering) != seg.channels:
         _refuse(eqn, where, f"a per-channel {op} whose operand's parts do not match "
                 "the layers' channels")
-      segs.append(self.operand(seg, run, op, eqn, where))
+      segs.append(self.operand(seg, covering, op, eqn, where))
     return dataclasses.replace(x, segs=tuple(segs))
 
-  def operand(self, seg: _Seg, run: _Run, op: str, eqn, where: str) -> _Seg:
-    """`seg` after `op` with the variables of `run`: its layer's bias, BN or gate."""
-    paths = {path for path, _ in run.sources}
+  def operand(self, seg: _Seg, runs: list[_Run], op: str, eqn, where: str) -> _Seg:
+    """`seg` after `op` with the variables of `runs`: its layer's bias, BN or gates."""
     node = self.nodes.get(seg.node)
-    whole = all(run.start == 0 and run.stop == graph_lib.at(self.module, path).shape[axis]
-                for path, axis in run.sources)
+    if op == "mul" and isinstance(node, graph_lib.Layer) and all(map(self.is_gate, runs)):
+      names = tuple(self.gate(run) for run in runs)
+      return self.apply(seg, "gate", eqn, where, gate=names if len(names) > 1 else names[0])
+    if len(runs) != 1:
+      _refuse(eqn, where, f"a per-channel {op} of {seg.node} by parts of several variables "
+              "that are not all L0 gates")
+    (run,) = runs
+    paths = {path for path, _ in run.sources}
     parent = next(iter(paths))[:-1]
-    if whole and isinstance(node, graph_lib.Layer):
-      if op == "mul" and len(paths) == 1 and issubclass(self.kinds[min(paths)], gates.LogAlpha):
-        (path,) = paths
-        gate = graph_lib.Gate(_name(parent if path[-1] == "log_alpha" else path), run.stop, path)
-        self.gates.append(gate)
-        return self.apply(seg, "gate", eqn, where, gate=gate.name)
+    if self.is_whole(run) and isinstance(node, graph_lib.Layer):
       if op == "add" and paths == {(*node.path, "bias")}:
         return self.apply(seg, "bias", eqn, where, bias=True)
       if ({p[:-1] for p in paths} == {parent}
@@ -141,3 +143,21 @@ class _Stages:
         return self.apply(seg, "bn", eqn, where, bn=parent)
     _refuse(eqn, where, f"a per-channel {op} of {seg.node or 'zero channels'} by "
             f"{', '.join(sorted(map(_name, paths)))}: not its bias, its BatchNorm or an L0 gate")
+
+  def is_whole(self, run: _Run) -> bool:
+    return all(run.start == 0 and run.stop == graph_lib.at(self.module, path).shape[axis]
+               for path, axis in run.sources)
+
+  def is_gate(self, run: _Run) -> bool:
+    """Whether `run` is one `gates.LogAlpha`, whole."""
+    paths = {path for path, _ in run.sources}
+    return (len(paths) == 1 and issubclass(self.kinds[min(paths)], gates.LogAlpha)
+            and self.is_whole(run))
+
+  def gate(self, run: _Run) -> str:
+    """The name of the gate `run` is, listed once however many layers it gates."""
+    ((path, _),) = run.sources
+    gate = graph_lib.Gate(_name(path[:-1] if path[-1] == "log_alpha" else path), run.stop, path)
+    if gate not in self.gates:
+      self.gates.append(gate)
+    return gate.name

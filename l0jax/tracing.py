@@ -79,7 +79,10 @@ def renamed(graph: graph_lib.Graph, names: Mapping[str, str]) -> graph_lib.Graph
   new = lambda name: names.get(name, name)
 
   def rename(node: graph_lib.Node) -> graph_lib.Node:
-    gate = {"gate": new(node.gate)} if getattr(node, "gate", None) else {}
+    gate = {}
+    if getattr(node, "gate", None):
+      gate_names = tuple(map(new, node.gate_names))
+      gate = {"gate": gate_names if len(gate_names) > 1 else gate_names[0]}
     return dataclasses.replace(node, name=new(node.name), inputs=tuple(map(new, node.inputs)),
                                **gate)
 

@@ -51,7 +51,7 @@ def init_source(init_from: str, config: ml_collections.ConfigDict
     raise UserError(f"init_from={init_from} does not exist (it should be a training workdir)")
   # The gates' presence matters only when they are taken.
   fields = tuple(f for f in config_lib.ARCHITECTURE_FIELDS
-                 if f != "use_gate" or config_lib.gates_from_init(config))
+                 if f not in config_lib.GATE_FIELDS or config_lib.gates_from_init(config))
   differences = architecture_differences(workdirs.load_config(init_from), config, fields)
   if differences:
     raise UserError(f"init_from={init_from} is a different network: {'; '.join(differences)}")

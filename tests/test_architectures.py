@@ -12,6 +12,7 @@ from flax import nnx
 from conftest import GOOGLENET, run_main, tiny_config, tiny_flags
 from l0jax import config as config_lib
 from l0jax import accounting, analysis, checkpoint_modes, export, model, networks, resnet, vgg
+from l0jax.errors import UserError
 from test_export import randomize
 from test_model import num_params, output_shape
 
@@ -180,6 +181,32 @@ def test_a_resnets_residual_channels_are_whole_and_its_inner_ones_gated():
       f"stage{s}/block{b}/conv1" for s in (1, 2, 3) for b in (1, 2, 3)}
   assert g.whole == {"stem", "head"} | {
       f"stage{s}/block{b}/conv2" for s in (1, 2, 3) for b in (1, 2, 3)}
+
+
+@pytest.mark.parametrize("overrides", [
+    {"model": "vgg", "depth": 0}, {"model": "googlenet", "depth": 0}, {"use_gate": False}])
+def test_gate_residual_is_refused_where_there_are_no_residual_gates_to_add(overrides):
+  with pytest.raises(UserError, match="gate_residual=True gates a ResNet's stage widths: it "
+                     "needs model='resnet' and use_gate=True"):
+    config_lib.validate(tiny_config(gate_residual=True, **overrides))
+
+
+def test_gate_residual_prunes_a_resnets_stage_widths_to_a_budget_through_main(tmp_path):
+  """Two epochs of a ResNet-8 with its stage widths gated, pruned to half its MACs by the budget
+  controller; then `--mode=test`'s counts and the export, in this process."""
+  workdir = str(tmp_path / "run")
+  result = run_main("--config=configs/gated.py", f"--workdir={workdir}", *tiny_flags(
+      gate_residual=True, target_macs=0.5, synthetic_num_train=96))
+  assert result.returncode == 0, result.stderr[-3000:]
+  tested = checkpoint_modes.test(workdir)
+  layers = {l["name"]: l for l in tested["layers"]}
+  assert tested["macs_kept_fraction"] <= 0.5
+  assert tested["gated_channels_full"] == (4 + 8 + 16) + (4 + 4 + 8)  # inner, then widths
+  assert layers["stem"]["c_out"] == 4 and layers["stage3/block1/conv2"]["c_out"] == 16
+  widths = [layers[name]["kept_out"] for name in ("stem", "stage1/block1/conv2")]
+  assert widths[0] == widths[1] == layers["stage1/block1/conv1"]["kept_in"]
+  exported = checkpoint_modes.export(workdir)
+  assert exported["test_accuracy_compact"] == exported["test_accuracy_gated"]
 
 
 @pytest.mark.parametrize("cls, depth, params, macs", [

@@ -98,8 +98,10 @@ def test_compact_logits_equal_gated_test_time_logits(closed_block):
 
 @pytest.mark.parametrize("build", [
     lambda: resnet.ResNet(CLASSES, 3, depth=20, width_multiplier=0.25, rngs=nnx.Rngs(0)),
+    lambda: resnet.ResNet(CLASSES, 3, depth=20, width_multiplier=0.25, gate_residual=True,
+                          rngs=nnx.Rngs(0)),
     lambda: vgg.VGG(CLASSES, 3, depth=11, width_multiplier=0.125, rngs=nnx.Rngs(0)),
-], ids=["resnet20", "vgg11"])
+], ids=["resnet20", "resnet20_residual", "vgg11"])
 def test_compact_logits_equal_gated_ones_on_the_other_architectures(build):
   def log_alpha(path, shape, rng):  # some gates closed whole, the others mixed
     if rng.random() < 0.25:

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from l0jax import gates, graph, model
+from l0jax import accounting, gates, graph, model
 from l0jax.errors import UserError
-from l0jax.graph import INPUT, Add, Gate, Graph, GraphError, Layer, Pad, Pool
+from l0jax.graph import INPUT, Add, Gate, Graph, GraphError, Layer, Pad, Pool, Segment
 
 
 class TinyNet(nnx.Module):
@@ -39,8 +39,18 @@ def tiny_graph(nodes=NODES, gates_=GATES, hw=16):
   return Graph(hw, 3, tuple(nodes), tuple(gates_))
 
 
-def replace(name, **changes):
-  return [dataclasses.replace(n, **changes) if n.name == name else n for n in NODES]
+def replace(name, nodes=NODES, **changes):
+  return [dataclasses.replace(n, **changes) if n.name == name else n for n in nodes]
+
+
+# conv1 and conv2 share the gate "g": the add ties conv2's channels 1-4 to the pooled conv1's.
+TIED = replace("shortcut", replace("conv2", gate=("a", "g", "b")), inputs=("pool",), stride=2,
+               before=1, after=1)
+TIED_GATES = GATES + (Gate("a", 1, ("a",)), Gate("b", 1, ("b",)))
+# conv2 gated by conv1's gate, with no add between them.
+UNTIED = [n for n in replace("head", replace("avg", replace("conv2", gate="g", c_out=4),
+                                             inputs=("conv2",)), c_in=4)
+          if not isinstance(n, (Add, Pad))]
 
 
 def test_sizes_readers_and_whole_layers_are_derived():
@@ -53,6 +63,19 @@ def test_sizes_readers_and_whole_layers_are_derived():
   assert g.gated_layer("g").name == "conv1"
   assert [s.gate for s in g.input_segments(NODES[2])] == ["g"]
   assert g.layers[0].per_output == 3 and g.layers[2].per_output == 1
+
+
+def test_a_gate_shared_by_layers_an_add_ties_decides_their_channels_and_the_adds():
+  g = tiny_graph(TIED, TIED_GATES)
+  assert [(l.name, start, stop) for l, start, stop in g.members("g")] == [
+      ("conv1", 0, 4), ("conv2", 1, 5)]
+  assert g.segments("shortcut") == (Segment((), None, 1), Segment(("conv1",), "g", 4),
+                                     Segment((), None, 1))
+  assert g.segments("add") == (Segment(("conv2",), "a", 1), Segment(("conv2", "conv1"), "g", 4),
+                               Segment(("conv2",), "b", 1))
+  assert g.whole == {"head"}  # every channel the add ties is gated
+  costs = accounting.count(g, {"g": accounting.Kept(2, 1), "a": accounting.Kept(0, 0)})
+  assert [(c.kept_in, c.kept_out) for c in costs] == [(3, 2), (2, 3), (3, 5)]
 
 
 def test_the_graph_holds_against_its_module():
@@ -70,9 +93,15 @@ def test_the_graph_holds_against_its_module():
     (replace("conv2", c_in=5), GATES, "conv2: reads 4 channels from ['pool'], but states c_in=5"),
     (replace("conv1", gate="h"), GATES, "conv1: its gate 'h' is not one"),
     (NODES, (Gate("g", 5, ()),), "conv1: its gate 'g' has 5 channels"),
-    (replace("conv2", gate="g", c_out=4), GATES, "conv2: its gate 'g' already gates conv1"),
+    (UNTIED, GATES, "conv2: its gate 'g' already gates conv1, and no residual add ties"),
     (replace("shortcut", after=1), GATES, "add: adds inputs of different shapes"),
-    (replace("shortcut", inputs=("conv1",)), GATES, "shortcut: reads channels gated by 'g'"),
+    (replace("shortcut", inputs=("conv1",), before=1, after=1), GATES,
+     "add: adds an ungated one to channel 0 of gate 'g' (its channel 1)"),
+    (replace("shortcut", TIED, before=2, after=0), TIED_GATES,
+     "add: adds channel 1 of gate 'g' to channel 0 of gate 'g' (its channel 2)"),
+    (replace("conv2", TIED, gate=("a", "g", "a")), TIED_GATES, "conv2: names a gate twice"),
+    (replace("conv2", TIED, gate=("a", "g")), TIED_GATES,
+     "conv2: its gate ('a', 'g') has 5 channels, the layer c_out=6"),
     (replace("avg", kind="max"), GATES, "head: a dense layer reads 4x4 images"),
     (replace("conv1", gate=None), GATES, "gate(s) ['g'] gate no layer"),
 ])

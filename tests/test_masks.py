@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from conftest import GOOGLENET, tiny_config
-from l0jax import accounting, gates, masks, model, networks, vgg
+from l0jax import accounting, gates, masks, model, networks, resnet, vgg
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 from test_export import randomize
@@ -141,3 +141,15 @@ def test_a_mask_from_a_run_takes_a_run_and_no_target(overrides, refusal):
     config_lib.validate(config)
   config_lib.validate(tiny_config(init_from="/the/baseline", train_gates=False, mask="decided",
                                   mask_from="/a/run"))
+
+
+def test_a_shared_gates_filter_norm_adds_up_its_members_filters():
+  net = randomize(nnx.eval_shape(lambda: resnet.ResNet(
+      10, 3, depth=8, width_multiplier=0.25, gate_residual=True, rngs=nnx.Rngs(0))),
+      lambda path, shape, rng: np.zeros(shape))
+  norms = masks.filter_l1_norms(nnx.state(net, nnx.Param), net.channel_graph(8))
+  conv2 = lambda s: np.abs(np.asarray(net.stages[s][0].conv2.conv.kernel[...]))
+  # Stage 2's added channels (4 to 8) are made by stage 2's and stage 3's second convs.
+  assert norms["stage2/width"] == pytest.approx(
+      sum(conv2(s)[..., 4:8].sum(axis=(0, 1, 2)) for s in (1, 2)))
+  assert norms["stage1/width"].shape == (4,) and norms["stage3/width"].shape == (8,)

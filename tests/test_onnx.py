@@ -35,6 +35,14 @@ NETWORKS = {
     "resnet20": lambda: randomize(nnx.eval_shape(lambda: resnet.ResNet(
         CLASSES, 3, depth=20, width_multiplier=0.25, rngs=nnx.Rngs(0))),
         mixed(lambda path: path[1:3] == (0, 1))),
+    # Stage widths gated, stage 3's added channels closed whole: its shortcut pads none.
+    "resnet20_residual": lambda: randomize(nnx.eval_shape(lambda: resnet.ResNet(
+        CLASSES, 3, depth=20, width_multiplier=0.25, gate_residual=True, rngs=nnx.Rngs(0))),
+        mixed(lambda path: path[:2] == ("width_gates", 2))),
+    # Stages 1 and 2's widths closed: their adds and shortcuts carry no channels.
+    "resnet20_residual_closed_stages": lambda: randomize(nnx.eval_shape(lambda: resnet.ResNet(
+        CLASSES, 3, depth=20, width_multiplier=0.25, gate_residual=True, rngs=nnx.Rngs(0))),
+        mixed(lambda path: path[:2] in (("width_gates", 0), ("width_gates", 1)))),
     # conv2 closed: conv3 reads nothing.
     "vgg11": lambda: randomize(nnx.eval_shape(lambda: vgg.VGG(
         CLASSES, 3, depth=11, width_multiplier=0.125, rngs=nnx.Rngs(0))),

@@ -44,7 +44,7 @@ def canonical(graph: Graph) -> list:
     if isinstance(node, (Layer, Pool)):
       changes["padding"] = _start(graph, node, reads_hw)
     if isinstance(node, Layer):
-      changes["gate"] = gate_paths.get(node.gate)
+      changes["gate"] = tuple(gate_paths[g] for g in node.gate_names)
     names[node.name] = key
     nodes.append(dataclasses.replace(node, **changes))
   return nodes
@@ -87,6 +87,8 @@ NETWORKS = {
                                                    **kw),
     "resnet20": lambda w, **kw: functools.partial(resnet.ResNet, 10, 3, depth=20,
                                                   width_multiplier=w, **kw),
+    "resnet20_residual": lambda w, **kw: functools.partial(
+        resnet.ResNet, 10, 3, depth=20, width_multiplier=w, gate_residual=True, **kw),
     "resnet56": lambda w, **kw: functools.partial(resnet.ResNet, 10, 3, depth=56,
                                                   width_multiplier=w, **kw),
     "vgg11": lambda w, **kw: functools.partial(vgg.VGG, 10, 3, depth=11, width_multiplier=w,
@@ -110,7 +112,7 @@ def test_the_traced_graph_is_the_stated_one(name, width):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16_matmuls", "bfloat16"])
-@pytest.mark.parametrize("name", ["googlenet", "resnet20", "vgg11"])
+@pytest.mark.parametrize("name", ["googlenet", "resnet20", "resnet20_residual", "vgg11"])
 def test_bfloat16_networks_trace_the_same(name, dtype):
   """bfloat16_matmuls: convolutions and dots inside custom VJPs; bfloat16: casts everywhere."""
   kwargs = ({"bfloat16_matmuls": True} if dtype == "bfloat16_matmuls"
