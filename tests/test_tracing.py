@@ -214,6 +214,23 @@ def test_a_one_channel_layer_has_its_bias_bn_and_gate():
   assert (conv.c_out, conv.bias, conv.bn, conv.gate) == (1, True, ("bn",), "gate")
 
 
+@pytest.mark.parametrize("c, shape", [(1, None), (1, ()), (8, None), (8, ()), (8, (1,))])
+def test_one_number_times_every_channel_is_refused(c, shape):
+  """A Python number (None) or a 0-d variable times a map of one channel or eight, or a
+  variable of one channel broadcast over eight: no per-channel operand, one-channel or not."""
+  net = Net(lambda self, x: x * (2.0 if shape is None else self.scale[...]), c, rngs=nnx.Rngs(0))
+  net.scale = nnx.Param(jnp.full(shape or (), 2.0))
+  with pytest.raises(GraphError, match="mul of every channel by one number"):
+    tracing.trace_graph(net, images(8))
+
+
+def test_a_one_channel_map_times_one_plus_zero_is_itself():
+  def traced(body):
+    return canonical(tracing.trace_graph(Net(body, 1, rngs=nnx.Rngs(0)), images(8)))
+
+  assert traced(lambda self, x: x * 1.0 + 0.0) == traced(lambda self, x: x)
+
+
 def test_a_custom_vjp_pool_is_read_inside():
   graph = trace(lambda self, x: self.conv3(_pool_3x3(x)))
   assert [type(n).__name__ for n in graph.nodes] == ["Layer", "Pool", "Layer", "Pool", "Layer"]
