@@ -114,11 +114,13 @@ class _Flow:
         if c.shape[old] == shape[new]:
           labels[new] = c.labels[old]
       return _Const(shape, tuple(labels), c.opaque, value)
-    if name in ("reshape", "squeeze"):
-      kept = [l for n, l in zip(c.shape, c.labels) if n != 1]
+    if name == "squeeze":
+      return _Const(shape, tuple(l for i, l in enumerate(c.labels) if i not in p["dimensions"]),
+                    c.opaque, value)
+    if name == "reshape":
       if [n for n in c.shape if n != 1] == [n for n in shape if n != 1]:
-        it = iter(kept)
-        return _Const(shape, tuple(None if n == 1 else next(it) for n in shape), c.opaque, value)
+        labels = dict(zip(_reshaped_axes(c.shape), c.labels))
+        return _Const(shape, tuple(labels.get(k) for k in _reshaped_axes(shape)), c.opaque, value)
       if merged := _merged_leading_axes(c, shape):
         return merged
     if name == "transpose":
@@ -138,6 +140,22 @@ class _Flow:
       if None not in [l for l, n in zip(labels, c.labels) if n is not None]:
         return _Const(shape, tuple(labels), c.opaque, value)
     return _opaque(eqn.outvars[0].aval)
+
+
+def _reshaped_axes(shape: tuple[int, ...]) -> list[tuple[int, int | None]]:
+  """A key for each axis of `shape` that a reshape adding or dropping only unit axes keeps:
+  how many axes longer than 1 follow it, and for a unit axis its place from the right among
+  the unit axes beside it. Aligned on the right, as broadcasting is: a one-channel layer's
+  bias (1,) reshaped to (1, 1, 1, 1) is per-channel on the last axis."""
+  keys, longer, unit = [], 0, 0
+  for n in reversed(shape):
+    if n == 1:
+      keys.append((longer, unit))
+      unit += 1
+    else:
+      keys.append((longer, None))
+      longer, unit = longer + 1, 0
+  return keys[::-1]
 
 
 def _merged_leading_axes(c: _Const, shape: tuple[int, ...]) -> _Const | None:

@@ -98,7 +98,9 @@ class _Stages:
         x.roles, c.labels[-len(x.roles):], c.shape[-len(x.roles):]) if r != "C"):
       _refuse(eqn, where, f"a {op} by an operand that varies over pixels or the batch")
     axis = x.roles.index("C") - len(x.roles) + len(c.shape)
-    runs = c.labels[axis] if 0 <= axis < len(c.shape) else None
+    # An operand of one channel broadcast over several is one number for every channel.
+    per_channel = 0 <= axis < len(c.shape) and c.shape[axis] == x.channels
+    runs = c.labels[axis] if per_channel else None
     if runs is None:
       if op == "mul" and x.divisor != 1 and c.value is not None and math.isclose(
           c.value * x.divisor, 1, rel_tol=1e-6):

@@ -138,6 +138,17 @@ def test_small_and_odd_images_trace_the_same(name, hw):
   assert_same(tracing.trace_graph(net, images(hw)), net.stated_channel_graph(hw))
 
 
+@pytest.mark.parametrize("use_gate", [False, True])
+@pytest.mark.parametrize("name, width", [("googlenet", 0.16), ("resnet20", 0.01),
+                                         ("vgg11", 0.01)])
+def test_one_channel_layers_trace_the_same(name, width, use_gate):
+  """Widths that round some layers to one channel: their bias, BN and gate are per-channel."""
+  net = abstract(NETWORKS[name](width, use_gate=use_gate))
+  stated = net.stated_channel_graph(8)
+  assert 1 in {layer.c_out for layer in stated.layers}
+  assert_same(tracing.trace_graph(net, images(8)), stated)
+
+
 def test_the_example_network_traces_to_its_stated_graph():
   net = stated_graph.SmallResNet(8, rngs=nnx.Rngs(0))
   assert_same(tracing.trace_graph(net, images(16)), net.channel_graph(16))
@@ -198,6 +209,28 @@ class Net(nnx.Module):
 
 def trace(body) -> Graph:
   return tracing.trace_graph(Net(body, rngs=nnx.Rngs(0)), images(8))
+
+
+def test_a_one_channel_layer_has_its_bias_bn_and_gate():
+  conv = tracing.trace_graph(Net(c=1, rngs=nnx.Rngs(0)), images(8)).nodes[0]
+  assert (conv.c_out, conv.bias, conv.bn, conv.gate) == (1, True, ("bn",), "gate")
+
+
+@pytest.mark.parametrize("c, shape", [(1, None), (1, ()), (8, None), (8, ()), (8, (1,))])
+def test_one_number_times_every_channel_is_refused(c, shape):
+  """A Python number (None) or a 0-d variable times a map of one channel or eight, or a
+  variable of one channel broadcast over eight: no per-channel operand, one-channel or not."""
+  net = Net(lambda self, x: x * (2.0 if shape is None else self.scale[...]), c, rngs=nnx.Rngs(0))
+  net.scale = nnx.Param(jnp.full(shape or (), 2.0))
+  with pytest.raises(GraphError, match="mul of every channel by one number"):
+    tracing.trace_graph(net, images(8))
+
+
+def test_a_one_channel_map_times_one_plus_zero_is_itself():
+  def traced(body):
+    return canonical(tracing.trace_graph(Net(body, 1, rngs=nnx.Rngs(0)), images(8)))
+
+  assert traced(lambda self, x: x * 1.0 + 0.0) == traced(lambda self, x: x)
 
 
 def test_a_custom_vjp_pool_is_read_inside():
