@@ -4,8 +4,8 @@ With its gates fixed, a gated network's pruned channels are exactly zero
 wherever they are read, so a training step need compute only the kept ones.
 `apply` runs the network's layers in the order of its channel graph, each
 with its kernel gathered to the kept input rows and output columns (indices
-known when the step is compiled, from `kept_channels`), BN and ReLU on the
-kept channels alone, and the kept channels' test-time gates as a scale. The
+known when the step is compiled: `kept_channels`), BN and ReLU on the kept
+channels alone, and the kept channels' test-time gates as a scale. The
 layers are the network's own modules, called with the gathered arrays, so
 each keeps its convolution method, dtype and BN arithmetic. Autodiff scatters
 the gradients back into the full-size arrays: a pruned entry gets exactly 0,
@@ -15,46 +15,14 @@ see the full network. One difference: the masked step still updates the
 pruned channels' BN running statistics, which nothing reads; here they stay.
 """
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from l0jax import accounting, gates, model, vgg
+from l0jax import model, vgg
 from l0jax import graph as graph_lib
-
-Kept = dict[str, np.ndarray]  # each node's kept output channels (and INPUT's), as indices
-
-
-def kept_channels(graph: graph_lib.Graph, log_alphas: dict[str, Any]) -> Kept:
-  """The kept output channels of every node at the test-time gates of `log_alphas`.
-
-  A gated layer keeps the channels whose test-time gate is > 0; an ungated one
-  all of them, or none where the accounting counts it removed (all its readers
-  closed); pools pass their inputs' kept channels on; adds and pads keep all.
-  """
-  costs = {c.name: c for c in accounting.count(graph, accounting.deterministic_kept(log_alphas))}
-  kept = {graph_lib.INPUT: np.arange(graph.in_channels)}
-  for node in graph.nodes:
-    if isinstance(node, graph_lib.Layer) and node.gate is not None:
-      kept[node.name] = np.flatnonzero(np.asarray(gates.test_gate(log_alphas[node.gate])) > 0)
-    elif isinstance(node, graph_lib.Layer):
-      kept[node.name] = np.arange(node.c_out if costs[node.name].kept_out else 0)
-    elif isinstance(node, graph_lib.Pool):
-      kept[node.name] = _read(graph, kept, node)
-    else:  # Add, Pad: ungated inputs, all of them kept (`graph.Graph.whole`)
-      kept[node.name] = np.arange(sum(s.channels for s in graph.segments(node.name)))
-  return kept
-
-
-def _read(graph: graph_lib.Graph, kept: Kept, node: graph_lib.Node) -> np.ndarray:
-  """Which channels of `node`'s concatenated inputs are kept."""
-  sizes = [sum(s.channels for s in graph.segments(name)) if name != graph_lib.INPUT
-           else graph.in_channels for name in node.inputs]
-  offsets = np.cumsum([0] + sizes[:-1])
-  return np.concatenate([kept[name] + o for name, o in zip(node.inputs, offsets)])
+from l0jax.kept_channels import KeptChannels
 
 
 def _set(module: nnx.Module, name: str, value: jax.Array) -> None:
@@ -63,7 +31,7 @@ def _set(module: nnx.Module, name: str, value: jax.Array) -> None:
 
 
 def _layer(net: nnx.Module, layer: graph_lib.Layer, x: jax.Array, rows: np.ndarray,
-           columns: np.ndarray, out_hw: int, scale: jax.Array | None) -> jax.Array:
+           columns: np.ndarray, out_hw: int, scale: np.ndarray | None) -> jax.Array:
   """The layer's kept `columns` from the kept input `rows` `x`, through its own modules."""
   conv = graph_lib.at(net, layer.path)
   kernel = jnp.take(jnp.take(conv.kernel[...], rows, axis=-2), columns, axis=-1)
@@ -124,13 +92,13 @@ def _pool(node: graph_lib.Pool, x: jax.Array) -> jax.Array:
                                (1, node.stride, node.stride, 1), pad)
 
 
-def apply(net: nnx.Module, graph: graph_lib.Graph, kept: Kept, images: jax.Array) -> jax.Array:
-  """Training-mode float32 logits of `net` at its fixed gates, computing only `kept` channels.
+def apply(net: nnx.Module, graph: graph_lib.Graph, kept: KeptChannels,
+          images: jax.Array) -> jax.Array:
+  """Training-mode float32 logits of `net` at its fixed gates, computing only `kept`'s channels.
 
   Updates `net`'s BN statistics in place, as calling it in training does;
   nothing else of it changes.
   """
-  log_alphas = graph.log_alphas(net)
   values = {graph_lib.INPUT: images}
   for node in graph.nodes:
     if isinstance(node, graph_lib.Add):
@@ -139,14 +107,13 @@ def apply(net: nnx.Module, graph: graph_lib.Graph, kept: Kept, images: jax.Array
       continue
     x = jnp.concatenate([values[name] for name in node.inputs], axis=-1)
     if isinstance(node, graph_lib.Layer):
-      columns = kept[node.name]
-      scale = (None if node.gate is None
-               else jnp.take(gates.test_gate(log_alphas[node.gate]), columns))
-      values[node.name] = _layer(net, node, x, _read(graph, kept, node), columns,
+      columns = kept.indices[node.name]
+      scale = kept.scale[node.name][columns] if node.gate_names else None
+      values[node.name] = _layer(net, node, x, kept.read(node)[0], columns,
                                  graph.out_hw(node.name), scale)
     elif isinstance(node, graph_lib.Pad):
       x = x[:, ::node.stride, ::node.stride]
-      values[node.name] = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (node.before, node.after)))
+      values[node.name] = jnp.pad(x, ((0, 0), (0, 0), (0, 0), kept.pad_sides(node)))
     else:
       values[node.name] = _pool(node, x)
   return values[graph.nodes[-1].name].astype(jnp.float32)

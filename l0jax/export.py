@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -41,10 +41,9 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from l0jax import accounting
 from l0jax import data
-from l0jax import gates
 from l0jax import graph as graph_lib
+from l0jax import kept_channels
 from l0jax import model
 from l0jax import onnx_export
 from l0jax import workdirs
@@ -91,56 +90,21 @@ def _select(p: dict[str, np.ndarray], inputs: np.ndarray, gate: np.ndarray,
 def compact_params(net: nnx.Module, graph: graph_lib.Graph) -> dict[str, dict[str, jax.Array]]:
   """The folded, pruned weights of `net` at test time (gated or not), by layer name.
 
-  Each node's output is followed as the indices of its kept channels and the
-  test-time gate of every channel. The folding runs in NumPy (float32):
-  eager jnp would compile each op for each new shape.
+  Each layer keeps the rows of its kept inputs, scaled by their test-time
+  gates, and the columns of its kept outputs (`kept_channels`); a shortcut
+  gets `before` and `after`, zero-size arrays as long as the zero channels it
+  keeps on each side. The folding runs in NumPy (float32): eager jnp would
+  compile each op for each new shape.
   """
-  test_gates = {name: np.asarray(gates.test_gate(la))
-                for name, la in graph.log_alphas(net).items()}
-  costs = {c.name: c for c in accounting.count(
-      graph, accounting.deterministic_kept(graph.log_alphas(net)))}
-  kept = {graph_lib.INPUT: np.arange(graph.in_channels)}
-  scale = {graph_lib.INPUT: np.ones(graph.in_channels, np.float32)}
+  kept = kept_channels.kept_channels(graph, graph.log_alphas(net))
   params = {}
   for node in graph.nodes:
-    offsets = np.cumsum([0] + [scale[name].size for name in node.inputs])
-    inputs = np.concatenate([kept[name] + o for name, o in zip(node.inputs, offsets)])
-    input_scale = np.concatenate([scale[name] for name in node.inputs])
-    if isinstance(node, graph_lib.Pool):
-      kept[node.name], scale[node.name] = inputs, input_scale
-      continue
-    scale[node.name] = _scale(graph.segments(node.name), test_gates)
-    kept[node.name] = np.flatnonzero(scale[node.name] > 0)
     if isinstance(node, graph_lib.Layer):
-      if not node.gate_names and not costs[node.name].kept_out:
-        kept[node.name] = kept[node.name][:0]
-      params[node.name] = _select(_folded(net, node), inputs, input_scale, kept[node.name])
+      params[node.name] = _select(_folded(net, node), *kept.read(node), kept.indices[node.name])
     elif isinstance(node, graph_lib.Pad):
-      kept[node.name], params[node.name] = _pad(graph, node, inputs, test_gates)
+      params[node.name] = {side: np.zeros((n, 0), np.float32)
+                           for side, n in zip(("before", "after"), kept.pad_sides(node))}
   return jax.tree.map(jnp.asarray, params)
-
-
-def _scale(segments: Sequence[graph_lib.Segment],
-           test_gates: dict[str, np.ndarray]) -> np.ndarray:
-  """The test-time gate of each channel of a node's output: 1 where no gate scales it."""
-  return np.concatenate([np.ones(s.channels, np.float32) if s.gate is None else test_gates[s.gate]
-                         for s in segments])
-
-
-def _pad(graph: graph_lib.Graph, pad: graph_lib.Pad, inputs: np.ndarray,
-         test_gates: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """A shortcut's kept channels, and its compact zero channels: those that line up with the
-  kept channels of the add that reads it (all, if no add reads it)."""
-  add = next((n for n in graph.nodes if isinstance(n, graph_lib.Add) and pad.name in n.inputs),
-             None)
-  channels = sum(s.channels for s in graph.segments(pad.name))
-  zeros = np.ones(channels, bool)
-  if add is not None:
-    zeros = _scale(graph.segments(add.name), test_gates) > 0
-  zeros[pad.before:channels - pad.after] = False
-  kept = np.union1d(inputs + pad.before, np.flatnonzero(zeros))
-  side = lambda mask: np.zeros((int(mask.sum()), 0), np.float32)
-  return kept, {"before": side(zeros[:pad.before]), "after": side(zeros[channels - pad.after:])}
 
 
 def _layer(x: jax.Array, p: dict[str, jax.Array], layer: graph_lib.Layer, out_hw: int):

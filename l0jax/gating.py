@@ -94,8 +94,10 @@ def _gated_groups(graph: graph_lib.Graph, gate_residual: bool) -> list[coupling.
   groups; none that holds the input's channels or the logits, nor any that shares a layer with
   a group left ungated."""
   widths = {l.name: l.c_out for l in graph.layers}
+  # A layer's own channels are those no add reads: a channel added to a shortcut's zeros is a
+  # group of one, yet tied by an add.
   groups = [g for g in coupling.channel_groups(graph)
-            if (gate_residual or len(g.members) == 1)
+            if (gate_residual or not {m for m, _, _ in g.members} & graph.whole)
             and not {graph_lib.INPUT, graph.nodes[-1].name} & {m for m, _, _ in g.members}]
   while True:
     covered = {}

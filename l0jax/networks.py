@@ -17,7 +17,7 @@ from flax import nnx
 
 from l0jax import config as config_lib
 from l0jax import graph as graph_lib
-from l0jax import compact_training, model, resnet, vgg
+from l0jax import compact_training, kept_channels, model, resnet, vgg
 
 
 def compute_dtype(name: str) -> jnp.dtype:
@@ -86,7 +86,7 @@ class Network(NamedTuple):
 
   def apply(self, params: nnx.State, batch_stats: nnx.State, images: jax.Array, *, train: bool,
             gate_key: jax.Array | None = None,
-            kept: compact_training.Kept | None = None) -> tuple[jax.Array, nnx.State, nnx.Module]:
+            kept: kept_channels.KeptChannels | None = None) -> tuple[jax.Array, nnx.State, nnx.Module]:
     """Logits, the updated BN statistics and the module, as a pure function of the arrays.
 
     With `kept` (the gates fixed, training), only the kept channels are computed.

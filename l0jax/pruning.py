@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from l0jax import accounting, budget as budget_lib, compact_training, gates, masks
+from l0jax import accounting, budget as budget_lib, gates, kept_channels, masks
 from l0jax.networks import Network
 
 
@@ -139,13 +139,13 @@ def mask_gates(network: Network, config: ml_collections.ConfigDict, params: nnx.
 
 
 def fixed_kept(network: Network, config: ml_collections.ConfigDict,
-               state: Any) -> compact_training.Kept | None:
+               state: Any) -> kept_channels.KeptChannels | None:
   """The channels a training step computes once the gates of `state` (a `train.TrainState`)
   are fixed: the kept ones (`compact_training`), or None for all of them."""
   if not (config.use_gate and config.compact_training):
     return None
   log_alphas = log_alphas_of(network, state.params, state.batch_stats)
-  kept = compact_training.kept_channels(network.graph, log_alphas)
+  kept = kept_channels.kept_channels(network.graph, log_alphas)
   costs = accounting.kept_fractions(network.graph, accounting.deterministic_kept(log_alphas))
   logging.info("With the gates fixed, each training step computes the kept channels alone "
                "(%.1f%% of the MACs).", 100 * costs["macs"])

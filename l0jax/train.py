@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from l0jax import accounting, budget as budget_lib, cli, data, evaluator, networks, optimizer
-from l0jax import checkpoints, compact_training, pruning, sharding, warm_start, workdirs, writers
+from l0jax import checkpoints, kept_channels, pruning, sharding, warm_start, workdirs, writers
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -46,7 +46,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
                config: ml_collections.ConfigDict,
                budget: budget_lib.Budget | None = None,
                settled: bool = False,
-               kept: compact_training.Kept | None = None) -> tuple[TrainState, dict]:
+               kept: kept_channels.KeptChannels | None = None) -> tuple[TrainState, dict]:
   """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch.
 
   With a `budget` the L0 term is its Lagrangian instead, and its multipliers
@@ -99,7 +99,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
 def make_train_steps(network: networks.Network, tx: optax.GradientTransformation,
                      config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                      budget: budget_lib.Budget | None = None, settled: bool = False,
-                     kept: compact_training.Kept | None = None) -> Callable:
+                     kept: kept_channels.KeptChannels | None = None) -> Callable:
   """A compiled `(state, images, labels, indices[n, B], valid[n]) -> (state, per-step metrics)`.
 
   Every call has the same number of steps, so it compiles once; the last call

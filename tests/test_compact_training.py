@@ -7,12 +7,15 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from l0jax import accounting, compact_training, masks, networks, optimizer, pruning, sharding
-from l0jax import train
+from l0jax import accounting, compact_training, kept_channels, masks, networks, optimizer
+from l0jax import pruning, sharding, train
 
-NETWORKS = [dict(model="googlenet", depth=0, width_multiplier=0.25),
-            dict(model="resnet", depth=8, width_multiplier=1.0),
-            dict(model="vgg", depth=11, width_multiplier=0.125)]
+NETWORKS = {"googlenet": dict(model="googlenet", depth=0, width_multiplier=0.25),
+            "resnet": dict(model="resnet", depth=8, width_multiplier=1.0),
+            # Shared gates on the stage widths: the adds and shortcuts keep channels too.
+            "resnet_gate_residual": dict(model="resnet", depth=8, width_multiplier=1.0,
+                                         gate_residual=True),
+            "vgg": dict(model="vgg", depth=11, width_multiplier=0.125)}
 
 
 def at(state, path):
@@ -32,25 +35,25 @@ def fixed_gates(network, params, batch_stats, seed):
                                                                masks.PRUNED, np.float32)}
   if accounting.connected(network.graph, accounting.deterministic_kept(closed)):
     log_alphas = closed
-  return pruning.fix_gates(pruning.with_log_alphas(network, params, batch_stats, log_alphas))
+  return pruning.with_log_alphas(network, params, batch_stats, log_alphas)
 
 
-@pytest.mark.parametrize("overrides", NETWORKS, ids=lambda o: o["model"])
-def test_the_kept_channels_train_as_the_masked_network(overrides):
-  config = tiny_config(**overrides, use_gate=True)
+@pytest.mark.parametrize("network_name", NETWORKS)
+def test_the_kept_channels_train_as_the_masked_network(network_name):
+  config = tiny_config(**NETWORKS[network_name], use_gate=True)
   network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [0.0], [1.0])
   params = fixed_gates(network, params, batch_stats, seed=0)
-  kept = compact_training.kept_channels(network.graph,
+  kept = kept_channels.kept_channels(network.graph,
                                         pruning.log_alphas_of(network, params, batch_stats))
   images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
   labels = jnp.arange(4)
 
-  def masked(params):
-    logits, stats, _ = network.apply(params, batch_stats, images, train=True)
+  def masked(params):  # As the training step computes it with the gates fixed.
+    logits, stats, _ = network.apply(pruning.fix_gates(params), batch_stats, images, train=True)
     return loss(logits), (logits, stats)
 
   def compact(params):
-    net = nnx.merge(network.graphdef, params, batch_stats, copy=True)
+    net = nnx.merge(network.graphdef, pruning.fix_gates(params), batch_stats, copy=True)
     logits = compact_training.apply(net, network.graph, kept, images)
     return loss(logits), (logits, nnx.state(net, nnx.BatchStat))
 
@@ -64,7 +67,7 @@ def test_the_kept_channels_train_as_the_masked_network(overrides):
     np.testing.assert_allclose(g_c, g_m, rtol=1e-4, atol=1e-5 * float(np.abs(g_m).max() + 1))
   # A pruned channel's filter gets exactly 0 on both paths: AdamW moves it the same way.
   for layer in network.graph.layers:
-    pruned = np.setdiff1d(np.arange(layer.c_out), kept[layer.name])
+    pruned = np.setdiff1d(np.arange(layer.c_out), kept.indices[layer.name])
     for grads in (grads_c, grads_m):
       assert not np.asarray(at(grads, layer.path)["kernel"][...])[..., pruned].any(), layer.name
   # Running statistics: the kept channels' updated as the masked step updates them, the
@@ -83,15 +86,15 @@ def test_kept_channels_follow_the_test_time_gates_and_the_removed_layers():
   network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [0.0], [1.0])
   params = fixed_gates(network, params, batch_stats, seed=0)
   log_alphas = pruning.log_alphas_of(network, params, batch_stats)
-  kept = compact_training.kept_channels(network.graph, log_alphas)
+  kept = kept_channels.kept_channels(network.graph, log_alphas)
   costs = {c.name: c for c in accounting.count(network.graph,
                                                accounting.deterministic_kept(log_alphas))}
   for layer in network.graph.layers:
-    assert kept[layer.name].size == costs[layer.name].kept_out, layer.name
+    assert kept.indices[layer.name].size == costs[layer.name].kept_out, layer.name
     if layer.gate is not None:
       open_ = np.flatnonzero(log_alphas[layer.gate] != masks.PRUNED)
-      np.testing.assert_array_equal(kept[layer.name], open_)
-  assert any(kept[l.name].size == 0 and l.gate is None for l in network.graph.layers)
+      np.testing.assert_array_equal(kept.indices[layer.name], open_)
+  assert any(kept.indices[l.name].size == 0 and l.gate is None for l in network.graph.layers)
 
 
 def test_a_training_step_at_fixed_gates_is_the_masked_ones():
