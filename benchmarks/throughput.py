@@ -68,12 +68,13 @@ def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator)
   network, params, batch_stats = networks.create_network(config, dataset.train_images.shape[1:],
                                                          dataset.num_classes, dataset.mean,
                                                          dataset.std)
-  run = train.Run(config, dataset, network, params, batch_stats, mesh)
+  run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
+                  mesh)
   tx, state = train.initial_state(run)  # replicated over the mesh
   replicated = NamedSharding(mesh, P())
   images = sharding.put(dataset.train_images, replicated)
   labels = sharding.put(dataset.train_labels, replicated)
-  train_steps = train.make_train_steps(network, tx, config, mesh)
+  train_steps = train.make_train_steps(run, tx)
   eval_images = dataset.train_images[:FLAGS.eval_examples]
   evaluate = evaluator.Evaluator(network, eval_images, dataset.train_labels[:FLAGS.eval_examples],
                                  config.eval_batch_size, mesh)

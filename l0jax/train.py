@@ -43,21 +43,21 @@ class TrainState(NamedTuple):
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
                network: networks.Network, tx: optax.GradientTransformation,
-               config: ml_collections.ConfigDict,
+               plan: config_lib.GatePlan,
                budget: budget_lib.Budget | None = None,
                settled: bool = False) -> tuple[TrainState, dict]:
   """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch.
 
   With a `budget` the L0 term is its Lagrangian instead, and its multipliers
-  take one step of gradient ascent on the same loss. With `train_gates=False`,
-  or a budget's gates `settled`, the gates act with their test-time values and
-  only the cross-entropy is minimised, over the weights alone.
+  take one step of gradient ascent on the same loss. With gates fixed by the
+  `plan`, or a budget's gates `settled`, the gates act with their test-time
+  values and only the cross-entropy is minimised, over the weights alone.
   """
   aug_key, gate_key = jax.random.split(key)
   # Augmented in float32 and rounded to the compute dtype once.
   images = data.normalize(images, network.mean, network.std)
   images = data.augment(aug_key, images).astype(network.dtype)
-  gates_fixed = settled or not config.train_gates
+  gates_fixed = settled or plan.gates_fixed
   if gates_fixed:
     gate_key = None  # The test-time gates.
 
@@ -67,13 +67,13 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
     logits, batch_stats, net = network.apply(params, batch_stats, images, train=True,
                                              gate_key=gate_key)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    metrics = pruning.gate_metrics(network, net, config.penalty, fixed=gates_fixed)
+    metrics = pruning.gate_metrics(network, net, plan.penalty, fixed=gates_fixed)
     if budget:
       metrics.update(pruning.budget_metrics(budget, network, net, metrics, state.step, multipliers,
                                     settled))
       loss = ce if settled else ce + metrics["l0"]
     else:
-      loss = ce + config.lambda_l0 * metrics["l0"] if config.train_gates else ce
+      loss = ce if gates_fixed else ce + plan.lambda_l0 * metrics["l0"]
     metrics.update(loss=loss, cross_entropy=ce, accuracy=jnp.mean(logits.argmax(-1) == labels))
     return loss, (batch_stats, metrics)
 
@@ -94,9 +94,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   return TrainState(state.step + 1, params, batch_stats, opt_state, lagrangian), metrics
 
 
-def make_train_steps(network: networks.Network, tx: optax.GradientTransformation,
-                     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                     budget: budget_lib.Budget | None = None, settled: bool = False) -> Callable:
+def make_train_steps(run: "Run", tx: optax.GradientTransformation,
+                     settled: bool = False) -> Callable:
   """A compiled `(state, images, labels, indices[n, B], valid[n]) -> (state, per-step metrics)`.
 
   Every call has the same number of steps, so it compiles once; the last call
@@ -106,10 +105,10 @@ def make_train_steps(network: networks.Network, tx: optax.GradientTransformation
   the host. `steps_per_call` keeps them to at most one per call; their
   metrics are 0.
   """
-  step_fn = functools.partial(train_step, network=network, tx=tx, config=config, budget=budget,
-                              settled=settled)
-  train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  batch_sharding = NamedSharding(mesh, P("data"))
+  step_fn = functools.partial(train_step, network=run.network, tx=tx, plan=run.plan,
+                              budget=run.budget, settled=settled)
+  train_key = jax.random.fold_in(jax.random.key(run.config.seed), 1)
+  batch_sharding = NamedSharding(run.mesh, P("data"))
 
   def one_step(state, indices, images, labels):
     batch = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
@@ -153,21 +152,22 @@ def epoch_order(seed: int, epoch: int, num_examples: int, batch_size: int) -> np
 
 
 class Run(NamedTuple):
-  """A run's config, data, initial network and device mesh, shared by training and testing."""
+  """A run's config and gate plan, data, initial network and mesh, for training and testing."""
 
   config: ml_collections.ConfigDict
+  plan: config_lib.GatePlan
   dataset: data.Dataset
   network: networks.Network
   params: nnx.State
   batch_stats: nnx.State
   mesh: Any
-  # The budget the run is pruned to, resolved once from the config; None without one.
+  # The budget the run is pruned to, resolved once from the plan; None without one.
   budget: budget_lib.Budget | None = None
 
 
-def setup(config: ml_collections.ConfigDict) -> Run:
-  """The data and the initial network, each announced on the console as it is ready."""
-  config_lib.validate(config)
+def setup(config: ml_collections.ConfigDict, plan: config_lib.GatePlan) -> Run:
+  """The data and the initial network of a config `validate`d into `plan`, each announced on
+  the console as it is ready."""
   if config.batch_size % jax.device_count():
     raise UserError(f"batch_size={config.batch_size} does not divide over "
                     f"{jax.device_count()} devices")
@@ -178,8 +178,8 @@ def setup(config: ml_collections.ConfigDict) -> Run:
   # One channel graph, that a budget is checked against and the network trains with.
   network, _ = networks.describe_network(config, image_shape, dataset.num_classes, dataset.mean,
                                          dataset.std)
-  if budget_lib.target_of(config):  # Refused before anything is announced, as other bad input.
-    budget_lib.check_reachable(config, network.graph)
+  if plan.gates == config_lib.BUDGET:  # Refused before anything is announced, as other bad input.
+    budget_lib.check_reachable(plan.target, network.graph)
   sizes = [f"{len(x):,}" for x in (dataset.train_images, dataset.val_images, dataset.test_images)]
   logging.info("Data: %s from %s: %s training, %s validation, %s test images of %s (%.1f s).",
                dataset.name, dataset.source, *sizes, "x".join(map(str, image_shape)),
@@ -192,8 +192,8 @@ def setup(config: ml_collections.ConfigDict) -> Run:
                "gated" if config.use_gate else "no gates", f"{num_params:,}", macs / 1e6,
                jnp.dtype(network.dtype).name, jax.device_count(), jax.default_backend(),
                time.monotonic() - start)
-  run = Run(config, dataset, network, params, batch_stats, sharding.data_mesh())
-  return run._replace(budget=budget_lib.Budget.from_config(config, steps_per_epoch(run)))
+  run = Run(config, plan, dataset, network, params, batch_stats, sharding.data_mesh())
+  return run._replace(budget=budget_lib.Budget.from_config(config, plan, steps_per_epoch(run)))
 
 
 def steps_per_epoch(run: Run) -> int:
@@ -226,7 +226,7 @@ def start_or_resume(run: Run,
                     workdir: epath.Path) -> tuple[optax.GradientTransformation, TrainState]:
   """The optimizer and the state to train from: the workdir's newest checkpoint, else init_from's
   weights (with a mask's gates, fixed), else the initial state."""
-  config = run.config
+  config, plan = run.config, run.plan
   tx, state = initial_state(run)
   restored = checkpoints.restore_latest(str(workdir), state)
   if restored is not None:
@@ -234,15 +234,16 @@ def start_or_resume(run: Run,
     logging.info("Resuming %s from step %d.", workdir, latest)
   elif config.init_from:
     params, batch_stats = warm_start.load_weights(config.init_from, config, state.params,
-                                                state.batch_stats)
-    if config.mask:
-      params = pruning.mask_gates(run.network, config, params, batch_stats)
+                                                state.batch_stats,
+                                                with_gates=plan.gates == config_lib.FIXED)
+    if plan.gates == config_lib.MASK:
+      params = pruning.mask_gates(run.network, plan, config.seed, params, batch_stats)
     state = sharding.replicate(state._replace(params=params, batch_stats=batch_stats,
                                               opt_state=tx.init(params)), run.mesh)
     logging.info("Network weights from the %s checkpoint of %s; %s.", config.init_checkpoint,
                  config.init_from, f"gates start at droprate_init={config.droprate_init:g}"
-                 if config.train_gates else "its gates kept, fixed"
-                 if config_lib.gates_from_init(config) else f"gates from the {config.mask} mask")
+                 if not plan.gates_fixed else "its gates kept, fixed"
+                 if plan.gates == config_lib.FIXED else f"gates from the {plan.mask} mask")
   return tx, state
 
 
@@ -352,11 +353,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   network, init_from, damaged checkpoints) is checked before the first write
   to `workdir`.
   """
+  plan = config_lib.validate(config)
   warm_start.check_same_network(workdir, config)
   checkpoints.check_history_has_checkpoints(workdir)
-  if config.init_from and not checkpoints.has_checkpoints(workdir):
-    warm_start.init_source(config.init_from, config)  # Before the data and network are built.
-  run = setup(config)
+  if config.init_from and not checkpoints.has_checkpoints(workdir):  # before data and network
+    warm_start.init_source(config.init_from, config, plan.gates == config_lib.FIXED)
+  run = setup(config, plan)
   workdir = epath.Path(workdir)
   ds, network, mesh = run.dataset, run.network, run.mesh
   tx, state = start_or_resume(run, workdir)
@@ -368,8 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   budget = run.budget
   step = int(state.step)
   loop = Loop(
-      run, workdir, budget, make_train_steps(network, tx, config, mesh, budget),
-      budget and make_train_steps(network, tx, config, mesh, budget, settled=True),
+      run, workdir, budget, make_train_steps(run, tx),
+      budget and make_train_steps(run, tx, settled=True),
       sharding.replicate(ds.train_images, mesh), sharding.replicate(ds.train_labels, mesh),
       evaluator.Evaluator(network, ds.val_images, ds.val_labels, config.eval_batch_size, mesh),
       writers.MetricWriter(str(workdir), enabled=workdirs.is_primary_process()),
