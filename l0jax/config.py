@@ -23,9 +23,6 @@ ARCHITECTURE_FIELDS = ("dataset", "model", "depth", "use_gate", "width_multiplie
 SOURCE_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f != "use_gate") + (
     "data_dir", "synthetic_num_train")
 RESUME_FIELDS = SOURCE_FIELDS + ("use_gate", "val_split")
-# What a saved config written before a field existed meant by it, where that
-# is not today's default: runs keep the data they were made with.
-LEGACY_VALUES = {"val_split": "seeded"}
 
 
 def base_config() -> ml_collections.ConfigDict:

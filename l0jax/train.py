@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from l0jax import accounting, budget as budget_lib, cli, data, evaluator, networks, optimizer
-from l0jax import checkpoints, pruning, sharding, warm_start, workdirs, writers
+from l0jax import checkpoints, pruning, sharding, versions, warm_start, workdirs, writers
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -36,8 +36,8 @@ class TrainState(NamedTuple):
   params: nnx.State
   batch_stats: nnx.State
   opt_state: optax.OptState
-  # The multipliers of a run pruned to a budget; None otherwise (and in
-  # checkpoints written before budgets existed).
+  # The multipliers of a run pruned to a budget; None otherwise, and then not saved
+  # (`versions.on_disk`).
   lagrangian: budget_lib.Lagrangian | None = None
 
 
@@ -338,7 +338,7 @@ def end_epoch(loop: Loop, state: TrainState, epoch: int, step: int,
   writer.flush()  # TensorBoard shows each epoch as it ends.
   if workdirs.is_primary_process():
     workdirs.append_history(loop.workdir, record)
-  loop.mngr.save(step, args=ocp.args.StandardSave(checkpoints.on_disk(state)),
+  loop.mngr.save(step, args=ocp.args.StandardSave(versions.on_disk(state)),
                  metrics={checkpoints.BEST_METRIC: val["accuracy"]})
   logging.info("epoch %d/%d: train accuracy %.4f, val accuracy %.4f (loss %.4f)%s (%.1f s)",
                epoch + 1, config.num_epochs, record["train_accuracy"], val["accuracy"],

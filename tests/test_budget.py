@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from l0jax import accounting, analysis, budget, checkpoint_modes, checkpoints, gates, model, train
-from l0jax import workdirs
+from l0jax import accounting, analysis, budget, checkpoint_modes, gates, model, train
+from l0jax import versions, workdirs
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 from test_resume import saved_arrays
@@ -128,7 +128,7 @@ def test_a_state_without_a_budget_saves_as_before():
   run = train.setup(config, config_lib.validate(config))
   _, state = train.initial_state(run)
   assert state.lagrangian is None
-  assert list(checkpoints.on_disk(state)) == ["step", "params", "batch_stats", "opt_state"]
+  assert list(versions.on_disk(state)) == ["step", "params", "batch_stats", "opt_state"]
 
 
 @pytest.mark.parametrize("num_epochs, fix_gates_after, first_settled", [
