@@ -39,6 +39,7 @@ def checkpoint_metrics(workdir: epath.Path, checkpoint: str, graph: graph_lib.Gr
   metrics = workdirs.read_test_metrics(workdir)
   if metrics is not None and metrics.get("checkpoint", "best") == checkpoint:
     return metrics, True
+  # Orbax's: the best step is its pick among the steps on disk, which history.jsonl cannot tell.
   _, step = checkpoints.chosen_step(str(workdir), checkpoint)
   record = _record_at(history, step, workdir, checkpoint)
   log_alphas = _arrays(record.get("log_alpha", {}))

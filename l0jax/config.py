@@ -322,8 +322,10 @@ def validate(c: ml_collections.ConfigDict) -> GatePlan:
         f"lr_milestones={tuple(c.lr_milestones)} must be epochs (integers >= 0)")
   check(c.steps_per_call >= 0, f"steps_per_call={c.steps_per_call} must be >= 0 (0: automatic)")
   for field in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
-                "keep_checkpoints", "synthetic_image_size", "synthetic_num_train"):
+                "keep_checkpoints", "synthetic_image_size"):
     check(c[field] >= 1, f"{field}={c[field]} must be >= 1")
+  check(c.synthetic_num_train >= 10,
+        f"synthetic_num_train={c.synthetic_num_train} must be >= 10 (a tenth validates)")
   check(isinstance(c.seed, int) and not isinstance(c.seed, bool) and 0 <= c.seed < 2**32,
         f"seed={c.seed} must be an integer in [0, 2**32)")
   check(c.max_train_examples >= 0, f"max_train_examples={c.max_train_examples} must be >= 0")
