@@ -1,8 +1,11 @@
-"""The base config every file in `configs/` starts from.
+"""The base config every file in `configs/` starts from, its checks, and the plan it makes.
 
 Each field below is documented where it is set; `configs/*.py` only change
 what makes their recipe different. Defaults reproduce the PyTorch original's
-L0-from-scratch recipe on CIFAR-10.
+L0-from-scratch recipe on CIFAR-10. `validate` refuses a config that cannot
+make a sensible run and resolves it, once, into its `GatePlan`: what the run
+does with its gates, which the code that trains, tests and analyses it reads
+instead of the fields.
 """
 
 from typing import NamedTuple
