@@ -58,7 +58,7 @@ def main(argv):
                                                          dataset.std)
   stage("create_network")
   run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
-                  mesh)
+                  mesh, train.steps_per_epoch(len(dataset.train_images), config.batch_size))
   tx, state = train.initial_state(run)
   replicated = NamedSharding(mesh, P())
   images, labels = (sharding.put(a, replicated)

@@ -69,7 +69,7 @@ def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator)
                                                          dataset.num_classes, dataset.mean,
                                                          dataset.std)
   run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
-                  mesh)
+                  mesh, train.steps_per_epoch(len(dataset.train_images), config.batch_size))
   tx, state = train.initial_state(run)  # replicated over the mesh
   replicated = NamedSharding(mesh, P())
   images = sharding.put(dataset.train_images, replicated)
@@ -78,7 +78,8 @@ def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator)
   eval_images = dataset.train_images[:FLAGS.eval_examples]
   evaluate = evaluator.Evaluator(network, eval_images, dataset.train_labels[:FLAGS.eval_examples],
                                  config.eval_batch_size, mesh)
-  steps = train.steps_per_call(config, FLAGS.epoch_examples // config.batch_size)
+  steps = train.steps_per_call(config.steps_per_call,
+                              FLAGS.epoch_examples // config.batch_size)
   valid = sharding.put(np.ones(steps, bool), replicated)
 
   def train_call():

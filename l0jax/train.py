@@ -132,15 +132,15 @@ def make_train_steps(run: "Run", tx: optax.GradientTransformation,
   return train_steps
 
 
-def steps_per_call(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
-  """Training steps per compiled call: at most `config.steps_per_call`, in equal calls an epoch.
+def steps_per_call(most: int, epoch_steps: int) -> int:
+  """Training steps per compiled call: at most `most`, in equal calls an epoch.
 
-  `steps_per_call=0` picks 1 on CPU, where XLA runs the training steps
-  slower inside a loop than outside one, and 100 on accelerators, where fewer
-  host round-trips pay. Calls of equal
-  size leave at most one padded step per call (see `make_train_steps`).
+  `most` is config.steps_per_call, whose 0 picks 1 on CPU, where XLA runs the
+  training steps slower inside a loop than outside one, and 100 on
+  accelerators, where fewer host round-trips pay. Calls of equal size leave at
+  most one padded step per call (see `make_train_steps`).
   """
-  n = config.steps_per_call or (1 if jax.default_backend() == "cpu" else 100)
+  n = most or (1 if jax.default_backend() == "cpu" else 100)
   return -(-epoch_steps // -(-epoch_steps // n))
 
 
@@ -161,6 +161,7 @@ class Run(NamedTuple):
   params: nnx.State
   batch_stats: nnx.State
   mesh: Any
+  epoch_steps: int  # training steps an epoch
   # The budget the run is pruned to, resolved once from the plan; None without one.
   budget: budget_lib.Budget | None = None
 
@@ -192,15 +193,16 @@ def setup(config: ml_collections.ConfigDict, plan: config_lib.GatePlan) -> Run:
                "gated" if config.use_gate else "no gates", f"{num_params:,}", macs / 1e6,
                jnp.dtype(network.dtype).name, jax.device_count(), jax.default_backend(),
                time.monotonic() - start)
-  run = Run(config, plan, dataset, network, params, batch_stats, sharding.data_mesh())
-  return run._replace(budget=budget_lib.Budget.from_config(config, plan, steps_per_epoch(run)))
+  epoch_steps = steps_per_epoch(len(dataset.train_images), config.batch_size)
+  return Run(config, plan, dataset, network, params, batch_stats, sharding.data_mesh(),
+             epoch_steps, budget_lib.Budget.from_config(config, plan, epoch_steps))
 
 
-def steps_per_epoch(run: Run) -> int:
-  steps = len(run.dataset.train_images) // run.config.batch_size
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  steps = num_examples // batch_size
   if steps == 0:
-    raise UserError(f"batch_size={run.config.batch_size} is larger than the training split "
-                    f"({len(run.dataset.train_images)} examples)")
+    raise UserError(f"batch_size={batch_size} is larger than the training split "
+                    f"({num_examples} examples)")
   return steps
 
 
@@ -210,7 +212,7 @@ def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
   Replicated so that a checkpoint restored into it lands on the devices that
   evaluate it (Orbax restores into the target's shardings).
   """
-  tx = optimizer.create_optimizer(run.config, steps_per_epoch(run))
+  tx = optimizer.create_optimizer(run.config, run.epoch_steps)
   state = networks.run_once(lambda params, batch_stats: TrainState(
       jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params),
       run.budget.init() if run.budget else None), run.params, run.batch_stats)
@@ -262,20 +264,20 @@ class Loop(NamedTuple):
   progress: writers.Progress
   mngr: ocp.CheckpointManager
   schedule: Callable
-  epoch_steps: int
   chunk: int  # training steps per call
 
 
 def train_epoch(loop: Loop, stop: cli.StopSignals, state: TrainState, epoch: int, step: int,
                 first_call: bool) -> tuple[TrainState, int, list[dict[str, np.ndarray]]]:
   """The epoch's training calls from `step` on: the state, its step, and each call's metrics."""
-  config, mesh, chunk = loop.run.config, loop.run.mesh, loop.chunk
+  config, mesh, epoch_steps = loop.run.config, loop.run.mesh, loop.run.epoch_steps
+  chunk = loop.chunk
   settled = loop.budget and epoch >= loop.budget.settle_epoch
   steps = loop.settled_steps if settled else loop.train_steps
   order = epoch_order(config.seed, epoch, len(loop.run.dataset.train_images), config.batch_size)
   batch_sharding, replicated = NamedSharding(mesh, P(None, "data")), NamedSharding(mesh, P())
   epoch_metrics, window = [], []  # per-call metrics of the epoch and of the logging window
-  for first in range(step - epoch * loop.epoch_steps, loop.epoch_steps, chunk):
+  for first in range(step - epoch * epoch_steps, epoch_steps, chunk):
     indices = order[first:first + chunk]
     num_valid = len(indices)
     indices = np.pad(indices, ((0, chunk - num_valid), (0, 0)))
@@ -300,12 +302,12 @@ def train_epoch(loop: Loop, stop: cli.StopSignals, state: TrainState, epoch: int
     window.append(metrics)
     # Every log_every_steps, and at the epoch's end whatever remains of the window.
     if (step // config.log_every_steps > (step - num_valid) // config.log_every_steps
-        or step % loop.epoch_steps == 0):
+        or step % epoch_steps == 0):
       means = _means(window)
       loop.writer.write_scalars(step, {**{f"train/{k}": v for k, v in means.items()},
                                        "train/learning_rate": loop.schedule(step - 1)})
       logging.info("step %d/%d: train loss %.4f, accuracy %.4f%s", step,
-                   loop.epoch_steps * config.num_epochs, means["loss"], means["accuracy"],
+                   epoch_steps * config.num_epochs, means["loss"], means["accuracy"],
                    f", L0 term {means['l0']:.4g}, expected MACs kept "
                    f"{means['expected_macs_kept']:.1%}" if config.use_gate else "")
       window = []
@@ -362,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = epath.Path(workdir)
   ds, network, mesh = run.dataset, run.network, run.mesh
   tx, state = start_or_resume(run, workdir)
-  epoch_steps = steps_per_epoch(run)
+  epoch_steps = run.epoch_steps
   mngr = checkpoints.manager(str(workdir), keep=config.keep_checkpoints)
   if workdirs.is_primary_process():
     workdirs.save_config(str(workdir), config)
@@ -377,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writers.MetricWriter(str(workdir), enabled=workdirs.is_primary_process()),
       writers.Progress(epoch_steps * config.num_epochs, epoch_steps, step), mngr,
       jax.jit(optimizer.learning_rate_schedule(config, epoch_steps)),  # one program, not one per op
-      epoch_steps, steps_per_call(config, epoch_steps))
+      steps_per_call(config.steps_per_call, epoch_steps))
   start_epoch = step // epoch_steps
   if workdirs.is_primary_process():
     workdirs.keep_history_before(workdir, start_epoch)

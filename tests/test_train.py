@@ -469,9 +469,9 @@ def test_one_step_per_call_and_a_scan_of_steps_agree():
                           jax.tree.leaves(stepped)):
     if "['conv']['bias']" not in jax.tree_util.keystr(path):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
-  assert train.steps_per_call(tiny_config(steps_per_call=0), 14) == 1  # CPU
-  assert train.steps_per_call(tiny_config(steps_per_call=100), 14) == 14
-  assert train.steps_per_call(tiny_config(steps_per_call=100), 351) == 88  # 4 calls, 1 padded
+  assert train.steps_per_call(0, 14) == 1  # CPU
+  assert train.steps_per_call(100, 14) == 14
+  assert train.steps_per_call(100, 351) == 88  # 4 calls, 1 padded
 
 
 def test_training_without_tensorflow_writes_tensorboard_events_and_reports(runs):
