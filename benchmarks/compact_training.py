@@ -50,7 +50,7 @@ def step_calls(run: train.Run, state: train.TrainState) -> dict[str, Callable[[]
   calls = {}
   for name, kept in (("masked", None),
                      ("compact", pruning.fixed_kept(run.network, run.config, state))):
-    steps = train.make_train_steps(run.network, tx, run.config, run.mesh, kept=kept)
+    steps = train.make_train_steps(run, tx, kept=kept)
     states = {"state": jax.tree.map(jax.numpy.copy, state)}  # each call donates its own
 
     def call(steps=steps, states=states):
@@ -73,7 +73,8 @@ def main(argv):
                 compute_dtype="float32", batch_size=128, seed=FLAGS.seed)
   network, params, batch_stats = networks.create_network(
       config, dataset.train_images.shape[1:], dataset.num_classes, dataset.mean, dataset.std)
-  run = train.Run(config, dataset, network, params, batch_stats, sharding.data_mesh())
+  run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
+                  sharding.data_mesh(), train.steps_per_epoch(len(dataset.train_images), 128))
   results = []
   for budget in map(float, FLAGS.budgets):
     state = fixed_state(run, budget)

@@ -57,13 +57,14 @@ def main(argv):
                                                          dataset.num_classes, dataset.mean,
                                                          dataset.std)
   stage("create_network")
-  run = train.Run(config, dataset, network, params, batch_stats, mesh)
+  run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
+                  mesh, train.steps_per_epoch(len(dataset.train_images), config.batch_size))
   tx, state = train.initial_state(run)
   replicated = NamedSharding(mesh, P())
   images, labels = (sharding.put(a, replicated)
                     for a in (dataset.train_images, dataset.train_labels))
   stage("optimizer state")
-  train_steps = train.make_train_steps(network, tx, config, mesh)
+  train_steps = train.make_train_steps(run, tx)
   indices = NamedSharding(mesh, P(None, "data"))
   rng = np.random.default_rng(0)
 

@@ -68,16 +68,18 @@ def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator)
   network, params, batch_stats = networks.create_network(config, dataset.train_images.shape[1:],
                                                          dataset.num_classes, dataset.mean,
                                                          dataset.std)
-  run = train.Run(config, dataset, network, params, batch_stats, mesh)
+  run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
+                  mesh, train.steps_per_epoch(len(dataset.train_images), config.batch_size))
   tx, state = train.initial_state(run)  # replicated over the mesh
   replicated = NamedSharding(mesh, P())
   images = sharding.put(dataset.train_images, replicated)
   labels = sharding.put(dataset.train_labels, replicated)
-  train_steps = train.make_train_steps(network, tx, config, mesh)
+  train_steps = train.make_train_steps(run, tx)
   eval_images = dataset.train_images[:FLAGS.eval_examples]
   evaluate = evaluator.Evaluator(network, eval_images, dataset.train_labels[:FLAGS.eval_examples],
                                  config.eval_batch_size, mesh)
-  steps = train.steps_per_call(config, FLAGS.epoch_examples // config.batch_size)
+  steps = train.steps_per_call(config.steps_per_call,
+                              FLAGS.epoch_examples // config.batch_size)
   valid = sharding.put(np.ones(steps, bool), replicated)
 
   def train_call():

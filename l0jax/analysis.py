@@ -39,6 +39,7 @@ def checkpoint_metrics(workdir: epath.Path, checkpoint: str, graph: graph_lib.Gr
   metrics = workdirs.read_test_metrics(workdir)
   if metrics is not None and metrics.get("checkpoint", "best") == checkpoint:
     return metrics, True
+  # Orbax's: the best step is its pick among the steps on disk, which history.jsonl cannot tell.
   _, step = checkpoints.chosen_step(str(workdir), checkpoint)
   record = _record_at(history, step, workdir, checkpoint)
   log_alphas = _arrays(record.get("log_alpha", {}))
@@ -58,7 +59,7 @@ def _arrays(log_alphas: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray]:
   return {name: np.asarray(v, np.float32) for name, v in log_alphas.items()}
 
 
-def starting_log_alphas(config: ml_collections.ConfigDict,
+def starting_log_alphas(config: ml_collections.ConfigDict, plan: config_lib.GatePlan,
                         first: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The gates at epoch 0, by gate, given those at the first epoch's end.
 
@@ -66,17 +67,17 @@ def starting_log_alphas(config: ml_collections.ConfigDict,
   initialiser draws around, with a spread of 0.01); fixed ones (retraining, a
   mask) are all along what the first epoch ended with.
   """
-  if not config.train_gates:
+  if plan.gates_fixed:
     return dict(first)
   return {name: np.full_like(la, gates.initial_log_alpha(config.droprate_init))
           for name, la in first.items()}
 
 
 def gates_per_epoch(history: Sequence[dict], config: ml_collections.ConfigDict,
-                    graph: graph_lib.Graph) -> run_figures.GatesPerEpoch:
+                    plan: config_lib.GatePlan, graph: graph_lib.Graph) -> run_figures.GatesPerEpoch:
   """What the gates of a gated run kept from its start to each epoch's end."""
   by_gate = [_arrays(h["log_alpha"]) for h in history]
-  by_gate.insert(0, starting_log_alphas(config, by_gate[0]))
+  by_gate.insert(0, starting_log_alphas(config, plan, by_gate[0]))
   every = np.array([np.concatenate(list(las.values())) for las in by_gate])
   kept = [accounting.kept_fractions(graph, accounting.deterministic_kept(las)) for las in by_gate]
   layer = {g.name: graph.gated_layer(g.name).name for g in graph.gates}
@@ -87,22 +88,23 @@ def gates_per_epoch(history: Sequence[dict], config: ml_collections.ConfigDict,
                        {kind: np.array([k[kind] for k in kept]) for kind in ("params", "macs")})
 
 
-def l0_panel_title(config: ml_collections.ConfigDict, target: tuple[str, float] | None) -> str:
+def l0_panel_title(plan: config_lib.GatePlan) -> str:
   """The L0 panel's title, in two lines: one is too wide for a third of the figure."""
-  if not (config.use_gate and config.train_gates):
-    return "L0 term\n(not in the loss: gates fixed)"
-  if target:
+  if plan.gates == config_lib.BUDGET:
     return "L0 term, in the loss as the Lagrangian\nl1 (c - t) + l2 (c - t)^2"
-  return f"L0 term\n(times lambda_l0 = {config.lambda_l0:g} in the loss)"
+  if plan.gates == config_lib.LAMBDA:
+    return f"L0 term\n(times lambda_l0 = {plan.lambda_l0:g} in the loss)"
+  return "L0 term\n(not in the loss: gates fixed)"
 
 
-def _travel_lines(config: ml_collections.ConfigDict, history: Sequence[dict],
-                  target: tuple[str, float] | None) -> list[str]:
+def _travel_lines(config: ml_collections.ConfigDict, plan: config_lib.GatePlan,
+                  history: Sequence[dict]) -> list[str]:
   """For a budget run whose gates settled: how far training had moved them by then."""
-  settled = budget.settle_epoch(config)
+  if plan.gates != config_lib.BUDGET:
+    return []
+  settled = plan.settle_epoch
   before = next((h for h in history if h["epoch"] == settled - 1), None)
-  if not (target and config.train_gates and before
-          and any(h["epoch"] >= settled for h in history)):
+  if not (before and any(h["epoch"] >= settled for h in history)):
     return []
   travel, _ = budget.gate_travel(before["log_alpha"], config.droprate_init)
   return ["", f"The gates settled for the budget at the start of epoch {settled + 1}: "
@@ -110,21 +112,21 @@ def _travel_lines(config: ml_collections.ConfigDict, history: Sequence[dict],
 
 
 def summary_markdown(workdir: epath.Path, config: ml_collections.ConfigDict,
-                     history: Sequence[dict], checkpoint: str, chosen: dict,
-                     metrics: dict, tested: bool, log_alphas: dict[str, np.ndarray],
+                     plan: config_lib.GatePlan, history: Sequence[dict], checkpoint: str,
+                     chosen: dict, metrics: dict, tested: bool, log_alphas: dict[str, np.ndarray],
                      layer_states: dict[str, dict[str, int]], total: dict[str, int],
-                     figures: Sequence[str], target: tuple[str, float] | None) -> str:
+                     figures: Sequence[str]) -> str:
   """The run in a few lines: what it is, what it is worth, and what its gates decided."""
   minutes = sum(h["epoch_seconds"] for h in history) / 60
-  if not config.use_gate:
+  if plan.gates == config_lib.NO_GATES:
     kind = "without gates"
-  elif target:
-    what, fraction = target
+  elif plan.target:
+    what, fraction = plan.target
     kind = (f"with L0 gates pruned to a budget of {run_figures.percent(fraction)} of the "
             f"{'MACs' if what == 'macs' else 'parameters'} (realised: "
             f"{run_figures.percent(metrics[f'{what}_kept_fraction'])})")
-  elif config.train_gates:
-    kind = f"with L0 gates (lambda_l0 = {config.lambda_l0:g}, penalty {config.penalty})"
+  elif plan.gates == config_lib.LAMBDA:
+    kind = f"with L0 gates (lambda_l0 = {plan.lambda_l0:g}, penalty {plan.penalty})"
   else:
     kind = f"retrained with the gates of `{config.init_from}` fixed"
   test = (f"test accuracy {100 * metrics['test_accuracy']:.2f}%" if tested else
@@ -157,15 +159,15 @@ def summary_markdown(workdir: epath.Path, config: ml_collections.ConfigDict,
     ]
     if total["undecided"]:
       share = run_figures.percent(total["undecided"] / num_gates)
-      settled = budget.settle_epoch(config)
-      if target and chosen["epoch"] >= settled:
+      settled = plan.settle_epoch
+      if plan.gates == config_lib.BUDGET and chosen["epoch"] >= settled:
         why = (f"the budget fixed every gate from epoch {settled + 1} on (`fix_gates_after`), "
                "so these keep the scale they had learnt, and the weights trained with it")
       else:
         why = ("many of them are a sign that training stopped before the gates settled, or "
                "that the temperature keeps them from settling")
       lines += ["", f"{share} of the gates are undecided: kept, but scaled; {why}."]
-    lines += _travel_lines(config, history, target)
+    lines += _travel_lines(config, plan, history)
     lines += ["", "| gated layer | channels | pruned | undecided | open | log_alpha min | median "
               "| max |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, counts in layer_states.items():
@@ -184,7 +186,7 @@ def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
   """
   workdir = epath.Path(workdir)
   config = workdirs.load_config(str(workdir))
-  target = budget.target_of(config)  # the one reading of the budget, for every part below
+  plan = config_lib.gate_plan(config)
   history = workdirs.load_history(workdir)
   graph = channel_graph(config)
   metrics, tested = checkpoint_metrics(workdir, checkpoint, graph, history)
@@ -195,19 +197,19 @@ def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
            f"{run_figures.percent(metrics['params_kept_fraction'])} of the parameters kept")
   per_epoch, log_alphas, figures = None, {}, {}
   if config.use_gate:
-    per_epoch = gates_per_epoch(history, config, graph)
+    per_epoch = gates_per_epoch(history, config, plan, graph)
     log_alphas = per_epoch.log_alphas[history.index(chosen) + 1]
     figures["log_alpha.png"] = run_figures.log_alpha_figure(
         log_alphas, f"log_alpha at the {checkpoint} checkpoint (epoch {epoch})\n{title}")
     figures["log_alpha_trajectories.png"] = run_figures.log_alpha_trajectory_figure(
         per_epoch, epoch, checkpoint)
     figures["channels.png"] = run_figures.channels_figure(metrics["layers"], title)
-  if target:
-    figures["budget.png"] = run_figures.budget_figure(history, epoch, checkpoint, *target,
-                                                      per_epoch.costs[target[0]],
-                                                      budget.settle_epoch(config))
+  if plan.gates == config_lib.BUDGET:  # a mask's run has no multipliers to draw
+    figures["budget.png"] = run_figures.budget_figure(history, epoch, checkpoint, *plan.target,
+                                                      per_epoch.costs[plan.target.kind],
+                                                      plan.settle_epoch)
   figures["trajectories.png"] = run_figures.trajectories_figure(
-      history, epoch, checkpoint, l0_panel_title(config, target), per_epoch,
+      history, epoch, checkpoint, l0_panel_title(plan), per_epoch,
       metrics["macs_kept_fraction"])
   layer_states = {name: {state: int(m.sum()) for state, m in run_figures.gate_states(la).items()}
                   for name, la in log_alphas.items()}
@@ -217,8 +219,8 @@ def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
     for name, fig in figures.items():
       plots.save_figure(fig, out / name)
     workdirs.write_file(out / SUMMARY_FILE, summary_markdown(
-        workdir, config, history, checkpoint, chosen, metrics, tested, log_alphas, layer_states,
-        total, list(figures), target))
+        workdir, config, plan, history, checkpoint, chosen, metrics, tested, log_alphas,
+        layer_states, total, list(figures)))
     print(f"{out}: {', '.join(figures)} and {SUMMARY_FILE}")
   return {"tested": tested, "checkpoint_step": metrics["checkpoint_step"], "gates": total,
           "layers": layer_states, "files": [*figures, SUMMARY_FILE]}

@@ -56,20 +56,6 @@ def lagrangian_term(multipliers: Multipliers, cost: jax.Array, target: jax.Array
   return multipliers.l1 * gap + multipliers.l2 * gap**2
 
 
-def target_of(config: ml_collections.ConfigDict) -> tuple[str, float] | None:
-  """(kind, target) of a run pruned to a budget; None for a run with lambda_l0."""
-  targets = [(kind, config[f"target_{kind}"]) for kind in config_lib.TARGET_KINDS
-             if config[f"target_{kind}"]]
-  return targets[0] if targets else None
-
-
-def settle_epoch(config: ml_collections.ConfigDict) -> int:
-  """The first epoch trained with the gates settled: `fix_gates_after` of the epochs, but never
-  the first nor past the last, so that the gates train before they settle and the tested
-  network meets the budget (`config.validate` asks such a run for two epochs or more)."""
-  return min(max(round(config.fix_gates_after * config.num_epochs), 1), config.num_epochs - 1)
-
-
 @dataclasses.dataclass(frozen=True)
 class Budget:
   """A run's target, when its schedule moves, and how its multipliers learn."""
@@ -81,13 +67,14 @@ class Budget:
   learning_rate: float
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, epoch_steps: int) -> "Budget | None":
-    kind_target = target_of(config)
-    if kind_target is None or config.mask:  # A mask meets its target before training.
+  def from_config(cls, config: ml_collections.ConfigDict, plan: config_lib.GatePlan,
+                  epoch_steps: int) -> "Budget | None":
+    """The budget of a run whose `plan` is BUDGET, at `epoch_steps` training steps an epoch."""
+    if plan.gates != config_lib.BUDGET:  # A mask meets its target before training.
       return None
-    return cls(*kind_target,
+    return cls(*plan.target,
                warmup_steps=round(config.target_warmup * config.num_epochs * epoch_steps),
-               settle_epoch=settle_epoch(config),
+               settle_epoch=plan.settle_epoch,
                learning_rate=config.multiplier_learning_rate)
 
   @property
@@ -182,14 +169,11 @@ def floor(graph: graph_lib.Graph) -> dict[str, float]:
   return accounting.kept_fractions(graph, accounting.all_closed(graph))
 
 
-def check_reachable(config: ml_collections.ConfigDict, graph: graph_lib.Graph) -> None:
+def check_reachable(target: config_lib.Target, graph: graph_lib.Graph) -> None:
   """Refuses a target below what the network keeps with every gate closed."""
-  kind_target = target_of(config)
-  if kind_target is None:
-    return
-  kind, target = kind_target
+  kind, fraction = target
   lowest = floor(graph)[kind]
-  if target < lowest:
-    raise UserError(f"config: target_{kind}={target:g} is below what this network can reach: "
+  if fraction < lowest:
+    raise UserError(f"config: target_{kind}={fraction:g} is below what this network can reach: "
                     f"with every gate closed its ungated layers still keep {lowest:.4f} of its "
                     f"{'MACs' if kind == 'macs' else 'parameters'}")

@@ -8,14 +8,14 @@ pruning run whose gates close late may validate best before they do.
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
 from flax import nnx
 
-from l0jax import accounting, budget, checkpoints, data, evaluator, export as export_lib
+from l0jax import accounting, checkpoints, data, evaluator, export as export_lib
 from l0jax import onnx_export, train, workdirs
+from l0jax import config as config_lib
 
 
 def restore(workdir: str, checkpoint: str = "best",
@@ -24,7 +24,7 @@ def restore(workdir: str, checkpoint: str = "best",
   config = workdirs.load_config(workdir)
   config.update(overrides)
   mngr, step = checkpoints.chosen_step(workdir, checkpoint)
-  run = train.setup(config)
+  run = train.setup(config, config_lib.validate(config))
   _, state = train.initial_state(run)
   state = checkpoints.restore_step(mngr, step, state)
   return run, state, step
@@ -38,16 +38,16 @@ def cost_report(run: train.Run, net: nnx.Module) -> dict:
   return accounting.report(run.network.graph, run.network.graph.log_alphas(net))
 
 
-def pruned_by(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def pruned_by(plan: config_lib.GatePlan) -> dict[str, Any]:
   """What set the run's cost, as test_metrics.json records it: the target of a budget or a mask
   (`target_kind`, `target`), the run whose gates a mask was made from (`mask`, `mask_from`), or
   the L0 term's weight where that term was in the loss."""
-  if target := budget.target_of(config):
-    return {"target_kind": target[0], "target": target[1]}
-  if config.mask_from:
-    return {"mask": config.mask, "mask_from": config.mask_from}
-  if config.use_gate and config.train_gates:
-    return {"lambda_l0": config.lambda_l0}
+  if plan.target:
+    return {"target_kind": plan.target.kind, "target": plan.target.fraction}
+  if plan.mask_from:
+    return {"mask": plan.mask, "mask_from": plan.mask_from}
+  if plan.gates == config_lib.LAMBDA:
+    return {"lambda_l0": plan.lambda_l0}
   return {}  # no gates, or init_from's gates kept fixed: this run pruned nothing
 
 
@@ -61,7 +61,7 @@ def test(workdir: str, checkpoint: str = "best") -> dict:
   costs = cost_report(run, gated_network(run, state))
   result = {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
             "checkpoint": checkpoint, "checkpoint_step": step, "dataset": ds.name,
-            "use_gate": run.config.use_gate, **pruned_by(run.config), **costs}
+            "use_gate": run.config.use_gate, **pruned_by(run.plan), **costs}
   if workdirs.is_primary_process():
     workdirs.write_test_metrics(workdir, result)
     print(f"{workdir}: {ds.name} test accuracy {metrics['accuracy']:.4f} "

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from l0jax import locking, workdirs
+from l0jax import locking, versions, workdirs
 from l0jax.errors import UserError, one_line
 
 # The metric Orbax keeps the best checkpoint by; a checkpoint's metrics are saved beside it.
@@ -39,18 +39,9 @@ def manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.Checkpo
   return ocp.CheckpointManager(epath.Path(workdir).absolute() / workdirs.CHECKPOINTS_DIR, options=options)
 
 
-def on_disk(state: tuple) -> dict[str, Any]:
-  """A NamedTuple state as it is saved: its fields, without those that are None.
-
-  So a state with a field added since (the multipliers of a budget, None in
-  a run without one) saves exactly as before, and old checkpoints restore.
-  """
-  return {k: v for k, v in state._asdict().items() if v is not None}
-
-
 def _restore_into(mngr: ocp.CheckpointManager, step: int, target: tuple) -> tuple:
-  """A checkpoint restored into the structure of the NamedTuple `target` (see `on_disk`)."""
-  restored = mngr.restore(step, args=ocp.args.StandardRestore(on_disk(target)))
+  """A checkpoint restored into the structure of the NamedTuple `target` (`versions.on_disk`)."""
+  restored = mngr.restore(step, args=ocp.args.StandardRestore(versions.on_disk(target)))
   return type(target)(**restored)
 
 

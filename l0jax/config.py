@@ -1,9 +1,14 @@
-"""The base config every file in `configs/` starts from.
+"""The base config every file in `configs/` starts from, its checks, and the plan it makes.
 
 Each field below is documented where it is set; `configs/*.py` only change
 what makes their recipe different. Defaults reproduce the PyTorch original's
-L0-from-scratch recipe on CIFAR-10.
+L0-from-scratch recipe on CIFAR-10. `validate` refuses a config that cannot
+make a sensible run and resolves it, once, into its `GatePlan`: what the run
+does with its gates, which the code that trains, tests and analyses it reads
+instead of the fields.
 """
+
+from typing import NamedTuple
 
 import ml_collections
 
@@ -22,9 +27,6 @@ GATE_FIELDS = ("use_gate", "gate_residual")
 SOURCE_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f not in GATE_FIELDS) + (
     "data_dir", "synthetic_num_train")
 RESUME_FIELDS = SOURCE_FIELDS + GATE_FIELDS + ("val_split",)
-# What a saved config written before a field existed meant by it, where that
-# is not today's default: runs keep the data they were made with.
-LEGACY_VALUES = {"val_split": "seeded"}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -219,13 +221,57 @@ def _depth_problem(c: ml_collections.ConfigDict) -> str | None:
   return None
 
 
-def gates_from_init(c: ml_collections.ConfigDict) -> bool:
-  """Whether the run takes init_from's gates (retraining what it pruned), fixed."""
-  return not c.train_gates and not c.mask
+# What a run does with its gates (`GatePlan.gates`): none; trained with lambda_l0 times the
+# penalty in the loss; trained to a budget, then settled and fixed; init_from's, kept fixed; a
+# one-shot mask of init_from's network, fixed.
+NO_GATES, LAMBDA, BUDGET, FIXED, MASK = "none", "lambda", "budget", "fixed", "mask"
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Refuses values that cannot make a sensible run, before anything is written."""
+class Target(NamedTuple):
+  """A budget: the kept fraction of the full network's MACs or parameters to end at."""
+
+  kind: str  # one of TARGET_KINDS
+  fraction: float
+
+
+class GatePlan(NamedTuple):
+  """What a run does with its gates, resolved once from its config (`gate_plan`)."""
+
+  gates: str  # NO_GATES, LAMBDA, BUDGET, FIXED or MASK
+  penalty: str  # what the L0 term measures, reported by every run
+  lambda_l0: float  # the L0 term's weight in the loss of a LAMBDA run
+  target: Target | None  # a BUDGET's, or the cost a MASK keeps channels to
+  settle_epoch: int | None  # a BUDGET's first epoch trained with its gates settled and fixed
+  mask: str  # a MASK's method
+  mask_from: str  # the gated run a MASK from a run takes its gates from
+
+  @property
+  def gates_fixed(self) -> bool:
+    """Whether the gates act at their test-time values from the first step."""
+    return self.gates in (FIXED, MASK)
+
+
+def gate_plan(c: ml_collections.ConfigDict) -> GatePlan:
+  """What the run of `c` does with its gates; `validate` refuses the plans it cannot carry out."""
+  targets = [Target(kind, c[f"target_{kind}"]) for kind in TARGET_KINDS if c[f"target_{kind}"]]
+  target = targets[0] if targets else None
+  if c.mask:
+    gates = MASK
+  elif target:
+    gates = BUDGET
+  elif not c.train_gates:
+    gates = FIXED
+  else:
+    gates = LAMBDA if c.use_gate else NO_GATES
+  # Never the first epoch nor past the last: the gates train before they settle, and the tested
+  # network meets the budget (`validate` asks such a run for two epochs or more).
+  settle_epoch = (min(max(round(c.fix_gates_after * c.num_epochs), 1), c.num_epochs - 1)
+                  if gates == BUDGET else None)
+  return GatePlan(gates, c.penalty, c.lambda_l0, target, settle_epoch, c.mask, c.mask_from)
+
+
+def validate(c: ml_collections.ConfigDict) -> GatePlan:
+  """Refuses values that cannot make a sensible run, before anything is written; the run's plan."""
   def check(ok: bool, message: str) -> None:
     if not ok:
       raise UserError(f"config: {message}")
@@ -244,9 +290,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(not c.gate_residual or (c.model == "resnet" and c.use_gate),
         "gate_residual=True gates a ResNet's stage widths: it needs model='resnet' and "
         "use_gate=True")
-  check(c.train_gates or bool(c.use_gate and c.init_from),
-        "train_gates=False keeps the gates of a pruned run: it needs use_gate=True and "
-        "init_from=WORKDIR_OF_A_GATED_RUN")
   check(c.lambda_l0 >= 0, f"lambda_l0={c.lambda_l0} must be >= 0")
   for kind in TARGET_KINDS:
     target = c[f"target_{kind}"]
@@ -255,23 +298,28 @@ def validate(c: ml_collections.ConfigDict) -> None:
              if c[f"target_{kind}"]]
   check(len(targets) <= 1, f"{' and '.join(targets)}: set one target, not both")
   check(c.mask in MASKS, f"mask={c.mask!r} is not one of {', '.join(m for m in MASKS if m)}")
+  plan = gate_plan(c)
+  # init_from's network, whose gates this run does not train: a FIXED run's or a MASK's.
+  from_init = bool(c.use_gate and not c.train_gates and c.init_from)
+  check(c.train_gates or from_init,
+        "train_gates=False keeps the gates of a pruned run: it needs use_gate=True and "
+        "init_from=WORKDIR_OF_A_GATED_RUN")
   from_run = c.mask in MASKS_FROM_RUN
-  check(not c.mask or from_run or (targets and c.use_gate and not c.train_gates and c.init_from),
+  check(plan.gates != MASK or from_run or (plan.target and from_init),
         f"mask={c.mask} keeps channels of a trained network up to a budget and fixes them: it "
         "needs init_from=WORKDIR, a target_macs (or target_params), use_gate=True and "
         "train_gates=False")
-  check(not from_run or (c.mask_from and not targets and c.use_gate and not c.train_gates
-                         and c.init_from),
+  check(not from_run or (c.mask_from and not plan.target and from_init),
         f"mask={c.mask} keeps, of init_from's network, the channels (or as many in each layer) "
         "that another run's gates decided, and fixes them: it needs mask_from=WORKDIR_OF_A_GATED_"
         "RUN, init_from=WORKDIR, no target, use_gate=True and train_gates=False")
   check(not c.mask_from or from_run,
         f"mask_from={c.mask_from} makes a mask of a run's gates: it needs mask="
         f"{' or mask='.join(MASKS_FROM_RUN)}")
-  check(not targets or c.mask or (c.use_gate and c.train_gates),
+  check(plan.gates != BUDGET or (c.use_gate and c.train_gates),
         "a target (target_macs, target_params) prunes with trained gates: it needs "
         "use_gate=True and train_gates=True (or a mask)")
-  check(not targets or c.mask or c.num_epochs >= 2,
+  check(plan.gates != BUDGET or c.num_epochs >= 2,
         f"num_epochs={c.num_epochs}: a run pruned to a budget trains its gates, then settles them "
         "for the budget (fix_gates_after) and trains on: it needs num_epochs >= 2")
   check(0 <= c.target_warmup <= 1,
@@ -290,8 +338,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"lr_milestones={tuple(c.lr_milestones)} must be epochs (integers >= 0)")
   check(c.steps_per_call >= 0, f"steps_per_call={c.steps_per_call} must be >= 0 (0: automatic)")
   for field in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
-                "keep_checkpoints", "synthetic_image_size", "synthetic_num_train"):
+                "keep_checkpoints", "synthetic_image_size"):
     check(c[field] >= 1, f"{field}={c[field]} must be >= 1")
+  check(c.synthetic_num_train >= 10,
+        f"synthetic_num_train={c.synthetic_num_train} must be >= 10 (a tenth validates)")
   check(isinstance(c.seed, int) and not isinstance(c.seed, bool) and 0 <= c.seed < 2**32,
         f"seed={c.seed} must be an integer in [0, 2**32)")
   check(c.max_train_examples >= 0, f"max_train_examples={c.max_train_examples} must be >= 0")
+  return plan

@@ -1,10 +1,12 @@
-"""What counts as bad input, a stop on request or a refused write, and how each is told.
+"""The exceptions that end a command without a traceback, and the telling of a failure in one line.
 
-`UserError` means "the user asked for something we cannot do": `main.py`
-turns it into a single line on stderr and exit status 2, and so it does with
-a failure of the machine (`os_failure`); anything else is a bug and keeps its
-traceback. `Stopped` is a run that stopped at a signal; `one_line` shortens
-what a library raised to one line of such a message.
+`UserError` means "the user asked for something we cannot do" (a data set's
+`DataError` and a network's `GraphError` are ones): `cli.one_line_errors`
+turns it into a single `error:` line on stderr and exit status 2, and so it
+does with a write the system refused (`os_failure` finds one in what a library
+raised); anything else is a bug and keeps its traceback. `Stopped` is a run
+that stopped at a signal, which exits with that signal's status. `one_line`
+shortens what a library raised to one line of such a message.
 """
 
 import errno

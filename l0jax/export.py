@@ -46,6 +46,7 @@ from l0jax import graph as graph_lib
 from l0jax import kept_channels
 from l0jax import model
 from l0jax import onnx_export
+from l0jax import versions
 from l0jax import workdirs
 from l0jax.errors import UserError
 
@@ -321,16 +322,11 @@ def _settled(export_dir: epath.Path) -> epath.Path:
 def _check_whole(export_dir: epath.Path, info: dict[str, Any]) -> None:
   """Refuses a folder whose files are not the ones its manifest lists, as they were written.
 
-  An export made before manifests existed (its `info` names none) loads with a warning.
+  An export made before manifests existed loads with a warning (`versions`).
   """
   manifest = export_dir / MANIFEST
-  if not manifest.exists() and MANIFEST == info.get("manifest"):
-    raise UserError(f"{export_dir} is not one whole export: its {MANIFEST} is missing; "
-                    "export again")
   if not manifest.exists():
-    logging.warning("%s has no %s (it was exported before exports had one): whether its files "
-                    "come from one export cannot be checked; export again to be sure.",
-                    export_dir, MANIFEST)
+    versions.export_without_manifest(export_dir, info, MANIFEST)
     return
   listed = workdirs.read_json(manifest, dict, "export again")
   found = _file_hashes(export_dir)
@@ -355,10 +351,7 @@ def _check_present(export_dir: epath.Path) -> None:
   missing = [name for name in (ARTIFACT, INFO_FILE) if not (export_dir / name).is_file()]
   if not missing:
     return
-  before_artifacts = missing[0] == ARTIFACT and not (export_dir / MANIFEST).exists()
-  raise UserError(f"{export_dir} holds no exported network: {missing[0]} is missing " + (
-      "(an export made before it existed takes float32 images: export the run again)"
-      if before_artifacts else "(export the run again)"))
+  raise versions.export_missing(export_dir, missing[0], ARTIFACT, MANIFEST)
 
 
 def load_inference(export_dir: str | os.PathLike) -> Callable[[np.ndarray], jax.Array]:

@@ -86,7 +86,8 @@ class Network(NamedTuple):
 
   def apply(self, params: nnx.State, batch_stats: nnx.State, images: jax.Array, *, train: bool,
             gate_key: jax.Array | None = None,
-            kept: kept_channels.KeptChannels | None = None) -> tuple[jax.Array, nnx.State, nnx.Module]:
+            kept: kept_channels.KeptChannels | None = None
+            ) -> tuple[jax.Array, nnx.State, nnx.Module]:
     """Logits, the updated BN statistics and the module, as a pure function of the arrays.
 
     With `kept` (the gates fixed, training), only the kept channels are computed.

@@ -21,6 +21,6 @@ def create_optimizer(config: ml_collections.ConfigDict,
   tx = optax.adamw(learning_rate_schedule(config, steps_per_epoch),
                    weight_decay=config.weight_decay, mask=not_a_gate)
   if config.gate_lr_scale == 1:
-    return tx  # the optimizer state and the program of runs made before the scale existed
+    return tx  # the optimizer state of version 1 checkpoints (l0jax/versions.py), and its program
   is_gate = lambda params: pruning.map_with_gates(lambda gate, _: gate, params)
   return optax.chain(tx, optax.masked(optax.scale(config.gate_lr_scale), is_gate))

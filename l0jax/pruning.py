@@ -11,12 +11,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
 
 from l0jax import accounting, budget as budget_lib, gates, kept_channels, masks
+from l0jax import config as config_lib
 from l0jax.networks import Network
 
 
@@ -115,26 +115,26 @@ def settle_gates(network: Network, budget: budget_lib.Budget, params: nnx.State,
   return with_log_alphas(network, params, batch_stats, after)
 
 
-def mask_gates(network: Network, config: ml_collections.ConfigDict, params: nnx.State,
+def mask_gates(network: Network, plan: config_lib.GatePlan, seed: int, params: nnx.State,
                batch_stats: nnx.State) -> nnx.State:
-  """`params` with the gates of the one-shot `config.mask` of these weights, and says so."""
+  """`params` with the gates of the one-shot mask `plan` makes of these weights, and says so."""
   graph = network.graph
-  key = jax.random.fold_in(jax.random.key(config.seed), 2)
-  if config.mask in masks.FROM_RUN:
-    log_alphas = masks.from_run_log_alphas(config.mask, masks.kept_by(config.mask_from, graph),
+  key = jax.random.fold_in(jax.random.key(seed), 2)
+  if plan.mask in masks.FROM_RUN:
+    log_alphas = masks.from_run_log_alphas(plan.mask, masks.kept_by(plan.mask_from, graph),
                                            key=key)
-    (kind, target), source = ("macs", None), f"the gates of {config.mask_from}"
+    (kind, target), source = ("macs", None), f"the gates of {plan.mask_from}"
   else:
-    kind, target = budget_lib.target_of(config)
-    log_alphas = masks.mask_log_alphas(config.mask, params, graph, kind, target, key=key)
+    kind, target = plan.target
+    log_alphas = masks.mask_log_alphas(plan.mask, params, graph, kind, target, key=key)
     source = f"target {target:g}"
   cost = accounting.kept_fractions(graph, accounting.deterministic_kept(log_alphas))[kind]
   logging.info("Mask %s: %d of %d gated channels kept, %.4f of the %s (%s); fixed.",
-               config.mask, sum(int(np.sum(la == masks.KEPT)) for la in log_alphas.values()),
+               plan.mask, sum(int(np.sum(la == masks.KEPT)) for la in log_alphas.values()),
                sum(la.size for la in log_alphas.values()), cost, kind, source)
   if target is not None and cost > target:
     logging.warning("The %s mask keeps %.4f of the %s, above the target %g: fewer channels "
-                    "would disconnect the network.", config.mask, cost, kind, target)
+                    "would disconnect the network.", plan.mask, cost, kind, target)
   return with_log_alphas(network, params, batch_stats, log_alphas)
 
 

@@ -26,7 +26,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from l0jax import accounting, budget as budget_lib, cli, data, evaluator, networks, optimizer
-from l0jax import checkpoints, kept_channels, pruning, sharding, warm_start, workdirs, writers
+from l0jax import checkpoints, kept_channels, pruning, sharding, versions, warm_start, workdirs
+from l0jax import writers
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 
@@ -36,30 +37,30 @@ class TrainState(NamedTuple):
   params: nnx.State
   batch_stats: nnx.State
   opt_state: optax.OptState
-  # The multipliers of a run pruned to a budget; None otherwise (and in
-  # checkpoints written before budgets existed).
+  # The multipliers of a run pruned to a budget; None otherwise, and then not saved
+  # (`versions.on_disk`).
   lagrangian: budget_lib.Lagrangian | None = None
 
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
                network: networks.Network, tx: optax.GradientTransformation,
-               config: ml_collections.ConfigDict,
+               plan: config_lib.GatePlan,
                budget: budget_lib.Budget | None = None,
                settled: bool = False,
                kept: kept_channels.KeptChannels | None = None) -> tuple[TrainState, dict]:
   """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch.
 
   With a `budget` the L0 term is its Lagrangian instead, and its multipliers
-  take one step of gradient ascent on the same loss. With `train_gates=False`,
-  or a budget's gates `settled`, the gates act with their test-time values and
-  only the cross-entropy is minimised, over the weights alone; with `kept`
-  (`pruning.fixed_kept`) only those channels are computed.
+  take one step of gradient ascent on the same loss. With gates fixed by the
+  `plan`, or a budget's gates `settled`, the gates act with their test-time
+  values and only the cross-entropy is minimised, over the weights alone; with
+  `kept` (`pruning.fixed_kept`) only those channels are computed.
   """
   aug_key, gate_key = jax.random.split(key)
   # Augmented in float32 and rounded to the compute dtype once.
   images = data.normalize(images, network.mean, network.std)
   images = data.augment(aug_key, images).astype(network.dtype)
-  gates_fixed = settled or not config.train_gates
+  gates_fixed = settled or plan.gates_fixed
   if gates_fixed:
     gate_key = None  # The test-time gates.
 
@@ -69,13 +70,13 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
     logits, batch_stats, net = network.apply(params, batch_stats, images, train=True,
                                              gate_key=gate_key, kept=kept)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    metrics = pruning.gate_metrics(network, net, config.penalty, fixed=gates_fixed)
+    metrics = pruning.gate_metrics(network, net, plan.penalty, fixed=gates_fixed)
     if budget:
       metrics.update(pruning.budget_metrics(budget, network, net, metrics, state.step, multipliers,
                                     settled))
       loss = ce if settled else ce + metrics["l0"]
     else:
-      loss = ce + config.lambda_l0 * metrics["l0"] if config.train_gates else ce
+      loss = ce if gates_fixed else ce + plan.lambda_l0 * metrics["l0"]
     metrics.update(loss=loss, cross_entropy=ce, accuracy=jnp.mean(logits.argmax(-1) == labels))
     return loss, (batch_stats, metrics)
 
@@ -96,9 +97,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   return TrainState(state.step + 1, params, batch_stats, opt_state, lagrangian), metrics
 
 
-def make_train_steps(network: networks.Network, tx: optax.GradientTransformation,
-                     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                     budget: budget_lib.Budget | None = None, settled: bool = False,
+def make_train_steps(run: "Run", tx: optax.GradientTransformation, settled: bool = False,
                      kept: kept_channels.KeptChannels | None = None) -> Callable:
   """A compiled `(state, images, labels, indices[n, B], valid[n]) -> (state, per-step metrics)`.
 
@@ -109,10 +108,10 @@ def make_train_steps(network: networks.Network, tx: optax.GradientTransformation
   the host. `steps_per_call` keeps them to at most one per call; their
   metrics are 0.
   """
-  step_fn = functools.partial(train_step, network=network, tx=tx, config=config, budget=budget,
-                              settled=settled, kept=kept)
-  train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  batch_sharding = NamedSharding(mesh, P("data"))
+  step_fn = functools.partial(train_step, network=run.network, tx=tx, plan=run.plan,
+                              budget=run.budget, settled=settled, kept=kept)
+  train_key = jax.random.fold_in(jax.random.key(run.config.seed), 1)
+  batch_sharding = NamedSharding(run.mesh, P("data"))
 
   def one_step(state, indices, images, labels):
     batch = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
@@ -136,15 +135,15 @@ def make_train_steps(network: networks.Network, tx: optax.GradientTransformation
   return train_steps
 
 
-def steps_per_call(config: ml_collections.ConfigDict, epoch_steps: int) -> int:
-  """Training steps per compiled call: at most `config.steps_per_call`, in equal calls an epoch.
+def steps_per_call(most: int, epoch_steps: int) -> int:
+  """Training steps per compiled call: at most `most`, in equal calls an epoch.
 
-  `steps_per_call=0` picks 1 on CPU, where XLA runs the training steps
-  slower inside a loop than outside one, and 100 on accelerators, where fewer
-  host round-trips pay. Calls of equal
-  size leave at most one padded step per call (see `make_train_steps`).
+  `most` is config.steps_per_call, whose 0 picks 1 on CPU, where XLA runs the
+  training steps slower inside a loop than outside one, and 100 on
+  accelerators, where fewer host round-trips pay. Calls of equal size leave at
+  most one padded step per call (see `make_train_steps`).
   """
-  n = config.steps_per_call or (1 if jax.default_backend() == "cpu" else 100)
+  n = most or (1 if jax.default_backend() == "cpu" else 100)
   return -(-epoch_steps // -(-epoch_steps // n))
 
 
@@ -156,21 +155,23 @@ def epoch_order(seed: int, epoch: int, num_examples: int, batch_size: int) -> np
 
 
 class Run(NamedTuple):
-  """A run's config, data, initial network and device mesh, shared by training and testing."""
+  """A run's config and gate plan, data, initial network and mesh, for training and testing."""
 
   config: ml_collections.ConfigDict
+  plan: config_lib.GatePlan
   dataset: data.Dataset
   network: networks.Network
   params: nnx.State
   batch_stats: nnx.State
   mesh: Any
-  # The budget the run is pruned to, resolved once from the config; None without one.
+  epoch_steps: int  # training steps an epoch
+  # The budget the run is pruned to, resolved once from the plan; None without one.
   budget: budget_lib.Budget | None = None
 
 
-def setup(config: ml_collections.ConfigDict) -> Run:
-  """The data and the initial network, each announced on the console as it is ready."""
-  config_lib.validate(config)
+def setup(config: ml_collections.ConfigDict, plan: config_lib.GatePlan) -> Run:
+  """The data and the initial network of a config `validate`d into `plan`, each announced on
+  the console as it is ready."""
   if config.batch_size % jax.device_count():
     raise UserError(f"batch_size={config.batch_size} does not divide over "
                     f"{jax.device_count()} devices")
@@ -181,8 +182,8 @@ def setup(config: ml_collections.ConfigDict) -> Run:
   # One channel graph, that a budget is checked against and the network trains with.
   network, _ = networks.describe_network(config, image_shape, dataset.num_classes, dataset.mean,
                                          dataset.std)
-  if budget_lib.target_of(config):  # Refused before anything is announced, as other bad input.
-    budget_lib.check_reachable(config, network.graph)
+  if plan.gates == config_lib.BUDGET:  # Refused before anything is announced, as other bad input.
+    budget_lib.check_reachable(plan.target, network.graph)
   sizes = [f"{len(x):,}" for x in (dataset.train_images, dataset.val_images, dataset.test_images)]
   logging.info("Data: %s from %s: %s training, %s validation, %s test images of %s (%.1f s).",
                dataset.name, dataset.source, *sizes, "x".join(map(str, image_shape)),
@@ -195,15 +196,16 @@ def setup(config: ml_collections.ConfigDict) -> Run:
                "gated" if config.use_gate else "no gates", f"{num_params:,}", macs / 1e6,
                jnp.dtype(network.dtype).name, jax.device_count(), jax.default_backend(),
                time.monotonic() - start)
-  run = Run(config, dataset, network, params, batch_stats, sharding.data_mesh())
-  return run._replace(budget=budget_lib.Budget.from_config(config, steps_per_epoch(run)))
+  epoch_steps = steps_per_epoch(len(dataset.train_images), config.batch_size)
+  return Run(config, plan, dataset, network, params, batch_stats, sharding.data_mesh(),
+             epoch_steps, budget_lib.Budget.from_config(config, plan, epoch_steps))
 
 
-def steps_per_epoch(run: Run) -> int:
-  steps = len(run.dataset.train_images) // run.config.batch_size
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  steps = num_examples // batch_size
   if steps == 0:
-    raise UserError(f"batch_size={run.config.batch_size} is larger than the training split "
-                    f"({len(run.dataset.train_images)} examples)")
+    raise UserError(f"batch_size={batch_size} is larger than the training split "
+                    f"({num_examples} examples)")
   return steps
 
 
@@ -213,7 +215,7 @@ def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
   Replicated so that a checkpoint restored into it lands on the devices that
   evaluate it (Orbax restores into the target's shardings).
   """
-  tx = optimizer.create_optimizer(run.config, steps_per_epoch(run))
+  tx = optimizer.create_optimizer(run.config, run.epoch_steps)
   state = networks.run_once(lambda params, batch_stats: TrainState(
       jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params),
       run.budget.init() if run.budget else None), run.params, run.batch_stats)
@@ -229,7 +231,7 @@ def start_or_resume(run: Run,
                     workdir: epath.Path) -> tuple[optax.GradientTransformation, TrainState]:
   """The optimizer and the state to train from: the workdir's newest checkpoint, else init_from's
   weights (with a mask's gates, fixed), else the initial state."""
-  config = run.config
+  config, plan = run.config, run.plan
   tx, state = initial_state(run)
   restored = checkpoints.restore_latest(str(workdir), state)
   if restored is not None:
@@ -237,15 +239,16 @@ def start_or_resume(run: Run,
     logging.info("Resuming %s from step %d.", workdir, latest)
   elif config.init_from:
     params, batch_stats = warm_start.load_weights(config.init_from, config, state.params,
-                                                state.batch_stats)
-    if config.mask:
-      params = pruning.mask_gates(run.network, config, params, batch_stats)
+                                                state.batch_stats,
+                                                with_gates=plan.gates == config_lib.FIXED)
+    if plan.gates == config_lib.MASK:
+      params = pruning.mask_gates(run.network, plan, config.seed, params, batch_stats)
     state = sharding.replicate(state._replace(params=params, batch_stats=batch_stats,
                                               opt_state=tx.init(params)), run.mesh)
     logging.info("Network weights from the %s checkpoint of %s; %s.", config.init_checkpoint,
                  config.init_from, f"gates start at droprate_init={config.droprate_init:g}"
-                 if config.train_gates else "its gates kept, fixed"
-                 if config_lib.gates_from_init(config) else f"gates from the {config.mask} mask")
+                 if not plan.gates_fixed else "its gates kept, fixed"
+                 if plan.gates == config_lib.FIXED else f"gates from the {plan.mask} mask")
   return tx, state
 
 
@@ -264,20 +267,20 @@ class Loop(NamedTuple):
   progress: writers.Progress
   mngr: ocp.CheckpointManager
   schedule: Callable
-  epoch_steps: int
   chunk: int  # training steps per call
 
 
 def train_epoch(loop: Loop, stop: cli.StopSignals, state: TrainState, epoch: int, step: int,
                 first_call: bool) -> tuple[TrainState, int, list[dict[str, np.ndarray]]]:
   """The epoch's training calls from `step` on: the state, its step, and each call's metrics."""
-  config, mesh, chunk = loop.run.config, loop.run.mesh, loop.chunk
+  config, mesh, epoch_steps = loop.run.config, loop.run.mesh, loop.run.epoch_steps
+  chunk = loop.chunk
   settled = loop.budget and epoch >= loop.budget.settle_epoch
   steps = loop.settled_steps if settled else loop.train_steps
   order = epoch_order(config.seed, epoch, len(loop.run.dataset.train_images), config.batch_size)
   batch_sharding, replicated = NamedSharding(mesh, P(None, "data")), NamedSharding(mesh, P())
   epoch_metrics, window = [], []  # per-call metrics of the epoch and of the logging window
-  for first in range(step - epoch * loop.epoch_steps, loop.epoch_steps, chunk):
+  for first in range(step - epoch * epoch_steps, epoch_steps, chunk):
     indices = order[first:first + chunk]
     num_valid = len(indices)
     indices = np.pad(indices, ((0, chunk - num_valid), (0, 0)))
@@ -302,12 +305,12 @@ def train_epoch(loop: Loop, stop: cli.StopSignals, state: TrainState, epoch: int
     window.append(metrics)
     # Every log_every_steps, and at the epoch's end whatever remains of the window.
     if (step // config.log_every_steps > (step - num_valid) // config.log_every_steps
-        or step % loop.epoch_steps == 0):
+        or step % epoch_steps == 0):
       means = _means(window)
       loop.writer.write_scalars(step, {**{f"train/{k}": v for k, v in means.items()},
                                        "train/learning_rate": loop.schedule(step - 1)})
       logging.info("step %d/%d: train loss %.4f, accuracy %.4f%s", step,
-                   loop.epoch_steps * config.num_epochs, means["loss"], means["accuracy"],
+                   epoch_steps * config.num_epochs, means["loss"], means["accuracy"],
                    f", L0 term {means['l0']:.4g}, expected MACs kept "
                    f"{means['expected_macs_kept']:.1%}" if config.use_gate else "")
       window = []
@@ -340,7 +343,7 @@ def end_epoch(loop: Loop, state: TrainState, epoch: int, step: int,
   writer.flush()  # TensorBoard shows each epoch as it ends.
   if workdirs.is_primary_process():
     workdirs.append_history(loop.workdir, record)
-  loop.mngr.save(step, args=ocp.args.StandardSave(checkpoints.on_disk(state)),
+  loop.mngr.save(step, args=ocp.args.StandardSave(versions.on_disk(state)),
                  metrics={checkpoints.BEST_METRIC: val["accuracy"]})
   logging.info("epoch %d/%d: train accuracy %.4f, val accuracy %.4f (loss %.4f)%s (%.1f s)",
                epoch + 1, config.num_epochs, record["train_accuracy"], val["accuracy"],
@@ -355,15 +358,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   network, init_from, damaged checkpoints) is checked before the first write
   to `workdir`.
   """
+  plan = config_lib.validate(config)
   warm_start.check_same_network(workdir, config)
   checkpoints.check_history_has_checkpoints(workdir)
-  if config.init_from and not checkpoints.has_checkpoints(workdir):
-    warm_start.init_source(config.init_from, config)  # Before the data and network are built.
-  run = setup(config)
+  if config.init_from and not checkpoints.has_checkpoints(workdir):  # before data and network
+    warm_start.init_source(config.init_from, config, plan.gates == config_lib.FIXED)
+  run = setup(config, plan)
   workdir = epath.Path(workdir)
   ds, network, mesh = run.dataset, run.network, run.mesh
   tx, state = start_or_resume(run, workdir)
-  epoch_steps = steps_per_epoch(run)
+  epoch_steps = run.epoch_steps
   mngr = checkpoints.manager(str(workdir), keep=config.keep_checkpoints)
   if workdirs.is_primary_process():
     workdirs.save_config(str(workdir), config)
@@ -371,15 +375,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   budget = run.budget
   step = int(state.step)
   loop = Loop(
-      run, workdir, budget, make_train_steps(network, tx, config, mesh, budget, kept=(
-          None if config.train_gates else pruning.fixed_kept(network, config, state))),
+      run, workdir, budget, make_train_steps(run, tx, kept=(
+          pruning.fixed_kept(network, config, state) if run.plan.gates_fixed else None)),
       None,
       sharding.replicate(ds.train_images, mesh), sharding.replicate(ds.train_labels, mesh),
       evaluator.Evaluator(network, ds.val_images, ds.val_labels, config.eval_batch_size, mesh),
       writers.MetricWriter(str(workdir), enabled=workdirs.is_primary_process()),
       writers.Progress(epoch_steps * config.num_epochs, epoch_steps, step), mngr,
       jax.jit(optimizer.learning_rate_schedule(config, epoch_steps)),  # one program, not one per op
-      epoch_steps, steps_per_call(config, epoch_steps))
+      steps_per_call(config.steps_per_call, epoch_steps))
   start_epoch = step // epoch_steps
   if workdirs.is_primary_process():
     workdirs.keep_history_before(workdir, start_epoch)
@@ -395,8 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             network, budget, state.params, state.batch_stats, config.droprate_init)), mesh)
       if budget and epoch >= budget.settle_epoch and loop.settled_steps is None:
         kept = pruning.fixed_kept(network, config, state)
-        loop = loop._replace(settled_steps=make_train_steps(network, tx, config, mesh, budget,
-                                                            settled=True, kept=kept))
+        loop = loop._replace(settled_steps=make_train_steps(run, tx, settled=True, kept=kept))
       epoch_start = time.monotonic()
       loop.progress.start_epoch()  # validation and the checkpoint are no training time
       state, step, epoch_metrics = train_epoch(loop, stop, state, epoch, step,

@@ -1,7 +1,7 @@
 """What a run starts from must be its own network: a workdir resumed, or `init_from`'s weights.
 
 `init_from` is a trained run whose checkpoint gives this run its weights
-(`load_weights`), its gates too where `config_lib.gates_from_init` keeps them.
+(`load_weights`), its gates too where the run keeps them fixed (`config_lib.FIXED`).
 """
 
 from typing import Any, Collection
@@ -41,17 +41,17 @@ def check_same_network(workdir: str, config: ml_collections.ConfigDict) -> None:
                     f"saved settings in {epath.Path(workdir) / workdirs.CONFIG_FILE}")
 
 
-def init_source(init_from: str, config: ml_collections.ConfigDict
+def init_source(init_from: str, config: ml_collections.ConfigDict, with_gates: bool
                 ) -> tuple[ocp.CheckpointManager, int]:
   """The manager and `init_checkpoint` step of `init_from`, once it fits this network.
 
-  Its gates are only needed when they are kept (`config_lib.gates_from_init`).
+  Its gates are only needed when they are taken (`with_gates`).
   """
   if not epath.Path(init_from).is_dir():
     raise UserError(f"init_from={init_from} does not exist (it should be a training workdir)")
   # The gates' presence matters only when they are taken.
   fields = tuple(f for f in config_lib.ARCHITECTURE_FIELDS
-                 if f not in config_lib.GATE_FIELDS or config_lib.gates_from_init(config))
+                 if f not in config_lib.GATE_FIELDS or with_gates)
   differences = architecture_differences(workdirs.load_config(init_from), config, fields)
   if differences:
     raise UserError(f"init_from={init_from} is a different network: {'; '.join(differences)}")
@@ -59,14 +59,14 @@ def init_source(init_from: str, config: ml_collections.ConfigDict
 
 
 def load_weights(init_from: str, config: ml_collections.ConfigDict, params: nnx.State,
-                 batch_stats: nnx.State) -> tuple[nnx.State, nnx.State]:
+                 batch_stats: nnx.State, *, with_gates: bool) -> tuple[nnx.State, nnx.State]:
   """`params` and `batch_stats` with their arrays replaced by those of `init_from`'s checkpoint.
 
   Gates are left as initialised (at `droprate_init`), so that a trained
-  baseline can be fine-tuned with gates, unless `train_gates=False` keeps
-  those of a pruning run. Arrays must match in shape, one for one.
+  baseline can be fine-tuned with gates, unless `with_gates` takes those of a
+  pruning run. Arrays must match in shape, one for one.
   """
-  mngr, step = init_source(init_from, config)
+  mngr, step = init_source(init_from, config, with_gates)
   restored = checkpoints.restore_step(mngr, step)
   source = {**_flat(restored["params"]), **{f"bn:{k}": v for k, v in
                                             _flat(restored["batch_stats"]).items()}}
@@ -76,7 +76,7 @@ def load_weights(init_from: str, config: ml_collections.ConfigDict, params: nnx.
 
     def replace(path, leaf):
       key = prefix + _path_str(path)
-      if path in gate_paths and not config_lib.gates_from_init(config):
+      if path in gate_paths and not with_gates:
         return leaf
       if key not in source or source[key].shape != leaf.shape:
         raise UserError(f"init_from={init_from} does not fit this network at {key}")

@@ -32,7 +32,7 @@ from absl import logging
 from etils import epath
 
 from l0jax import config as config_lib
-from l0jax import locking
+from l0jax import locking, versions
 from l0jax.errors import UserError, one_line
 
 CONFIG_FILE = "config.json"
@@ -121,7 +121,8 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's saved config; fields added since it was saved read as LEGACY_VALUES or defaults."""
+  """The run's saved config; fields added since it was saved read as they were then
+  (`versions.saved_config`) or as their defaults."""
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise UserError(f"{workdir} holds no training run (no {CONFIG_FILE}); train into it first")
@@ -130,7 +131,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   saved = read_json(path, dict, fix)
   config = config_lib.base_config()
   try:
-    config.update({**config_lib.LEGACY_VALUES, **saved})
+    config.update(versions.saved_config(saved))
   except (ValueError, TypeError, KeyError, AttributeError) as e:  # A field of a wrong type, or none.
     raise UserError(f"{path} is damaged ({one_line(e)}); {fix}") from e
   return config

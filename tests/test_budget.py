@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from l0jax import accounting, analysis, budget, checkpoint_modes, checkpoints, gates, model, train
-from l0jax import workdirs
+from l0jax import accounting, analysis, budget, checkpoint_modes, gates, model, train
+from l0jax import versions, workdirs
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 from test_resume import saved_arrays
@@ -106,8 +106,9 @@ def test_the_floor_is_the_stem_and_the_head():
   np.testing.assert_allclose(lowest["macs"], layers["stem"].macs / full_macs)
   np.testing.assert_allclose(lowest["params"], (layers["stem"].params + 10) / full_params)
   with pytest.raises(UserError, match="below what this network can reach"):
-    budget.check_reachable(config, GRAPH)
-  budget.check_reachable(tiny_config(target_macs=lowest["macs"] + 1e-6), GRAPH)
+    budget.check_reachable(config_lib.gate_plan(config).target, GRAPH)
+  reachable = tiny_config(target_macs=lowest["macs"] + 1e-6)
+  budget.check_reachable(config_lib.gate_plan(reachable).target, GRAPH)
 
 
 @pytest.mark.parametrize("overrides, recorded", [
@@ -119,14 +120,15 @@ def test_the_floor_is_the_stem_and_the_head():
     (dict(use_gate=False), {}),
 ])
 def test_test_metrics_record_the_target_or_the_lambda_that_was_used(overrides, recorded):
-  assert checkpoint_modes.pruned_by(tiny_config(**overrides)) == recorded
+  assert checkpoint_modes.pruned_by(config_lib.gate_plan(tiny_config(**overrides))) == recorded
 
 
 def test_a_state_without_a_budget_saves_as_before():
-  run = train.setup(tiny_config())
+  config = tiny_config()
+  run = train.setup(config, config_lib.validate(config))
   _, state = train.initial_state(run)
   assert state.lagrangian is None
-  assert list(checkpoints.on_disk(state)) == ["step", "params", "batch_stats", "opt_state"]
+  assert list(versions.on_disk(state)) == ["step", "params", "batch_stats", "opt_state"]
 
 
 @pytest.mark.parametrize("num_epochs, fix_gates_after, first_settled", [
@@ -135,7 +137,7 @@ def test_the_gates_settle_after_the_first_epoch_and_by_the_last(num_epochs, fix_
                                                                 first_settled):
   # 2 epochs at 0.75 rounded to epoch 2 of 0-1 once: such a run never settled and ended at 100%.
   config = tiny_config(target_macs=0.5, num_epochs=num_epochs, fix_gates_after=fix_gates_after)
-  assert budget.settle_epoch(config) == first_settled
+  assert config_lib.gate_plan(config).settle_epoch == first_settled
 
 
 def test_a_budget_run_of_one_epoch_is_refused():
@@ -179,7 +181,8 @@ def test_a_tiny_run_lands_at_its_target(budget_run):
   # Settled for the whole last epoch: training then used the test-time gates, and says so.
   assert history[-1]["train_expected_macs_kept"] == pytest.approx(metrics["macs_kept_fraction"])
   # Before the gates settled, the Lagrangian had brought the expected cost near the target.
-  assert abs(history[budget.settle_epoch(tiny_config(**RUN)) - 1]["train_cost"] - TARGET) < 0.1
+  settled = config_lib.gate_plan(tiny_config(**RUN)).settle_epoch
+  assert abs(history[settled - 1]["train_cost"] - TARGET) < 0.1
 
 
 def test_its_analysis_plots_the_realised_cost_against_the_target(budget_run):
@@ -193,6 +196,7 @@ def test_its_analysis_plots_the_realised_cost_against_the_target(budget_run):
   metrics = json.loads(open(f"{budget_run}/{workdirs.TEST_METRICS_FILE}").read())
   config = tiny_config(**RUN)
   realised = analysis.gates_per_epoch(workdirs.load_history(budget_run), config,
+                                      config_lib.gate_plan(config),
                                       analysis.channel_graph(config)).costs["macs"]
   assert realised[-1] == pytest.approx(metrics["macs_kept_fraction"])
 

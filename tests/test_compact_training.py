@@ -9,6 +9,7 @@ from flax import nnx
 from conftest import tiny_config
 from l0jax import accounting, compact_training, kept_channels, masks, networks, optimizer
 from l0jax import pruning, sharding, train
+from l0jax import config as config_lib
 
 NETWORKS = {"googlenet": dict(model="googlenet", depth=0, width_multiplier=0.25),
             "resnet": dict(model="resnet", depth=8, width_multiplier=1.0),
@@ -100,7 +101,8 @@ def test_kept_channels_follow_the_test_time_gates_and_the_removed_layers():
 def test_a_training_step_at_fixed_gates_is_the_masked_ones():
   config = tiny_config(use_gate=True, train_gates=False)
   network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  run = train.Run(config, None, network, params, batch_stats, sharding.data_mesh())
+  run = train.Run(config, config_lib.gate_plan(config), None, network, params, batch_stats,
+                  sharding.data_mesh(), 2)
   tx = optimizer.create_optimizer(config, 10)
   params = fixed_gates(network, params, batch_stats, seed=1)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
@@ -111,7 +113,7 @@ def test_a_training_step_at_fixed_gates_is_the_masked_ones():
   indices, valid = jnp.arange(8, dtype=jnp.int32).reshape(2, 4), jnp.ones(2, bool)
   after = {}
   for name, k in (("masked", None), ("compact", kept)):
-    steps = train.make_train_steps(network, tx, config, run.mesh, kept=k)
+    steps = train.make_train_steps(run, tx, kept=k)
     after[name] = steps(jax.tree.map(jnp.copy, state), images, jnp.arange(8) % 10, indices, valid)
   (masked, masked_metrics), (compact, compact_metrics) = after["masked"], after["compact"]
   for key in masked_metrics:

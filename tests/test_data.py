@@ -16,7 +16,8 @@ import pytest
 from conftest import REPO, CreatesAFile, Program
 from l0jax import data
 from l0jax.data import augmentation, sources
-from l0jax.config import base_config
+from l0jax.config import base_config, validate
+from l0jax.errors import UserError
 
 BATCH = 20  # images per fixture batch file; CIFAR-10 fixtures hold 5 train batches
 
@@ -339,8 +340,8 @@ def _check_one_line(excinfo, *fragments):
 
 
 def test_unknown_dataset():
-  with pytest.raises(data.DataError) as e:
-    data.load_dataset(_config("imagenet"))
+  with pytest.raises(UserError) as e:  # config.validate's refusal, before any data is looked for
+    validate(_config("imagenet"))
   _check_one_line(e, "imagenet", "cifar10, cifar100, fashion_mnist, synthetic")
 
 

@@ -150,7 +150,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(use_gate):
   images = jnp.asarray(rng.integers(0, 256, (32, 8, 8, 3)), jnp.uint8)
   labels = jnp.asarray(rng.integers(0, 10, 32), jnp.int32)
   step = jax.jit(lambda s: train.train_step(s, images, labels, jax.random.key(0), network=network,
-                                            tx=tx, config=config))
+                                            tx=tx, plan=config_lib.gate_plan(config)))
   losses = []
   for _ in range(15):
     state, metrics = step(state)
@@ -177,7 +177,7 @@ def test_bfloat16_steps_compute_in_bfloat16_and_keep_float32_state_and_loss():
   network, tx, state = abstract_train_state(config)
   images = jnp.zeros((4, 8, 8, 3), jnp.uint8)
   step = lambda s: train.train_step(s, images, jnp.zeros(4, jnp.int32), jax.random.key(0),
-                                    network=network, tx=tx, config=config)
+                                    network=network, tx=tx, plan=config_lib.gate_plan(config))
   new_state, metrics = jax.eval_shape(step, state)
   float32 = jnp.dtype(jnp.float32)
   assert {x.dtype for x in jax.tree.leaves((new_state.params, new_state.batch_stats,
@@ -209,7 +209,8 @@ def test_bfloat16_matmuls_multiply_in_bfloat16_and_keep_float32_activations():
   config = tiny_config(compute_dtype="bfloat16_matmuls", **GOOGLENET)
   network, tx, state = abstract_train_state(config)
   step = lambda s: train.train_step(s, jnp.zeros((4, 8, 8, 3), jnp.uint8), jnp.zeros(4, jnp.int32),
-                                    jax.random.key(0), network=network, tx=tx, config=config)
+                                    jax.random.key(0), network=network, tx=tx,
+                                    plan=config_lib.gate_plan(config))
   ops = list(_equations(jax.make_jaxpr(step)(state).jaxpr))
   convs = [e for e in ops if e.primitive.name == "conv_general_dilated"]
   dots = [e for e in ops if e.primitive.name == "dot_general"]
@@ -337,7 +338,8 @@ def test_finetuning_starts_from_the_baselines_weights(runs):
   base = runs["base"]
   config = tiny_config(init_from=base, droprate_init=0.05)
   network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  params, batch_stats = warm_start.load_weights(base, config, params, batch_stats)
+  params, batch_stats = warm_start.load_weights(base, config, params, batch_stats,
+                                                with_gates=False)
   saved = saved_state(base, "best")
   np.testing.assert_array_equal(params["stem"]["conv"]["kernel"][...],
                                 saved["params"]["stem"]["conv"]["kernel"]["value"])
@@ -449,9 +451,9 @@ def test_testing_on_two_devices_gives_the_one_device_result(runs):
 def test_one_step_per_call_and_a_scan_of_steps_agree():
   """The CPU path (a step per call) and the accelerator path (a scan, padded steps skipped)."""
   config = tiny_config()
-  run = train.setup(config)
+  run = train.setup(config, config_lib.validate(config))
   tx, state = train.initial_state(run)
-  train_steps = train.make_train_steps(run.network, tx, config, run.mesh)
+  train_steps = train.make_train_steps(run, tx)
   images, labels = jnp.asarray(run.dataset.train_images), jnp.asarray(run.dataset.train_labels)
   first = train.epoch_order(0, 0, len(images), config.batch_size)[:1]
   copy = lambda s: jax.tree.map(jnp.copy, s)  # train_steps donates its state.
@@ -467,9 +469,9 @@ def test_one_step_per_call_and_a_scan_of_steps_agree():
                           jax.tree.leaves(stepped)):
     if "['conv']['bias']" not in jax.tree_util.keystr(path):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
-  assert train.steps_per_call(tiny_config(steps_per_call=0), 14) == 1  # CPU
-  assert train.steps_per_call(tiny_config(steps_per_call=100), 14) == 14
-  assert train.steps_per_call(tiny_config(steps_per_call=100), 351) == 88  # 4 calls, 1 padded
+  assert train.steps_per_call(0, 14) == 1  # CPU
+  assert train.steps_per_call(100, 14) == 14
+  assert train.steps_per_call(100, 351) == 88  # 4 calls, 1 padded
 
 
 def test_training_without_tensorflow_writes_tensorboard_events_and_reports(runs):

@@ -14,7 +14,6 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from l0jax.config import DATASETS, VAL_SPLITS
 from l0jax.data import sources
 from l0jax.data.formats import SPECS, DataError, Split
 
@@ -75,7 +74,8 @@ def image_shape_and_classes(config: ml_collections.ConfigDict
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
-  """Loads `config.dataset` and splits off the fixed validation set.
+  """Loads `config.dataset` and splits off the fixed validation set; `config_lib.validate` has
+  checked the config's values, and this checks the files.
 
   Sources, first match wins: the official files in `config.data_dir` (archive
   or extracted); with no data_dir, Debian's Fashion-MNIST folder; then TFDS
@@ -84,16 +84,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   normalises like a full run.
   """
   name = config.dataset
-  if name not in DATASETS:
-    raise DataError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
-  if config.max_train_examples < 0:
-    raise DataError(f"max_train_examples must be >= 0, got {config.max_train_examples}.")
-  if config.val_split not in VAL_SPLITS:
-    raise DataError(f"val_split={config.val_split!r} is not one of {', '.join(VAL_SPLITS)}.")
   if name == "synthetic":
-    if config.synthetic_num_train < 10 or config.synthetic_image_size < 1:
-      raise DataError("synthetic_num_train must be >= 10 and synthetic_image_size >= 1, got "
-                      f"{config.synthetic_num_train} and {config.synthetic_image_size}.")
     train, test = sources.synthetic(config.synthetic_image_size, config.synthetic_num_train)
     source = (f"synthetic ({sources.SYNTHETIC_NUM_CLASSES} random prototypes + noise, "
               f"seed {sources.SYNTHETIC_SEED})")

@@ -16,16 +16,18 @@ import sys
 import numpy as np
 
 from l0jax import accounting, budget, networks, workdirs
+from l0jax import config as config_lib
 
 FASHION_MNIST = ((28, 28, 1), 10)  # image shape, classes
 
 
 def replay(member: pathlib.Path) -> str:
   config = workdirs.load_config(str(member))
-  kind, target = budget.target_of(config)
+  plan = config_lib.gate_plan(config)
+  kind, target = plan.target
   graph, _ = networks.channel_graph(config, *FASHION_MNIST)
   history = workdirs.load_history(member)
-  settled_at = budget.settle_epoch(config)
+  settled_at = plan.settle_epoch
   as_array = lambda record: {k: np.asarray(v, np.float32) for k, v in record["log_alpha"].items()}
   before, recorded = as_array(history[settled_at - 1]), as_array(history[settled_at])
   replayed = budget.settle(before, kind, target, graph)

@@ -3,14 +3,16 @@
   python results/house/trips.py [CHECKOUT]     # CHECKOUT: the checkout to measure (default: this)
 
 trips_before.json and trips_after.json are its output for `git archive` copies of main before
-the redesign and of branch house after it (JAX_PLATFORMS=cpu).
+the redesign and of branch house after it (JAX_PLATFORMS=cpu); trips_base2.json and
+trips_after2.json, of main at the redesign's second part's base and of branch house2 after it.
 
 Trip of a run's config: a tiny budget run (`runlocal`, ResNet-8, target_macs=0.5, two epochs)
 is trained with `train.train_and_evaluate(config, workdir)` under `sys.setprofile`; every call
 of a function in the package whose arguments hold that config object (itself, or as an item of
 a tuple such as the Run) is a step. Trip of
 `--mode=analyze`'s workdir: `analysis.analyze(workdir)` on that run, every call whose arguments
-hold the workdir (as a string or a path). For each trip: the steps, the files they enter, how
+hold the workdir (as a string or a path); and of its config, the one config that analyze
+reads from the workdir, every call whose arguments hold it. For each trip: the steps, the files they enter, how
 often each file is entered (a step in another file than the step before it enters one), and
 how often a trip comes back to a file it had left. The import graph counts, as imports.py,
 an arrow A -> B for each module B that A imports, but with a subpackage's modules as
@@ -121,8 +123,10 @@ def main() -> None:
   path_types = (str, os.PathLike)
   analyze = trip(lambda: analysis.analyze(workdir, "last"),
                  lambda v: isinstance(v, path_types) and os.fspath(v) == workdir)
+  analyze_config = trip(lambda: analysis.analyze(workdir, "last"),
+                        lambda v: isinstance(v, type(config)))
   print(json.dumps({"checkout": str(CHECKOUT), "imports": import_graph(), "config_trip": run,
-                    "workdir_trip": analyze}, indent=1))
+                    "workdir_trip": analyze, "analyze_config_trip": analyze_config}, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,9 +24,14 @@ for variant in VARIANTS:
   c = config_lib.base_config()
   c.update(dataset="synthetic", synthetic_image_size=28, synthetic_num_train=256,
            width_multiplier=0.25, batch_size=64, steps_per_call=1, **variant)
-  run = train.setup(c)
-  tx, state = train.initial_state(run)
-  steps = train.make_train_steps(run.network, tx, c, run.mesh)
+  if "plan" in train.Run._fields:  # The run carries its config's gate plan, since issue 38.
+    run = train.setup(c, config_lib.validate(c))
+    tx, state = train.initial_state(run)
+    steps = train.make_train_steps(run, tx)
+  else:
+    run = train.setup(c)
+    tx, state = train.initial_state(run)
+    steps = train.make_train_steps(run.network, tx, c, run.mesh)
   images, labels = jnp.asarray(run.dataset.train_images), jnp.asarray(run.dataset.train_labels)
   indices = train.epoch_order(0, 0, len(images), c.batch_size)[:1]
   name = " ".join(f"{k}={v}" for k, v in variant.items() if k != "init_from")
