@@ -138,11 +138,11 @@ def mask_gates(network: Network, plan: config_lib.GatePlan, seed: int, params: n
   return with_log_alphas(network, params, batch_stats, log_alphas)
 
 
-def fixed_kept(network: Network, config: ml_collections.ConfigDict,
-               state: Any) -> kept_channels.KeptChannels | None:
+def fixed_kept(network: Network, state: Any,
+               compact_training: bool) -> kept_channels.KeptChannels | None:
   """The channels a training step computes once the gates of `state` (a `train.TrainState`)
-  are fixed: the kept ones (`compact_training`), or None for all of them."""
-  if not (config.use_gate and config.compact_training):
+  are fixed: with `compact_training`, the kept ones; else None, all of them."""
+  if not (compact_training and network.graph.gates):
     return None
   log_alphas = log_alphas_of(network, state.params, state.batch_stats)
   kept = kept_channels.kept_channels(network.graph, log_alphas)

@@ -376,7 +376,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = int(state.step)
   loop = Loop(
       run, workdir, budget, make_train_steps(run, tx, kept=(
-          pruning.fixed_kept(network, config, state) if run.plan.gates_fixed else None)),
+          pruning.fixed_kept(network, state, config.compact_training)
+          if run.plan.gates_fixed else None)),
       None,
       sharding.replicate(ds.train_images, mesh), sharding.replicate(ds.train_labels, mesh),
       evaluator.Evaluator(network, ds.val_images, ds.val_labels, config.eval_batch_size, mesh),
@@ -398,7 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = sharding.replicate(state._replace(params=pruning.settle_gates(
             network, budget, state.params, state.batch_stats, config.droprate_init)), mesh)
       if budget and epoch >= budget.settle_epoch and loop.settled_steps is None:
-        kept = pruning.fixed_kept(network, config, state)
+        kept = pruning.fixed_kept(network, state, config.compact_training)
         loop = loop._replace(settled_steps=make_train_steps(run, tx, settled=True, kept=kept))
       epoch_start = time.monotonic()
       loop.progress.start_epoch()  # validation and the checkpoint are no training time

@@ -106,9 +106,8 @@ def test_a_training_step_at_fixed_gates_is_the_masked_ones():
   tx = optimizer.create_optimizer(config, 10)
   params = fixed_gates(network, params, batch_stats, seed=1)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
-  kept = pruning.fixed_kept(network, config, state)
-  assert kept is not None and pruning.fixed_kept(
-      network, tiny_config(use_gate=True, train_gates=False, compact_training=False), state) is None
+  kept = pruning.fixed_kept(network, state, compact_training=True)
+  assert kept is not None and pruning.fixed_kept(network, state, compact_training=False) is None
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), np.uint8))
   indices, valid = jnp.arange(8, dtype=jnp.int32).reshape(2, 4), jnp.ones(2, bool)
   after = {}
