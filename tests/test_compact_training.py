@@ -12,8 +12,7 @@ from l0jax import pruning, sharding, train
 from l0jax import config as config_lib
 
 NETWORKS = {"googlenet": dict(model="googlenet", depth=0, width_multiplier=0.25),
-            "resnet": dict(model="resnet", depth=8, width_multiplier=1.0),
-            # Shared gates on the stage widths: the adds and shortcuts keep channels too.
+            # The blocks' own gates and, shared, the stage widths' (adds and shortcuts too).
             "resnet_gate_residual": dict(model="resnet", depth=8, width_multiplier=1.0,
                                          gate_residual=True),
             "vgg": dict(model="vgg", depth=11, width_multiplier=0.125)}
