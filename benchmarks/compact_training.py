@@ -20,7 +20,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import throughput
-from l0jax import accounting, masks, networks, pruning, sharding, train
+from l0jax import accounting, batches, masks, networks, pruning, sharding, train
 from l0jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -74,7 +74,7 @@ def main(argv):
   network, params, batch_stats = networks.create_network(
       config, dataset.train_images.shape[1:], dataset.num_classes, dataset.mean, dataset.std)
   run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
-                  sharding.data_mesh(), train.steps_per_epoch(len(dataset.train_images), 128))
+                  sharding.data_mesh(), batches.steps_per_epoch(len(dataset.train_images), 128))
   results = []
   for budget in map(float, FLAGS.budgets):
     state = fixed_state(run, budget)

@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import cli, data, networks, sharding, train
+from l0jax import batches, cli, data, networks, sharding, train
 from l0jax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -58,7 +58,7 @@ def main(argv):
                                                          dataset.std)
   stage("create_network")
   run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
-                  mesh, train.steps_per_epoch(len(dataset.train_images), config.batch_size))
+                  mesh, batches.steps_per_epoch(len(dataset.train_images), config.batch_size))
   tx, state = train.initial_state(run)
   replicated = NamedSharding(mesh, P())
   images, labels = (sharding.put(a, replicated)

@@ -30,7 +30,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from l0jax import config as config_lib
-from l0jax import data, evaluator, networks, sharding, train
+from l0jax import batches, data, evaluator, networks, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["128"], "Training batch sizes to time.")
@@ -69,7 +69,7 @@ def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator)
                                                          dataset.num_classes, dataset.mean,
                                                          dataset.std)
   run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
-                  mesh, train.steps_per_epoch(len(dataset.train_images), config.batch_size))
+                  mesh, batches.steps_per_epoch(len(dataset.train_images), config.batch_size))
   tx, state = train.initial_state(run)  # replicated over the mesh
   replicated = NamedSharding(mesh, P())
   images = sharding.put(dataset.train_images, replicated)
@@ -78,7 +78,7 @@ def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator)
   eval_images = dataset.train_images[:FLAGS.eval_examples]
   evaluate = evaluator.Evaluator(network, eval_images, dataset.train_labels[:FLAGS.eval_examples],
                                  config.eval_batch_size, mesh)
-  steps = train.steps_per_call(config.steps_per_call,
+  steps = batches.steps_per_call(config.steps_per_call,
                               FLAGS.epoch_examples // config.batch_size)
   valid = sharding.put(np.ones(steps, bool), replicated)
 

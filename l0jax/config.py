@@ -142,7 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
   # pruning run's best can predate its gates closing; retraining takes last.
   c.init_checkpoint = "best"
   # Training steps per compiled call (fewer host round-trips); a call never
-  # crosses an epoch boundary. 0: automatic (`train.steps_per_call`).
+  # crosses an epoch boundary. 0: automatic (`batches.steps_per_call`).
   c.steps_per_call = 0
   c.eval_batch_size = 1000
   # Training metrics, averaged over this many steps, go to TensorBoard and the

@@ -64,7 +64,7 @@ class Evaluator:
   Called with the network's arrays, it gives the split's accuracy and mean
   cross-entropy. One compiled call per batch, summed on the device: a loop
   over batches inside the compiled program runs slowly on CPU (as training
-  steps do, see `train.steps_per_call`).
+  steps do, see `batches.steps_per_call`).
   """
 
   def __init__(self, network: Network, images: np.ndarray, labels: np.ndarray,

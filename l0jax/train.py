@@ -25,7 +25,8 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import accounting, budget as budget_lib, cli, data, evaluator, networks, optimizer
+from l0jax import accounting, batches, budget as budget_lib, cli, data, evaluator, networks
+from l0jax import optimizer
 from l0jax import checkpoints, kept_channels, pruning, sharding, versions, warm_start, workdirs
 from l0jax import writers
 from l0jax import config as config_lib
@@ -135,25 +136,6 @@ def make_train_steps(run: "Run", tx: optax.GradientTransformation, settled: bool
   return train_steps
 
 
-def steps_per_call(most: int, epoch_steps: int) -> int:
-  """Training steps per compiled call: at most `most`, in equal calls an epoch.
-
-  `most` is config.steps_per_call, whose 0 picks 1 on CPU, where XLA runs the
-  training steps slower inside a loop than outside one, and 100 on
-  accelerators, where fewer host round-trips pay. Calls of equal size leave at
-  most one padded step per call (see `make_train_steps`).
-  """
-  n = most or (1 if jax.default_backend() == "cpu" else 100)
-  return -(-epoch_steps // -(-epoch_steps // n))
-
-
-def epoch_order(seed: int, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
-  """The training examples of one epoch, as [steps_per_epoch, batch_size] indices."""
-  steps = num_examples // batch_size
-  order = np.random.default_rng((seed, epoch)).permutation(num_examples)
-  return order[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
-
-
 class Run(NamedTuple):
   """A run's config and gate plan, data, initial network and mesh, for training and testing."""
 
@@ -196,17 +178,9 @@ def setup(config: ml_collections.ConfigDict, plan: config_lib.GatePlan) -> Run:
                "gated" if config.use_gate else "no gates", f"{num_params:,}", macs / 1e6,
                jnp.dtype(network.dtype).name, jax.device_count(), jax.default_backend(),
                time.monotonic() - start)
-  epoch_steps = steps_per_epoch(len(dataset.train_images), config.batch_size)
+  epoch_steps = batches.steps_per_epoch(len(dataset.train_images), config.batch_size)
   return Run(config, plan, dataset, network, params, batch_stats, sharding.data_mesh(),
              epoch_steps, budget_lib.Budget.from_config(config, plan, epoch_steps))
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-  steps = num_examples // batch_size
-  if steps == 0:
-    raise UserError(f"batch_size={batch_size} is larger than the training split "
-                    f"({num_examples} examples)")
-  return steps
 
 
 def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
@@ -277,7 +251,8 @@ def train_epoch(loop: Loop, stop: cli.StopSignals, state: TrainState, epoch: int
   chunk = loop.chunk
   settled = loop.budget and epoch >= loop.budget.settle_epoch
   steps = loop.settled_steps if settled else loop.train_steps
-  order = epoch_order(config.seed, epoch, len(loop.run.dataset.train_images), config.batch_size)
+  order = batches.epoch_order(config.seed, epoch, len(loop.run.dataset.train_images),
+                              config.batch_size)
   batch_sharding, replicated = NamedSharding(mesh, P(None, "data")), NamedSharding(mesh, P())
   epoch_metrics, window = [], []  # per-call metrics of the epoch and of the logging window
   for first in range(step - epoch * epoch_steps, epoch_steps, chunk):
@@ -384,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writers.MetricWriter(str(workdir), enabled=workdirs.is_primary_process()),
       writers.Progress(epoch_steps * config.num_epochs, epoch_steps, step), mngr,
       jax.jit(optimizer.learning_rate_schedule(config, epoch_steps)),  # one program, not one per op
-      steps_per_call(config.steps_per_call, epoch_steps))
+      batches.steps_per_call(config.steps_per_call, epoch_steps))
   start_epoch = step // epoch_steps
   if workdirs.is_primary_process():
     workdirs.keep_history_before(workdir, start_epoch)

@@ -17,7 +17,8 @@ import pytest
 from flax import nnx
 
 from conftest import GOOGLENET, REPO, TWO_DEVICES, read_events, run_main, tiny_config, tiny_flags
-from l0jax import accounting, checkpoints, cli, masks, model, networks, optimizer, train
+from l0jax import accounting, batches, checkpoints, cli, masks, model, networks, optimizer
+from l0jax import train
 from l0jax import warm_start, workdirs
 from l0jax import config as config_lib
 from l0jax.errors import UserError
@@ -133,11 +134,11 @@ def test_the_gates_learn_at_their_scale_of_the_weights_rate():
 
 
 def test_epoch_order_is_a_seeded_permutation():
-  a = train.epoch_order(0, 3, 100, 32)
+  a = batches.epoch_order(0, 3, 100, 32)
   assert a.shape == (3, 32) and len(np.unique(a)) == 96
-  np.testing.assert_array_equal(a, train.epoch_order(0, 3, 100, 32))
-  assert not np.array_equal(a, train.epoch_order(0, 4, 100, 32))
-  assert not np.array_equal(a, train.epoch_order(1, 3, 100, 32))
+  np.testing.assert_array_equal(a, batches.epoch_order(0, 3, 100, 32))
+  assert not np.array_equal(a, batches.epoch_order(0, 4, 100, 32))
+  assert not np.array_equal(a, batches.epoch_order(1, 3, 100, 32))
 
 
 @pytest.mark.parametrize("use_gate", [False, True])
@@ -455,7 +456,7 @@ def test_one_step_per_call_and_a_scan_of_steps_agree():
   tx, state = train.initial_state(run)
   train_steps = train.make_train_steps(run, tx)
   images, labels = jnp.asarray(run.dataset.train_images), jnp.asarray(run.dataset.train_labels)
-  first = train.epoch_order(0, 0, len(images), config.batch_size)[:1]
+  first = batches.epoch_order(0, 0, len(images), config.batch_size)[:1]
   copy = lambda s: jax.tree.map(jnp.copy, s)  # train_steps donates its state.
   stepped, _ = train_steps(copy(state), images, labels, first, np.ones(1, bool))
   # Two slots, the second one padding: it must change nothing.
@@ -469,9 +470,9 @@ def test_one_step_per_call_and_a_scan_of_steps_agree():
                           jax.tree.leaves(stepped)):
     if "['conv']['bias']" not in jax.tree_util.keystr(path):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
-  assert train.steps_per_call(0, 14) == 1  # CPU
-  assert train.steps_per_call(100, 14) == 14
-  assert train.steps_per_call(100, 351) == 88  # 4 calls, 1 padded
+  assert batches.steps_per_call(0, 14) == 1  # CPU
+  assert batches.steps_per_call(100, 14) == 14
+  assert batches.steps_per_call(100, 351) == 88  # 4 calls, 1 padded
 
 
 def test_training_without_tensorflow_writes_tensorboard_events_and_reports(runs):

@@ -11,6 +11,11 @@ import numpy as np
 
 from l0jax import config as config_lib, train
 
+try:
+  from l0jax.batches import epoch_order  # train.py's until issue 38 moved it
+except ImportError:
+  epoch_order = train.epoch_order
+
 
 def digest(lowered) -> str:
   return hashlib.sha256(lowered.as_text(debug_info=False).encode()).hexdigest()[:16]
@@ -33,7 +38,7 @@ for variant in VARIANTS:
     tx, state = train.initial_state(run)
     steps = train.make_train_steps(run.network, tx, c, run.mesh)
   images, labels = jnp.asarray(run.dataset.train_images), jnp.asarray(run.dataset.train_labels)
-  indices = train.epoch_order(0, 0, len(images), c.batch_size)[:1]
+  indices = epoch_order(0, 0, len(images), c.batch_size)[:1]
   name = " ".join(f"{k}={v}" for k, v in variant.items() if k != "init_from")
   print(f"train step  {name:60} {digest(steps.lower(state, images, labels, indices, np.ones(1, bool)))}")
   if variant["compute_dtype"] == "float32" and c.get("train_gates", True):
