@@ -1,0 +1,133 @@
+"""PROTOCOL.md's tables and claims (C4-C6) from the runs' own test_metrics.json, by its rules.
+
+  python results/fashion_mnist_2/claims.py > results/fashion_mnist_2/claims.md
+
+Written and committed before any test number of the protocol existed, so that the rules
+applied are the protocol's: an arm that has not finished for every seed is left out of the
+table, and a claim that needs it is "not judged yet".
+"""
+
+import json
+import pathlib
+
+from l0jax import stats
+
+RUNS = pathlib.Path(__file__).parent / "runs"
+SEEDS = (0, 1, 2, 3, 4)
+BUDGETS = (0.75, 0.5, 0.25, 0.1)
+BASELINE_LEVEL = 93.0  # mean test accuracy (%) the baselines must reach
+C5_MARGIN = 0.3  # pp
+ARMS = {"retrain": "1. L0, pruned then retrained", "decided": "2. L0's mask, baseline's weights",
+        "random_widths": "3. random at L0's widths", "random": "4. uniform random",
+        "l1_norm_relative": "4. L1-norm relative"}
+# The L0 arm the claims name, as the pilot fixed it (PROTOCOL.md, "Fixed by the pilot").
+L0_ARM = None
+
+
+def run_name(arm: str, budget: float) -> str:
+  return f"{arm}_macs{budget}"
+
+
+def metrics(name: str) -> list[dict] | None:
+  """Each seed's test metrics of the run `name`, or None if some seed has not finished."""
+  files = [RUNS / f"{name}_seed{s}" / "test_metrics.json" for s in SEEDS]
+  return [json.loads(f.read_text()) for f in files] if all(f.exists() for f in files) else None
+
+
+def accuracies(name: str) -> list[float] | None:
+  found = metrics(name)
+  return found and [100 * m["test_accuracy"] for m in found]
+
+
+def interval(a: str, b: str) -> stats.Interval | None:
+  """The paired difference acc(a) - acc(b) in pp over the seeds, if both have finished."""
+  x, y = accuracies(a), accuracies(b)
+  return stats.paired_interval(x, y) if x and y else None
+
+
+def said(i: stats.Interval) -> str:
+  return f"{i.mean:+.2f} pp [{i.low:+.2f}, {i.high:+.2f}]"
+
+
+def table() -> list[str]:
+  lines = ["| budget | arm | test accuracy (mean +- sd) | MACs kept | params kept | "
+           "minus control, paired 95% |", "|---|---|---|---|---|---|"]
+  for name in ("baseline", "control"):
+    found = metrics(name)
+    if found:
+      acc = stats.spread([100 * m["test_accuracy"] for m in found])
+      lines.append(f"| | {name} | {acc.mean:.2f}% +- {acc.sd:.2f} | 100% | 100% | |")
+  for budget in BUDGETS:
+    for arm, what in ARMS.items():
+      found = metrics(run_name(arm, budget))
+      if not found:
+        continue
+      acc = stats.spread([100 * m["test_accuracy"] for m in found])
+      macs = stats.spread([100 * m["macs_kept_fraction"] for m in found])
+      params = stats.spread([100 * m["params_kept_fraction"] for m in found])
+      versus = interval(run_name(arm, budget), "control")
+      lines.append(f"| {budget} | {what} | {acc.mean:.2f}% +- {acc.sd:.2f} | "
+                   f"{macs.mean:.1f}% | {params.mean:.1f}% | {said(versus) if versus else ''} |")
+  return lines
+
+
+def claim_4() -> str:
+  if L0_ARM is None:
+    return "not judged yet: the pilot has not named the L0 arm"
+  parts, met = [], []
+  for other in ("random", "l1_norm_relative"):
+    i = interval(run_name(L0_ARM, 0.1), run_name(other, 0.1))
+    if i is None:
+      return f"not judged yet: {L0_ARM} or {other} at 0.1 has not finished for every seed"
+    met.append(i.low > 0)
+    parts.append(f"{L0_ARM} - {other}: {said(i)}")
+  return f"{'met' if all(met) else 'not met'}. At 10% of the MACs, " + "; ".join(parts)
+
+
+def claim_5() -> str:
+  for budget in sorted(BUDGETS):  # the largest reduction first
+    within = []
+    for arm in ARMS:
+      i = interval(run_name(arm, budget), "control")
+      if i is None:
+        return f"not judged yet: {run_name(arm, budget)} or the control is unfinished"
+      if i.mean >= -C5_MARGIN and i.low >= -C5_MARGIN:
+        within.append(f"{ARMS[arm]} ({said(i)} against the control)")
+    if within:
+      return f"at {budget} of the MACs: " + "; ".join(within)
+  return "none of the four budgets"
+
+
+def claim_6() -> list[str]:
+  pairs = (("retrain", "decided", "the noisy pruning phase"),
+           ("decided", "random_widths", "L0's channels at its widths"),
+           ("random_widths", "random", "L0's allocation of widths"))
+  lines = []
+  for budget in (0.5, 0.25):
+    for a, b, what in pairs:
+      i = interval(run_name(a, budget), run_name(b, budget))
+      lines.append(f"  - {budget}: {a} - {b} ({what}): "
+                   f"{said(i) if i else 'not judged yet'}")
+  return lines
+
+
+def report() -> str:
+  lines = ["# Protocol 2's tables and claims, by claims.py", "",
+           f"Test accuracy at each run's last checkpoint, seeds {', '.join(map(str, SEEDS))}; "
+           f"paired intervals with t(0.975, {len(SEEDS) - 1}).", ""]
+  baselines = accuracies("baseline")
+  if baselines:
+    level = stats.spread(baselines)
+    if level.mean < BASELINE_LEVEL:
+      lines += [f"**Caveat on every claim: the baselines reach {level.mean:.2f}% mean test "
+                f"accuracy, below {BASELINE_LEVEL}%.**", ""]
+  lines += table() + ["", f"- **C4** (the L0 arm beats uniform random and L1-norm relative at "
+                      f"10%): {claim_4()}",
+                      f"- **C5** (same accuracy, within {C5_MARGIN} pp of the control): "
+                      f"{claim_5()}",
+                      "- **C6** (why; paired differences):", *claim_6()]
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  print(report(), end="")
