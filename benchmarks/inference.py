@@ -30,7 +30,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from l0jax import accounting, export, graph as graph_lib, model, onnx_export
+from l0jax import accounting, export, googlenet, graph as graph_lib, onnx_export
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0: the full GoogleNet).")
@@ -46,8 +46,8 @@ flags.DEFINE_integer("seed", 0, "Seed of the weights, gates and images.")
 PRUNED, OPEN = -10.0, 10.0  # log_alpha of a test-time gate of 0, and of 1
 
 
-def googlenet(use_gate: bool) -> model.GoogleNet:
-  return model.GoogleNet(FLAGS.num_classes, FLAGS.channels, use_gate=use_gate,
+def googlenet(use_gate: bool) -> googlenet.GoogleNet:
+  return googlenet.GoogleNet(FLAGS.num_classes, FLAGS.channels, use_gate=use_gate,
                          width_multiplier=FLAGS.width_multiplier, rngs=nnx.Rngs(FLAGS.seed))
 
 

@@ -28,7 +28,7 @@ _API = {
     **dict.fromkeys(["GatedNetwork", "gate_network"], "l0jax.gating"),
     **dict.fromkeys(["INPUT", "Add", "Gate", "Graph", "GraphError", "Layer", "Pad", "Pool"],
                     "l0jax.graph"),
-    "GoogleNet": "l0jax.model",
+    "GoogleNet": "l0jax.googlenet",
     "trace_graph": "l0jax.tracing",
     "ResNet": "l0jax.resnet",
     "VGG": "l0jax.vgg",

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from l0jax import model, vgg
+from l0jax import layers, vgg
 from l0jax import graph as graph_lib
 from l0jax.kept_channels import KeptChannels
 
@@ -83,7 +83,7 @@ def _pool(node: graph_lib.Pool, x: jax.Array) -> jax.Array:
   if node.kind == "mean":
     return jnp.mean(x, axis=(1, 2))
   if (node.window, node.padding) == (3, 1):
-    return model.max_pool_3x3(x, node.stride)
+    return layers.max_pool_3x3(x, node.stride)
   if (node.window, node.stride, node.padding) == (2, 2, 0):
     return vgg.max_pool_2x2(x)
   pad = (node.padding if isinstance(node.padding, str)

@@ -44,7 +44,7 @@ from flax import nnx
 from l0jax import data
 from l0jax import graph as graph_lib
 from l0jax import kept_channels
-from l0jax import model
+from l0jax import layers
 from l0jax import onnx_export
 from l0jax import versions
 from l0jax import workdirs
@@ -116,7 +116,7 @@ def _layer(x: jax.Array, p: dict[str, jax.Array], layer: graph_lib.Layer, out_hw
     # No inputs (all closed upstream): a constant bias. No outputs (closed): an empty array.
     y = jnp.broadcast_to(p["bias"], (x.shape[0], out_hw, out_hw, kernel.shape[-1]))
   elif kernel.shape[:2] == (1, 1) and layer.stride == 1:
-    y = model.pointwise_conv(x, kernel) + p["bias"]  # a dot, as the model runs it
+    y = layers.pointwise_conv(x, kernel) + p["bias"]  # a dot, as the model runs it
   else:
     padding = layer.padding if isinstance(layer.padding, str) else [(layer.padding,) * 2] * 2
     y = jax.lax.conv_general_dilated(x, kernel, (layer.stride,) * 2, padding,

@@ -1,7 +1,7 @@
 """The channel graph: what the cost accounting, the penalties and the export know of a network.
 
 A network's graph is traced from its program (`tracing.trace_graph`) or
-stated by hand (`model.GoogleNet.stated_channel_graph` is one);
+stated by hand (`googlenet.GoogleNet.stated_channel_graph` is one);
 everything that counts, penalises or compacts channels reads the graph and
 nothing else of the architecture. A graph is a tuple of nodes in the order
 the network computes them; the last one gives the logits. Each node names the

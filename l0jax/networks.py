@@ -17,7 +17,7 @@ from flax import nnx
 
 from l0jax import config as config_lib
 from l0jax import graph as graph_lib
-from l0jax import compact_training, kept_channels, model, resnet, vgg
+from l0jax import compact_training, googlenet, kept_channels, resnet, vgg
 
 
 def compute_dtype(name: str) -> jnp.dtype:
@@ -49,7 +49,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], 
           key: jax.Array) -> nnx.Module:
   """The configured network (`config.model` at its depth), its parameters drawn from `key`."""
   depth = config_lib.depth(config)
-  network_class = {"googlenet": model.GoogleNet,
+  network_class = {"googlenet": googlenet.GoogleNet,
                    "resnet": functools.partial(resnet.ResNet, depth=depth,
                                                gate_residual=config.gate_residual),
                    "vgg": functools.partial(vgg.VGG, depth=depth)}[config.model]

@@ -26,7 +26,7 @@ from flax import nnx
 
 from l0jax import gates
 from l0jax import graph as graph_lib
-from l0jax import model, tracing
+from l0jax import layers, tracing
 from l0jax.errors import UserError
 
 STAGE_CHANNELS = (16, 32, 64)
@@ -48,7 +48,7 @@ class BasicBlock(nnx.Module):
 
   def __init__(self, c_in: int, c_out: int, stride: int, *, use_gate: bool, droprate_init: float,
                dtype, bfloat16_matmuls: bool, rngs: nnx.Rngs):
-    conv = functools.partial(model.ConvBN, kernel=3, use_bias=False, dtype=dtype,
+    conv = functools.partial(layers.ConvBN, kernel=3, use_bias=False, dtype=dtype,
                              bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
     self.conv1 = conv(c_in, c_out, stride=stride)
     self.conv2 = conv(c_out, c_out, relu=False)
@@ -69,7 +69,7 @@ class BasicBlock(nnx.Module):
 class ResNet(nnx.Module):
   """Stem, three stages of basic blocks, global average pool, dense head.
 
-  Called as `model.GoogleNet` is: `gate_key` draws training gates, none gives
+  Called as `googlenet.GoogleNet` is: `gate_key` draws training gates, none gives
   the test-time ones; `dtype` and `bfloat16_matmuls` as there. `gate_residual`
   adds the width gates (see the module docstring).
   """
@@ -78,13 +78,13 @@ class ResNet(nnx.Module):
                use_gate: bool = True, gate_residual: bool = False,
                width_multiplier: float = 1.0, droprate_init: float = 0.5, dtype=jnp.float32,
                bfloat16_matmuls: bool = False, rngs: nnx.Rngs):
-    widths = [model.scale_channels(c, width_multiplier) for c in STAGE_CHANNELS]
+    widths = [layers.scale_channels(c, width_multiplier) for c in STAGE_CHANNELS]
     added = [b - a for a, b in zip([0] + widths, widths)]
     if gate_residual and min(added) < 1:
       raise UserError(f"gate_residual gates the channels each stage adds, but width_multiplier="
                       f"{width_multiplier} gives stage widths {widths}")
     self.in_channels, self.num_classes = in_channels, num_classes
-    self.stem = model.ConvBN(in_channels, widths[0], 3, use_bias=False, dtype=dtype,
+    self.stem = layers.ConvBN(in_channels, widths[0], 3, use_bias=False, dtype=dtype,
                              bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
     block = functools.partial(BasicBlock, use_gate=use_gate, droprate_init=droprate_init,
                               dtype=dtype, bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)

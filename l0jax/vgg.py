@@ -20,7 +20,7 @@ from flax import nnx
 
 from l0jax import gates
 from l0jax import graph as graph_lib
-from l0jax import model, tracing
+from l0jax import layers, tracing
 
 # Output channels of each stage's convs, by depth (the number of weight layers in the paper).
 STAGES = {
@@ -35,7 +35,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """Max-pool 2x2, stride 2, on NHWC; an odd side gets a row or column of -inf (rounds up).
 
   A reshape and a max: XLA:CPU's select-and-scatter gradient of
-  `reduce_window` is slow (see `model.max_pool_3x3`).
+  `reduce_window` is slow (see `layers.max_pool_3x3`).
   """
   n, h, w, c = x.shape
   x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
@@ -44,7 +44,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 class VGG(nnx.Module):
   """Five stages of 3x3 conv + BN + ReLU (each output optionally gated), each then max-pooled;
-  global average pool, dense head. Called as `model.GoogleNet` is."""
+  global average pool, dense head. Called as `googlenet.GoogleNet` is."""
 
   def __init__(self, num_classes: int, in_channels: int, *, depth: int = 11,
                use_gate: bool = True, width_multiplier: float = 1.0,
@@ -53,8 +53,8 @@ class VGG(nnx.Module):
     self.in_channels, self.num_classes = in_channels, num_classes
     # 1-based indices of the convs after which a stage ends and the map is pooled.
     self.pool_after = tuple(itertools.accumulate(len(stage) for stage in STAGES[depth]))
-    widths = [model.scale_channels(c, width_multiplier) for stage in STAGES[depth] for c in stage]
-    conv = functools.partial(model.ConvBN, kernel=3, use_bias=False, dtype=dtype,
+    widths = [layers.scale_channels(c, width_multiplier) for stage in STAGES[depth] for c in stage]
+    conv = functools.partial(layers.ConvBN, kernel=3, use_bias=False, dtype=dtype,
                              bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
     self.convs = nnx.List([conv(c_in, c) for c_in, c in zip([in_channels] + widths, widths)])
     self.gates = nnx.List(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from l0jax import accounting, analysis, budget, checkpoint_modes, gates, model, train
+from l0jax import accounting, analysis, budget, checkpoint_modes, gates, googlenet, train
 from l0jax import versions, workdirs
 from l0jax import config as config_lib
 from l0jax.errors import UserError
@@ -50,8 +50,8 @@ def test_the_target_warms_up_linearly():
   np.testing.assert_allclose([b.target_at(s) for s in (0, 50, 100, 1000)], [1, 0.625, 0.25, 0.25])
 
 
-ARCH = model.Architecture.at_width(0.25)
-GRAPH = model.channel_graph(ARCH, use_gate=True, image_hw=8, in_channels=3, num_classes=10)
+ARCH = googlenet.Architecture.at_width(0.25)
+GRAPH = googlenet.channel_graph(ARCH, use_gate=True, image_hw=8, in_channels=3, num_classes=10)
 
 
 def realised_cost(log_alphas, kind="macs") -> float:

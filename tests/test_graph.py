@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from l0jax import accounting, gates, graph, model
+from l0jax import accounting, gates, googlenet, graph
 from l0jax.errors import UserError
 from l0jax.graph import INPUT, Add, Gate, Graph, GraphError, Layer, Pad, Pool, Segment
 
@@ -127,7 +127,7 @@ def test_a_graph_that_does_not_match_its_module_names_the_layer(nodes, gates_, n
 
 @pytest.mark.parametrize("use_gate", [True, False])
 def test_the_googlenet_states_a_graph_that_matches_it(use_gate):
-  net = nnx.eval_shape(lambda: model.GoogleNet(10, 1, use_gate=use_gate, width_multiplier=0.25,
+  net = nnx.eval_shape(lambda: googlenet.GoogleNet(10, 1, use_gate=use_gate, width_multiplier=0.25,
                                                rngs=nnx.Rngs(0)))
   g = net.channel_graph(28)
   g.check(net)

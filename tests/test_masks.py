@@ -6,13 +6,13 @@ import pytest
 from flax import nnx
 
 from conftest import GOOGLENET, tiny_config
-from l0jax import accounting, gates, masks, model, networks, resnet, vgg
+from l0jax import accounting, gates, googlenet, masks, networks, resnet, vgg
 from l0jax import config as config_lib
 from l0jax.errors import UserError
 from test_export import randomize
 
 WIDTH = 0.25
-GRAPH = model.channel_graph(model.Architecture.at_width(WIDTH), use_gate=True, image_hw=8,
+GRAPH = googlenet.channel_graph(googlenet.Architecture.at_width(WIDTH), use_gate=True, image_hw=8,
                             in_channels=3, num_classes=10)
 
 

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from conftest import GOOGLENET, REPO, TWO_DEVICES, read_events, run_main, tiny_config, tiny_flags
-from l0jax import accounting, batches, checkpoints, cli, masks, model, networks, optimizer
+from l0jax import accounting, batches, checkpoints, cli, googlenet, masks, networks, optimizer
 from l0jax import train
 from l0jax import warm_start, workdirs
 from l0jax import config as config_lib
@@ -196,8 +196,8 @@ def test_bfloat16_steps_compute_in_bfloat16_and_keep_float32_state_and_loss():
 def test_run_once_gives_the_bits_of_the_default_compile():
   """On an initialisation with every kind of draw the network's makes. XLA's default is level 3
   (xla/debug_options_flags.cc); named here, as the suite's own default is 1 (conftest)."""
-  init = lambda key: nnx.state(model.InceptionBlock(
-      8, model.Inception(4, 4, 4, 4, 4, 4), use_gate=True, droprate_init=0.5,
+  init = lambda key: nnx.state(googlenet.InceptionBlock(
+      8, googlenet.Inception(4, 4, 4, 4, 4, 4), use_gate=True, droprate_init=0.5,
       dtype=jnp.float32, bfloat16_matmuls=False, rngs=nnx.Rngs(params=key)))
   key = jax.random.key(3)
   default = jax.jit(init).lower(key).compile({"xla_backend_optimization_level": 3})
