@@ -30,7 +30,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from l0jax import accounting, export, googlenet, graph as graph_lib, onnx_export
+from l0jax import accounting, export, googlenet, graphs, onnx_export
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0: the full GoogleNet).")
@@ -51,14 +51,14 @@ def googlenet(use_gate: bool) -> googlenet.GoogleNet:
                          width_multiplier=FLAGS.width_multiplier, rngs=nnx.Rngs(FLAGS.seed))
 
 
-def with_gates(net: nnx.Module, graph: graph_lib.Graph,
+def with_gates(net: nnx.Module, graph: graphs.Graph,
                log_alphas: dict[str, np.ndarray]) -> nnx.Module:
   net = nnx.clone(net)
   graph.set_log_alphas(net, log_alphas)
   return net
 
 
-def pruned_to(fraction: float, net: nnx.Module, graph: graph_lib.Graph,
+def pruned_to(fraction: float, net: nnx.Module, graph: graphs.Graph,
               rng: np.random.Generator) -> nnx.Module:
   """`net` with channels pruned in a random order until its MACs are `fraction` of the full
   network's (or just below); the kept ones partly or fully open (log_alpha > -2.4)."""
@@ -84,7 +84,7 @@ def module_inference(net: nnx.Module) -> Callable:
   return lambda x: f(state, x)
 
 
-def runtimes(graph: graph_lib.Graph, params: dict, mean: np.ndarray,
+def runtimes(graph: graphs.Graph, params: dict, mean: np.ndarray,
              std: np.ndarray) -> dict[str, Callable]:
   """The export's serving function (uint8 images in) in JAX and, if installed, onnxruntime."""
   served = {"jax": jax.jit(export.serving_function(graph, params, mean, std))}

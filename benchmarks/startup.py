@@ -24,7 +24,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from l0jax import batches, cli, data, networks, sharding, train
-from l0jax import config as config_lib
+from l0jax import run_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("compute_dtype", "auto", "config.compute_dtype.")
@@ -47,7 +47,7 @@ def main(argv):
 
   cli.use_compilation_cache(FLAGS.compilation_cache)
   stage("import")
-  config = config_lib.base_config()
+  config = run_config.base_config()
   config.update(dataset="synthetic", compute_dtype=FLAGS.compute_dtype,
                 width_multiplier=FLAGS.width_multiplier, batch_size=FLAGS.batch_size)
   dataset = data.load_dataset(config)
@@ -57,7 +57,7 @@ def main(argv):
                                                          dataset.num_classes, dataset.mean,
                                                          dataset.std)
   stage("create_network")
-  run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
+  run = train.Run(config, run_config.gate_plan(config), dataset, network, params, batch_stats,
                   mesh, batches.steps_per_epoch(len(dataset.train_images), config.batch_size))
   tx, state = train.initial_state(run)
   replicated = NamedSharding(mesh, P())

@@ -7,10 +7,10 @@ What it gave: Fashion-MNIST at a quarter of the width, batch 64, lr 0.003,
 after the quick start's 2 epochs (results/quickstart/).
 """
 
-from l0jax import config as base
+from l0jax import run_config
 
 
 def get_config(arg: str | None = None):
-  c = base.base_config()
+  c = run_config.base_config()
   c.use_gate = False
-  return base.variant(c, arg)
+  return run_config.variant(c, arg)

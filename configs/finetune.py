@@ -11,13 +11,13 @@ accuracy, its baseline 86.84% (results/quickstart/); the lambda sweep of
 results/archive/fashion_mnist_cpu/ (superseded) ran it at lambdas 0 to 50.
 """
 
-from l0jax import config as base
+from l0jax import run_config
 
 
 def get_config(arg: str | None = None):
-  c = base.base_config()
+  c = run_config.base_config()
   c.droprate_init = 0.05
   c.lambda_l0 = 20.0
   c.lr_milestones = (10, 60, 100, 130, 160)
   c.lr_factor = 0.5
-  return base.variant(c, arg)
+  return run_config.variant(c, arg)

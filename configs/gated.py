@@ -9,8 +9,8 @@ What it gave: on Fashion-MNIST at a quarter of the width, 6 epochs, one seed,
 (results/archive/fashion_mnist_cpu/, superseded: see its README).
 """
 
-from l0jax import config as base
+from l0jax import run_config
 
 
 def get_config(arg: str | None = None):
-  return base.variant(base.base_config(), arg)
+  return run_config.variant(run_config.base_config(), arg)

@@ -15,11 +15,11 @@ two at the same cost. What it gave: no result yet; the evidence protocol
 """
 
 from configs import retrain
-from l0jax import config as base
+from l0jax import run_config
 
 
 def get_config(arg: str | None = None):
   c = retrain.get_config()
   c.mask = "l1_norm"
   c.target_macs = 0.5
-  return base.variant(c, arg)
+  return run_config.variant(c, arg)

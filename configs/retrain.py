@@ -13,13 +13,13 @@ test accuracy at 74.0% of the MACs, and lambda_l0=50's from 78.79% to 87.41%
 at 28.9%.
 """
 
-from l0jax import config as base
+from l0jax import run_config
 
 
 def get_config(arg: str | None = None):
-  c = base.base_config()
+  c = run_config.base_config()
   c.train_gates = False
   c.init_checkpoint = "last"
   c.num_epochs = 60
   c.lr_milestones = (30, 45)
-  return base.variant(c, arg)
+  return run_config.variant(c, arg)

@@ -7,7 +7,7 @@ runs it on a CNN of its own):
   `gate_network` puts them into an unmodified one (`l0jax.gating`);
 - describe its channels: `trace_graph` reads its `Graph` from its program
   (`l0jax.tracing`), or state one of `Layer`, `Pool`, `Add`, `Pad` and `Gate`
-  (`l0jax.graph`'s docstring); a wrong graph raises `GraphError`;
+  (`l0jax.graphs`'s docstring); a wrong graph raises `GraphError`;
   `channel_groups` gives the channels that residual adds tie (`l0jax.coupling`);
 - `costs`, `format_table`, `penalty`, `save_export`, `load_export` (`l0jax.api`);
 - the built-in networks, `GoogleNet`, `ResNet` and `VGG`, whose `channel_graph`s are
@@ -27,7 +27,7 @@ _API = {
     **dict.fromkeys(["L0Gate", "LogAlpha", "gate_channels"], "l0jax.gates"),
     **dict.fromkeys(["GatedNetwork", "gate_network"], "l0jax.gating"),
     **dict.fromkeys(["INPUT", "Add", "Gate", "Graph", "GraphError", "Layer", "Pad", "Pool"],
-                    "l0jax.graph"),
+                    "l0jax.graphs"),
     "GoogleNet": "l0jax.googlenet",
     "trace_graph": "l0jax.tracing",
     "ResNet": "l0jax.resnet",

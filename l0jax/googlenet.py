@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from l0jax import gates
-from l0jax import graph as graph_lib
+from l0jax import graphs
 from l0jax import layers, tracing
 
 STEM_CHANNELS = 64
@@ -145,25 +145,25 @@ class GoogleNet(nnx.Module):
     x = jnp.mean(x, axis=(1, 2))
     return self.head(x).astype(jnp.float32)
 
-  def channel_graph(self, image_hw: int) -> graph_lib.Graph:
+  def channel_graph(self, image_hw: int) -> graphs.Graph:
     """The network's channel graph traced from its program, named as `channel_graph` states it."""
     graph = tracing.trace_graph(
         self, jax.ShapeDtypeStruct((1, image_hw, image_hw, self.in_channels), jnp.float32))
     return tracing.renamed(graph, _stated_names(graph))
 
-  def stated_channel_graph(self, image_hw: int) -> graph_lib.Graph:
+  def stated_channel_graph(self, image_hw: int) -> graphs.Graph:
     return channel_graph(self.arch, use_gate=self.use_gate, image_hw=image_hw,
                          in_channels=self.in_channels, num_classes=self.num_classes)
 
 
-def _stated_names(graph: graph_lib.Graph) -> dict[str, str]:
+def _stated_names(graph: graphs.Graph) -> dict[str, str]:
   """The traced graph's names (module paths, pools by number) as `channel_graph` gives them."""
   block = lambda path: f"block{path[1] + 1}"
   names = {g.name: f"{block(g.path)}/{BRANCHES[g.path[3]]}" for g in graph.gates}
   for layer in graph.layers:
     names[layer.name] = (f"{block(layer.path)}/{layer.path[2]}" if layer.path[0] == "blocks"
                          else layer.path[0])
-  for pool in (n for n in graph.nodes if isinstance(n, graph_lib.Pool)):
+  for pool in (n for n in graph.nodes if isinstance(n, graphs.Pool)):
     if pool.kind == "mean":
       names[pool.name] = "global_pool"
     elif pool.stride == 1:  # a block's pool branch, named for the block that reads it
@@ -175,7 +175,7 @@ def _stated_names(graph: graph_lib.Graph) -> dict[str, str]:
 
 
 def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_channels: int,
-                  num_classes: int) -> graph_lib.Graph:
+                  num_classes: int) -> graphs.Graph:
   """The GoogleNet's channel graph as stated by hand: its layers' names and paths, its gates'
   names; what the traced graph is tested against, and the graph of an architecture alone.
 
@@ -183,17 +183,17 @@ def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_chann
   (1-based, `BRANCHES`), as the run's history has always recorded them.
   """
   def conv_bn(name, inputs, c_in, c_out, kernel, path, gate=None):
-    return graph_lib.Layer(name, inputs, c_in, c_out, kernel, padding=kernel // 2,
+    return graphs.Layer(name, inputs, c_in, c_out, kernel, padding=kernel // 2,
                            gate=gate if use_gate else None,
                            path=(*path, "conv"), bn=(*path, "bn"))
 
-  nodes, gate_list = [conv_bn("stem", (graph_lib.INPUT,), in_channels, arch.stem, 3, ("stem",))], []
+  nodes, gate_list = [conv_bn("stem", (graphs.INPUT,), in_channels, arch.stem, 3, ("stem",))], []
   x, c_in = ("stem",), arch.stem
   for i, spec in enumerate(arch.blocks):
     block, path = f"block{i + 1}", ("blocks", i)
     names = {b: f"{block}/{b}" for b in BRANCHES}
     if use_gate:
-      gate_list += [graph_lib.Gate(names[b], c, (*path, "gates", j, "log_alpha"))
+      gate_list += [graphs.Gate(names[b], c, (*path, "gates", j, "log_alpha"))
                     for j, (b, c) in enumerate(zip(BRANCHES, spec.outputs))]
     layer = lambda conv, *args, gate=None: conv_bn(f"{block}/{conv}", *args, (*path, conv), gate)
     nodes += [
@@ -204,15 +204,15 @@ def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_chann
         layer("branch5_reduce", x, c_in, spec.red5, 1),
         layer("branch5", (f"{block}/branch5_reduce",), spec.red5, spec.out5, 5,
               gate=names["5x5"]),
-        graph_lib.Pool(f"{block}/pool", x),
+        graphs.Pool(f"{block}/pool", x),
         layer("branch_pool", (f"{block}/pool",), c_in, spec.out_pool, 1, gate=names["pool"]),
     ]
     x = tuple(f"{block}/{conv}" for conv in ("branch1", "branch3", "branch5", "branch_pool"))
     c_in = sum(spec.outputs)
     if i in POOL_AFTER:
-      nodes.append(graph_lib.Pool(f"{block}/max_pool", x, stride=2))
+      nodes.append(graphs.Pool(f"{block}/max_pool", x, stride=2))
       x = (f"{block}/max_pool",)
-  nodes += [graph_lib.Pool("global_pool", x, kind="mean"),
-            graph_lib.Layer("head", ("global_pool",), c_in, num_classes, dense=True, relu=False,
+  nodes += [graphs.Pool("global_pool", x, kind="mean"),
+            graphs.Layer("head", ("global_pool",), c_in, num_classes, dense=True, relu=False,
                             path=("head",))]
-  return graph_lib.Graph(image_hw, in_channels, tuple(nodes), tuple(gate_list))
+  return graphs.Graph(image_hw, in_channels, tuple(nodes), tuple(gate_list))

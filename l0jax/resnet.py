@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from l0jax import gates
-from l0jax import graph as graph_lib
+from l0jax import graphs
 from l0jax import layers, tracing
 from l0jax.errors import UserError
 
@@ -115,36 +115,36 @@ class ResNet(nnx.Module):
     x = jnp.mean(x, axis=(1, 2))
     return self.head(x).astype(jnp.float32)
 
-  def channel_graph(self, image_hw: int) -> graph_lib.Graph:
+  def channel_graph(self, image_hw: int) -> graphs.Graph:
     """The network's channel graph traced from its program, named as `stated_channel_graph`
     names it."""
     graph = tracing.trace_graph(
         self, jax.ShapeDtypeStruct((1, image_hw, image_hw, self.in_channels), jnp.float32))
     return tracing.renamed(graph, _stated_names(graph))
 
-  def stated_channel_graph(self, image_hw: int) -> graph_lib.Graph:
+  def stated_channel_graph(self, image_hw: int) -> graphs.Graph:
     """The channel graph as stated by hand, what the traced one is tested against. A block is
     `stage{s}/block{b}` (1-based): its layers `.../conv1` and `.../conv2`, its output
     `.../add`; its gate is named for the block, a width gate `stage{s}/width`."""
     def conv_bn(name, inputs, conv_bn_module, path, gate=None):
       conv = conv_bn_module.conv
-      return graph_lib.Layer(name, inputs, conv.in_features, conv.out_features, kernel=3,
+      return graphs.Layer(name, inputs, conv.in_features, conv.out_features, kernel=3,
                              stride=conv.strides, padding=1, gate=gate, relu=conv_bn_module.relu,
                              path=(*path, "conv"), bn=(*path, "bn"), bias=False)
 
-    widths = [graph_lib.Gate(f"stage{s + 1}/width", g.log_alpha.shape[0],
+    widths = [graphs.Gate(f"stage{s + 1}/width", g.log_alpha.shape[0],
                              ("width_gates", s, "log_alpha"))
               for s, g in enumerate(self.width_gates)]
     width_gate = lambda s: (tuple(g.name for g in widths[:s + 1]) if s else widths[0].name
                             ) if widths else None
-    nodes = [conv_bn("stem", (graph_lib.INPUT,), self.stem, ("stem",), width_gate(0))]
+    nodes = [conv_bn("stem", (graphs.INPUT,), self.stem, ("stem",), width_gate(0))]
     gate_list = widths[:1]  # each in the order the network first uses it, as traced
     x = "stem"
     for s, stage in enumerate(self.stages):
       for b, block in enumerate(stage):
         name, path = f"stage{s + 1}/block{b + 1}", ("stages", s, b)
         if block.gate is not None:
-          gate_list.append(graph_lib.Gate(name, block.gate.log_alpha.shape[0],
+          gate_list.append(graphs.Gate(name, block.gate.log_alpha.shape[0],
                                           (*path, "gate", "log_alpha")))
         if widths and s and not b:
           gate_list.append(widths[s])
@@ -158,16 +158,16 @@ class ResNet(nnx.Module):
         c_in, c_out = block.conv1.conv.in_features, block.conv2.conv.out_features
         if block.stride != 1 or c_in != c_out:
           shortcut = f"{name}/shortcut"
-          nodes.append(graph_lib.Pad(shortcut, (x,), stride=block.stride, after=c_out - c_in))
+          nodes.append(graphs.Pad(shortcut, (x,), stride=block.stride, after=c_out - c_in))
         x = f"{name}/add"
-        nodes.append(graph_lib.Add(x, (f"{name}/conv2", shortcut)))
-    nodes += [graph_lib.Pool("global_pool", (x,), kind="mean"),
-              graph_lib.Layer("head", ("global_pool",), self.head.in_features, self.num_classes,
+        nodes.append(graphs.Add(x, (f"{name}/conv2", shortcut)))
+    nodes += [graphs.Pool("global_pool", (x,), kind="mean"),
+              graphs.Layer("head", ("global_pool",), self.head.in_features, self.num_classes,
                               dense=True, relu=False, path=("head",))]
-    return graph_lib.Graph(image_hw, self.in_channels, tuple(nodes), tuple(gate_list))
+    return graphs.Graph(image_hw, self.in_channels, tuple(nodes), tuple(gate_list))
 
 
-def _stated_names(graph: graph_lib.Graph) -> dict[str, str]:
+def _stated_names(graph: graphs.Graph) -> dict[str, str]:
   """The traced graph's names (module paths, adds by number) as `stated_channel_graph` gives
   them."""
   block = lambda path: f"stage{path[1] + 1}/block{path[2] + 1}"
@@ -178,11 +178,11 @@ def _stated_names(graph: graph_lib.Graph) -> dict[str, str]:
     names[layer.name] = (f"{block(layer.path)}/{layer.path[3]}" if layer.path[0] == "stages"
                          else layer.path[0])
   for node in graph.nodes:
-    if isinstance(node, graph_lib.Add):  # a block's: its second conv plus its shortcut
+    if isinstance(node, graphs.Add):  # a block's: its second conv plus its shortcut
       conv2, shortcut = node.inputs
       names[node.name] = f"{block(layers[conv2].path)}/add"
-      if isinstance(nodes[shortcut], graph_lib.Pad):
+      if isinstance(nodes[shortcut], graphs.Pad):
         names[shortcut] = f"{block(layers[conv2].path)}/shortcut"
-    elif isinstance(node, graph_lib.Pool):
+    elif isinstance(node, graphs.Pool):
       names[node.name] = "global_pool"
   return names

@@ -25,11 +25,11 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import accounting, batches, budget as budget_lib, cli, data, evaluator, networks
+from l0jax import accounting, batches, budgets, cli, data, evaluator, networks
 from l0jax import optimizer
 from l0jax import checkpoints, kept_channels, pruning, sharding, versions, warm_start, workdirs
 from l0jax import writers
-from l0jax import config as config_lib
+from l0jax import run_config
 from l0jax.errors import UserError
 
 
@@ -40,13 +40,13 @@ class TrainState(NamedTuple):
   opt_state: optax.OptState
   # The multipliers of a run pruned to a budget; None otherwise, and then not saved
   # (`versions.on_disk`).
-  lagrangian: budget_lib.Lagrangian | None = None
+  lagrangian: budgets.Lagrangian | None = None
 
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
                network: networks.Network, tx: optax.GradientTransformation,
-               plan: config_lib.GatePlan,
-               budget: budget_lib.Budget | None = None,
+               plan: run_config.GatePlan,
+               budget: budgets.Budget | None = None,
                settled: bool = False,
                kept: kept_channels.KeptChannels | None = None) -> tuple[TrainState, dict]:
   """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch.
@@ -140,7 +140,7 @@ class Run(NamedTuple):
   """A run's config and gate plan, data, initial network and mesh, for training and testing."""
 
   config: ml_collections.ConfigDict
-  plan: config_lib.GatePlan
+  plan: run_config.GatePlan
   dataset: data.Dataset
   network: networks.Network
   params: nnx.State
@@ -148,10 +148,10 @@ class Run(NamedTuple):
   mesh: Any
   epoch_steps: int  # training steps an epoch
   # The budget the run is pruned to, resolved once from the plan; None without one.
-  budget: budget_lib.Budget | None = None
+  budget: budgets.Budget | None = None
 
 
-def setup(config: ml_collections.ConfigDict, plan: config_lib.GatePlan) -> Run:
+def setup(config: ml_collections.ConfigDict, plan: run_config.GatePlan) -> Run:
   """The data and the initial network of a config `validate`d into `plan`, each announced on
   the console as it is ready."""
   if config.batch_size % jax.device_count():
@@ -164,8 +164,8 @@ def setup(config: ml_collections.ConfigDict, plan: config_lib.GatePlan) -> Run:
   # One channel graph, that a budget is checked against and the network trains with.
   network, _ = networks.describe_network(config, image_shape, dataset.num_classes, dataset.mean,
                                          dataset.std)
-  if plan.gates == config_lib.BUDGET:  # Refused before anything is announced, as other bad input.
-    budget_lib.check_reachable(plan.target, network.graph)
+  if plan.gates == run_config.BUDGET:  # Refused before anything is announced, as other bad input.
+    budgets.check_reachable(plan.target, network.graph)
   sizes = [f"{len(x):,}" for x in (dataset.train_images, dataset.val_images, dataset.test_images)]
   logging.info("Data: %s from %s: %s training, %s validation, %s test images of %s (%.1f s).",
                dataset.name, dataset.source, *sizes, "x".join(map(str, image_shape)),
@@ -173,14 +173,14 @@ def setup(config: ml_collections.ConfigDict, plan: config_lib.GatePlan) -> Run:
   params, batch_stats = networks.initial_arrays(config, image_shape, dataset.num_classes)
   num_params, macs = accounting.totals(accounting.count(network.graph, None))
   logging.info("Network: %s at width %g, %s, %s parameters, %.2f M MACs per image, "
-               "%s on %d %s device(s) (%.1f s).", config_lib.network_name(config),
+               "%s on %d %s device(s) (%.1f s).", run_config.network_name(config),
                config.width_multiplier,
                "gated" if config.use_gate else "no gates", f"{num_params:,}", macs / 1e6,
                jnp.dtype(network.dtype).name, jax.device_count(), jax.default_backend(),
                time.monotonic() - start)
   epoch_steps = batches.steps_per_epoch(len(dataset.train_images), config.batch_size)
   return Run(config, plan, dataset, network, params, batch_stats, sharding.data_mesh(),
-             epoch_steps, budget_lib.Budget.from_config(config, plan, epoch_steps))
+             epoch_steps, budgets.Budget.from_config(config, plan, epoch_steps))
 
 
 def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
@@ -214,15 +214,15 @@ def start_or_resume(run: Run,
   elif config.init_from:
     params, batch_stats = warm_start.load_weights(config.init_from, config, state.params,
                                                 state.batch_stats,
-                                                with_gates=plan.gates == config_lib.FIXED)
-    if plan.gates == config_lib.MASK:
+                                                with_gates=plan.gates == run_config.FIXED)
+    if plan.gates == run_config.MASK:
       params = pruning.mask_gates(run.network, plan, config.seed, params, batch_stats)
     state = sharding.replicate(state._replace(params=params, batch_stats=batch_stats,
                                               opt_state=tx.init(params)), run.mesh)
     logging.info("Network weights from the %s checkpoint of %s; %s.", config.init_checkpoint,
                  config.init_from, f"gates start at droprate_init={config.droprate_init:g}"
                  if not plan.gates_fixed else "its gates kept, fixed"
-                 if plan.gates == config_lib.FIXED else f"gates from the {plan.mask} mask")
+                 if plan.gates == run_config.FIXED else f"gates from the {plan.mask} mask")
   return tx, state
 
 
@@ -231,7 +231,7 @@ class Loop(NamedTuple):
 
   run: Run
   workdir: epath.Path
-  budget: budget_lib.Budget | None
+  budget: budgets.Budget | None
   train_steps: Callable
   settled_steps: Callable | None  # the budget's, made once its gates are settled
   images: jax.Array
@@ -333,11 +333,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   network, init_from, damaged checkpoints) is checked before the first write
   to `workdir`.
   """
-  plan = config_lib.validate(config)
+  plan = run_config.validate(config)
   warm_start.check_same_network(workdir, config)
   checkpoints.check_history_has_checkpoints(workdir)
   if config.init_from and not checkpoints.has_checkpoints(workdir):  # before data and network
-    warm_start.init_source(config.init_from, config, plan.gates == config_lib.FIXED)
+    warm_start.init_source(config.init_from, config, plan.gates == run_config.FIXED)
   run = setup(config, plan)
   workdir = epath.Path(workdir)
   ds, network, mesh = run.dataset, run.network, run.mesh

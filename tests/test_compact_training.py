@@ -9,7 +9,7 @@ from flax import nnx
 from conftest import tiny_config
 from l0jax import accounting, compact_training, kept_channels, masks, networks, optimizer
 from l0jax import pruning, sharding, train
-from l0jax import config as config_lib
+from l0jax import run_config
 
 NETWORKS = {"googlenet": dict(model="googlenet", depth=0, width_multiplier=0.25),
             # The blocks' own gates and, shared, the stage widths' (adds and shortcuts too).
@@ -100,7 +100,7 @@ def test_kept_channels_follow_the_test_time_gates_and_the_removed_layers():
 def test_a_training_step_at_fixed_gates_is_the_masked_ones():
   config = tiny_config(use_gate=True, train_gates=False)
   network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  run = train.Run(config, config_lib.gate_plan(config), None, network, params, batch_stats,
+  run = train.Run(config, run_config.gate_plan(config), None, network, params, batch_stats,
                   sharding.data_mesh(), 2)
   tx = optimizer.create_optimizer(config, 10)
   params = fixed_gates(network, params, batch_stats, seed=1)

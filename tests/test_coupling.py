@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from l0jax import coupling, googlenet, resnet, tracing
-from l0jax.graph import INPUT, Add, Graph, Layer, Pad, Pool
+from l0jax.graphs import INPUT, Add, Graph, Layer, Pad, Pool
 
 
 def groups_of(net, hw=32):

@@ -326,7 +326,7 @@ def test_bad_input_is_refused(cases, name):
 def test_help_exits_0_and_points_to_the_config_fields():
   result = run_main("--help")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "--config.FIELD=VALUE" in result.stdout and "l0jax/config.py" in result.stdout
+  assert "--config.FIELD=VALUE" in result.stdout and "l0jax/run_config.py" in result.stdout
 
 
 def test_debug_shows_the_traceback(cases):

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from l0jax import accounting, gates, googlenet, graph
+from l0jax import accounting, gates, googlenet
 from l0jax.errors import UserError
-from l0jax.graph import INPUT, Add, Gate, Graph, GraphError, Layer, Pad, Pool, Segment
+from l0jax.graphs import INPUT, Add, Gate, Graph, GraphError, Layer, Pad, Pool, Segment
 
 
 class TinyNet(nnx.Module):

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from l0jax import accounting, export, gates, googlenet, layers, resnet, tracing, vgg
-from l0jax.graph import INPUT, Graph, GraphError, Layer, Pool
+from l0jax.graphs import INPUT, Graph, GraphError, Layer, Pool
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0] + "/examples")
 import stated_graph  # pylint: disable=wrong-import-position

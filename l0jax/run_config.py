@@ -94,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   # What the L0 term measures: mean_gate (the PyTorch original's mean P(z != 0), so its
   # lambda values transfer), params or macs (expected kept fraction).
   c.penalty = "mean_gate"
-  # Prune to a budget instead (l0jax/budget.py): the kept fraction of the
+  # Prune to a budget instead (l0jax/budgets.py): the kept fraction of the
   # full network's MACs (or parameters) the run must end at, in (0, 1]; at
   # most one of the two; 0: no target. With a target the L0 term is
   # l1 * (c - t) + l2 * (c - t)^2, its multipliers learnt by gradient ascent,

@@ -33,8 +33,8 @@ import numpy as np
 import optax
 
 from l0jax import accounting, gates
-from l0jax import graph as graph_lib
-from l0jax import config as config_lib
+from l0jax import graphs
+from l0jax import run_config
 from l0jax.errors import UserError
 
 
@@ -67,10 +67,10 @@ class Budget:
   learning_rate: float
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, plan: config_lib.GatePlan,
+  def from_config(cls, config: ml_collections.ConfigDict, plan: run_config.GatePlan,
                   epoch_steps: int) -> "Budget | None":
     """The budget of a run whose `plan` is BUDGET, at `epoch_steps` training steps an epoch."""
-    if plan.gates != config_lib.BUDGET:  # A mask meets its target before training.
+    if plan.gates != run_config.BUDGET:  # A mask meets its target before training.
       return None
     return cls(*plan.target,
                warmup_steps=round(config.target_warmup * config.num_epochs * epoch_steps),
@@ -103,7 +103,7 @@ CLOSED_LOG_ALPHA = gates.PRUNE_AT - 1.0
 
 
 def settle(log_alphas: Mapping[str, np.ndarray], kind: str, target: float,
-           graph: graph_lib.Graph) -> dict[str, np.ndarray]:
+           graph: graphs.Graph) -> dict[str, np.ndarray]:
   """The gates decided for a test-time cost at most `target`, as close to it as greedy gets.
 
   Channels kept at test time are closed in order of rising log_alpha while
@@ -164,12 +164,12 @@ def gate_travel(log_alphas: Mapping[str, np.ndarray], droprate_init: float) -> t
   return said, furthest >= STILL
 
 
-def floor(graph: graph_lib.Graph) -> dict[str, float]:
+def floor(graph: graphs.Graph) -> dict[str, float]:
   """The smallest kept fractions any gate state reaches: every gate closed."""
   return accounting.kept_fractions(graph, accounting.all_closed(graph))
 
 
-def check_reachable(target: config_lib.Target, graph: graph_lib.Graph) -> None:
+def check_reachable(target: run_config.Target, graph: graphs.Graph) -> None:
   """Refuses a target below what the network keeps with every gate closed."""
   kind, fraction = target
   lowest = floor(graph)[kind]
