@@ -57,7 +57,7 @@ def step_calls(run: train.Run, state: train.TrainState) -> dict[str, Callable[[]
       indices = rng.integers(0, len(run.dataset.train_images), (1, run.config.batch_size),
                              dtype=np.int32)
       states["state"], metrics = steps(states["state"], images, labels,
-                                       sharding.put(indices, batches), valid)
+                                       sharding.to_devices(indices, batches), valid)
       jax.block_until_ready(metrics)
 
     calls[name] = call

@@ -61,7 +61,7 @@ def main(argv):
                   mesh, batches.steps_per_epoch(len(dataset.train_images), config.batch_size))
   tx, state = train.initial_state(run)
   replicated = NamedSharding(mesh, P())
-  images, labels = (sharding.put(a, replicated)
+  images, labels = (sharding.to_devices(a, replicated)
                     for a in (dataset.train_images, dataset.train_labels))
   stage("optimizer state")
   train_steps = train.make_train_steps(run, tx)
@@ -71,7 +71,7 @@ def main(argv):
   def call():
     nonlocal state
     batch = rng.integers(0, len(dataset.train_images), (1, config.batch_size), dtype=np.int32)
-    state, metrics = train_steps(state, images, labels, sharding.put(batch, indices),
+    state, metrics = train_steps(state, images, labels, sharding.to_devices(batch, indices),
                                  np.ones(1, bool))
     jax.device_get(metrics)
 

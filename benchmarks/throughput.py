@@ -72,21 +72,21 @@ def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator)
                   mesh, batches.steps_per_epoch(len(dataset.train_images), config.batch_size))
   tx, state = train.initial_state(run)  # replicated over the mesh
   replicated = NamedSharding(mesh, P())
-  images = sharding.put(dataset.train_images, replicated)
-  labels = sharding.put(dataset.train_labels, replicated)
+  images = sharding.to_devices(dataset.train_images, replicated)
+  labels = sharding.to_devices(dataset.train_labels, replicated)
   train_steps = train.make_train_steps(run, tx)
   eval_images = dataset.train_images[:FLAGS.eval_examples]
   evaluate = evaluator.Evaluator(network, eval_images, dataset.train_labels[:FLAGS.eval_examples],
                                  config.eval_batch_size, mesh)
   steps = batches.steps_per_call(config.steps_per_call,
                               FLAGS.epoch_examples // config.batch_size)
-  valid = sharding.put(np.ones(steps, bool), replicated)
+  valid = sharding.to_devices(np.ones(steps, bool), replicated)
 
   def train_call():
     nonlocal state
     indices = rng.integers(0, len(dataset.train_images), (steps, config.batch_size), dtype=np.int32)
     state, metrics = train_steps(state, images, labels,
-                                 sharding.put(indices, NamedSharding(mesh, P(None, "data"))),
+                                 sharding.to_devices(indices, NamedSharding(mesh, P(None, "data"))),
                                  valid)
     if not np.all(np.isfinite(jax.device_get(metrics)["loss"])):
       raise FloatingPointError("the training loss is not finite")

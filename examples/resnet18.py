@@ -137,7 +137,7 @@ def main(export_dir: str, *, target_macs: float = 0.5, width: float = 0.125, ima
   net = ResNet18(width, in_channels, rngs=nnx.Rngs(seed))
   gated = l0jax.gate_network(net, data.x, rngs=nnx.Rngs(seed + 1), droprate_init=DROPRATE_INIT)
   graph = l0jax.trace_graph(gated, data.x)
-  lowest = budgets.floor(graph)["macs"]
+  lowest = budgets.lowest_kept_fractions(graph)["macs"]
   if not lowest <= target_macs <= 1:
     raise l0jax.UserError(f"--target_macs={target_macs:g} is outside [{lowest:.4f}, 1]: with "
                           "every gate closed the ungated layers keep the lower bound")

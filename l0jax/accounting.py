@@ -75,7 +75,7 @@ def count(graph: graphs.Graph, kept: Mapping[str, Kept] | None) -> list[LayerCos
 
   def used(layer: graphs.Layer) -> Count:
     readers = graph.readers[layer.name]
-    if layer.name in graph.whole or not readers or any(not r.gate_names for r in readers):
+    if layer.name in graph.whole_layers or not readers or any(not r.gate_names for r in readers):
       return 1
     read_gates = dict.fromkeys(g for r in readers for g in r.gate_names)  # a shared one once
     return _any_alive([gate_kept[g].alive for g in read_gates])

@@ -164,7 +164,7 @@ def gate_travel(log_alphas: Mapping[str, np.ndarray], droprate_init: float) -> t
   return said, furthest >= STILL
 
 
-def floor(graph: graphs.Graph) -> dict[str, float]:
+def lowest_kept_fractions(graph: graphs.Graph) -> dict[str, float]:
   """The smallest kept fractions any gate state reaches: every gate closed."""
   return accounting.kept_fractions(graph, accounting.all_closed(graph))
 
@@ -172,7 +172,7 @@ def floor(graph: graphs.Graph) -> dict[str, float]:
 def check_reachable(target: run_config.Target, graph: graphs.Graph) -> None:
   """Refuses a target below what the network keeps with every gate closed."""
   kind, fraction = target
-  lowest = floor(graph)[kind]
+  lowest = lowest_kept_fractions(graph)[kind]
   if fraction < lowest:
     raise UserError(f"config: target_{kind}={fraction:g} is below what this network can reach: "
                     f"with every gate closed its ungated layers still keep {lowest:.4f} of its "

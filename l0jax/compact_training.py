@@ -33,7 +33,7 @@ def _set(module: nnx.Module, name: str, value: jax.Array) -> None:
 def _layer(net: nnx.Module, layer: graphs.Layer, x: jax.Array, rows: np.ndarray,
            columns: np.ndarray, out_hw: int, scale: np.ndarray | None) -> jax.Array:
   """The layer's kept `columns` from the kept input `rows` `x`, through its own modules."""
-  conv = graphs.at(net, layer.path)
+  conv = graphs.submodule_at(net, layer.path)
   kernel = jnp.take(jnp.take(conv.kernel[...], rows, axis=-2), columns, axis=-1)
   bias = None if conv.bias is None else jnp.take(conv.bias[...], columns)
   if rows.size:
@@ -45,7 +45,7 @@ def _layer(net: nnx.Module, layer: graphs.Layer, x: jax.Array, rows: np.ndarray,
     y = jnp.zeros(shape, x.dtype) if bias is None else jnp.broadcast_to(bias.astype(x.dtype),
                                                                          shape)
   if layer.bn is not None:
-    y = _batch_norm(graphs.at(net, layer.bn), y, columns)
+    y = _batch_norm(graphs.submodule_at(net, layer.bn), y, columns)
   if layer.relu:
     y = nnx.relu(y)
   return y if scale is None else y * scale.astype(y.dtype)

@@ -69,13 +69,13 @@ RTOL = 1e-4
 
 def _folded(net: nnx.Module, layer: graphs.Layer) -> dict[str, np.ndarray]:
   """conv + eval-mode BN as one conv: kernel * s and (bias - mean) * s + shift, s = scale / std."""
-  weights = graphs.at(net, layer.path)
+  weights = graphs.submodule_at(net, layer.path)
   kernel = np.asarray(weights.kernel[...])
   bias = (np.zeros(layer.c_out, np.float32) if weights.bias is None
           else np.asarray(weights.bias[...]))
   if layer.bn is None:
     return {"kernel": kernel, "bias": bias}
-  bn = graphs.at(net, layer.bn)
+  bn = graphs.submodule_at(net, layer.bn)
   s = np.asarray(bn.scale[...]) / np.sqrt(np.asarray(bn.var[...]) + np.float32(bn.epsilon))
   return {"kernel": kernel * s, "bias": (bias - np.asarray(bn.mean[...])) * s
           + np.asarray(bn.bias[...])}
@@ -170,7 +170,7 @@ def verify(net: nnx.Module, graph: graphs.Graph, params: dict[str, Any], images:
   Both run at full float32 matmul precision (not TF32), so that they are
   comparable; a difference beyond RTOL raises RuntimeError.
   """
-  if jnp.dtype(graphs.at(net, graph.layers[-1].path).dtype or jnp.float32) != jnp.float32:
+  if jnp.dtype(graphs.submodule_at(net, graph.layers[-1].path).dtype or jnp.float32) != jnp.float32:
     raise ValueError("verify compares float32 networks; build the model with dtype=float32")
   graphdef, state = nnx.split(net)
   gated = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, train=False))

@@ -97,7 +97,7 @@ def _gated_groups(graph: graphs.Graph, gate_residual: bool) -> list[coupling.Cha
   # A layer's own channels are those no add reads: a channel added to a shortcut's zeros is a
   # group of one, yet tied by an add.
   groups = [g for g in coupling.channel_groups(graph)
-            if (gate_residual or not {m for m, _, _ in g.members} & graph.whole)
+            if (gate_residual or not {m for m, _, _ in g.members} & graph.whole_layers)
             and not {graphs.INPUT, graph.nodes[-1].name} & {m for m, _, _ in g.members}]
   while True:
     covered = {}
@@ -136,8 +136,8 @@ def gate_network(net: nnx.Module, example_images: Any, *, rngs: nnx.Rngs,
   for layer in graph.layers:
     if layer.name in runs:
       path = layer.bn or layer.path
-      parent, key = graphs.at(net, path[:-1]), path[-1]
-      output = GatedOutput(graphs.at(net, path), [g for _, g in sorted(
+      parent, key = graphs.submodule_at(net, path[:-1]), path[-1]
+      output = GatedOutput(graphs.submodule_at(net, path), [g for _, g in sorted(
           runs[layer.name], key=lambda run: run[0])])
       if isinstance(key, int):
         parent[key] = output

@@ -344,7 +344,7 @@ class Graph:
     return {name: tuple(r) for name, r in readers.items()}
 
   @functools.cached_property
-  def whole(self) -> frozenset[str]:
+  def whole_layers(self) -> frozenset[str]:
     """Layers always counted whole: their ungated channels tied by an Add or Pad, or read by
     the output."""
     whole = {p for s in self.segments(self.nodes[-1].name) for p in s.producers}
@@ -372,20 +372,20 @@ class Graph:
 
   def log_alphas(self, module: nnx.Module) -> dict[str, jax.Array]:
     """Every gate's log_alpha in `module`, by gate name, in the graph's order."""
-    return {g.name: at(module, g.path).get_value() for g in self.gates}
+    return {g.name: submodule_at(module, g.path).get_value() for g in self.gates}
 
   def set_log_alphas(self, module: nnx.Module, log_alphas: Mapping[str, Any]) -> None:
     """Replaces the log_alpha of each gate named in `log_alphas`, in place."""
     for g in self.gates:
       if g.name in log_alphas:
-        at(module, g.path).set_value(jnp.asarray(log_alphas[g.name], jnp.float32))
+        submodule_at(module, g.path).set_value(jnp.asarray(log_alphas[g.name], jnp.float32))
 
   def check(self, module: nnx.Module) -> None:
     """Raises GraphError unless `module`'s arrays are where and what the graph says."""
     for layer in self.layers:
       try:
-        weights = at(module, layer.path)
-        bn = None if layer.bn is None else at(module, layer.bn)
+        weights = submodule_at(module, layer.path)
+        bn = None if layer.bn is None else submodule_at(module, layer.bn)
       except (AttributeError, IndexError, KeyError, TypeError) as e:
         raise GraphError(f"{layer.name}: the module has nothing at its path ({e})") from e
       want = ((layer.c_in, layer.c_out) if layer.dense
@@ -404,7 +404,7 @@ class Graph:
     for g in self.gates:
       if g.path not in found:
         raise GraphError(f"gate {g.name}: no gates.LogAlpha at {_show(g.path)} in the module")
-      if (shape := tuple(at(module, g.path).shape)) != (g.size,):
+      if (shape := tuple(submodule_at(module, g.path).shape)) != (g.size,):
         raise GraphError(f"gate {g.name}: the module's log_alpha has shape {shape}, "
                          f"the graph says ({g.size},)")
     if extra := found - {g.path for g in self.gates}:
@@ -416,7 +416,7 @@ def _show(path: Path) -> str:
   return "/".join(map(str, path))
 
 
-def at(module: Any, path: Sequence[str | int]) -> Any:
+def submodule_at(module: Any, path: Sequence[str | int]) -> Any:
   """What `module` holds at `path`: attribute names and list indices."""
   for key in path:
     module = module[key] if isinstance(key, int) else getattr(module, key)

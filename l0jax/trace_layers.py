@@ -68,7 +68,7 @@ class _Layers:
     out_axis = 1 - k_contract[0]
     path = self.kernel_path(kernel, k_contract[0], out_axis, eqn, where)
     c_out, side = kernel.shape[out_axis], x.views[0].size
-    ndim = len(graphs.at(self.module, path).kernel.shape)
+    ndim = len(graphs.submodule_at(self.module, path).kernel.shape)
     if ndim == 2 and ({"H", "W"} & set(x.roles) or side != 1):
       _refuse(eqn, where, "a dense layer on every pixel of a map: write it as a 1x1 convolution")
     layer = graphs.Layer(_name(path), self.inputs(x, eqn, where), x.channels, c_out,
@@ -85,7 +85,7 @@ class _Layers:
         or x.base.roles[contract[0]] != "C" or len(kernel.shape) != 2):
       _refuse(eqn, where, "im2col patches multiplied by anything but a kernel on channels")
     path = self.kernel_path(kernel, k_contract[0], 1 - k_contract[0], eqn, where, merged=True)
-    k, _, c_in, c_out = graphs.at(self.module, path).kernel.shape
+    k, _, c_in, c_out = graphs.submodule_at(self.module, path).kernel.shape
     lo = -x.taps[0][0]
     if x.taps != tuple((i - lo, j - lo) for i in range(k) for j in range(k)) or (
         c_in != x.base.channels):
@@ -110,7 +110,7 @@ class _Layers:
     if kernel.opaque or None in runs or len(paths) != 1 or any(len(r) != 1 for r in runs):
       _refuse(eqn, where, "a kernel that is not one variable's, whole")
     (path,) = paths
-    variable = tuple(graphs.at(self.module, path).shape)
+    variable = tuple(graphs.submodule_at(self.module, path).shape)
     want_in, want_out = len(variable) - 2, len(variable) - 1
     in_size = variable[want_in]
     if merged:

@@ -110,7 +110,7 @@ class _Nodes:
     if unused := [n for n in list(self.nodes)[:-1] if n not in read]:
       raise GraphError(f"cannot trace the network: the output of {unused[0]} is never used")
     for name, used in self.bn_used.items():
-      bn = graphs.at(self.module, self.nodes[name].bn)
+      bn = graphs.submodule_at(self.module, self.nodes[name].bn)
       want = {v for v in ("mean", "var", "scale", "bias") if getattr(bn, v, None) is not None}
       if used != want:
         raise GraphError(f"cannot trace {name}: its BatchNorm uses {sorted(used)}, not "

@@ -137,7 +137,7 @@ class _Stages:
       if op == "add" and paths == {(*node.path, "bias")}:
         return self.apply(seg, "bias", eqn, where, bias=True)
       if ({p[:-1] for p in paths} == {parent}
-          and isinstance(graphs.at(self.module, parent), nnx.BatchNorm)
+          and isinstance(graphs.submodule_at(self.module, parent), nnx.BatchNorm)
           and {p[-1] for p in paths} <= _BATCH_NORM.get(op, set())):
         if node.bn not in (None, parent):
           _refuse(eqn, where, f"{seg.node} is normalised twice")
@@ -147,7 +147,7 @@ class _Stages:
             f"{', '.join(sorted(map(_name, paths)))}: not its bias, its BatchNorm or an L0 gate")
 
   def is_whole(self, run: _Run) -> bool:
-    return all(run.start == 0 and run.stop == graphs.at(self.module, path).shape[axis]
+    return all(run.start == 0 and run.stop == graphs.submodule_at(self.module, path).shape[axis]
                for path, axis in run.sources)
 
   def is_gate(self, run: _Run) -> bool:

@@ -39,7 +39,7 @@ class TrainState(NamedTuple):
   batch_stats: nnx.State
   opt_state: optax.OptState
   # The multipliers of a run pruned to a budget; None otherwise, and then not saved
-  # (`versions.on_disk`).
+  # (`versions.saved_fields`).
   lagrangian: budgets.Lagrangian | None = None
 
 
@@ -260,8 +260,9 @@ def train_epoch(loop: Loop, stop: cli.StopSignals, state: TrainState, epoch: int
     num_valid = len(indices)
     indices = np.pad(indices, ((0, chunk - num_valid), (0, 0)))
     call_start = time.monotonic()
-    state, metrics = steps(state, loop.images, loop.labels, sharding.put(indices, batch_sharding),
-                           sharding.put(np.arange(chunk) < num_valid, replicated))
+    state, metrics = steps(state, loop.images, loop.labels,
+                           sharding.to_devices(indices, batch_sharding),
+                           sharding.to_devices(np.arange(chunk) < num_valid, replicated))
     metrics = {k: v[:num_valid] for k, v in jax.device_get(metrics).items()}
     if first_call:
       logging.info("Compiled and ran the first training call in %.1f s.",
@@ -318,7 +319,7 @@ def end_epoch(loop: Loop, state: TrainState, epoch: int, step: int,
   writer.flush()  # TensorBoard shows each epoch as it ends.
   if workdirs.is_primary_process():
     workdirs.append_history(loop.workdir, record)
-  loop.mngr.save(step, args=ocp.args.StandardSave(versions.on_disk(state)),
+  loop.mngr.save(step, args=ocp.args.StandardSave(versions.saved_fields(state)),
                  metrics={checkpoints.BEST_METRIC: val["accuracy"]})
   logging.info("epoch %d/%d: train accuracy %.4f, val accuracy %.4f (loss %.4f)%s (%.1f s)",
                epoch + 1, config.num_epochs, record["train_accuracy"], val["accuracy"],

@@ -142,7 +142,7 @@ def training_lock(workdir: str) -> contextlib.AbstractContextManager:
   share it. A second training process is refused in one line naming the holder."""
   if not is_primary_process():
     return contextlib.nullcontext()
-  return locking.held(workdir, "--workdir")
+  return locking.exclusive_folder(workdir, "--workdir")
 
 
 def read_history(workdir: str | os.PathLike) -> tuple[list[tuple[int, str]], list[int]]:

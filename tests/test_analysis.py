@@ -133,7 +133,7 @@ def test_reading_a_run_that_is_training_says_so(gated_run, caplog):
   _, best = checkpoints.chosen_step(gated_run, "best")
   last = checkpoints.manager(gated_run, read_only=True).latest_step()
   assert not any("is being trained" in r.getMessage() for r in caplog.records)
-  with locking.held(gated_run, "--workdir"):  # As the training process holds it.
+  with locking.exclusive_folder(gated_run, "--workdir"):  # As the training process holds it.
     checkpoints.chosen_step(gated_run, "best")
   message = next(r.getMessage() for r in caplog.records if "is being trained" in r.getMessage())
   assert f"by process {os.getpid()}: this reads its best checkpoint, step {best}" in message

@@ -179,7 +179,7 @@ def test_a_resnets_residual_channels_are_whole_and_its_inner_ones_gated():
   g = abstract(resnet.ResNet, 10, 3, depth=20).channel_graph(32)
   assert {l.name for l in g.layers if l.gate} == {
       f"stage{s}/block{b}/conv1" for s in (1, 2, 3) for b in (1, 2, 3)}
-  assert g.whole == {"stem", "head"} | {
+  assert g.whole_layers == {"stem", "head"} | {
       f"stage{s}/block{b}/conv2" for s in (1, 2, 3) for b in (1, 2, 3)}
 
 

@@ -102,7 +102,7 @@ def test_the_floor_is_the_stem_and_the_head():
   config = tiny_config(target_macs=0.01)
   layers = {l.name: l for l in accounting.count(GRAPH, None)}
   full_params, full_macs = accounting.totals(list(layers.values()))
-  lowest = budgets.floor(GRAPH)
+  lowest = budgets.lowest_kept_fractions(GRAPH)
   np.testing.assert_allclose(lowest["macs"], layers["stem"].macs / full_macs)
   np.testing.assert_allclose(lowest["params"], (layers["stem"].params + 10) / full_params)
   with pytest.raises(UserError, match="below what this network can reach"):
@@ -128,7 +128,7 @@ def test_a_state_without_a_budget_saves_as_before():
   run = train.setup(config, run_config.validate(config))
   _, state = train.initial_state(run)
   assert state.lagrangian is None
-  assert list(versions.on_disk(state)) == ["step", "params", "batch_stats", "opt_state"]
+  assert list(versions.saved_fields(state)) == ["step", "params", "batch_stats", "opt_state"]
 
 
 @pytest.mark.parametrize("num_epochs, fix_gates_after, first_settled", [

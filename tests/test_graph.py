@@ -59,7 +59,7 @@ def test_sizes_readers_and_whole_layers_are_derived():
   assert [l.name for l in g.layers] == ["conv1", "conv2", "head"]
   assert [l.name for l in g.readers["conv1"]] == ["conv2"]
   assert [l.name for l in g.readers[INPUT]] == ["conv1", "head"]  # through the shortcut
-  assert g.whole == {"conv2", INPUT, "head"}  # tied by the add and the shortcut; the output
+  assert g.whole_layers == {"conv2", INPUT, "head"}  # tied by the add and the shortcut; the output
   assert g.gated_layer("g").name == "conv1"
   assert [s.gate for s in g.input_segments(NODES[2])] == ["g"]
   assert g.layers[0].per_output == 3 and g.layers[2].per_output == 1
@@ -73,7 +73,7 @@ def test_a_gate_shared_by_layers_an_add_ties_decides_their_channels_and_the_adds
                                      Segment((), None, 1))
   assert g.segments("add") == (Segment(("conv2",), "a", 1), Segment(("conv2", "conv1"), "g", 4),
                                Segment(("conv2",), "b", 1))
-  assert g.whole == {"head"}  # every channel the add ties is gated
+  assert g.whole_layers == {"head"}  # every channel the add ties is gated
   costs = accounting.count(g, {"g": accounting.Kept(2, 1), "a": accounting.Kept(0, 0)})
   assert [(c.kept_in, c.kept_out) for c in costs] == [(3, 2), (2, 3), (3, 5)]
 

@@ -141,7 +141,7 @@ def main(argv: list[str]) -> None:
         control=FLAGS.control, seeds=_seeds(FLAGS.seeds))
     for member in members:  # Every config as main.py would check it, before anything is written.
       running.check(member, sweep_dir)
-    with locking.held(str(sweep_dir), "--sweep_dir"):
+    with locking.exclusive_folder(str(sweep_dir), "--sweep_dir"):
       results = sweep(sweep_dir, members,
                       shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]))
   if results["unfinished"]:
