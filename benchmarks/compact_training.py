@@ -49,7 +49,7 @@ def step_calls(run: train.Run, state: train.TrainState) -> dict[str, Callable[[]
   batches = NamedSharding(run.mesh, P(None, "data"))
   calls = {}
   for name, kept in (("masked", None),
-                     ("compact", pruning.fixed_kept(run.network, state, True))):
+                     ("compact", pruning.computed_channels(run.network, state, True))):
     steps = train.make_train_steps(run, tx, kept=kept)
     states = {"state": jax.tree.map(jax.numpy.copy, state)}  # each call donates its own
 

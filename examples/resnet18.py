@@ -16,7 +16,7 @@ re-export it, so the script imports the module): the L0 term is the
 Lagrangian l1 (c - t) + l2 (c - t)^2 of c, the expected kept fraction of
 MACs, and t, a target that falls from 1 to `--target_macs` over the first
 half of the steps, while the multipliers ascend their gradient. Then
-`budgets.settle` decides the gates for a test-time cost at most the target,
+`budgets.settle` settles the gates for a test-time cost at most the target,
 and the weights train on with the gates fixed. The script prints the cost
 table, the kept fraction of MACs, and exports the compact network, checked
 as `examples/custom_cnn.py` does.

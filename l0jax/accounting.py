@@ -9,7 +9,7 @@ after training and the cost-weighted L0 penalty during it.
 
 A layer reads its producers' kept channels: a gated producer's kept ones, an
 ungated producer's all. A gate that a coupled group shares (a ResNet's stage
-width) decides the kept outputs of every member layer, the kept inputs of
+width) controls the kept outputs of every member layer, the kept inputs of
 every layer reading them, through the adds, and so the add's kept channels;
 a layer with several gates keeps the sum of theirs. An ungated layer that only gated layers read (a
 GoogleNet's 1x1 reduce conv) is counted as removed when all of their gates

@@ -6,7 +6,7 @@ log_alpha per epoch) and test_metrics.json when it was tested at the same
 checkpoint (best or last); otherwise that checkpoint's costs are counted from
 the gates its epoch's record holds. No data is loaded and no network is
 built. A gated layer is named as the cost accounting and `--mode=test` name
-it (the layer whose output channels its gate decides: `block1/branch3`, not
+it (the layer whose output channels its gate controls: `block1/branch3`, not
 its gate's `block1/3x3`, which history.jsonl keys by). Epoch 0 is the start
 of training, before the first epoch. The figures are run_figures.py's.
 """
@@ -67,7 +67,7 @@ def starting_log_alphas(config: ml_collections.ConfigDict, plan: run_config.Gate
   initialiser draws around, with a spread of 0.01); fixed ones (retraining, a
   mask) are all along what the first epoch ended with.
   """
-  if plan.gates_fixed:
+  if plan.fixed_from_start:
     return dict(first)
   return {name: np.full_like(la, gates.initial_log_alpha(config.droprate_init))
           for name, la in first.items()}

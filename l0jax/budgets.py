@@ -18,7 +18,7 @@ is pruned gradually.
 The expected cost is not what the test counts (a channel whose test-time
 gate is > 0), and a controller that is still swinging around `t` can stop
 anywhere on its swing. So the last epochs, from `fix_gates_after`, settle:
-the gates are decided once, greedily by `log_alpha`, to the test-time cost
+the gates are settled once, greedily by `log_alpha`, to the test-time cost
 closest to `t` from below (`settle`), and then fixed, while the weights
 train on without gate noise for the network that will be tested.
 """
@@ -104,7 +104,7 @@ CLOSED_LOG_ALPHA = gates.PRUNE_AT - 1.0
 
 def settle(log_alphas: Mapping[str, np.ndarray], kind: str, target: float,
            graph: graphs.Graph) -> dict[str, np.ndarray]:
-  """The gates decided for a test-time cost at most `target`, as close to it as greedy gets.
+  """The gates settled for a test-time cost at most `target`, as close to it as greedy gets.
 
   Channels kept at test time are closed in order of rising log_alpha while
   the cost is above the target, except a gate's last one where closing it

@@ -48,7 +48,7 @@ def pruned_by(plan: run_config.GatePlan) -> dict[str, Any]:
     return {"mask": plan.mask, "mask_from": plan.mask_from}
   if plan.gates == run_config.LAMBDA:
     return {"lambda_l0": plan.lambda_l0}
-  return {}  # no gates, or init_from's gates kept fixed: this run pruned nothing
+  return {}  # no gates, or init_from's gates fixed: this run pruned nothing
 
 
 def test_checkpoint(workdir: str, checkpoint: str = "best") -> dict:

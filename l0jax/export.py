@@ -285,7 +285,7 @@ def save(export_dir: str | os.PathLike, graph: graphs.Graph, params: dict[str, A
   if export_dir.exists() and _exchange(tmp, export_dir):
     tmp.rmtree()  # The previous export, swapped out.
     return
-  if export_dir.exists():  # No atomic swap here: a reader recovers from `old` (`_settled`).
+  if export_dir.exists():  # No atomic swap here: a reader recovers from `old` (`_readable_export`).
     export_dir.rename(old)
   tmp.rename(export_dir)
   if old.exists():
@@ -308,7 +308,7 @@ def _exchange(a: epath.Path, b: epath.Path) -> bool:
   raise OSError(error, os.strerror(error), str(b))
 
 
-def _settled(export_dir: epath.Path) -> epath.Path:
+def _readable_export(export_dir: epath.Path) -> epath.Path:
   """`export_dir`, or the previous export that a save killed between its two renames left beside
   it (where folders cannot be swapped in one step); the next save puts it back."""
   old = _sibling(export_dir, "old")
@@ -359,7 +359,7 @@ def load_inference(export_dir: str | os.PathLike) -> Callable[[np.ndarray], jax.
 
   A missing or damaged file of the export raises a UserError that names it.
   """
-  export_dir = _settled(epath.Path(export_dir).resolve())
+  export_dir = _readable_export(epath.Path(export_dir).resolve())
   _check_present(export_dir)
   info = workdirs.read_json(export_dir / INFO_FILE, dict, "export the run again (--mode=export)")
   input_shape = info.get("input_shape")

@@ -179,7 +179,7 @@ def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_chann
   """The GoogleNet's channel graph as stated by hand: its layers' names and paths, its gates'
   names; what the traced graph is tested against, and the graph of an architecture alone.
 
-  A gate is named for the branch output it decides, `block{i}/{branch}`
+  A gate is named for the branch output it controls, `block{i}/{branch}`
   (1-based, `BRANCHES`), as the run's history has always recorded them.
   """
   def conv_bn(name, inputs, c_in, c_out, kernel, path, gate=None):

@@ -12,7 +12,7 @@ that order. `INPUT` is the image.
   `dense=True`, a dense layer on a [batch, channels] input; then optional
   BatchNorm (eval mode) and ReLU. `path` says where the module holds the
   `nnx.Conv` / `nnx.Linear` (attribute names and list indices), `bn` its
-  `nnx.BatchNorm`, if any. `gate` names the `Gate` that decides its output
+  `nnx.BatchNorm`, if any. `gate` names the `Gate` that controls its output
   channels, or None.
 - `Pool`: max-pool (`window`, `stride`, `padding` on every side, or "SAME"
   as `lax.reduce_window` pads) or, with
@@ -355,7 +355,7 @@ class Graph:
     return frozenset(whole)
 
   def members(self, gate: str) -> tuple[tuple[Layer, int, int], ...]:
-    """The layers whose output channels `gate` decides, each with its run of them [start,
+    """The layers whose output channels `gate` controls, each with its run of them [start,
     stop): one layer, or the members of a coupled group."""
     found = []
     for layer in self.layers:
@@ -367,7 +367,7 @@ class Graph:
     return tuple(found)
 
   def gated_layer(self, gate: str) -> Layer:
-    """The first layer whose output channels `gate` decides (what the gate is shown as)."""
+    """The first layer whose output channels `gate` controls (what the gate is shown as)."""
     return self.members(gate)[0][0]
 
   def log_alphas(self, module: nnx.Module) -> dict[str, jax.Array]:

@@ -3,7 +3,7 @@
 The compact export keeps these channels alone (`export`), and a training step
 at fixed gates computes them alone (`compact_training`). A gated layer keeps
 the channels whose test-time gate is > 0 (a coupled group's shared gate
-decides every member's, and the adds'); an ungated one all of them, or none
+controls every member's, and the adds'); an ungated one all of them, or none
 where the accounting counts it removed (all its readers closed); pools pass
 their inputs' kept channels on; a shortcut keeps its input's and the zero
 channels that line up with kept channels of the add that reads it.

@@ -1,10 +1,11 @@
 """The gates inside a training run: what the step reports of them, and how they are fixed.
 
-The step functions (`train.train_step`) stop the gates' gradient (`fix_gates`)
-or hold them where they were (`keep_gates`) and report `gate_metrics` and
-`budget_metrics`; the loop sets them once, by name, to a budget's settled
-values (`settle_gates`) or a one-shot mask (`mask_gates`). The gates are
-found by their type (`gates.gate_paths`), named by the channel graph.
+A fixed gate no longer trains: the step functions (`train.train_step`) stop
+its gradient (`stop_gate_gradients`) and, where it trained before, put it
+back after each update (`restore_gates`). They report `gate_metrics` and
+`budget_metrics`; the loop sets the gates once, by name, to a budget's
+settled values (`settle_gates`) or a one-shot mask (`mask_gates`). The gates
+are found by their type (`gates.gate_paths`), named by the channel graph.
 """
 
 from typing import Any, Callable
@@ -27,12 +28,12 @@ def map_with_gates(fn: Callable, params: nnx.State, *others) -> Any:
                                           *others)
 
 
-def fix_gates(params: nnx.State) -> nnx.State:
+def stop_gate_gradients(params: nnx.State) -> nnx.State:
   """`params` with no gradient through the gates: their AdamW updates are then exactly 0."""
   return map_with_gates(lambda gate, x: jax.lax.stop_gradient(x) if gate else x, params)
 
 
-def keep_gates(params: nnx.State, old: nnx.State) -> nnx.State:
+def restore_gates(params: nnx.State, old: nnx.State) -> nnx.State:
   """`params` with the gates' log_alpha of `old`."""
   return map_with_gates(lambda gate, x, o: o if gate else x, params, old)
 
@@ -94,7 +95,7 @@ def with_log_alphas(network: Network, params: nnx.State, batch_stats: nnx.State,
 
 def settle_gates(network: Network, budget: budgets.Budget, params: nnx.State,
                  batch_stats: nnx.State, droprate_init: float) -> nnx.State:
-  """`params` with its gates decided for the budget at test time (budgets.settle), and says how."""
+  """`params` with its gates settled for the budget at test time (budgets.settle), and says how."""
   graph = network.graph
   before = log_alphas_of(network, params, batch_stats)
   after = budgets.settle(before, budget.kind, budget.target, graph)
@@ -138,8 +139,8 @@ def mask_gates(network: Network, plan: run_config.GatePlan, seed: int, params: n
   return with_log_alphas(network, params, batch_stats, log_alphas)
 
 
-def fixed_kept(network: Network, state: Any,
-               compact_training: bool) -> kept_channels.KeptChannels | None:
+def computed_channels(network: Network, state: Any,
+                      compact_training: bool) -> kept_channels.KeptChannels | None:
   """The channels a training step computes once the gates of `state` (a `train.TrainState`)
   are fixed: with `compact_training`, the kept ones; else None, all of them."""
   if not (compact_training and network.graph.gates):

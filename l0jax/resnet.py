@@ -12,7 +12,7 @@ adds a constant (its second conv's BN of zero inputs) to its input, then the
 ReLU. A block's output channels are tied by the residual adds to the same
 channel of every block of its stage, of the later stages (through the padded
 shortcuts) and of the stem: with `gate_residual`, one gate per stage width
-decides them, the channels each stage adds to the one before (`width_gates`;
+controls them, the channels each stage adds to the one before (`width_gates`;
 stage 1's are the stem's), shared by the stem and every block's second conv
 that makes them (after its BN, before the add). Each call draws each width
 gate once, so all of its members multiply a channel by the same value.

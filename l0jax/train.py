@@ -55,29 +55,29 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   take one step of gradient ascent on the same loss. With gates fixed by the
   `plan`, or a budget's gates `settled`, the gates act with their test-time
   values and only the cross-entropy is minimised, over the weights alone; with
-  `kept` (`pruning.fixed_kept`) only those channels are computed.
+  `kept` (`pruning.computed_channels`) only those channels are computed.
   """
   aug_key, gate_key = jax.random.split(key)
   # Augmented in float32 and rounded to the compute dtype once.
   images = data.normalize(images, network.mean, network.std)
   images = data.augment(aug_key, images).astype(network.dtype)
-  gates_fixed = settled or plan.gates_fixed
-  if gates_fixed:
+  fixed = settled or plan.fixed_from_start
+  if fixed:
     gate_key = None  # The test-time gates.
 
   def loss_fn(params, batch_stats, multipliers):
-    if gates_fixed:
-      params = pruning.fix_gates(params)
+    if fixed:
+      params = pruning.stop_gate_gradients(params)
     logits, batch_stats, net = network.apply(params, batch_stats, images, train=True,
                                              gate_key=gate_key, kept=kept)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    metrics = pruning.gate_metrics(network, net, plan.penalty, fixed=gates_fixed)
+    metrics = pruning.gate_metrics(network, net, plan.penalty, fixed=fixed)
     if budget:
       metrics.update(pruning.budget_metrics(budget, network, net, metrics, state.step, multipliers,
                                     settled))
       loss = ce if settled else ce + metrics["l0"]
     else:
-      loss = ce if gates_fixed else ce + plan.lambda_l0 * metrics["l0"]
+      loss = ce if fixed else ce + plan.lambda_l0 * metrics["l0"]
     metrics.update(loss=loss, cross_entropy=ce, accuracy=jnp.mean(logits.argmax(-1) == labels))
     return loss, (batch_stats, metrics)
 
@@ -94,7 +94,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   params = optax.apply_updates(state.params, updates)
   if settled:
     # Adam's momentum would move the gates without a gradient: they stay as settled.
-    params = pruning.keep_gates(params, state.params)
+    params = pruning.restore_gates(params, state.params)
   return TrainState(state.step + 1, params, batch_stats, opt_state, lagrangian), metrics
 
 
@@ -214,15 +214,15 @@ def start_or_resume(run: Run,
   elif config.init_from:
     params, batch_stats = warm_start.load_weights(config.init_from, config, state.params,
                                                 state.batch_stats,
-                                                with_gates=plan.gates == run_config.FIXED)
+                                                with_gates=plan.gates == run_config.RETRAIN)
     if plan.gates == run_config.MASK:
       params = pruning.mask_gates(run.network, plan, config.seed, params, batch_stats)
     state = sharding.replicate(state._replace(params=params, batch_stats=batch_stats,
                                               opt_state=tx.init(params)), run.mesh)
     logging.info("Network weights from the %s checkpoint of %s; %s.", config.init_checkpoint,
                  config.init_from, f"gates start at droprate_init={config.droprate_init:g}"
-                 if not plan.gates_fixed else "its gates kept, fixed"
-                 if plan.gates == run_config.FIXED else f"gates from the {plan.mask} mask")
+                 if not plan.fixed_from_start else "its gates fixed"
+                 if plan.gates == run_config.RETRAIN else f"gates from the {plan.mask} mask")
   return tx, state
 
 
@@ -338,7 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   warm_start.check_same_network(workdir, config)
   checkpoints.check_history_has_checkpoints(workdir)
   if config.init_from and not checkpoints.has_checkpoints(workdir):  # before data and network
-    warm_start.init_source(config.init_from, config, plan.gates == run_config.FIXED)
+    warm_start.init_source(config.init_from, config, plan.gates == run_config.RETRAIN)
   run = setup(config, plan)
   workdir = epath.Path(workdir)
   ds, network, mesh = run.dataset, run.network, run.mesh
@@ -352,8 +352,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = int(state.step)
   loop = Loop(
       run, workdir, budget, make_train_steps(run, tx, kept=(
-          pruning.fixed_kept(network, state, config.compact_training)
-          if run.plan.gates_fixed else None)),
+          pruning.computed_channels(network, state, config.compact_training)
+          if run.plan.fixed_from_start else None)),
       None,
       sharding.replicate(ds.train_images, mesh), sharding.replicate(ds.train_labels, mesh),
       evaluator.Evaluator(network, ds.val_images, ds.val_labels, config.eval_batch_size, mesh),
@@ -375,7 +375,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = sharding.replicate(state._replace(params=pruning.settle_gates(
             network, budget, state.params, state.batch_stats, config.droprate_init)), mesh)
       if budget and epoch >= budget.settle_epoch and loop.settled_steps is None:
-        kept = pruning.fixed_kept(network, state, config.compact_training)
+        kept = pruning.computed_channels(network, state, config.compact_training)
         loop = loop._replace(settled_steps=make_train_steps(run, tx, settled=True, kept=kept))
       epoch_start = time.monotonic()
       loop.progress.start_epoch()  # validation and the checkpoint are no training time

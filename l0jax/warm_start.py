@@ -1,7 +1,7 @@
 """What a run starts from must be its own network: a workdir resumed, or `init_from`'s weights.
 
 `init_from` is a trained run whose checkpoint gives this run its weights
-(`load_weights`), its gates too where the run keeps them fixed (`run_config.FIXED`).
+(`load_weights`), its gates too where the run keeps them fixed (`run_config.RETRAIN`).
 """
 
 from typing import Any, Collection

@@ -49,11 +49,11 @@ def test_the_kept_channels_train_as_the_masked_network(network_name):
   labels = jnp.arange(4)
 
   def masked(params):  # As the training step computes it with the gates fixed.
-    logits, stats, _ = network.apply(pruning.fix_gates(params), batch_stats, images, train=True)
+    logits, stats, _ = network.apply(pruning.stop_gate_gradients(params), batch_stats, images, train=True)
     return loss(logits), (logits, stats)
 
   def compact(params):
-    net = nnx.merge(network.graphdef, pruning.fix_gates(params), batch_stats, copy=True)
+    net = nnx.merge(network.graphdef, pruning.stop_gate_gradients(params), batch_stats, copy=True)
     logits = compact_training.apply(net, network.graph, kept, images)
     return loss(logits), (logits, nnx.state(net, nnx.BatchStat))
 
@@ -105,8 +105,8 @@ def test_a_training_step_at_fixed_gates_is_the_masked_ones():
   tx = optimizer.create_optimizer(config, 10)
   params = fixed_gates(network, params, batch_stats, seed=1)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
-  kept = pruning.fixed_kept(network, state, compact_training=True)
-  assert kept is not None and pruning.fixed_kept(network, state, compact_training=False) is None
+  kept = pruning.computed_channels(network, state, compact_training=True)
+  assert kept is not None and pruning.computed_channels(network, state, compact_training=False) is None
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), np.uint8))
   indices, valid = jnp.arange(8, dtype=jnp.int32).reshape(2, 4), jnp.ones(2, bool)
   after = {}
