@@ -24,8 +24,7 @@ from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 
-from l0jax import cli, hosts
-from l0jax import run_config
+from l0jax import cli, hosts, run_config
 from l0jax.errors import UserError
 
 MODES = ("train", "test", "export", "analyze")

@@ -20,8 +20,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import throughput
-from l0jax import accounting, batches, masks, networks, pruning, sharding, train
-from l0jax import run_config
+from l0jax import accounting, batches, masks, networks, pruning, run_config, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("budgets", ["0.75", "0.5", "0.25", "0.1"], "Kept fractions of the MACs.")

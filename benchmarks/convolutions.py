@@ -26,8 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from l0jax import run_config
-from l0jax import convolutions, networks
+from l0jax import convolutions, networks, run_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("networks", ["googlenet:1.0:32:3", "googlenet:0.5:28:1", "resnet:20:32:3",

@@ -23,8 +23,7 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import batches, cli, data, networks, sharding, train
-from l0jax import run_config
+from l0jax import batches, cli, data, networks, run_config, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("compute_dtype", "auto", "config.compute_dtype.")

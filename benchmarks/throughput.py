@@ -29,8 +29,7 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import run_config
-from l0jax import batches, data, evaluator, networks, sharding, train
+from l0jax import batches, data, evaluator, networks, run_config, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["128"], "Training batch sizes to time.")

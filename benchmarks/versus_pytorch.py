@@ -26,8 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import throughput
-from l0jax import run_config
-from l0jax import data, sharding
+from l0jax import data, run_config, sharding
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("threads", os.cpu_count() or 1, "PyTorch's intra-op threads.")

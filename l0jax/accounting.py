@@ -24,10 +24,9 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from l0jax import gates
-from l0jax import graphs
-from l0jax.run_config import PENALTIES
+from l0jax import channel_segments, gates, graphs
 from l0jax.errors import UserError
+from l0jax.run_config import PENALTIES
 
 Count = int | float | jax.Array  # an int when deterministic, a jnp scalar when expected
 
@@ -127,7 +126,7 @@ def connected(graph: graphs.Graph, kept: Mapping[str, Kept]) -> bool:
   """
   carries = {graphs.INPUT: True}  # by layer: does its output depend on the input?
 
-  def open_(s: graphs.Segment) -> bool:
+  def open_(s: channel_segments.Segment) -> bool:
     return ((s.gate is None or kept[s.gate].channels > 0)
             and any(carries[p] for p in s.producers))
 

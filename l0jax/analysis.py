@@ -18,9 +18,7 @@ import numpy as np
 from etils import epath
 
 from l0jax import accounting, budgets, checkpoints, data, gates, networks, plots, run_figures
-from l0jax import workdirs
-from l0jax import run_config
-from l0jax import graphs
+from l0jax import graphs, run_config, workdirs
 from l0jax.gates import OPEN_AT, PRUNE_AT
 from l0jax.errors import UserError
 

@@ -14,8 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from l0jax import accounting, data, export
-from l0jax import graphs
+from l0jax import accounting, data, export, graphs
 
 
 def costs(net: nnx.Module, graph: graphs.Graph) -> dict[str, Any]:

@@ -32,9 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from l0jax import accounting, gates
-from l0jax import graphs
-from l0jax import run_config
+from l0jax import accounting, gates, graphs, run_config
 from l0jax.errors import UserError
 
 

@@ -13,8 +13,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from l0jax import accounting, checkpoints, data, evaluator, export
-from l0jax import onnx_export, train, workdirs
+from l0jax import accounting, checkpoints, data, evaluator, export, onnx_export, train, workdirs
 from l0jax import run_config
 
 

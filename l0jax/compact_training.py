@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from l0jax import layers, vgg
-from l0jax import graphs
+from l0jax import graphs, layers, vgg
 from l0jax.kept_channels import KeptChannels
 
 

@@ -41,13 +41,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from l0jax import data
-from l0jax import graphs
-from l0jax import kept_channels
-from l0jax import layers
-from l0jax import onnx_export
-from l0jax import versions
-from l0jax import workdirs
+from l0jax import data, graphs, kept_channels, layers, onnx_export, versions, workdirs
 from l0jax.errors import UserError
 
 PARAMS_DIR = "params"

@@ -39,8 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l0jax import coupling, gates, tracing
-from l0jax import graphs
+from l0jax import coupling, gates, graphs, tracing
 
 Apply = Callable[[nnx.Module, jax.Array, bool], jax.Array]
 

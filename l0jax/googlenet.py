@@ -14,9 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l0jax import gates
-from l0jax import graphs
-from l0jax import layers, tracing
+from l0jax import gates, graphs, layers, tracing
 
 STEM_CHANNELS = 64
 BRANCHES = ("1x1", "3x3", "5x5", "pool")  # concatenation order of a block's outputs

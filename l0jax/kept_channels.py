@@ -13,8 +13,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from l0jax import accounting, gates
-from l0jax import graphs
+from l0jax import accounting, gates, graphs
 
 
 class KeptChannels(NamedTuple):

@@ -34,9 +34,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from l0jax import accounting, checkpoints, gates, workdirs
-from l0jax import run_config
-from l0jax import graphs
+from l0jax import accounting, checkpoints, gates, graphs, run_config, workdirs
 from l0jax.errors import UserError
 
 BY_BUDGET = ("l1_norm", "l1_norm_relative", "random")  # kept while they fit a target

@@ -15,9 +15,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from l0jax import run_config
-from l0jax import graphs
-from l0jax import compact_training, googlenet, kept_channels, resnet, vgg
+from l0jax import compact_training, googlenet, graphs, kept_channels, resnet, run_config, vgg
 
 
 def compute_dtype(name: str) -> jnp.dtype:

@@ -16,8 +16,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from l0jax import accounting, budgets, gates, kept_channels, masks
-from l0jax import run_config
+from l0jax import accounting, budgets, gates, kept_channels, masks, run_config
 from l0jax.networks import Network
 
 

@@ -24,9 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l0jax import gates
-from l0jax import graphs
-from l0jax import layers, tracing
+from l0jax import gates, graphs, layers, tracing
 from l0jax.errors import UserError
 
 STAGE_CHANNELS = (16, 32, 64)

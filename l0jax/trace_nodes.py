@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from l0jax import graphs
-from l0jax.graphs import GraphError
+from l0jax.errors import GraphError
 from l0jax.trace_errors import _refuse
 from l0jax.trace_values import _Act, _Seg, _View
 

@@ -12,8 +12,7 @@ import math
 
 from flax import nnx
 
-from l0jax import gates
-from l0jax import graphs
+from l0jax import gates, graphs
 from l0jax.trace_errors import _refuse
 from l0jax.trace_nodes import _name
 from l0jax.trace_values import _Act, _Const, _Run, _Seg

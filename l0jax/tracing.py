@@ -44,7 +44,7 @@ import numpy as np
 from flax import nnx
 
 from l0jax import graphs
-from l0jax.graphs import GraphError
+from l0jax.errors import GraphError
 from l0jax.trace_flow import _Flow
 from l0jax.trace_layers import _Layers
 from l0jax.trace_nodes import _Nodes

@@ -25,11 +25,9 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import accounting, batches, budgets, cli, data, evaluator, networks
-from l0jax import optimizer
+from l0jax import accounting, batches, budgets, cli, data, evaluator, networks, optimizer
 from l0jax import checkpoints, kept_channels, pruning, sharding, versions, warm_start, workdirs
-from l0jax import writers
-from l0jax import run_config
+from l0jax import run_config, writers
 from l0jax.errors import UserError
 
 

@@ -18,9 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l0jax import gates
-from l0jax import graphs
-from l0jax import layers, tracing
+from l0jax import gates, graphs, layers, tracing
 
 # Output channels of each stage's convs, by depth (the number of weight layers in the paper).
 STAGES = {

@@ -12,8 +12,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from l0jax import checkpoints, gates, workdirs
-from l0jax import run_config
+from l0jax import checkpoints, gates, run_config, workdirs
 from l0jax.errors import UserError
 
 

@@ -31,8 +31,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from l0jax import run_config
-from l0jax import locking, versions
+from l0jax import locking, run_config, versions
 from l0jax.errors import UserError, one_line
 
 CONFIG_FILE = "config.json"

@@ -15,8 +15,7 @@ import pytest
 
 from conftest import tiny_config
 from l0jax import accounting, analysis, budgets, checkpoint_modes, gates, googlenet, train
-from l0jax import versions, workdirs
-from l0jax import run_config
+from l0jax import run_config, versions, workdirs
 from l0jax.errors import UserError
 from test_resume import saved_arrays
 

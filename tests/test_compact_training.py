@@ -8,8 +8,7 @@ from flax import nnx
 
 from conftest import tiny_config
 from l0jax import accounting, compact_training, kept_channels, masks, networks, optimizer
-from l0jax import pruning, sharding, train
-from l0jax import run_config
+from l0jax import pruning, run_config, sharding, train
 
 NETWORKS = {"googlenet": dict(model="googlenet", depth=0, width_multiplier=0.25),
             # The blocks' own gates and, shared, the stage widths' (adds and shortcuts too).

@@ -6,8 +6,7 @@ import pytest
 from flax import nnx
 
 from conftest import GOOGLENET, tiny_config
-from l0jax import accounting, gates, googlenet, masks, networks, resnet, vgg
-from l0jax import run_config
+from l0jax import accounting, gates, googlenet, masks, networks, resnet, run_config, vgg
 from l0jax.errors import UserError
 from test_export import randomize
 

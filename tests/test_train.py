@@ -18,9 +18,7 @@ from flax import nnx
 
 from conftest import GOOGLENET, REPO, TWO_DEVICES, read_events, run_main, tiny_config, tiny_flags
 from l0jax import accounting, batches, checkpoints, cli, googlenet, masks, networks, optimizer
-from l0jax import train
-from l0jax import warm_start, workdirs
-from l0jax import run_config
+from l0jax import run_config, train, warm_start, workdirs
 from l0jax.errors import UserError
 
 

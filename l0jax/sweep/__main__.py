@@ -62,8 +62,7 @@ from typing import Any, Sequence
 
 from absl import app, flags, logging
 
-from l0jax import cli, locking
-from l0jax import run_config
+from l0jax import cli, locking, run_config
 from l0jax.errors import UserError
 from l0jax.sweep import planning, reporting, running
 

@@ -10,8 +10,7 @@ import re
 import sys
 from typing import Sequence
 
-from l0jax import cli
-from l0jax import run_config
+from l0jax import cli, run_config
 from l0jax.errors import UserError
 
 MASKS = tuple(m for m in run_config.MASKS if m)  # kinds that are one-shot masks, same names

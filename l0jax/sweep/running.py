@@ -13,8 +13,7 @@ import time
 
 from absl import logging
 
-from l0jax import cli, workdirs
-from l0jax import run_config
+from l0jax import cli, run_config, workdirs
 from l0jax.errors import UserError
 from l0jax.sweep.planning import Member
 from l0jax.sweep.reporting import is_finished
