@@ -332,6 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   network, init_from, damaged checkpoints) is checked before the first write
   to `workdir`.
   """
+  # Again: main.py checked the flags' config before JAX loaded, not the source's fields since.
   plan = run_config.validate(config)
   warm_start.check_same_network(workdir, config)
   checkpoints.check_history_has_checkpoints(workdir)
@@ -357,7 +358,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       evaluator.Evaluator(network, ds.val_images, ds.val_labels, config.eval_batch_size, mesh),
       writers.MetricWriter(str(workdir), enabled=workdirs.is_primary_process()),
       writers.Progress(epoch_steps * config.num_epochs, epoch_steps, step), mngr,
-      jax.jit(optimizer.learning_rate_schedule(config, epoch_steps)),  # one program, not one per op
+      # Rebuilt: `tx` keeps its own out of reach. Jitted: one program, not one per op.
+      jax.jit(optimizer.learning_rate_schedule(config, epoch_steps)),
       batches.steps_per_call(config.steps_per_call, epoch_steps))
   start_epoch = step // epoch_steps
   if workdirs.is_primary_process():
