@@ -88,7 +88,7 @@ def run_mode(mode: str, workdir: str, config: "ml_collections.ConfigDict | None"
   from l0jax import checkpoint_modes, train  # pylint: disable=import-outside-toplevel
 
   # Several processes compile afresh: on JAX 0.12.1, CPU processes whose training step came
-  # from the persistent cache hung at its first collective (results/multihost_cache/).
+  # from the persistent cache hung at its first collective.
   cli.use_compilation_cache("" if FLAGS.multihost else FLAGS.compilation_cache)
   if FLAGS.multihost:
     hosts.join(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,

@@ -10,8 +10,7 @@ channels whose filters have the largest L1 norms (Li et al., ICLR 2017),
 channels in a random order, each while they fit the budget; then the
 weights train as in configs/retrain.py, the mask fixed. Give it the budget an
 L0 run realised (its test_metrics.json's macs_kept_fraction) to compare the
-two at the same cost. What it gave: no result yet; the evidence protocol
-(results/fashion_mnist/PROTOCOL.md) runs it as its arms 4 and 5.
+two at the same cost.
 """
 
 from configs import retrain

@@ -70,8 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Sets the gates' initial log_alpha to log((1 - p) / p), as the PyTorch original did
   # (Louizos et al.'s "drop rate"): 0.5 from scratch, small when fine-tuning a
   # trained network so its channels start open. It is not the probability
-  # that a gate is exactly 0, which the stretch makes smaller: 1 - P(z != 0)
-  # is about 17% at 0.5, 5% at 0.2 and 1% at 0.05.
+  # that a gate is exactly 0, which the stretch makes smaller.
   c.droprate_init = 0.5
   # False retrains the network a pruning run made: the gates of `init_from`
   # are loaded and fixed at their test-time values (pruned channels stay 0, no
