@@ -48,7 +48,7 @@ PRUNED, OPEN = -10.0, 10.0  # log_alpha of a test-time gate of 0, and of 1
 
 def googlenet(use_gate: bool) -> googlenet.GoogleNet:
   return googlenet.GoogleNet(FLAGS.num_classes, FLAGS.channels, use_gate=use_gate,
-                         width_multiplier=FLAGS.width_multiplier, rngs=nnx.Rngs(FLAGS.seed))
+                             width_multiplier=FLAGS.width_multiplier, rngs=nnx.Rngs(FLAGS.seed))
 
 
 def with_gates(net: nnx.Module, graph: graphs.Graph,

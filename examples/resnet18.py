@@ -103,7 +103,7 @@ def prune_to_budget(gated: l0jax.GatedNetwork, graph: l0jax.Graph, data: Data, *
   and trains its weights `settled_steps` more with those gates fixed."""
   # Each step is an epoch of the one batch: the gates settle after the last one.
   budget = budgets.Budget("macs", target, warmup_steps=steps // 2, settle_epoch=steps,
-                             learning_rate=MULTIPLIER_LEARNING_RATE)
+                          learning_rate=MULTIPLIER_LEARNING_RATE)
   lagrangian = budget.init()
   expected_macs = lambda net: l0jax.penalty(net, graph, "macs")
   l0_term = lambda net, args: budgets.lagrangian_term(args[0], expected_macs(net), args[1])

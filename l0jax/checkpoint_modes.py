@@ -69,7 +69,8 @@ def test_checkpoint(workdir: str, checkpoint: str = "best") -> dict:
   return result
 
 
-def export_checkpoint(workdir: str, checkpoint: str = "best", with_onnx: bool | None = None) -> dict:
+def export_checkpoint(workdir: str, checkpoint: str = "best",
+                      with_onnx: bool | None = None) -> dict:
   """Builds the compact network from a checkpoint, checks it on the test split, saves it.
 
   `with_onnx`: whether to add its ONNX model; None adds it if the onnx extra is installed.
@@ -87,13 +88,13 @@ def export_checkpoint(workdir: str, checkpoint: str = "best", with_onnx: bool | 
   params = export.compact_params(net, run.network.graph)
   images = np.asarray(jax.jit(lambda x: data.normalize(x, ds.mean, ds.std))(ds.test_images))
   result = export.verify(net, run.network.graph, params, images, ds.test_labels,
-                             run.config.eval_batch_size)
+                         run.config.eval_batch_size)
   result.update(checkpoint=checkpoint, checkpoint_step=step)
   if workdirs.is_primary_process():  # The others computed the same.
     export_dir = epath.Path(workdir) / workdirs.EXPORT_DIR
     export.save(export_dir, run.network.graph, params, ds.test_images[:8], ds.mean, ds.std,
-                    {"dataset": ds.name, "source_workdir": str(epath.Path(workdir).resolve()),
-                     "checkpoint_step": step}, result, with_onnx)
+                {"dataset": ds.name, "source_workdir": str(epath.Path(workdir).resolve()),
+                 "checkpoint_step": step}, result, with_onnx)
     print(f"{export_dir}: compact network with {result['params_compact']:,} parameters; "
           f"test accuracy {result['test_accuracy_compact']:.4f} "
           f"(gated {result['test_accuracy_gated']:.4f}), "

@@ -123,7 +123,7 @@ def gate_network(net: nnx.Module, example_images: Any, *, rngs: nnx.Rngs,
   graph = tracing.trace_graph(net, example_images, lambda m, x: apply(m, x, False))
   if graph.gates:
     raise graphs.GraphError(f"the network has gates already ({graph.gates[0].name}); "
-                               "gate_network gates a network without them")
+                            "gate_network gates a network without them")
   runs: dict[str, list[tuple[int, gates.L0Gate]]] = {}  # by layer: (first channel, gate)
   shared = []
   for group in _gated_groups(graph, gate_residual):

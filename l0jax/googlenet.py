@@ -182,8 +182,8 @@ def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_chann
   """
   def conv_bn(name, inputs, c_in, c_out, kernel, path, gate=None):
     return graphs.Layer(name, inputs, c_in, c_out, kernel, padding=kernel // 2,
-                           gate=gate if use_gate else None,
-                           path=(*path, "conv"), bn=(*path, "bn"))
+                        gate=gate if use_gate else None,
+                        path=(*path, "conv"), bn=(*path, "bn"))
 
   nodes, gate_list = [conv_bn("stem", (graphs.INPUT,), in_channels, arch.stem, 3, ("stem",))], []
   x, c_in = ("stem",), arch.stem
@@ -212,5 +212,5 @@ def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_chann
       x = (f"{block}/max_pool",)
   nodes += [graphs.Pool("global_pool", x, kind="mean"),
             graphs.Layer("head", ("global_pool",), c_in, num_classes, dense=True, relu=False,
-                            path=("head",))]
+                         path=("head",))]
   return graphs.Graph(image_hw, in_channels, tuple(nodes), tuple(gate_list))

@@ -49,7 +49,7 @@ def kept_channels(graph: graphs.Graph, log_alphas: Mapping[str, Any]) -> KeptCha
       scale = _scale(graph.segments(node.name), test_gates)
       indices = np.flatnonzero(scale > 0)
       if isinstance(node, graphs.Layer) and not (node.gate_names
-                                                    or costs[node.name].kept_out):
+                                                 or costs[node.name].kept_out):
         indices = indices[:0]
       elif isinstance(node, graphs.Pad):
         indices = _pad(graph, node, inputs, test_gates)

@@ -83,7 +83,7 @@ class ResNet(nnx.Module):
                       f"{width_multiplier} gives stage widths {widths}")
     self.in_channels, self.num_classes = in_channels, num_classes
     self.stem = layers.ConvBN(in_channels, widths[0], 3, use_bias=False, dtype=dtype,
-                             bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
+                              bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
     block = functools.partial(BasicBlock, use_gate=use_gate, droprate_init=droprate_init,
                               dtype=dtype, bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
     n = blocks_per_stage(depth)
@@ -127,11 +127,11 @@ class ResNet(nnx.Module):
     def conv_bn(name, inputs, conv_bn_module, path, gate=None):
       conv = conv_bn_module.conv
       return graphs.Layer(name, inputs, conv.in_features, conv.out_features, kernel=3,
-                             stride=conv.strides, padding=1, gate=gate, relu=conv_bn_module.relu,
-                             path=(*path, "conv"), bn=(*path, "bn"), bias=False)
+                          stride=conv.strides, padding=1, gate=gate, relu=conv_bn_module.relu,
+                          path=(*path, "conv"), bn=(*path, "bn"), bias=False)
 
     widths = [graphs.Gate(f"stage{s + 1}/width", g.log_alpha.shape[0],
-                             ("width_gates", s, "log_alpha"))
+                          ("width_gates", s, "log_alpha"))
               for s, g in enumerate(self.width_gates)]
     width_gate = lambda s: (tuple(g.name for g in widths[:s + 1]) if s else widths[0].name
                             ) if widths else None
@@ -143,7 +143,7 @@ class ResNet(nnx.Module):
         name, path = f"stage{s + 1}/block{b + 1}", ("stages", s, b)
         if block.gate is not None:
           gate_list.append(graphs.Gate(name, block.gate.log_alpha.shape[0],
-                                          (*path, "gate", "log_alpha")))
+                                       (*path, "gate", "log_alpha")))
         if widths and s and not b:
           gate_list.append(widths[s])
         nodes += [
@@ -161,7 +161,7 @@ class ResNet(nnx.Module):
         nodes.append(graphs.Add(x, (f"{name}/conv2", shortcut)))
     nodes += [graphs.Pool("global_pool", (x,), kind="mean"),
               graphs.Layer("head", ("global_pool",), self.head.in_features, self.num_classes,
-                              dense=True, relu=False, path=("head",))]
+                           dense=True, relu=False, path=("head",))]
     return graphs.Graph(image_hw, self.in_channels, tuple(nodes), tuple(gate_list))
 
 

@@ -43,8 +43,8 @@ class _Layers:
               f"{p['padding']}: a layer's is square and padded the same on every side or 'SAME'")
     c_out = kernel.shape[rhs[0]]
     layer = graphs.Layer(_name(path), self.inputs(x, eqn, where), x.channels, c_out,
-                            kernel=k_h, stride=s_h, padding=padding, relu=False, path=path,
-                            bias=False)
+                         kernel=k_h, stride=s_h, padding=padding, relu=False, path=path,
+                         bias=False)
     self.new_layer(layer, eqn, where, size)
     roles = [None] * 4
     for role, axis in zip(("N", "C", "H", "W"), out):
@@ -72,8 +72,8 @@ class _Layers:
     if ndim == 2 and ({"H", "W"} & set(x.roles) or side != 1):
       _refuse(eqn, where, "a dense layer on every pixel of a map: write it as a 1x1 convolution")
     layer = graphs.Layer(_name(path), self.inputs(x, eqn, where), x.channels, c_out,
-                            kernel=1, dense=ndim == 2, relu=False, path=path, bias=False,
-                            **({} if ndim == 2 else {"padding": 0}))
+                         kernel=1, dense=ndim == 2, relu=False, path=path, bias=False,
+                         **({} if ndim == 2 else {"padding": 0}))
     self.new_layer(layer, eqn, where, side)
     roles = tuple(r for i, r in enumerate(x.roles) if i != contract[0]) + ("C",)
     return dataclasses.replace(self.produce(layer.name, c_out, side), roles=roles)
@@ -95,7 +95,7 @@ class _Layers:
       _refuse(eqn, where, f"an im2col convolution padded by {lo} that is neither the same on "
               "every side nor 'SAME'")
     layer = graphs.Layer(_name(path), self.inputs(x.base, eqn, where), c_in, c_out, kernel=k,
-                            padding=padding, relu=False, path=path, bias=False)
+                         padding=padding, relu=False, path=path, bias=False)
     self.new_layer(layer, eqn, where, x.size)
     roles = tuple(r for i, r in enumerate(x.base.roles) if i != contract[0]) + ("C",)
     return dataclasses.replace(self.produce(layer.name, c_out, x.size), roles=roles)

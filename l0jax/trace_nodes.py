@@ -64,7 +64,7 @@ class _Nodes:
         _refuse(eqn, where, f"a max-pool {window}x{window}/{h.stride} with padding {lo} on "
                 f"{hw}x{hw} that is neither the same on every side nor 'SAME'")
       pool = graphs.Pool(self.fresh("max_pool"), names, window=window, stride=h.stride,
-                            padding=padding)
+                         padding=padding)
       name = self.node(pool, h.size)
     else:
       before = next((i for i, s in enumerate(x.segs) if s.node is not None), len(x.segs))

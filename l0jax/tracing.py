@@ -87,7 +87,7 @@ def renamed(graph: graphs.Graph, names: Mapping[str, str]) -> graphs.Graph:
                                **gate)
 
   return graphs.Graph(graph.input_hw, graph.in_channels, tuple(map(rename, graph.nodes)),
-                         tuple(dataclasses.replace(g, name=new(g.name)) for g in graph.gates))
+                      tuple(dataclasses.replace(g, name=new(g.name)) for g in graph.gates))
 
 
 def trace_graph(net: nnx.Module, example_images: Any, apply: Apply | None = None

@@ -86,7 +86,7 @@ class VGG(nnx.Module):
       name = f"conv{i + 1}"
       if self.gates:
         gate_list.append(graphs.Gate(name, conv_bn.conv.out_features,
-                                        ("gates", i, "log_alpha")))
+                                     ("gates", i, "log_alpha")))
       nodes.append(graphs.Layer(
           name, (x,), conv_bn.conv.in_features, conv_bn.conv.out_features, kernel=3, padding=1,
           gate=name if self.gates else None, path=("convs", i, "conv"), bn=("convs", i, "bn"),
@@ -97,7 +97,7 @@ class VGG(nnx.Module):
         nodes.append(graphs.Pool(x, (name,), window=2, stride=2, padding="SAME"))
     nodes += [graphs.Pool("global_pool", (x,), kind="mean"),
               graphs.Layer("head", ("global_pool",), self.head.in_features, self.num_classes,
-                              dense=True, relu=False, path=("head",))]
+                           dense=True, relu=False, path=("head",))]
     return graphs.Graph(image_hw, self.in_channels, tuple(nodes), tuple(gate_list))
 
 

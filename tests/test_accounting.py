@@ -53,7 +53,7 @@ def counts(log_alphas, **shape) -> dict[str, accounting.LayerCost]:
 
 def summary(log_alphas, image_shape=(32, 32, 3)):
   graph = googlenet.channel_graph(ARCH, use_gate=True, image_hw=image_shape[0],
-                              in_channels=image_shape[-1], num_classes=10)
+                                  in_channels=image_shape[-1], num_classes=10)
   return accounting.report(graph, log_alphas)
 
 

@@ -147,7 +147,7 @@ def test_closed_blocks_add_a_constant_to_the_shortcut():
 def test_a_strided_conv_is_the_unstrided_one_at_even_pixels():
   """Output j of a stride-2 conv is centred on input 2j, the pixel the shortcut keeps."""
   conv = lambda stride: layers.ConvBN(3, 4, 3, stride=stride, use_bias=False, dtype=jnp.float32,
-                                     bfloat16_matmuls=False, rngs=nnx.Rngs(0))
+                                      bfloat16_matmuls=False, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
   np.testing.assert_allclose(conv(2)(x, False), conv(1)(x, False)[:, ::2, ::2], atol=1e-5)
 

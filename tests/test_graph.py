@@ -128,7 +128,7 @@ def test_a_graph_that_does_not_match_its_module_names_the_layer(nodes, gates_, n
 @pytest.mark.parametrize("use_gate", [True, False])
 def test_the_googlenet_states_a_graph_that_matches_it(use_gate):
   net = nnx.eval_shape(lambda: googlenet.GoogleNet(10, 1, use_gate=use_gate, width_multiplier=0.25,
-                                               rngs=nnx.Rngs(0)))
+                                                   rngs=nnx.Rngs(0)))
   g = net.channel_graph(28)
   g.check(net)
   assert len(g.layers) == 1 + 8 * 6 + 1 and len(g.gates) == (32 if use_gate else 0)

@@ -12,7 +12,7 @@ from test_export import randomize
 
 WIDTH = 0.25
 GRAPH = googlenet.channel_graph(googlenet.Architecture.at_width(WIDTH), use_gate=True, image_hw=8,
-                            in_channels=3, num_classes=10)
+                                in_channels=3, num_classes=10)
 
 
 def macs(kept):
