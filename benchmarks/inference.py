@@ -46,7 +46,7 @@ flags.DEFINE_integer("seed", 0, "Seed of the weights, gates and images.")
 PRUNED, OPEN = -10.0, 10.0  # log_alpha of a test-time gate of 0, and of 1
 
 
-def googlenet(use_gate: bool) -> googlenet.GoogleNet:
+def network(use_gate: bool) -> googlenet.GoogleNet:
   return googlenet.GoogleNet(FLAGS.num_classes, FLAGS.channels, use_gate=use_gate,
                              width_multiplier=FLAGS.width_multiplier, rngs=nnx.Rngs(FLAGS.seed))
 
@@ -129,7 +129,7 @@ def print_table(results: list[dict]) -> None:
 def main(argv):
   del argv
   rng = np.random.default_rng(FLAGS.seed)
-  gated = googlenet(use_gate=True)
+  gated = network(use_gate=True)
   graph = gated.channel_graph(FLAGS.image_size)
   mean, std = np.full(FLAGS.channels, 127.5), np.full(FLAGS.channels, 64.0)  # any will do
   params_full, macs_full = accounting.totals(accounting.count(graph, None))
@@ -138,7 +138,7 @@ def main(argv):
           file=sys.stderr)
   pruned = {f"compact {f:.0%}": pruned_to(f, gated, graph, rng)
             for f in map(float, FLAGS.macs_fractions)}
-  networks = {("full", "jax"): module_inference(googlenet(use_gate=False)),
+  networks = {("full", "jax"): module_inference(network(use_gate=False)),
               # As costly at any fraction: the gated module computes every channel.
               ("gated", "jax"): module_inference(next(iter(pruned.values())))}
   macs = {"full": macs_full, "gated": macs_full, "folded": macs_full}

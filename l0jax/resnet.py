@@ -171,16 +171,16 @@ def _stated_names(graph: graphs.Graph) -> dict[str, str]:
   block = lambda path: f"stage{path[1] + 1}/block{path[2] + 1}"
   names = {g.name: (f"stage{g.path[1] + 1}/width" if g.path[0] == "width_gates"
                     else block(g.path)) for g in graph.gates}
-  layers, nodes = {l.name: l for l in graph.layers}, {n.name: n for n in graph.nodes}
+  by_name = {n.name: n for n in graph.nodes}
   for layer in graph.layers:
     names[layer.name] = (f"{block(layer.path)}/{layer.path[3]}" if layer.path[0] == "stages"
                          else layer.path[0])
   for node in graph.nodes:
     if isinstance(node, graphs.Add):  # a block's: its second conv plus its shortcut
       conv2, shortcut = node.inputs
-      names[node.name] = f"{block(layers[conv2].path)}/add"
-      if isinstance(nodes[shortcut], graphs.Pad):
-        names[shortcut] = f"{block(layers[conv2].path)}/shortcut"
+      names[node.name] = f"{block(by_name[conv2].path)}/add"
+      if isinstance(by_name[shortcut], graphs.Pad):
+        names[shortcut] = f"{block(by_name[conv2].path)}/shortcut"
     elif isinstance(node, graphs.Pool):
       names[node.name] = "global_pool"
   return names
