@@ -10,7 +10,7 @@ r"""l0jax: train, test, export and analyse L0-gated networks (GoogleNet, ResNet,
 
 Any config field can be set with --config.FIELD=VALUE (--config.lambda_l0=1.0,
 --config.lr_milestones='(10,20)'): the fields, their defaults and what they do are
-in l0jax/config.py and the README's "Config fields"; configs/*.py say what each
+in l0jax/run_config.py and the README's "Config fields"; configs/*.py say what each
 recipe changes.
 
 Bad input ends with one line on stderr and exit status 2 (--debug shows the
@@ -24,8 +24,7 @@ from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 
-from l0jax import cli, hosts
-from l0jax import config as config_lib
+from l0jax import cli, hosts, run_config
 from l0jax.errors import UserError
 
 MODES = ("train", "test", "export", "analyze")
@@ -35,7 +34,7 @@ config_flags.DEFINE_config_file("config", None, "A file in configs/ (train mode 
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run's config, checkpoints and logs live.")
 flags.DEFINE_enum("mode", "train", MODES, "What to do with the workdir.")
-flags.DEFINE_enum("checkpoint", "best", config_lib.CHECKPOINTS,
+flags.DEFINE_enum("checkpoint", "best", run_config.CHECKPOINTS,
                   "The checkpoint test, export and analyze read: the best by validation "
                   "accuracy, or the newest.")
 flags.DEFINE_bool("export_onnx", None,
@@ -89,7 +88,7 @@ def run_mode(mode: str, workdir: str, config: "ml_collections.ConfigDict | None"
   from l0jax import checkpoint_modes, train  # pylint: disable=import-outside-toplevel
 
   # Several processes compile afresh: on JAX 0.12.1, CPU processes whose training step came
-  # from the persistent cache hung at its first collective (results/multihost_cache/).
+  # from the persistent cache hung at its first collective.
   cli.use_compilation_cache("" if FLAGS.multihost else FLAGS.compilation_cache)
   if FLAGS.multihost:
     hosts.join(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -101,9 +100,9 @@ def run_mode(mode: str, workdir: str, config: "ml_collections.ConfigDict | None"
     with workdirs.training_lock(workdir):
       train.train_and_evaluate(workdirs.with_source_fields(workdir, config, given), workdir)
   elif mode == "test":
-    checkpoint_modes.test(workdir, FLAGS.checkpoint)
+    checkpoint_modes.test_checkpoint(workdir, FLAGS.checkpoint)
   elif mode == "export":
-    checkpoint_modes.export(workdir, FLAGS.checkpoint, FLAGS.export_onnx)
+    checkpoint_modes.export_checkpoint(workdir, FLAGS.checkpoint, FLAGS.export_onnx)
   else:
     from l0jax import analysis  # pylint: disable=import-outside-toplevel
     analysis.analyze(workdir, FLAGS.checkpoint)

@@ -20,8 +20,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import throughput
-from l0jax import accounting, batches, masks, networks, pruning, sharding, train
-from l0jax import config as config_lib
+from l0jax import accounting, batches, masks, networks, pruning, run_config, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("budgets", ["0.75", "0.5", "0.25", "0.1"], "Kept fractions of the MACs.")
@@ -49,7 +48,7 @@ def step_calls(run: train.Run, state: train.TrainState) -> dict[str, Callable[[]
   batches = NamedSharding(run.mesh, P(None, "data"))
   calls = {}
   for name, kept in (("masked", None),
-                     ("compact", pruning.fixed_kept(run.network, state, True))):
+                     ("compact", pruning.computed_channels(run.network, state, True))):
     steps = train.make_train_steps(run, tx, kept=kept)
     states = {"state": jax.tree.map(jax.numpy.copy, state)}  # each call donates its own
 
@@ -57,7 +56,7 @@ def step_calls(run: train.Run, state: train.TrainState) -> dict[str, Callable[[]
       indices = rng.integers(0, len(run.dataset.train_images), (1, run.config.batch_size),
                              dtype=np.int32)
       states["state"], metrics = steps(states["state"], images, labels,
-                                       sharding.put(indices, batches), valid)
+                                       sharding.to_devices(indices, batches), valid)
       jax.block_until_ready(metrics)
 
     calls[name] = call
@@ -67,13 +66,13 @@ def step_calls(run: train.Run, state: train.TrainState) -> dict[str, Callable[[]
 def main(argv):
   del argv
   dataset = throughput.synthetic_dataset()
-  config = config_lib.base_config()
+  config = run_config.base_config()
   config.update(dataset="synthetic", model=FLAGS.model, depth=FLAGS.depth,
                 width_multiplier=FLAGS.width_multiplier, use_gate=True, train_gates=False,
                 compute_dtype="float32", batch_size=128, seed=FLAGS.seed)
   network, params, batch_stats = networks.create_network(
       config, dataset.train_images.shape[1:], dataset.num_classes, dataset.mean, dataset.std)
-  run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
+  run = train.Run(config, run_config.gate_plan(config), dataset, network, params, batch_stats,
                   sharding.data_mesh(), batches.steps_per_epoch(len(dataset.train_images), 128))
   results = []
   for budget in map(float, FLAGS.budgets):

@@ -26,8 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from l0jax import config as config_lib
-from l0jax import convolutions, networks
+from l0jax import convolutions, networks, run_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("networks", ["googlenet:1.0:32:3", "googlenet:0.5:28:1", "resnet:20:32:3",
@@ -42,7 +41,7 @@ flags.DEFINE_bool("write", False, "Write this CPU's entry of l0jax/convolutions.
 def network_shapes(spec: str) -> list[tuple[int, int, int, int]]:
   """(map size, in, out, kernel) of a network's stride-1 convolutions larger than 1x1."""
   model, x, size, channels = spec.split(":")
-  config = config_lib.base_config()
+  config = run_config.base_config()
   if model == "googlenet":
     config.update(model=model, width_multiplier=float(x))
   else:

@@ -30,7 +30,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from l0jax import accounting, export, graph as graph_lib, model, onnx_export
+from l0jax import accounting, export, googlenet, graphs, onnx_export
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0: the full GoogleNet).")
@@ -46,19 +46,19 @@ flags.DEFINE_integer("seed", 0, "Seed of the weights, gates and images.")
 PRUNED, OPEN = -10.0, 10.0  # log_alpha of a test-time gate of 0, and of 1
 
 
-def googlenet(use_gate: bool) -> model.GoogleNet:
-  return model.GoogleNet(FLAGS.num_classes, FLAGS.channels, use_gate=use_gate,
-                         width_multiplier=FLAGS.width_multiplier, rngs=nnx.Rngs(FLAGS.seed))
+def network(use_gate: bool) -> googlenet.GoogleNet:
+  return googlenet.GoogleNet(FLAGS.num_classes, FLAGS.channels, use_gate=use_gate,
+                             width_multiplier=FLAGS.width_multiplier, rngs=nnx.Rngs(FLAGS.seed))
 
 
-def with_gates(net: nnx.Module, graph: graph_lib.Graph,
+def with_gates(net: nnx.Module, graph: graphs.Graph,
                log_alphas: dict[str, np.ndarray]) -> nnx.Module:
   net = nnx.clone(net)
   graph.set_log_alphas(net, log_alphas)
   return net
 
 
-def pruned_to(fraction: float, net: nnx.Module, graph: graph_lib.Graph,
+def pruned_to(fraction: float, net: nnx.Module, graph: graphs.Graph,
               rng: np.random.Generator) -> nnx.Module:
   """`net` with channels pruned in a random order until its MACs are `fraction` of the full
   network's (or just below); the kept ones partly or fully open (log_alpha > -2.4)."""
@@ -84,7 +84,7 @@ def module_inference(net: nnx.Module) -> Callable:
   return lambda x: f(state, x)
 
 
-def runtimes(graph: graph_lib.Graph, params: dict, mean: np.ndarray,
+def runtimes(graph: graphs.Graph, params: dict, mean: np.ndarray,
              std: np.ndarray) -> dict[str, Callable]:
   """The export's serving function (uint8 images in) in JAX and, if installed, onnxruntime."""
   served = {"jax": jax.jit(export.serving_function(graph, params, mean, std))}
@@ -129,7 +129,7 @@ def print_table(results: list[dict]) -> None:
 def main(argv):
   del argv
   rng = np.random.default_rng(FLAGS.seed)
-  gated = googlenet(use_gate=True)
+  gated = network(use_gate=True)
   graph = gated.channel_graph(FLAGS.image_size)
   mean, std = np.full(FLAGS.channels, 127.5), np.full(FLAGS.channels, 64.0)  # any will do
   params_full, macs_full = accounting.totals(accounting.count(graph, None))
@@ -138,7 +138,7 @@ def main(argv):
           file=sys.stderr)
   pruned = {f"compact {f:.0%}": pruned_to(f, gated, graph, rng)
             for f in map(float, FLAGS.macs_fractions)}
-  networks = {("full", "jax"): module_inference(googlenet(use_gate=False)),
+  networks = {("full", "jax"): module_inference(network(use_gate=False)),
               # As costly at any fraction: the gated module computes every channel.
               ("gated", "jax"): module_inference(next(iter(pruned.values())))}
   macs = {"full": macs_full, "gated": macs_full, "folded": macs_full}

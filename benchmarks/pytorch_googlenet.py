@@ -1,6 +1,6 @@
 """The same gated GoogleNet in PyTorch, for `benchmarks/versus_pytorch.py` only.
 
-Channel counts come from `l0jax.model.Architecture`, so the two networks
+Channel counts come from `l0jax.googlenet.Architecture`, so the two networks
 cannot differ; the gates are the PyTorch original's hard-concrete gates drawn on the
 device, one per example and channel of each block's output, as in l0jax.
 PyTorch is not a dependency of l0jax: only this benchmark imports it.
@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from l0jax import gates, model
+from l0jax import gates, googlenet
 
 
 class ConvBN(nn.Sequential):
@@ -22,7 +22,7 @@ class ConvBN(nn.Sequential):
 
 
 class InceptionBlock(nn.Module):
-  def __init__(self, c_in: int, spec: model.Inception, use_gate: bool, droprate_init: float):
+  def __init__(self, c_in: int, spec: googlenet.Inception, use_gate: bool, droprate_init: float):
     super().__init__()
     self.branch1 = ConvBN(c_in, spec.out1, 1)
     self.branch3 = nn.Sequential(ConvBN(c_in, spec.red3, 1), ConvBN(spec.red3, spec.out3, 3))
@@ -53,13 +53,13 @@ class GoogleNet(nn.Module):
   def __init__(self, num_classes: int, in_channels: int, use_gate: bool,
                width_multiplier: float = 1.0, droprate_init: float = 0.5):
     super().__init__()
-    arch = model.Architecture.at_width(width_multiplier)
+    arch = googlenet.Architecture.at_width(width_multiplier)
     layers = [ConvBN(in_channels, arch.stem, 3)]
     self.blocks = []
     for i, (c_in, spec) in enumerate(zip(arch.block_inputs(), arch.blocks)):
       self.blocks.append(InceptionBlock(c_in, spec, use_gate, droprate_init))
       layers.append(self.blocks[-1])
-      if i in model.POOL_AFTER:
+      if i in googlenet.POOL_AFTER:
         layers.append(nn.MaxPool2d(3, 2, 1))
     self.features = nn.Sequential(*layers)
     self.head = nn.Linear(arch.head_inputs, num_classes)

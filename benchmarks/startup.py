@@ -23,8 +23,7 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import batches, cli, data, networks, sharding, train
-from l0jax import config as config_lib
+from l0jax import batches, cli, data, networks, run_config, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("compute_dtype", "auto", "config.compute_dtype.")
@@ -47,7 +46,7 @@ def main(argv):
 
   cli.use_compilation_cache(FLAGS.compilation_cache)
   stage("import")
-  config = config_lib.base_config()
+  config = run_config.base_config()
   config.update(dataset="synthetic", compute_dtype=FLAGS.compute_dtype,
                 width_multiplier=FLAGS.width_multiplier, batch_size=FLAGS.batch_size)
   dataset = data.load_dataset(config)
@@ -57,11 +56,11 @@ def main(argv):
                                                          dataset.num_classes, dataset.mean,
                                                          dataset.std)
   stage("create_network")
-  run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
+  run = train.Run(config, run_config.gate_plan(config), dataset, network, params, batch_stats,
                   mesh, batches.steps_per_epoch(len(dataset.train_images), config.batch_size))
   tx, state = train.initial_state(run)
   replicated = NamedSharding(mesh, P())
-  images, labels = (sharding.put(a, replicated)
+  images, labels = (sharding.to_devices(a, replicated)
                     for a in (dataset.train_images, dataset.train_labels))
   stage("optimizer state")
   train_steps = train.make_train_steps(run, tx)
@@ -71,7 +70,7 @@ def main(argv):
   def call():
     nonlocal state
     batch = rng.integers(0, len(dataset.train_images), (1, config.batch_size), dtype=np.int32)
-    state, metrics = train_steps(state, images, labels, sharding.put(batch, indices),
+    state, metrics = train_steps(state, images, labels, sharding.to_devices(batch, indices),
                                  np.ones(1, bool))
     jax.device_get(metrics)
 

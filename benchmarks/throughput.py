@@ -29,14 +29,13 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import config as config_lib
-from l0jax import batches, data, evaluator, networks, sharding, train
+from l0jax import batches, data, evaluator, networks, run_config, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["128"], "Training batch sizes to time.")
 flags.DEFINE_list("dtypes", ["auto"], "compute_dtype values to time (auto, float32, bfloat16, "
                   "bfloat16_matmuls).")
-flags.DEFINE_enum("model", "googlenet", config_lib.MODELS, "config.model: the network timed.")
+flags.DEFINE_enum("model", "googlenet", run_config.MODELS, "config.model: the network timed.")
 flags.DEFINE_integer("depth", 0, "config.depth (0: the model's usual one).")
 flags.DEFINE_float("width_multiplier", 1.0, "Network width (1.0: the full GoogleNet).")
 flags.DEFINE_integer("image_size", 32, "Square synthetic images of this size, 3 channels.")
@@ -68,25 +67,25 @@ def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator)
   network, params, batch_stats = networks.create_network(config, dataset.train_images.shape[1:],
                                                          dataset.num_classes, dataset.mean,
                                                          dataset.std)
-  run = train.Run(config, config_lib.gate_plan(config), dataset, network, params, batch_stats,
+  run = train.Run(config, run_config.gate_plan(config), dataset, network, params, batch_stats,
                   mesh, batches.steps_per_epoch(len(dataset.train_images), config.batch_size))
   tx, state = train.initial_state(run)  # replicated over the mesh
   replicated = NamedSharding(mesh, P())
-  images = sharding.put(dataset.train_images, replicated)
-  labels = sharding.put(dataset.train_labels, replicated)
+  images = sharding.to_devices(dataset.train_images, replicated)
+  labels = sharding.to_devices(dataset.train_labels, replicated)
   train_steps = train.make_train_steps(run, tx)
   eval_images = dataset.train_images[:FLAGS.eval_examples]
   evaluate = evaluator.Evaluator(network, eval_images, dataset.train_labels[:FLAGS.eval_examples],
                                  config.eval_batch_size, mesh)
   steps = batches.steps_per_call(config.steps_per_call,
                               FLAGS.epoch_examples // config.batch_size)
-  valid = sharding.put(np.ones(steps, bool), replicated)
+  valid = sharding.to_devices(np.ones(steps, bool), replicated)
 
   def train_call():
     nonlocal state
     indices = rng.integers(0, len(dataset.train_images), (steps, config.batch_size), dtype=np.int32)
     state, metrics = train_steps(state, images, labels,
-                                 sharding.put(indices, NamedSharding(mesh, P(None, "data"))),
+                                 sharding.to_devices(indices, NamedSharding(mesh, P(None, "data"))),
                                  valid)
     if not np.all(np.isfinite(jax.device_get(metrics)["loss"])):
       raise FloatingPointError("the training loss is not finite")
@@ -132,12 +131,12 @@ def benchmark(dtype: str, batch_size: int, dataset: data.Dataset, mesh) -> list[
   rng = np.random.default_rng(FLAGS.seed)
   nets = {}
   for use_gate in (False, True):  # The gated network second: results[1] below.
-    config = config_lib.base_config()
+    config = run_config.base_config()
     config.update(dataset="synthetic", model=FLAGS.model, depth=FLAGS.depth,
                   width_multiplier=FLAGS.width_multiplier, use_gate=use_gate,
                   compute_dtype=dtype, batch_size=batch_size, steps_per_call=FLAGS.steps,
                   eval_batch_size=FLAGS.eval_batch_size, seed=FLAGS.seed)
-    config_lib.validate(config)
+    run_config.validate(config)
     nets[use_gate] = network_calls(config, dataset, mesh, rng)
   trained = measure({use_gate: t.train for use_gate, t in nets.items()})
   evaluated = measure({use_gate: t.evaluate for use_gate, t in nets.items()})
@@ -167,7 +166,7 @@ def benchmark(dtype: str, batch_size: int, dataset: data.Dataset, mesh) -> list[
 
 def synthetic_dataset() -> data.Dataset:
   """`--num_train` synthetic uint8 images of `--image_size`, 3 channels."""
-  config = config_lib.base_config()
+  config = run_config.base_config()
   config.update(dataset="synthetic", synthetic_image_size=FLAGS.image_size,
                 synthetic_num_train=FLAGS.num_train)
   return data.load_dataset(config)

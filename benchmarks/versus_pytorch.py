@@ -26,8 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import throughput
-from l0jax import config as config_lib
-from l0jax import data, sharding
+from l0jax import data, run_config, sharding
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("threads", os.cpu_count() or 1, "PyTorch's intra-op threads.")
@@ -35,11 +34,11 @@ FLAGS.set_default("dtypes", ["float32", "bfloat16_matmuls"])
 
 
 def l0jax_calls(dtype: str, use_gate: bool, dataset: data.Dataset, mesh) -> throughput.Calls:
-  config = config_lib.base_config()
+  config = run_config.base_config()
   config.update(dataset="synthetic", width_multiplier=FLAGS.width_multiplier, use_gate=use_gate,
                 compute_dtype=dtype, batch_size=int(FLAGS.batch_sizes[0]),
                 steps_per_call=FLAGS.steps, eval_batch_size=FLAGS.eval_batch_size, seed=FLAGS.seed)
-  config_lib.validate(config)
+  run_config.validate(config)
   return throughput.network_calls(config, dataset, mesh, np.random.default_rng(FLAGS.seed))
 
 
@@ -49,7 +48,7 @@ def pytorch_calls(use_gate: bool, bfloat16: bool, num_images: int) -> throughput
   from benchmarks import pytorch_googlenet  # pylint: disable=import-outside-toplevel
 
   torch.manual_seed(FLAGS.seed)
-  config = config_lib.base_config()
+  config = run_config.base_config()
   size, batch_size = FLAGS.image_size, int(FLAGS.batch_sizes[0])
   net = pytorch_googlenet.GoogleNet(10, 3, use_gate, FLAGS.width_multiplier).to(
       memory_format=torch.channels_last)

@@ -4,20 +4,17 @@
       --config.init_from=WORKDIR_OF_A_BASELINE_RUN [--config.lambda_l0=20]
 
 Gates start nearly open (droprate_init 0.05), so the trained network starts
-where it was, and lambda_l0 closes them. What it gave: the quick start's
-pruned run (this recipe with penalty=macs, lambda_l0=40, 2 epochs on
-Fashion-MNIST at a quarter of the width) kept 29.4% of the MACs at 81.62% test
-accuracy, its baseline 86.84% (results/quickstart/); the lambda sweep of
-results/archive/fashion_mnist_cpu/ (superseded) ran it at lambdas 0 to 50.
+where it was, and lambda_l0 closes them. The quick start prunes with it
+(penalty=macs, lambda_l0=40).
 """
 
-from l0jax import config as base
+from l0jax import run_config
 
 
 def get_config(arg: str | None = None):
-  c = base.base_config()
+  c = run_config.base_config()
   c.droprate_init = 0.05
   c.lambda_l0 = 20.0
   c.lr_milestones = (10, 60, 100, 130, 160)
   c.lr_factor = 0.5
-  return base.variant(c, arg)
+  return run_config.variant(c, arg)

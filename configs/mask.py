@@ -10,16 +10,15 @@ channels whose filters have the largest L1 norms (Li et al., ICLR 2017),
 channels in a random order, each while they fit the budget; then the
 weights train as in configs/retrain.py, the mask fixed. Give it the budget an
 L0 run realised (its test_metrics.json's macs_kept_fraction) to compare the
-two at the same cost. What it gave: no result yet; the evidence protocol
-(results/fashion_mnist/PROTOCOL.md) runs it as its arms 4 and 5.
+two at the same cost.
 """
 
 from configs import retrain
-from l0jax import config as base
+from l0jax import run_config
 
 
 def get_config(arg: str | None = None):
   c = retrain.get_config()
   c.mask = "l1_norm"
   c.target_macs = 0.5
-  return base.variant(c, arg)
+  return run_config.variant(c, arg)

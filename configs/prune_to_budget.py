@@ -5,20 +5,17 @@
 
 The recipe of configs/finetune.py (gates added to the trained network, then
 fine-tuned), with the L0 term a Lagrangian that brings the network's
-test-time cost to the target (l0jax/budget.py) instead of a lambda_l0 to
+test-time cost to the target (l0jax/budgets.py) instead of a lambda_l0 to
 guess. `--config.target_params=F` (with `--config.target_macs=0`) budgets
 parameters instead. Then configs/retrain.py, with `init_from` this run's
-workdir, retrains the pruned network with its gates fixed. What it gave on
-Fashion-MNIST at a quarter of the width, 3 epochs from a baseline of 88.34%:
-49.6% of the MACs at 86.37% test accuracy for the target 0.5, 24.9% at 81.78%
-for 0.25 (results/fashion_mnist_budget/).
+workdir, retrains the pruned network with its gates fixed.
 """
 
 from configs import finetune
-from l0jax import config as base
+from l0jax import run_config
 
 
 def get_config(arg: str | None = None):
   c = finetune.get_config()
   c.target_macs = 0.5
-  return base.variant(c, arg)
+  return run_config.variant(c, arg)

@@ -6,20 +6,16 @@
 Its pruned channels stay pruned and its kept ones keep their test-time
 scale, so the cost is the pruning run's; only the weights learn, without gate
 noise and without an L0 term, to win back accuracy. init_from's last
-checkpoint is read (its best can predate the gates closing). What it gave:
-retraining the fine-tuned runs of results/archive/fashion_mnist_cpu/
-(superseded) for 6 epochs took lambda_l0=20's network from 87.84% to 90.77%
-test accuracy at 74.0% of the MACs, and lambda_l0=50's from 78.79% to 87.41%
-at 28.9%.
+checkpoint is read (its best can predate the gates closing).
 """
 
-from l0jax import config as base
+from l0jax import run_config
 
 
 def get_config(arg: str | None = None):
-  c = base.base_config()
+  c = run_config.base_config()
   c.train_gates = False
   c.init_checkpoint = "last"
   c.num_epochs = 60
   c.lr_milestones = (30, 45)
-  return base.variant(c, arg)
+  return run_config.variant(c, arg)

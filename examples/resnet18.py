@@ -11,12 +11,12 @@ first conv of every block; the outputs of the stem, the second convs and the
 projections are tied by the residual adds and stay whole.
 
 The budget is l0jax's own controller, the one the command line's
-`--config.target_macs` runs (`l0jax.budget`; the top-level API does not
+`--config.target_macs` runs (`l0jax.budgets`; the top-level API does not
 re-export it, so the script imports the module): the L0 term is the
 Lagrangian l1 (c - t) + l2 (c - t)^2 of c, the expected kept fraction of
 MACs, and t, a target that falls from 1 to `--target_macs` over the first
 half of the steps, while the multipliers ascend their gradient. Then
-`budget.settle` decides the gates for a test-time cost at most the target,
+`budgets.settle` settles the gates for a test-time cost at most the target,
 and the weights train on with the gates fixed. The script prints the cost
 table, the kept fraction of MACs, and exports the compact network, checked
 as `examples/custom_cnn.py` does.
@@ -36,7 +36,7 @@ from flax import nnx
 
 import l0jax
 from custom_cnn import Data, export_and_check, run, synthetic_data, train_step
-from l0jax import budget as budget_lib
+from l0jax import budgets
 
 LEARNING_RATE = 0.05
 # Far above the command line's 0.02: in the example's few steps the multipliers must grow fast
@@ -102,11 +102,11 @@ def prune_to_budget(gated: l0jax.GatedNetwork, graph: l0jax.Graph, data: Data, *
   """Trains `gated` under the budget's Lagrangian for `steps`, settles its gates for the target,
   and trains its weights `settled_steps` more with those gates fixed."""
   # Each step is an epoch of the one batch: the gates settle after the last one.
-  budget = budget_lib.Budget("macs", target, warmup_steps=steps // 2, settle_epoch=steps,
-                             learning_rate=MULTIPLIER_LEARNING_RATE)
+  budget = budgets.Budget("macs", target, warmup_steps=steps // 2, settle_epoch=steps,
+                          learning_rate=MULTIPLIER_LEARNING_RATE)
   lagrangian = budget.init()
   expected_macs = lambda net: l0jax.penalty(net, graph, "macs")
-  l0_term = lambda net, args: budget_lib.lagrangian_term(args[0], expected_macs(net), args[1])
+  l0_term = lambda net, args: budgets.lagrangian_term(args[0], expected_macs(net), args[1])
   cost_of = nnx.jit(expected_macs)
   optimizer = nnx.Optimizer(gated, optax.adam(LEARNING_RATE), wrt=nnx.Param)
   x = data.x
@@ -114,13 +114,13 @@ def prune_to_budget(gated: l0jax.GatedNetwork, graph: l0jax.Graph, data: Data, *
     t = budget.target_at(step)
     train_step(gated, optimizer, x, data.labels, jax.random.key(step), l0_term,
                (lagrangian.multipliers, t))
-    grads = jax.grad(budget_lib.lagrangian_term)(lagrangian.multipliers, cost_of(gated), t)
+    grads = jax.grad(budgets.lagrangian_term)(lagrangian.multipliers, cost_of(gated), t)
     lagrangian = budget.ascend(lagrangian, grads)
   log_alphas = graph.log_alphas(gated)
-  travel, _ = budget_lib.gate_travel(log_alphas, DROPRATE_INIT)
+  travel, _ = budgets.gate_travel(log_alphas, DROPRATE_INIT)
   print(f"under the Lagrangian, the expected kept fraction of MACs reached "
         f"{float(cost_of(gated)):.4f}; {travel}")
-  graph.set_log_alphas(gated, budget_lib.settle(log_alphas, "macs", target, graph))
+  graph.set_log_alphas(gated, budgets.settle(log_alphas, "macs", target, graph))
   # A fresh Adam without the gates: no gradient nor momentum moves them from where they settled.
   weights = nnx.Optimizer(gated, optax.adam(LEARNING_RATE),
                           wrt=nnx.All(nnx.Param, nnx.Not(l0jax.LogAlpha)))
@@ -137,7 +137,7 @@ def main(export_dir: str, *, target_macs: float = 0.5, width: float = 0.125, ima
   net = ResNet18(width, in_channels, rngs=nnx.Rngs(seed))
   gated = l0jax.gate_network(net, data.x, rngs=nnx.Rngs(seed + 1), droprate_init=DROPRATE_INIT)
   graph = l0jax.trace_graph(gated, data.x)
-  lowest = budget_lib.floor(graph)["macs"]
+  lowest = budgets.lowest_kept_fractions(graph)["macs"]
   if not lowest <= target_macs <= 1:
     raise l0jax.UserError(f"--target_macs={target_macs:g} is outside [{lowest:.4f}, 1]: with "
                           "every gate closed the ungated layers keep the lower bound")

@@ -8,7 +8,7 @@ README's Python API section), or whose layers you would name your own way.
 written with its gates: `SmallResNet` is an ordinary NNX module with an
 `l0jax.L0Gate` on the output channels of the layers to prune (applied with
 `l0jax.gate_channels`), and `channel_graph`, which states its layers, what
-each reads and which gate decides its outputs (see `l0jax.graph`).
+each reads and which gate controls its outputs (see `l0jax.graphs`).
 `graph.check(net)` holds the statement against the module. The channels that
 the residual add ties stay ungated; the gates sit inside the block and on the
 last conv. The rest is `examples/custom_cnn.py`'s: a few training steps with

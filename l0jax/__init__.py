@@ -7,7 +7,7 @@ runs it on a CNN of its own):
   `gate_network` puts them into an unmodified one (`l0jax.gating`);
 - describe its channels: `trace_graph` reads its `Graph` from its program
   (`l0jax.tracing`), or state one of `Layer`, `Pool`, `Add`, `Pad` and `Gate`
-  (`l0jax.graph`'s docstring); a wrong graph raises `GraphError`;
+  (`l0jax.graphs`'s docstring); a wrong graph raises `GraphError`;
   `channel_groups` gives the channels that residual adds tie (`l0jax.coupling`);
 - `costs`, `format_table`, `penalty`, `save_export`, `load_export` (`l0jax.api`);
 - the built-in networks, `GoogleNet`, `ResNet` and `VGG`, whose `channel_graph`s are
@@ -23,12 +23,11 @@ _API = {
     "format_table": "l0jax.accounting",
     **dict.fromkeys(["ChannelGroup", "channel_groups"], "l0jax.coupling"),
     **dict.fromkeys(["costs", "load_export", "penalty", "save_export"], "l0jax.api"),
-    "UserError": "l0jax.errors",
+    **dict.fromkeys(["GraphError", "UserError"], "l0jax.errors"),
     **dict.fromkeys(["L0Gate", "LogAlpha", "gate_channels"], "l0jax.gates"),
     **dict.fromkeys(["GatedNetwork", "gate_network"], "l0jax.gating"),
-    **dict.fromkeys(["INPUT", "Add", "Gate", "Graph", "GraphError", "Layer", "Pad", "Pool"],
-                    "l0jax.graph"),
-    "GoogleNet": "l0jax.model",
+    **dict.fromkeys(["INPUT", "Add", "Gate", "Graph", "Layer", "Pad", "Pool"], "l0jax.graphs"),
+    "GoogleNet": "l0jax.googlenet",
     "trace_graph": "l0jax.tracing",
     "ResNet": "l0jax.resnet",
     "VGG": "l0jax.vgg",

@@ -1,6 +1,6 @@
 """Exact parameter and MAC counts of a (gated) network, per layer and in total, from its graph.
 
-The formulas are written once, in `count`, over a `graph.Graph` and the
+The formulas are written once, in `count`, over a `graphs.Graph` and the
 number of kept channels of each gate. That number is either an int (a
 channel is kept when its test-time gate is > 0; `deterministic_kept`) or its
 expectation under the gate distribution (`expected_kept`), a jnp scalar that
@@ -9,7 +9,7 @@ after training and the cost-weighted L0 penalty during it.
 
 A layer reads its producers' kept channels: a gated producer's kept ones, an
 ungated producer's all. A gate that a coupled group shares (a ResNet's stage
-width) decides the kept outputs of every member layer, the kept inputs of
+width) controls the kept outputs of every member layer, the kept inputs of
 every layer reading them, through the adds, and so the add's kept channels;
 a layer with several gates keeps the sum of theirs. An ungated layer that only gated layers read (a
 GoogleNet's 1x1 reduce conv) is counted as removed when all of their gates
@@ -24,10 +24,9 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from l0jax import gates
-from l0jax import graph as graph_lib
-from l0jax.config import PENALTIES
+from l0jax import channel_segments, gates, graphs
 from l0jax.errors import UserError
+from l0jax.run_config import PENALTIES
 
 Count = int | float | jax.Array  # an int when deterministic, a jnp scalar when expected
 
@@ -66,16 +65,16 @@ def _any_alive(alive: Sequence[Count]) -> Count:
   return functools.reduce(lambda a, b: a + b - a * b, alive)
 
 
-def count(graph: graph_lib.Graph, kept: Mapping[str, Kept] | None) -> list[LayerCost]:
+def count(graph: graphs.Graph, kept: Mapping[str, Kept] | None) -> list[LayerCost]:
   """Every conv and dense layer, in network order. `kept=None` (or a missing gate): all kept."""
   kept = kept or {}
   if unknown := set(kept) - {g.name for g in graph.gates}:
     raise ValueError(f"no gates named {sorted(unknown)} in this network")
   gate_kept = {g.name: kept.get(g.name, Kept(g.size, 1)) for g in graph.gates}
 
-  def used(layer: graph_lib.Layer) -> Count:
+  def used(layer: graphs.Layer) -> Count:
     readers = graph.readers[layer.name]
-    if layer.name in graph.whole or not readers or any(not r.gate_names for r in readers):
+    if layer.name in graph.whole_layers or not readers or any(not r.gate_names for r in readers):
       return 1
     read_gates = dict.fromkeys(g for r in readers for g in r.gate_names)  # a shared one once
     return _any_alive([gate_kept[g].alive for g in read_gates])
@@ -105,7 +104,7 @@ def deterministic_kept(log_alphas: Mapping[str, jax.Array]) -> dict[str, Kept]:
           for name, k in test_time_kept(log_alphas).items()}
 
 
-def all_closed(graph: graph_lib.Graph) -> dict[str, Kept]:
+def all_closed(graph: graphs.Graph) -> dict[str, Kept]:
   """Every gated channel pruned: what is left is the ungated layers that do not depend on them."""
   return {g.name: Kept(0, 0) for g in graph.gates}
 
@@ -116,7 +115,7 @@ def expected_kept(log_alphas: Mapping[str, jax.Array]) -> dict[str, Kept]:
   return {name: Kept(jnp.sum(q), 1.0 - jnp.prod(1.0 - q)) for name, q in p.items()}
 
 
-def connected(graph: graph_lib.Graph, kept: Mapping[str, Kept]) -> bool:
+def connected(graph: graphs.Graph, kept: Mapping[str, Kept]) -> bool:
   """Whether some kept channel still carries the input to the output.
 
   Closing every gate across a cut of the network (all four branches of a
@@ -125,9 +124,9 @@ def connected(graph: graph_lib.Graph, kept: Mapping[str, Kept]) -> bool:
   cheap the network counts. A residual add's shortcut is a path of its own, so
   a ResNet with a whole block closed stays connected.
   """
-  carries = {graph_lib.INPUT: True}  # by layer: does its output depend on the input?
+  carries = {graphs.INPUT: True}  # by layer: does its output depend on the input?
 
-  def open_(s: graph_lib.Segment) -> bool:
+  def open_(s: channel_segments.Segment) -> bool:
     return ((s.gate is None or kept[s.gate].channels > 0)
             and any(carries[p] for p in s.producers))
 
@@ -142,7 +141,7 @@ def totals(layers: Sequence[LayerCost]) -> tuple[Count, Count]:
 
 
 def penalties(log_alphas: Mapping[str, jax.Array],
-              graph: graph_lib.Graph) -> dict[str, jax.Array]:
+              graph: graphs.Graph) -> dict[str, jax.Array]:
   """Every kind of L0 term (PENALTIES), jnp-traceable, from one expected count of the network.
 
   mean_gate: mean P(z != 0) over all gated channels (the PyTorch original's R, so its
@@ -157,20 +156,20 @@ def penalties(log_alphas: Mapping[str, jax.Array],
   }
 
 
-def kept_fractions(graph: graph_lib.Graph, kept: Mapping[str, Kept] | None) -> dict[str, Count]:
+def kept_fractions(graph: graphs.Graph, kept: Mapping[str, Kept] | None) -> dict[str, Count]:
   """{'params': ..., 'macs': ...}: the kept fractions of the full network's counts."""
   (params, macs), (params_full, macs_full) = totals(count(graph, kept)), totals(count(graph, None))
   return {"params": params / params_full, "macs": macs / macs_full}
 
 
-def penalty(kind: str, log_alphas: Mapping[str, jax.Array], graph: graph_lib.Graph) -> jax.Array:
+def penalty(kind: str, log_alphas: Mapping[str, jax.Array], graph: graphs.Graph) -> jax.Array:
   """The L0 term of the loss of one kind (see `penalties`)."""
   if kind not in PENALTIES:
     raise UserError(f"unknown penalty {kind!r}; choose one of {', '.join(PENALTIES)}")
   return penalties(log_alphas, graph)[kind]
 
 
-def report(graph: graph_lib.Graph, log_alphas: Mapping[str, jax.Array]) -> dict[str, Any]:
+def report(graph: graphs.Graph, log_alphas: Mapping[str, jax.Array]) -> dict[str, Any]:
   """JSON-able full and kept counts of the network after training, per layer and in total."""
   kept = deterministic_kept(log_alphas)
   layers, full = count(graph, kept), count(graph, None)

@@ -6,7 +6,7 @@ log_alpha per epoch) and test_metrics.json when it was tested at the same
 checkpoint (best or last); otherwise that checkpoint's costs are counted from
 the gates its epoch's record holds. No data is loaded and no network is
 built. A gated layer is named as the cost accounting and `--mode=test` name
-it (the layer whose output channels its gate decides: `block1/branch3`, not
+it (the layer whose output channels its gate controls: `block1/branch3`, not
 its gate's `block1/3x3`, which history.jsonl keys by). Epoch 0 is the start
 of training, before the first epoch. The figures are run_figures.py's.
 """
@@ -17,22 +17,20 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from l0jax import accounting, budget, checkpoints, data, gates, networks, plots, run_figures
-from l0jax import workdirs
-from l0jax import config as config_lib
-from l0jax import graph as graph_lib
+from l0jax import accounting, budgets, checkpoints, data, gates, networks, plots, run_figures
+from l0jax import graphs, run_config, workdirs
 from l0jax.gates import OPEN_AT, PRUNE_AT
 from l0jax.errors import UserError
 
 SUMMARY_FILE = "summary.md"
 
 
-def channel_graph(config: ml_collections.ConfigDict) -> graph_lib.Graph:
+def channel_graph(config: ml_collections.ConfigDict) -> graphs.Graph:
   """The channel graph of the run's network, from its config alone."""
   return networks.channel_graph(config, *data.image_shape_and_classes(config))[0]
 
 
-def checkpoint_metrics(workdir: epath.Path, checkpoint: str, graph: graph_lib.Graph,
+def checkpoint_metrics(workdir: epath.Path, checkpoint: str, graph: graphs.Graph,
                        history: Sequence[dict]) -> tuple[dict[str, Any], bool]:
   """(test_metrics.json, True) if tested at `checkpoint` (best or last); else that checkpoint's
   costs, counted from the gates its epoch's record holds, and False."""
@@ -59,7 +57,7 @@ def _arrays(log_alphas: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray]:
   return {name: np.asarray(v, np.float32) for name, v in log_alphas.items()}
 
 
-def starting_log_alphas(config: ml_collections.ConfigDict, plan: config_lib.GatePlan,
+def starting_log_alphas(config: ml_collections.ConfigDict, plan: run_config.GatePlan,
                         first: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The gates at epoch 0, by gate, given those at the first epoch's end.
 
@@ -67,14 +65,14 @@ def starting_log_alphas(config: ml_collections.ConfigDict, plan: config_lib.Gate
   initialiser draws around, with a spread of 0.01); fixed ones (retraining, a
   mask) are all along what the first epoch ended with.
   """
-  if plan.gates_fixed:
+  if plan.fixed_from_start:
     return dict(first)
   return {name: np.full_like(la, gates.initial_log_alpha(config.droprate_init))
           for name, la in first.items()}
 
 
 def gates_per_epoch(history: Sequence[dict], config: ml_collections.ConfigDict,
-                    plan: config_lib.GatePlan, graph: graph_lib.Graph) -> run_figures.GatesPerEpoch:
+                    plan: run_config.GatePlan, graph: graphs.Graph) -> run_figures.GatesPerEpoch:
   """What the gates of a gated run kept from its start to each epoch's end."""
   by_gate = [_arrays(h["log_alpha"]) for h in history]
   by_gate.insert(0, starting_log_alphas(config, plan, by_gate[0]))
@@ -88,44 +86,44 @@ def gates_per_epoch(history: Sequence[dict], config: ml_collections.ConfigDict,
                        {kind: np.array([k[kind] for k in kept]) for kind in ("params", "macs")})
 
 
-def l0_panel_title(plan: config_lib.GatePlan) -> str:
+def l0_panel_title(plan: run_config.GatePlan) -> str:
   """The L0 panel's title, in two lines: one is too wide for a third of the figure."""
-  if plan.gates == config_lib.BUDGET:
+  if plan.gates == run_config.BUDGET:
     return "L0 term, in the loss as the Lagrangian\nl1 (c - t) + l2 (c - t)^2"
-  if plan.gates == config_lib.LAMBDA:
+  if plan.gates == run_config.LAMBDA:
     return f"L0 term\n(times lambda_l0 = {plan.lambda_l0:g} in the loss)"
   return "L0 term\n(not in the loss: gates fixed)"
 
 
-def _travel_lines(config: ml_collections.ConfigDict, plan: config_lib.GatePlan,
+def _travel_lines(config: ml_collections.ConfigDict, plan: run_config.GatePlan,
                   history: Sequence[dict]) -> list[str]:
   """For a budget run whose gates settled: how far training had moved them by then."""
-  if plan.gates != config_lib.BUDGET:
+  if plan.gates != run_config.BUDGET:
     return []
   settled = plan.settle_epoch
   before = next((h for h in history if h["epoch"] == settled - 1), None)
   if not (before and any(h["epoch"] >= settled for h in history)):
     return []
-  travel, _ = budget.gate_travel(before["log_alpha"], config.droprate_init)
+  travel, _ = budgets.gate_travel(before["log_alpha"], config.droprate_init)
   return ["", f"The gates settled for the budget at the start of epoch {settled + 1}: "
           f"{travel}."]
 
 
 def summary_markdown(workdir: epath.Path, config: ml_collections.ConfigDict,
-                     plan: config_lib.GatePlan, history: Sequence[dict], checkpoint: str,
+                     plan: run_config.GatePlan, history: Sequence[dict], checkpoint: str,
                      chosen: dict, metrics: dict, tested: bool, log_alphas: dict[str, np.ndarray],
                      layer_states: dict[str, dict[str, int]], total: dict[str, int],
                      figures: Sequence[str]) -> str:
   """The run in a few lines: what it is, what it is worth, and what its gates decided."""
   minutes = sum(h["epoch_seconds"] for h in history) / 60
-  if plan.gates == config_lib.NO_GATES:
+  if plan.gates == run_config.NO_GATES:
     kind = "without gates"
   elif plan.target:
     what, fraction = plan.target
     kind = (f"with L0 gates pruned to a budget of {run_figures.percent(fraction)} of the "
             f"{'MACs' if what == 'macs' else 'parameters'} (realised: "
             f"{run_figures.percent(metrics[f'{what}_kept_fraction'])})")
-  elif plan.gates == config_lib.LAMBDA:
+  elif plan.gates == run_config.LAMBDA:
     kind = f"with L0 gates (lambda_l0 = {plan.lambda_l0:g}, penalty {plan.penalty})"
   else:
     kind = f"retrained with the gates of `{config.init_from}` fixed"
@@ -134,7 +132,7 @@ def summary_markdown(workdir: epath.Path, config: ml_collections.ConfigDict,
           "that checkpoint's")
   lines = [
       f"# Analysis of `{workdir}`", "",
-      f"{config.dataset}, {config_lib.network_name(config)} at width "
+      f"{config.dataset}, {run_config.network_name(config)} at width "
       f"{config.width_multiplier:g} {kind}: "
       f"{len(history)} of {config.num_epochs} epochs, {minutes:.1f} min of training.", "",
       f"{checkpoint.capitalize()} checkpoint: epoch {chosen['epoch'] + 1} "
@@ -160,7 +158,7 @@ def summary_markdown(workdir: epath.Path, config: ml_collections.ConfigDict,
     if total["undecided"]:
       share = run_figures.percent(total["undecided"] / num_gates)
       settled = plan.settle_epoch
-      if plan.gates == config_lib.BUDGET and chosen["epoch"] >= settled:
+      if plan.gates == run_config.BUDGET and chosen["epoch"] >= settled:
         why = (f"the budget fixed every gate from epoch {settled + 1} on (`fix_gates_after`), "
                "so these keep the scale they had learnt, and the weights trained with it")
       else:
@@ -186,7 +184,7 @@ def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
   """
   workdir = epath.Path(workdir)
   config = workdirs.load_config(str(workdir))
-  plan = config_lib.gate_plan(config)
+  plan = run_config.gate_plan(config)
   history = workdirs.load_history(workdir)
   graph = channel_graph(config)
   metrics, tested = checkpoint_metrics(workdir, checkpoint, graph, history)
@@ -204,7 +202,7 @@ def analyze(workdir: str, checkpoint: str = "best") -> dict[str, Any]:
     figures["log_alpha_trajectories.png"] = run_figures.log_alpha_trajectory_figure(
         per_epoch, epoch, checkpoint)
     figures["channels.png"] = run_figures.channels_figure(metrics["layers"], title)
-  if plan.gates == config_lib.BUDGET:  # a mask's run has no multipliers to draw
+  if plan.gates == run_config.BUDGET:  # a mask's run has no multipliers to draw
     figures["budget.png"] = run_figures.budget_figure(history, epoch, checkpoint, *plan.target,
                                                       per_epoch.costs[plan.target.kind],
                                                       plan.settle_epoch)

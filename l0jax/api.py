@@ -2,7 +2,7 @@
 
 Every function takes the network (an `nnx.Module` gated with `gates.L0Gate`
 and `gates.gate_channels`, called as `net(images, train=..., gate_key=...)`)
-and its channel graph (`graph.Graph`, which says what the cost accounting and
+and its channel graph (`graphs.Graph`, which says what the cost accounting and
 the export need to know of it). `examples/custom_cnn.py` runs all of them on
 a small CNN of its own.
 """
@@ -14,11 +14,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from l0jax import accounting, data, export as export_lib
-from l0jax import graph as graph_lib
+from l0jax import accounting, data, export, graphs
 
 
-def costs(net: nnx.Module, graph: graph_lib.Graph) -> dict[str, Any]:
+def costs(net: nnx.Module, graph: graphs.Graph) -> dict[str, Any]:
   """Parameters and MACs of `net` at test time, full and kept, per layer and in total.
 
   `accounting.format_table` prints it as `--mode=test` does.
@@ -26,7 +25,7 @@ def costs(net: nnx.Module, graph: graph_lib.Graph) -> dict[str, Any]:
   return accounting.report(graph, graph.log_alphas(net))
 
 
-def penalty(net: nnx.Module, graph: graph_lib.Graph, kind: str = "macs") -> jax.Array:
+def penalty(net: nnx.Module, graph: graphs.Graph, kind: str = "macs") -> jax.Array:
   """The L0 term to add to the loss (times a lambda), differentiable in the gates.
 
   `kind`: 'macs' or 'params' (the expected kept fraction of the full
@@ -36,7 +35,7 @@ def penalty(net: nnx.Module, graph: graph_lib.Graph, kind: str = "macs") -> jax.
   return accounting.penalty(kind, graph.log_alphas(net), graph)
 
 
-def save_export(net: nnx.Module, graph: graph_lib.Graph, export_dir: str | os.PathLike,
+def save_export(net: nnx.Module, graph: graphs.Graph, export_dir: str | os.PathLike,
                 images: np.ndarray, mean: np.ndarray, std: np.ndarray,
                 info: dict[str, Any] | None = None, with_onnx: bool = False) -> dict[str, Any]:
   """Writes the compact network of `net` (kept channels only, BN and gates folded) to a folder.
@@ -50,14 +49,14 @@ def save_export(net: nnx.Module, graph: graph_lib.Graph, export_dir: str | os.Pa
   measured on `images`.
   """
   images = np.asarray(images)
-  params = export_lib.compact_params(net, graph)
+  params = export.compact_params(net, graph)
   normalized = np.asarray(data.normalize(images, mean, std))
   labels = np.asarray(net(normalized, train=False).argmax(-1))
-  metrics = export_lib.verify(net, graph, params, normalized, labels, len(images))
-  export_lib.save(export_dir, graph, params, images, mean, std, info or {}, metrics, with_onnx)
+  metrics = export.verify(net, graph, params, normalized, labels, len(images))
+  export.save(export_dir, graph, params, images, mean, std, info or {}, metrics, with_onnx)
   return metrics
 
 
 def load_export(export_dir: str | os.PathLike) -> Callable[[np.ndarray], jax.Array]:
   """uint8 images [batch, *input_shape] -> logits, from an export; needs JAX only."""
-  return export_lib.load_inference(export_dir)
+  return export.load_inference(export_dir)

@@ -13,9 +13,8 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from l0jax import accounting, checkpoints, data, evaluator, export as export_lib
-from l0jax import onnx_export, train, workdirs
-from l0jax import config as config_lib
+from l0jax import accounting, checkpoints, data, evaluator, export, onnx_export, train, workdirs
+from l0jax import run_config
 
 
 def restore(workdir: str, checkpoint: str = "best",
@@ -24,7 +23,7 @@ def restore(workdir: str, checkpoint: str = "best",
   config = workdirs.load_config(workdir)
   config.update(overrides)
   mngr, step = checkpoints.chosen_step(workdir, checkpoint)
-  run = train.setup(config, config_lib.validate(config))
+  run = train.setup(config, run_config.validate(config))
   _, state = train.initial_state(run)
   state = checkpoints.restore_step(mngr, step, state)
   return run, state, step
@@ -38,7 +37,7 @@ def cost_report(run: train.Run, net: nnx.Module) -> dict:
   return accounting.report(run.network.graph, run.network.graph.log_alphas(net))
 
 
-def pruned_by(plan: config_lib.GatePlan) -> dict[str, Any]:
+def pruned_by(plan: run_config.GatePlan) -> dict[str, Any]:
   """What set the run's cost, as test_metrics.json records it: the target of a budget or a mask
   (`target_kind`, `target`), the run whose gates a mask was made from (`mask`, `mask_from`), or
   the L0 term's weight where that term was in the loss."""
@@ -46,12 +45,12 @@ def pruned_by(plan: config_lib.GatePlan) -> dict[str, Any]:
     return {"target_kind": plan.target.kind, "target": plan.target.fraction}
   if plan.mask_from:
     return {"mask": plan.mask, "mask_from": plan.mask_from}
-  if plan.gates == config_lib.LAMBDA:
+  if plan.gates == run_config.LAMBDA:
     return {"lambda_l0": plan.lambda_l0}
-  return {}  # no gates, or init_from's gates kept fixed: this run pruned nothing
+  return {}  # no gates, or init_from's gates fixed: this run pruned nothing
 
 
-def test(workdir: str, checkpoint: str = "best") -> dict:
+def test_checkpoint(workdir: str, checkpoint: str = "best") -> dict:
   """Evaluates a checkpoint on the test split; prints a summary, writes test_metrics.json."""
   run, state, step = restore(workdir, checkpoint)
   ds = run.dataset
@@ -70,7 +69,8 @@ def test(workdir: str, checkpoint: str = "best") -> dict:
   return result
 
 
-def export(workdir: str, checkpoint: str = "best", with_onnx: bool | None = None) -> dict:
+def export_checkpoint(workdir: str, checkpoint: str = "best",
+                      with_onnx: bool | None = None) -> dict:
   """Builds the compact network from a checkpoint, checks it on the test split, saves it.
 
   `with_onnx`: whether to add its ONNX model; None adds it if the onnx extra is installed.
@@ -85,16 +85,16 @@ def export(workdir: str, checkpoint: str = "best", with_onnx: bool | None = None
     logging.info("%s has no gates: the compact network is the whole network, BN folded.", workdir)
   ds = run.dataset
   net = gated_network(run, state)
-  params = export_lib.compact_params(net, run.network.graph)
+  params = export.compact_params(net, run.network.graph)
   images = np.asarray(jax.jit(lambda x: data.normalize(x, ds.mean, ds.std))(ds.test_images))
-  result = export_lib.verify(net, run.network.graph, params, images, ds.test_labels,
-                             run.config.eval_batch_size)
+  result = export.verify(net, run.network.graph, params, images, ds.test_labels,
+                         run.config.eval_batch_size)
   result.update(checkpoint=checkpoint, checkpoint_step=step)
   if workdirs.is_primary_process():  # The others computed the same.
     export_dir = epath.Path(workdir) / workdirs.EXPORT_DIR
-    export_lib.save(export_dir, run.network.graph, params, ds.test_images[:8], ds.mean, ds.std,
-                    {"dataset": ds.name, "source_workdir": str(epath.Path(workdir).resolve()),
-                     "checkpoint_step": step}, result, with_onnx)
+    export.save(export_dir, run.network.graph, params, ds.test_images[:8], ds.mean, ds.std,
+                {"dataset": ds.name, "source_workdir": str(epath.Path(workdir).resolve()),
+                 "checkpoint_step": step}, result, with_onnx)
     print(f"{export_dir}: compact network with {result['params_compact']:,} parameters; "
           f"test accuracy {result['test_accuracy_compact']:.4f} "
           f"(gated {result['test_accuracy_gated']:.4f}), "

@@ -40,8 +40,9 @@ def manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.Checkpo
 
 
 def _restore_into(mngr: ocp.CheckpointManager, step: int, target: tuple) -> tuple:
-  """A checkpoint restored into the structure of the NamedTuple `target` (`versions.on_disk`)."""
-  restored = mngr.restore(step, args=ocp.args.StandardRestore(versions.on_disk(target)))
+  """A checkpoint restored into the structure of the NamedTuple `target`
+  (`versions.saved_fields`)."""
+  restored = mngr.restore(step, args=ocp.args.StandardRestore(versions.saved_fields(target)))
   return type(target)(**restored)
 
 

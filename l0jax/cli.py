@@ -252,11 +252,11 @@ def checked_config(config: "ml_collections.ConfigDict | None",
 
   `config` is the flag's value (None: no --config given), `argv` the command line.
   """
-  from l0jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from l0jax import run_config  # pylint: disable=import-outside-toplevel
   if config is None:
     raise UserError("--mode=train needs --config=configs/SOMETHING.py")
   try:
-    config_lib.validate(config)
+    run_config.validate(config)
   except OSError as e:  # ml_collections reports an OSError of the config file at its first use.
     raise UserError(raised_in_config_file(e, argv) or config_file_error(e)) from e
   return config

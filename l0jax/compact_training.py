@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from l0jax import model, vgg
-from l0jax import graph as graph_lib
+from l0jax import graphs, layers, vgg
 from l0jax.kept_channels import KeptChannels
 
 
@@ -30,10 +29,10 @@ def _set(module: nnx.Module, name: str, value: jax.Array) -> None:
   setattr(module, name, type(getattr(module, name))(value))
 
 
-def _layer(net: nnx.Module, layer: graph_lib.Layer, x: jax.Array, rows: np.ndarray,
+def _layer(net: nnx.Module, layer: graphs.Layer, x: jax.Array, rows: np.ndarray,
            columns: np.ndarray, out_hw: int, scale: np.ndarray | None) -> jax.Array:
   """The layer's kept `columns` from the kept input `rows` `x`, through its own modules."""
-  conv = graph_lib.at(net, layer.path)
+  conv = graphs.submodule_at(net, layer.path)
   kernel = jnp.take(jnp.take(conv.kernel[...], rows, axis=-2), columns, axis=-1)
   bias = None if conv.bias is None else jnp.take(conv.bias[...], columns)
   if rows.size:
@@ -45,7 +44,7 @@ def _layer(net: nnx.Module, layer: graph_lib.Layer, x: jax.Array, rows: np.ndarr
     y = jnp.zeros(shape, x.dtype) if bias is None else jnp.broadcast_to(bias.astype(x.dtype),
                                                                          shape)
   if layer.bn is not None:
-    y = _batch_norm(graph_lib.at(net, layer.bn), y, columns)
+    y = _batch_norm(graphs.submodule_at(net, layer.bn), y, columns)
   if layer.relu:
     y = nnx.relu(y)
   return y if scale is None else y * scale.astype(y.dtype)
@@ -78,12 +77,12 @@ def _batch_norm(bn: nnx.BatchNorm, y: jax.Array, columns: np.ndarray) -> jax.Arr
   return y
 
 
-def _pool(node: graph_lib.Pool, x: jax.Array) -> jax.Array:
+def _pool(node: graphs.Pool, x: jax.Array) -> jax.Array:
   """The pool as the built-in networks compute it (their gradients are XLA:CPU's fast ones)."""
   if node.kind == "mean":
     return jnp.mean(x, axis=(1, 2))
   if (node.window, node.padding) == (3, 1):
-    return model.max_pool_3x3(x, node.stride)
+    return layers.max_pool_3x3(x, node.stride)
   if (node.window, node.stride, node.padding) == (2, 2, 0):
     return vgg.max_pool_2x2(x)
   pad = (node.padding if isinstance(node.padding, str)
@@ -92,26 +91,26 @@ def _pool(node: graph_lib.Pool, x: jax.Array) -> jax.Array:
                                (1, node.stride, node.stride, 1), pad)
 
 
-def apply(net: nnx.Module, graph: graph_lib.Graph, kept: KeptChannels,
+def apply(net: nnx.Module, graph: graphs.Graph, kept: KeptChannels,
           images: jax.Array) -> jax.Array:
   """Training-mode float32 logits of `net` at its fixed gates, computing only `kept`'s channels.
 
   Updates `net`'s BN statistics in place, as calling it in training does;
   nothing else of it changes.
   """
-  values = {graph_lib.INPUT: images}
+  values = {graphs.INPUT: images}
   for node in graph.nodes:
-    if isinstance(node, graph_lib.Add):
+    if isinstance(node, graphs.Add):
       y = sum(values[name] for name in node.inputs)
       values[node.name] = nnx.relu(y) if node.relu else y
       continue
     x = jnp.concatenate([values[name] for name in node.inputs], axis=-1)
-    if isinstance(node, graph_lib.Layer):
+    if isinstance(node, graphs.Layer):
       columns = kept.indices[node.name]
       scale = kept.scale[node.name][columns] if node.gate_names else None
       values[node.name] = _layer(net, node, x, kept.read(node)[0], columns,
                                  graph.out_hw(node.name), scale)
-    elif isinstance(node, graph_lib.Pad):
+    elif isinstance(node, graphs.Pad):
       x = x[:, ::node.stride, ::node.stride]
       values[node.name] = jnp.pad(x, ((0, 0), (0, 0), (0, 0), kept.pad_sides(node)))
     else:

@@ -13,7 +13,7 @@ may be gated as one, its members sharing one gate (`gating.gate_network`'s
 
 from typing import NamedTuple
 
-from l0jax import graph as graph_lib
+from l0jax import graphs
 
 _Channel = tuple[str, int]  # (a layer or INPUT, one of its output channels)
 
@@ -29,15 +29,15 @@ class ChannelGroup(NamedTuple):
     return stop - start
 
 
-def _origins(graph: graph_lib.Graph, union) -> None:
+def _origins(graph: graphs.Graph, union) -> None:
   """Follows every node's output channels back to the channels that make them, tying those
   that an add sums."""
-  origin = {graph_lib.INPUT: [(graph_lib.INPUT, c) for c in range(graph.in_channels)]}
+  origin = {graphs.INPUT: [(graphs.INPUT, c) for c in range(graph.in_channels)]}
   for node in graph.nodes:
     read = [c for name in node.inputs for c in origin[name]]
-    if isinstance(node, graph_lib.Layer):
+    if isinstance(node, graphs.Layer):
       origin[node.name] = [(node.name, c) for c in range(node.c_out)]
-    elif isinstance(node, graph_lib.Add):
+    elif isinstance(node, graphs.Add):
       columns = zip(*(origin[name] for name in node.inputs))
       origin[node.name] = []
       for column in columns:
@@ -45,13 +45,13 @@ def _origins(graph: graph_lib.Graph, union) -> None:
         for c in tied[1:]:
           union(tied[0], c)
         origin[node.name].append(tied[0] if tied else None)
-    elif isinstance(node, graph_lib.Pad):
+    elif isinstance(node, graphs.Pad):
       origin[node.name] = [None] * node.before + read + [None] * node.after
     else:
       origin[node.name] = read
 
 
-def channel_groups(graph: graph_lib.Graph) -> tuple[ChannelGroup, ...]:
+def channel_groups(graph: graphs.Graph) -> tuple[ChannelGroup, ...]:
   """Every output channel of the input and of each layer, in groups of channels tied by adds.
 
   A layer whose outputs no add ties is one group of one member; groups come in
@@ -70,12 +70,12 @@ def channel_groups(graph: graph_lib.Graph) -> tuple[ChannelGroup, ...]:
     if a != b:
       parent[max(a, b, key=order)] = min(a, b, key=order)
 
-  producers = [graph_lib.INPUT] + [l.name for l in graph.layers]
+  producers = [graphs.INPUT] + [l.name for l in graph.layers]
   rank = {name: i for i, name in enumerate(producers)}
   order = lambda c: (rank[c[0]], c[1])
   _origins(graph, union)
   classes: dict[_Channel, list[_Channel]] = {}
-  widths = {graph_lib.INPUT: graph.in_channels, **{l.name: l.c_out for l in graph.layers}}
+  widths = {graphs.INPUT: graph.in_channels, **{l.name: l.c_out for l in graph.layers}}
   for name in producers:
     for c in range(widths[name]):
       classes.setdefault(find((name, c)), []).append((name, c))

@@ -18,6 +18,10 @@ class UserError(Exception):
   """Bad input: a config value, a path, a dataset, a workdir. The message is the whole story."""
 
 
+class GraphError(UserError):
+  """A channel graph that contradicts itself or the module it describes; names the node."""
+
+
 class Stopped(Exception):
   """A run that stopped when asked to (SIGTERM, SIGINT), its newest checkpoint complete."""
 

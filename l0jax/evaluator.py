@@ -43,7 +43,8 @@ def put_eval_set(images: np.ndarray, labels: np.ndarray, batch_size: int,
   images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
   labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
   over_data = NamedSharding(mesh, P(None, "data"))
-  batched = lambda a: sharding.put(a.reshape((num_batches, batch_size) + a.shape[1:]), over_data)
+  batched = lambda a: sharding.to_devices(a.reshape((num_batches, batch_size) + a.shape[1:]),
+                                          over_data)
   return EvalSet(batched(images), batched(labels), batched(weights))
 
 

@@ -1,6 +1,6 @@
 """A compact network holding only the kept channels, folded into plain conv + bias + ReLU.
 
-Built from the network's channel graph (`graph.Graph`) alone. For each gate,
+Built from the network's channel graph (`graphs.Graph`) alone. For each gate,
 the pruned channels' filters go, and the kept channels' test-time gates (in
 (0, 1]) move into the weights of the layers that read them. That is exact
 because a gate is a non-negative per-channel scale, which commutes with ReLU,
@@ -41,13 +41,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from l0jax import data
-from l0jax import graph as graph_lib
-from l0jax import kept_channels
-from l0jax import model
-from l0jax import onnx_export
-from l0jax import versions
-from l0jax import workdirs
+from l0jax import data, graphs, kept_channels, layers, onnx_export, versions, workdirs
 from l0jax.errors import UserError
 
 PARAMS_DIR = "params"
@@ -67,15 +61,15 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # the artifact runs wherever the use
 RTOL = 1e-4
 
 
-def _folded(net: nnx.Module, layer: graph_lib.Layer) -> dict[str, np.ndarray]:
+def _folded(net: nnx.Module, layer: graphs.Layer) -> dict[str, np.ndarray]:
   """conv + eval-mode BN as one conv: kernel * s and (bias - mean) * s + shift, s = scale / std."""
-  weights = graph_lib.at(net, layer.path)
+  weights = graphs.submodule_at(net, layer.path)
   kernel = np.asarray(weights.kernel[...])
   bias = (np.zeros(layer.c_out, np.float32) if weights.bias is None
           else np.asarray(weights.bias[...]))
   if layer.bn is None:
     return {"kernel": kernel, "bias": bias}
-  bn = graph_lib.at(net, layer.bn)
+  bn = graphs.submodule_at(net, layer.bn)
   s = np.asarray(bn.scale[...]) / np.sqrt(np.asarray(bn.var[...]) + np.float32(bn.epsilon))
   return {"kernel": kernel * s, "bias": (bias - np.asarray(bn.mean[...])) * s
           + np.asarray(bn.bias[...])}
@@ -88,7 +82,7 @@ def _select(p: dict[str, np.ndarray], inputs: np.ndarray, gate: np.ndarray,
   return {"kernel": kernel[..., outputs], "bias": p["bias"][outputs]}
 
 
-def compact_params(net: nnx.Module, graph: graph_lib.Graph) -> dict[str, dict[str, jax.Array]]:
+def compact_params(net: nnx.Module, graph: graphs.Graph) -> dict[str, dict[str, jax.Array]]:
   """The folded, pruned weights of `net` at test time (gated or not), by layer name.
 
   Each layer keeps the rows of its kept inputs, scaled by their test-time
@@ -100,15 +94,15 @@ def compact_params(net: nnx.Module, graph: graph_lib.Graph) -> dict[str, dict[st
   kept = kept_channels.kept_channels(graph, graph.log_alphas(net))
   params = {}
   for node in graph.nodes:
-    if isinstance(node, graph_lib.Layer):
+    if isinstance(node, graphs.Layer):
       params[node.name] = _select(_folded(net, node), *kept.read(node), kept.indices[node.name])
-    elif isinstance(node, graph_lib.Pad):
+    elif isinstance(node, graphs.Pad):
       params[node.name] = {side: np.zeros((n, 0), np.float32)
                            for side, n in zip(("before", "after"), kept.pad_sides(node))}
   return jax.tree.map(jnp.asarray, params)
 
 
-def _layer(x: jax.Array, p: dict[str, jax.Array], layer: graph_lib.Layer, out_hw: int):
+def _layer(x: jax.Array, p: dict[str, jax.Array], layer: graphs.Layer, out_hw: int):
   kernel = p["kernel"]
   if layer.dense:
     y = x @ kernel + p["bias"]
@@ -116,7 +110,7 @@ def _layer(x: jax.Array, p: dict[str, jax.Array], layer: graph_lib.Layer, out_hw
     # No inputs (all closed upstream): a constant bias. No outputs (closed): an empty array.
     y = jnp.broadcast_to(p["bias"], (x.shape[0], out_hw, out_hw, kernel.shape[-1]))
   elif kernel.shape[:2] == (1, 1) and layer.stride == 1:
-    y = model.pointwise_conv(x, kernel) + p["bias"]  # a dot, as the model runs it
+    y = layers.pointwise_conv(x, kernel) + p["bias"]  # a dot, as the model runs it
   else:
     padding = layer.padding if isinstance(layer.padding, str) else [(layer.padding,) * 2] * 2
     y = jax.lax.conv_general_dilated(x, kernel, (layer.stride,) * 2, padding,
@@ -124,9 +118,9 @@ def _layer(x: jax.Array, p: dict[str, jax.Array], layer: graph_lib.Layer, out_hw
   return jax.nn.relu(y) if layer.relu else y
 
 
-def _node(x: jax.Array, node: graph_lib.Pool | graph_lib.Pad,
+def _node(x: jax.Array, node: graphs.Pool | graphs.Pad,
           p: dict[str, jax.Array] | None) -> jax.Array:
-  if isinstance(node, graph_lib.Pad):
+  if isinstance(node, graphs.Pad):
     x = x[:, ::node.stride, ::node.stride]
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (len(p["before"]), len(p["after"]))))
   if node.kind == "mean":
@@ -137,18 +131,18 @@ def _node(x: jax.Array, node: graph_lib.Pool | graph_lib.Pad,
                                (1, node.stride, node.stride, 1), pad)
 
 
-def compact_apply(graph: graph_lib.Graph, params: dict[str, dict[str, jax.Array]],
+def compact_apply(graph: graphs.Graph, params: dict[str, dict[str, jax.Array]],
                   images: jax.Array) -> jax.Array:
   """Logits of the compact network for normalised NHWC float images."""
-  values = {graph_lib.INPUT: images}
+  values = {graphs.INPUT: images}
   for node in graph.nodes:
-    if isinstance(node, graph_lib.Add):
+    if isinstance(node, graphs.Add):
       y = sum(values[name] for name in node.inputs)
       values[node.name] = jax.nn.relu(y) if node.relu else y
       continue
     x = jnp.concatenate([values[name] for name in node.inputs], axis=-1)
     values[node.name] = (_layer(x, params[node.name], node, graph.out_hw(node.name))
-                         if isinstance(node, graph_lib.Layer)
+                         if isinstance(node, graphs.Layer)
                          else _node(x, node, params.get(node.name)))
   return values[graph.nodes[-1].name]
 
@@ -163,14 +157,14 @@ def _check_close(max_diff: float, max_logit: float, what: str) -> None:
                        f"(tolerance {RTOL:g} relative)")
 
 
-def verify(net: nnx.Module, graph: graph_lib.Graph, params: dict[str, Any], images: np.ndarray,
+def verify(net: nnx.Module, graph: graphs.Graph, params: dict[str, Any], images: np.ndarray,
            labels: np.ndarray, batch_size: int) -> dict[str, float | int]:
   """Runs the gated network (test time) and the compact one on the same images, batch by batch.
 
   Both run at full float32 matmul precision (not TF32), so that they are
   comparable; a difference beyond RTOL raises RuntimeError.
   """
-  if jnp.dtype(graph_lib.at(net, graph.layers[-1].path).dtype or jnp.float32) != jnp.float32:
+  if jnp.dtype(graphs.submodule_at(net, graph.layers[-1].path).dtype or jnp.float32) != jnp.float32:
     raise ValueError("verify compares float32 networks; build the model with dtype=float32")
   graphdef, state = nnx.split(net)
   gated = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, train=False))
@@ -227,13 +221,13 @@ def _sibling(export_dir: epath.Path, what: str) -> epath.Path:
   return export_dir.parent / f".{export_dir.name}.{what}"
 
 
-def serving_function(graph: graph_lib.Graph, params: dict[str, Any], mean: np.ndarray,
+def serving_function(graph: graphs.Graph, params: dict[str, Any], mean: np.ndarray,
                      std: np.ndarray) -> Callable[[jax.Array], jax.Array]:
   """uint8 NHWC images, as the data set stores them -> logits, normalisation included."""
   return lambda images: compact_apply(graph, params, data.normalize(images, mean, std))
 
 
-def save(export_dir: str | os.PathLike, graph: graph_lib.Graph, params: dict[str, Any],
+def save(export_dir: str | os.PathLike, graph: graphs.Graph, params: dict[str, Any],
          example_images: np.ndarray, mean: np.ndarray, std: np.ndarray, info: dict[str, Any],
          metrics: dict[str, Any], with_onnx: bool = False) -> None:
   """Writes the inference function (jax.export: weights and normalisation inside, any batch
@@ -285,7 +279,7 @@ def save(export_dir: str | os.PathLike, graph: graph_lib.Graph, params: dict[str
   if export_dir.exists() and _exchange(tmp, export_dir):
     tmp.rmtree()  # The previous export, swapped out.
     return
-  if export_dir.exists():  # No atomic swap here: a reader recovers from `old` (`_settled`).
+  if export_dir.exists():  # No atomic swap here: a reader recovers from `old` (`_readable_export`).
     export_dir.rename(old)
   tmp.rename(export_dir)
   if old.exists():
@@ -308,7 +302,7 @@ def _exchange(a: epath.Path, b: epath.Path) -> bool:
   raise OSError(error, os.strerror(error), str(b))
 
 
-def _settled(export_dir: epath.Path) -> epath.Path:
+def _readable_export(export_dir: epath.Path) -> epath.Path:
   """`export_dir`, or the previous export that a save killed between its two renames left beside
   it (where folders cannot be swapped in one step); the next save puts it back."""
   old = _sibling(export_dir, "old")
@@ -359,7 +353,7 @@ def load_inference(export_dir: str | os.PathLike) -> Callable[[np.ndarray], jax.
 
   A missing or damaged file of the export raises a UserError that names it.
   """
-  export_dir = _settled(epath.Path(export_dir).resolve())
+  export_dir = _readable_export(epath.Path(export_dir).resolve())
   _check_present(export_dir)
   info = workdirs.read_json(export_dir / INFO_FILE, dict, "export the run again (--mode=export)")
   input_shape = info.get("input_shape")

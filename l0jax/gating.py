@@ -39,8 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l0jax import coupling, gates, tracing
-from l0jax import graph as graph_lib
+from l0jax import coupling, gates, graphs, tracing
 
 Apply = Callable[[nnx.Module, jax.Array, bool], jax.Array]
 
@@ -89,7 +88,7 @@ def _call(net: nnx.Module, images: jax.Array, train: bool) -> jax.Array:
   return net(images, train=train)
 
 
-def _gated_groups(graph: graph_lib.Graph, gate_residual: bool) -> list[coupling.ChannelGroup]:
+def _gated_groups(graph: graphs.Graph, gate_residual: bool) -> list[coupling.ChannelGroup]:
   """The channel groups to gate: a layer's own channels, and with `gate_residual` the coupled
   groups; none that holds the input's channels or the logits, nor any that shares a layer with
   a group left ungated."""
@@ -97,8 +96,8 @@ def _gated_groups(graph: graph_lib.Graph, gate_residual: bool) -> list[coupling.
   # A layer's own channels are those no add reads: a channel added to a shortcut's zeros is a
   # group of one, yet tied by an add.
   groups = [g for g in coupling.channel_groups(graph)
-            if (gate_residual or not {m for m, _, _ in g.members} & graph.whole)
-            and not {graph_lib.INPUT, graph.nodes[-1].name} & {m for m, _, _ in g.members}]
+            if (gate_residual or not {m for m, _, _ in g.members} & graph.whole_layers)
+            and not {graphs.INPUT, graph.nodes[-1].name} & {m for m, _, _ in g.members}]
   while True:
     covered = {}
     for g in groups:
@@ -123,8 +122,8 @@ def gate_network(net: nnx.Module, example_images: Any, *, rngs: nnx.Rngs,
   """
   graph = tracing.trace_graph(net, example_images, lambda m, x: apply(m, x, False))
   if graph.gates:
-    raise graph_lib.GraphError(f"the network has gates already ({graph.gates[0].name}); "
-                               "gate_network gates a network without them")
+    raise graphs.GraphError(f"the network has gates already ({graph.gates[0].name}); "
+                            "gate_network gates a network without them")
   runs: dict[str, list[tuple[int, gates.L0Gate]]] = {}  # by layer: (first channel, gate)
   shared = []
   for group in _gated_groups(graph, gate_residual):
@@ -136,8 +135,8 @@ def gate_network(net: nnx.Module, example_images: Any, *, rngs: nnx.Rngs,
   for layer in graph.layers:
     if layer.name in runs:
       path = layer.bn or layer.path
-      parent, key = graph_lib.at(net, path[:-1]), path[-1]
-      output = GatedOutput(graph_lib.at(net, path), [g for _, g in sorted(
+      parent, key = graphs.submodule_at(net, path[:-1]), path[-1]
+      output = GatedOutput(graphs.submodule_at(net, path), [g for _, g in sorted(
           runs[layer.name], key=lambda run: run[0])])
       if isinstance(key, int):
         parent[key] = output

@@ -59,7 +59,7 @@ def _lock(directory: str, flag: str) -> int:
         os.close(fd)
         raise UserError(f"{flag}={directory} is in use by {holder}, which holds {path}; "
                         "wait for it to finish, or stop it")
-      # The file may have been removed (see `held`) between our open and our lock.
+      # The file may have been removed (see `exclusive_folder`) between our open and our lock.
       if os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path)):
         break
       os.close(fd)
@@ -71,7 +71,7 @@ def _lock(directory: str, flag: str) -> int:
 
 
 @contextlib.contextmanager
-def held(directory: str, flag: str) -> Iterator[None]:
+def exclusive_folder(directory: str, flag: str) -> Iterator[None]:
   """`directory` (created if missing) as this process's alone while the block runs.
 
   A second process is refused in one line naming the holder's PID. Afterwards

@@ -34,19 +34,17 @@ import jax
 import numpy as np
 from flax import nnx
 
-from l0jax import accounting, checkpoints, gates, workdirs
-from l0jax import config as config_lib
-from l0jax import graph as graph_lib
+from l0jax import accounting, checkpoints, gates, graphs, run_config, workdirs
 from l0jax.errors import UserError
 
 BY_BUDGET = ("l1_norm", "l1_norm_relative", "random")  # kept while they fit a target
-FROM_RUN = config_lib.MASKS_FROM_RUN  # decided, random_widths: from mask_from's gates
+FROM_RUN = run_config.MASKS_FROM_RUN  # decided, random_widths: from mask_from's gates
 METHODS = BY_BUDGET + FROM_RUN
 # Far enough past +-ln(11) that the test-time gate is exactly 1 or 0.
 KEPT, PRUNED = 10.0, -10.0
 
 
-def keep_in_order(graph: graph_lib.Graph, order: Sequence[tuple[str, int]], kind: str,
+def keep_in_order(graph: graphs.Graph, order: Sequence[tuple[str, int]], kind: str,
                   budget: float) -> dict[str, np.ndarray]:
   """Which channels to keep, taking `order`'s (gate name, channel) pairs while they fit.
 
@@ -86,7 +84,7 @@ def _counts(kept: dict[str, np.ndarray]) -> dict[str, accounting.Kept]:
   return {name: accounting.Kept(int(k.sum()), int(k.any())) for name, k in kept.items()}
 
 
-def _take(graph: graph_lib.Graph, first: Sequence[tuple[str, int]],
+def _take(graph: graphs.Graph, first: Sequence[tuple[str, int]],
           then: Sequence[tuple[str, int]], kind: str, budget: float) -> dict[str, np.ndarray]:
   """Every channel of `first`, then `then`'s in turn while they fit the budget."""
   kept = {g.name: np.zeros(g.size, bool) for g in graph.gates}
@@ -98,11 +96,11 @@ def _take(graph: graph_lib.Graph, first: Sequence[tuple[str, int]],
   return kept
 
 
-def filter_l1_norms(params: nnx.State, graph: graph_lib.Graph) -> dict[str, np.ndarray]:
+def filter_l1_norms(params: nnx.State, graph: graphs.Graph) -> dict[str, np.ndarray]:
   """The L1 norm of the filters behind each gated output channel, by gate name.
 
   `params` is the network's `nnx.Param` state; a gate's channels are made by
-  the layers it gates (`graph.Graph.members`): a coupled group's channel by a
+  the layers it gates (`graphs.Graph.members`): a coupled group's channel by a
   filter of each member, whose norms add up (DepGraph's group norm).
   """
   norms = {}
@@ -118,7 +116,7 @@ def filter_l1_norms(params: nnx.State, graph: graph_lib.Graph) -> dict[str, np.n
   return norms
 
 
-def mask_log_alphas(method: str, params: nnx.State, graph: graph_lib.Graph, kind: str,
+def mask_log_alphas(method: str, params: nnx.State, graph: graphs.Graph, kind: str,
                     budget: float, *, key: jax.Array) -> dict[str, np.ndarray]:
   """Gate values (`KEPT` or `PRUNED`) of a `method` mask at `budget` of the `kind` cost.
 
@@ -140,7 +138,7 @@ def mask_log_alphas(method: str, params: nnx.State, graph: graph_lib.Graph, kind
   return {name: np.where(k, KEPT, PRUNED).astype(np.float32) for name, k in kept.items()}
 
 
-def kept_by(workdir: str, graph: graph_lib.Graph) -> dict[str, np.ndarray]:
+def kept_by(workdir: str, graph: graphs.Graph) -> dict[str, np.ndarray]:
   """Which channels the gated run in `workdir` keeps at test time at its last checkpoint, by
   gate name (from its history, which records every epoch's gates)."""
   _, step = checkpoints.chosen_step(workdir, "last")

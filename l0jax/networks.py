@@ -15,9 +15,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from l0jax import config as config_lib
-from l0jax import graph as graph_lib
-from l0jax import compact_training, kept_channels, model, resnet, vgg
+from l0jax import compact_training, googlenet, graphs, kept_channels, resnet, run_config, vgg
 
 
 def compute_dtype(name: str) -> jnp.dtype:
@@ -48,8 +46,8 @@ class ParamKeys:
 def build(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
           key: jax.Array) -> nnx.Module:
   """The configured network (`config.model` at its depth), its parameters drawn from `key`."""
-  depth = config_lib.depth(config)
-  network_class = {"googlenet": model.GoogleNet,
+  depth = run_config.depth(config)
+  network_class = {"googlenet": googlenet.GoogleNet,
                    "resnet": functools.partial(resnet.ResNet, depth=depth,
                                                gate_residual=config.gate_residual),
                    "vgg": functools.partial(vgg.VGG, depth=depth)}[config.model]
@@ -61,7 +59,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], 
 
 
 def channel_graph(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
-                  num_classes: int) -> tuple[graph_lib.Graph, nnx.Module]:
+                  num_classes: int) -> tuple[graphs.Graph, nnx.Module]:
   """The configured network's channel graph, checked against its (abstract) module."""
   height, width, _ = image_shape
   if height != width:
@@ -76,7 +74,7 @@ class Network(NamedTuple):
   """What the step functions need to know about the network, besides its arrays."""
 
   graphdef: nnx.GraphDef
-  graph: graph_lib.Graph
+  graph: graphs.Graph
   image_shape: tuple[int, int, int]
   num_classes: int
   dtype: Any

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from l0jax import graph as graph_lib
+from l0jax import graphs
 from l0jax.errors import UserError
 
 FILE = "inference.onnx"
@@ -79,7 +79,7 @@ def _pads(padding: str | int, hw: int, window: int, stride: int) -> list[int]:
   return _same_pads(hw, window, stride) if padding == "SAME" else [padding] * 4
 
 
-def _layer(b: _Builder, layer: graph_lib.Layer, p: dict[str, np.ndarray], x: str | None,
+def _layer(b: _Builder, layer: graphs.Layer, p: dict[str, np.ndarray], x: str | None,
            in_hw: int, out_hw: int, batch: str) -> str | None:
   """The layer's output tensor (NCHW, or [batch, c] if dense); None if it has no channels."""
   kernel, bias = p["kernel"], p["bias"]
@@ -104,7 +104,7 @@ def _layer(b: _Builder, layer: graph_lib.Layer, p: dict[str, np.ndarray], x: str
   return b.op("Relu", [y], layer.name) if layer.relu else y
 
 
-def _pool(b: _Builder, node: graph_lib.Pool, x: str, in_hw: int) -> str:
+def _pool(b: _Builder, node: graphs.Pool, x: str, in_hw: int) -> str:
   if node.kind == "mean":
     return b.op("Flatten", [b.op("GlobalAveragePool", [x], f"{node.name}/pool")], node.name)
   # ONNX's max-pool never picks a padded pixel, as padding with -inf does not.
@@ -112,7 +112,7 @@ def _pool(b: _Builder, node: graph_lib.Pool, x: str, in_hw: int) -> str:
               strides=[node.stride] * 2, pads=_pads(node.padding, in_hw, node.window, node.stride))
 
 
-def _shortcut(b: _Builder, node: graph_lib.Pad, p: dict[str, np.ndarray], x: str) -> str:
+def _shortcut(b: _Builder, node: graphs.Pad, p: dict[str, np.ndarray], x: str) -> str:
   """x[:, ::stride, ::stride] with the compact zero channels before and after, in NCHW."""
   if node.stride != 1:
     x = b.op("Slice", [x, b.const(f"{node.name}/starts", np.zeros(2, np.int64)),
@@ -124,7 +124,7 @@ def _shortcut(b: _Builder, node: graph_lib.Pad, p: dict[str, np.ndarray], x: str
   return b.op("Pad", [x, b.const(f"{node.name}/pads", pads)], node.name)
 
 
-def _add(b: _Builder, node: graph_lib.Add, inputs: list[str]) -> str | None:
+def _add(b: _Builder, node: graphs.Add, inputs: list[str]) -> str | None:
   """The sum of the inputs that have channels (those that have none are closed or zeros)."""
   if not inputs:
     return None
@@ -142,7 +142,7 @@ def _concat(b: _Builder, name: str, inputs: list[str | None]) -> str | None:
   return b.concats[present]
 
 
-def model(graph: graph_lib.Graph, params: dict[str, dict[str, Any]], mean: np.ndarray,
+def model(graph: graphs.Graph, params: dict[str, dict[str, Any]], mean: np.ndarray,
           std: np.ndarray) -> Any:
   """The onnx.ModelProto of `export.serving_function(graph, params, mean, std)`."""
   onnx, _ = require()
@@ -152,19 +152,19 @@ def model(graph: graph_lib.Graph, params: dict[str, dict[str, Any]], mean: np.nd
   x = b.op("Cast", [INPUT], "cast", to=onnx.TensorProto.FLOAT)
   x = b.op("Div", [b.op("Sub", [x, b.const("mean", np.asarray(mean, np.float32))], "centred"),
                    b.const("std", np.asarray(std, np.float32))], "normalised")
-  values = {graph_lib.INPUT: b.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2])}
+  values = {graphs.INPUT: b.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2])}
   batch = b.op("Shape", [INPUT], "batch_size", start=0, end=1)
   for node in graph.nodes:
     inputs = [values[name] for name in node.inputs]
     in_hw = graph.out_hw(node.inputs[0])
-    if isinstance(node, graph_lib.Layer):
+    if isinstance(node, graphs.Layer):
       values[node.name] = _layer(b, node, params[node.name], _concat(b, node.name, inputs),
                                  in_hw, graph.out_hw(node.name), batch)
-    elif isinstance(node, graph_lib.Add):
+    elif isinstance(node, graphs.Add):
       values[node.name] = _add(b, node, [x for x in inputs if x is not None])
     elif (x := _concat(b, node.name, inputs)) is None:  # a pool of closed channels only
       values[node.name] = None  # a shortcut of them: zeros, which the add that reads it skips
-    elif isinstance(node, graph_lib.Pad):
+    elif isinstance(node, graphs.Pad):
       values[node.name] = _shortcut(b, node, params[node.name], x)
     else:
       values[node.name] = _pool(b, node, x, in_hw)

@@ -1,10 +1,11 @@
 """The gates inside a training run: what the step reports of them, and how they are fixed.
 
-The step functions (`train.train_step`) stop the gates' gradient (`fix_gates`)
-or hold them where they were (`keep_gates`) and report `gate_metrics` and
-`budget_metrics`; the loop sets them once, by name, to a budget's settled
-values (`settle_gates`) or a one-shot mask (`mask_gates`). The gates are
-found by their type (`gates.gate_paths`), named by the channel graph.
+A fixed gate no longer trains: the step functions (`train.train_step`) stop
+its gradient (`stop_gate_gradients`) and, where it trained before, put it
+back after each update (`restore_gates`). They report `gate_metrics` and
+`budget_metrics`; the loop sets the gates once, by name, to a budget's
+settled values (`settle_gates`) or a one-shot mask (`mask_gates`). The gates
+are found by their type (`gates.gate_paths`), named by the channel graph.
 """
 
 from typing import Any, Callable
@@ -15,8 +16,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from l0jax import accounting, budget as budget_lib, gates, kept_channels, masks
-from l0jax import config as config_lib
+from l0jax import accounting, budgets, gates, kept_channels, masks, run_config
 from l0jax.networks import Network
 
 
@@ -27,12 +27,12 @@ def map_with_gates(fn: Callable, params: nnx.State, *others) -> Any:
                                           *others)
 
 
-def fix_gates(params: nnx.State) -> nnx.State:
+def stop_gate_gradients(params: nnx.State) -> nnx.State:
   """`params` with no gradient through the gates: their AdamW updates are then exactly 0."""
   return map_with_gates(lambda gate, x: jax.lax.stop_gradient(x) if gate else x, params)
 
 
-def keep_gates(params: nnx.State, old: nnx.State) -> nnx.State:
+def restore_gates(params: nnx.State, old: nnx.State) -> nnx.State:
   """`params` with the gates' log_alpha of `old`."""
   return map_with_gates(lambda gate, x, o: o if gate else x, params, old)
 
@@ -60,9 +60,9 @@ def gate_metrics(network: Network, net: nnx.Module, penalty: str,
   }
 
 
-def budget_metrics(budget: budget_lib.Budget, network: Network, net: nnx.Module,
+def budget_metrics(budget: budgets.Budget, network: Network, net: nnx.Module,
                    metrics: dict[str, jax.Array], step: jax.Array,
-                   multipliers: budget_lib.Multipliers, settled: bool) -> dict[str, jax.Array]:
+                   multipliers: budgets.Multipliers, settled: bool) -> dict[str, jax.Array]:
   """The Lagrangian as the L0 term, and what it is made of: t, c, l1, l2; the test-time cost.
 
   Once the gates are settled, c is the test-time cost: the one they were fixed for.
@@ -72,7 +72,7 @@ def budget_metrics(budget: budget_lib.Budget, network: Network, net: nnx.Module,
   test_time = cost if settled else accounting.kept_fractions(
       network.graph, accounting.test_time_kept(network.graph.log_alphas(net)))[budget.kind]
   target = budget.target_at(step)
-  return {"l0": budget_lib.lagrangian_term(multipliers, cost, target), "target": target,
+  return {"l0": budgets.lagrangian_term(multipliers, cost, target), "target": target,
           "cost": cost, f"test_time_{budget.kind}_kept": test_time, "l1": multipliers.l1,
           "l2": multipliers.l2}
 
@@ -92,12 +92,12 @@ def with_log_alphas(network: Network, params: nnx.State, batch_stats: nnx.State,
   return nnx.state(net, nnx.Param)
 
 
-def settle_gates(network: Network, budget: budget_lib.Budget, params: nnx.State,
+def settle_gates(network: Network, budget: budgets.Budget, params: nnx.State,
                  batch_stats: nnx.State, droprate_init: float) -> nnx.State:
-  """`params` with its gates decided for the budget at test time (budget.settle), and says how."""
+  """`params` with its gates settled for the budget at test time (budgets.settle), and says how."""
   graph = network.graph
   before = log_alphas_of(network, params, batch_stats)
-  after = budget_lib.settle(before, budget.kind, budget.target, graph)
+  after = budgets.settle(before, budget.kind, budget.target, graph)
   kept = {when: {k: np.asarray(gates.test_gate(v)) > 0 for k, v in las.items()}
           for when, las in (("before", before), ("after", after))}
   cost = {when: accounting.kept_fractions(graph, accounting.deterministic_kept(las))[budget.kind]
@@ -107,7 +107,7 @@ def settle_gates(network: Network, budget: budget_lib.Budget, params: nnx.State,
                "%d channels closed, %d opened; from now on they are fixed.", budget.kind,
                cost["before"], cost["after"], budget.target, changed("before", "after"),
                changed("after", "before"))
-  travel, moved = budget_lib.gate_travel(before, droprate_init)
+  travel, moved = budgets.gate_travel(before, droprate_init)
   (logging.info if moved else logging.warning)("%s.", travel[0].upper() + travel[1:])
   if cost["after"] > budget.target:
     logging.warning("The settled gates keep %.4f of the %s, above the target %g: closing more "
@@ -115,7 +115,7 @@ def settle_gates(network: Network, budget: budget_lib.Budget, params: nnx.State,
   return with_log_alphas(network, params, batch_stats, after)
 
 
-def mask_gates(network: Network, plan: config_lib.GatePlan, seed: int, params: nnx.State,
+def mask_gates(network: Network, plan: run_config.GatePlan, seed: int, params: nnx.State,
                batch_stats: nnx.State) -> nnx.State:
   """`params` with the gates of the one-shot mask `plan` makes of these weights, and says so."""
   graph = network.graph
@@ -138,8 +138,8 @@ def mask_gates(network: Network, plan: config_lib.GatePlan, seed: int, params: n
   return with_log_alphas(network, params, batch_stats, log_alphas)
 
 
-def fixed_kept(network: Network, state: Any,
-               compact_training: bool) -> kept_channels.KeptChannels | None:
+def computed_channels(network: Network, state: Any,
+                      compact_training: bool) -> kept_channels.KeptChannels | None:
   """The channels a training step computes once the gates of `state` (a `train.TrainState`)
   are fixed: with `compact_training`, the kept ones; else None, all of them."""
   if not (compact_training and network.graph.gates):

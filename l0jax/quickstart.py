@@ -96,9 +96,9 @@ def run(workdir: str, data_dir: str = "", overrides: dict[str, Any] | None = Non
     with workdirs.training_lock(stage_dirs[name]):  # as main.py trains: one process at a time
       train.train_and_evaluate(recipe(config_name, {**common, **own}), stage_dirs[name])
   pruned = stage_dirs["pruned"]
-  baseline = checkpoint_step("test", checkpoint_modes.test, stage_dirs["baseline"])
-  result = checkpoint_step("test", checkpoint_modes.test, pruned)
-  checkpoint_step("export", checkpoint_modes.export, pruned)
+  baseline = checkpoint_step("test", checkpoint_modes.test_checkpoint, stage_dirs["baseline"])
+  result = checkpoint_step("test", checkpoint_modes.test_checkpoint, pruned)
+  checkpoint_step("export", checkpoint_modes.export_checkpoint, pruned)
   checkpoint_step("analyze", analysis.analyze, pruned)
   print(f"\nQuick start done in {(time.monotonic() - start) / 60:.1f} min: the baseline's test "
         f"accuracy is {baseline['test_accuracy']:.2%}; pruned, {result['test_accuracy']:.2%} "

@@ -12,7 +12,7 @@ adds a constant (its second conv's BN of zero inputs) to its input, then the
 ReLU. A block's output channels are tied by the residual adds to the same
 channel of every block of its stage, of the later stages (through the padded
 shortcuts) and of the stem: with `gate_residual`, one gate per stage width
-decides them, the channels each stage adds to the one before (`width_gates`;
+controls them, the channels each stage adds to the one before (`width_gates`;
 stage 1's are the stem's), shared by the stem and every block's second conv
 that makes them (after its BN, before the add). Each call draws each width
 gate once, so all of its members multiply a channel by the same value.
@@ -24,9 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l0jax import gates
-from l0jax import graph as graph_lib
-from l0jax import model, tracing
+from l0jax import gates, graphs, layers, tracing
 from l0jax.errors import UserError
 
 STAGE_CHANNELS = (16, 32, 64)
@@ -48,7 +46,7 @@ class BasicBlock(nnx.Module):
 
   def __init__(self, c_in: int, c_out: int, stride: int, *, use_gate: bool, droprate_init: float,
                dtype, bfloat16_matmuls: bool, rngs: nnx.Rngs):
-    conv = functools.partial(model.ConvBN, kernel=3, use_bias=False, dtype=dtype,
+    conv = functools.partial(layers.ConvBN, kernel=3, use_bias=False, dtype=dtype,
                              bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
     self.conv1 = conv(c_in, c_out, stride=stride)
     self.conv2 = conv(c_out, c_out, relu=False)
@@ -69,7 +67,7 @@ class BasicBlock(nnx.Module):
 class ResNet(nnx.Module):
   """Stem, three stages of basic blocks, global average pool, dense head.
 
-  Called as `model.GoogleNet` is: `gate_key` draws training gates, none gives
+  Called as `googlenet.GoogleNet` is: `gate_key` draws training gates, none gives
   the test-time ones; `dtype` and `bfloat16_matmuls` as there. `gate_residual`
   adds the width gates (see the module docstring).
   """
@@ -78,14 +76,14 @@ class ResNet(nnx.Module):
                use_gate: bool = True, gate_residual: bool = False,
                width_multiplier: float = 1.0, droprate_init: float = 0.5, dtype=jnp.float32,
                bfloat16_matmuls: bool = False, rngs: nnx.Rngs):
-    widths = [model.scale_channels(c, width_multiplier) for c in STAGE_CHANNELS]
+    widths = [layers.scale_channels(c, width_multiplier) for c in STAGE_CHANNELS]
     added = [b - a for a, b in zip([0] + widths, widths)]
     if gate_residual and min(added) < 1:
       raise UserError(f"gate_residual gates the channels each stage adds, but width_multiplier="
                       f"{width_multiplier} gives stage widths {widths}")
     self.in_channels, self.num_classes = in_channels, num_classes
-    self.stem = model.ConvBN(in_channels, widths[0], 3, use_bias=False, dtype=dtype,
-                             bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
+    self.stem = layers.ConvBN(in_channels, widths[0], 3, use_bias=False, dtype=dtype,
+                              bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
     block = functools.partial(BasicBlock, use_gate=use_gate, droprate_init=droprate_init,
                               dtype=dtype, bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
     n = blocks_per_stage(depth)
@@ -115,37 +113,37 @@ class ResNet(nnx.Module):
     x = jnp.mean(x, axis=(1, 2))
     return self.head(x).astype(jnp.float32)
 
-  def channel_graph(self, image_hw: int) -> graph_lib.Graph:
+  def channel_graph(self, image_hw: int) -> graphs.Graph:
     """The network's channel graph traced from its program, named as `stated_channel_graph`
     names it."""
     graph = tracing.trace_graph(
         self, jax.ShapeDtypeStruct((1, image_hw, image_hw, self.in_channels), jnp.float32))
     return tracing.renamed(graph, _stated_names(graph))
 
-  def stated_channel_graph(self, image_hw: int) -> graph_lib.Graph:
+  def stated_channel_graph(self, image_hw: int) -> graphs.Graph:
     """The channel graph as stated by hand, what the traced one is tested against. A block is
     `stage{s}/block{b}` (1-based): its layers `.../conv1` and `.../conv2`, its output
     `.../add`; its gate is named for the block, a width gate `stage{s}/width`."""
     def conv_bn(name, inputs, conv_bn_module, path, gate=None):
       conv = conv_bn_module.conv
-      return graph_lib.Layer(name, inputs, conv.in_features, conv.out_features, kernel=3,
-                             stride=conv.strides, padding=1, gate=gate, relu=conv_bn_module.relu,
-                             path=(*path, "conv"), bn=(*path, "bn"), bias=False)
+      return graphs.Layer(name, inputs, conv.in_features, conv.out_features, kernel=3,
+                          stride=conv.strides, padding=1, gate=gate, relu=conv_bn_module.relu,
+                          path=(*path, "conv"), bn=(*path, "bn"), bias=False)
 
-    widths = [graph_lib.Gate(f"stage{s + 1}/width", g.log_alpha.shape[0],
-                             ("width_gates", s, "log_alpha"))
+    widths = [graphs.Gate(f"stage{s + 1}/width", g.log_alpha.shape[0],
+                          ("width_gates", s, "log_alpha"))
               for s, g in enumerate(self.width_gates)]
     width_gate = lambda s: (tuple(g.name for g in widths[:s + 1]) if s else widths[0].name
                             ) if widths else None
-    nodes = [conv_bn("stem", (graph_lib.INPUT,), self.stem, ("stem",), width_gate(0))]
+    nodes = [conv_bn("stem", (graphs.INPUT,), self.stem, ("stem",), width_gate(0))]
     gate_list = widths[:1]  # each in the order the network first uses it, as traced
     x = "stem"
     for s, stage in enumerate(self.stages):
       for b, block in enumerate(stage):
         name, path = f"stage{s + 1}/block{b + 1}", ("stages", s, b)
         if block.gate is not None:
-          gate_list.append(graph_lib.Gate(name, block.gate.log_alpha.shape[0],
-                                          (*path, "gate", "log_alpha")))
+          gate_list.append(graphs.Gate(name, block.gate.log_alpha.shape[0],
+                                       (*path, "gate", "log_alpha")))
         if widths and s and not b:
           gate_list.append(widths[s])
         nodes += [
@@ -158,31 +156,31 @@ class ResNet(nnx.Module):
         c_in, c_out = block.conv1.conv.in_features, block.conv2.conv.out_features
         if block.stride != 1 or c_in != c_out:
           shortcut = f"{name}/shortcut"
-          nodes.append(graph_lib.Pad(shortcut, (x,), stride=block.stride, after=c_out - c_in))
+          nodes.append(graphs.Pad(shortcut, (x,), stride=block.stride, after=c_out - c_in))
         x = f"{name}/add"
-        nodes.append(graph_lib.Add(x, (f"{name}/conv2", shortcut)))
-    nodes += [graph_lib.Pool("global_pool", (x,), kind="mean"),
-              graph_lib.Layer("head", ("global_pool",), self.head.in_features, self.num_classes,
-                              dense=True, relu=False, path=("head",))]
-    return graph_lib.Graph(image_hw, self.in_channels, tuple(nodes), tuple(gate_list))
+        nodes.append(graphs.Add(x, (f"{name}/conv2", shortcut)))
+    nodes += [graphs.Pool("global_pool", (x,), kind="mean"),
+              graphs.Layer("head", ("global_pool",), self.head.in_features, self.num_classes,
+                           dense=True, relu=False, path=("head",))]
+    return graphs.Graph(image_hw, self.in_channels, tuple(nodes), tuple(gate_list))
 
 
-def _stated_names(graph: graph_lib.Graph) -> dict[str, str]:
+def _stated_names(graph: graphs.Graph) -> dict[str, str]:
   """The traced graph's names (module paths, adds by number) as `stated_channel_graph` gives
   them."""
   block = lambda path: f"stage{path[1] + 1}/block{path[2] + 1}"
   names = {g.name: (f"stage{g.path[1] + 1}/width" if g.path[0] == "width_gates"
                     else block(g.path)) for g in graph.gates}
-  layers, nodes = {l.name: l for l in graph.layers}, {n.name: n for n in graph.nodes}
+  by_name = {n.name: n for n in graph.nodes}
   for layer in graph.layers:
     names[layer.name] = (f"{block(layer.path)}/{layer.path[3]}" if layer.path[0] == "stages"
                          else layer.path[0])
   for node in graph.nodes:
-    if isinstance(node, graph_lib.Add):  # a block's: its second conv plus its shortcut
+    if isinstance(node, graphs.Add):  # a block's: its second conv plus its shortcut
       conv2, shortcut = node.inputs
-      names[node.name] = f"{block(layers[conv2].path)}/add"
-      if isinstance(nodes[shortcut], graph_lib.Pad):
-        names[shortcut] = f"{block(layers[conv2].path)}/shortcut"
-    elif isinstance(node, graph_lib.Pool):
+      names[node.name] = f"{block(by_name[conv2].path)}/add"
+      if isinstance(by_name[shortcut], graphs.Pad):
+        names[shortcut] = f"{block(by_name[conv2].path)}/shortcut"
+    elif isinstance(node, graphs.Pool):
       names[node.name] = "global_pool"
   return names

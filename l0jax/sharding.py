@@ -17,7 +17,7 @@ def data_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
 
 
-def put(host_array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+def to_devices(host_array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
   """An array that every process holds alike on the host, onto the devices of `sharding`.
 
   Each process fills its own devices. jax.device_put would first compare the
@@ -30,4 +30,4 @@ def put(host_array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   """`tree` whole on every device of `mesh`, through host memory: a device_put of arrays on one
   process's devices onto several processes' devices made broken arrays (jax 0.10.2)."""
-  return jax.tree.map(lambda a: put(a, NamedSharding(mesh, P())), jax.device_get(tree))
+  return jax.tree.map(lambda a: to_devices(a, NamedSharding(mesh, P())), jax.device_get(tree))

@@ -6,7 +6,7 @@ import os
 from flax import nnx
 from jax._src import source_info_util  # An equation's user frames; JAX exports no other way.
 
-from l0jax.graph import GraphError
+from l0jax.errors import GraphError
 
 _FLAX = os.path.dirname(nnx.__file__).rsplit(os.sep, 1)[0]
 

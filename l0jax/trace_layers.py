@@ -1,4 +1,4 @@
-"""Convolutions and dense layers read from the jaxpr as `graph.Layer`s (`tracing`).
+"""Convolutions and dense layers read from the jaxpr as `graphs.Layer`s (`tracing`).
 
 XLA's convolution, a 1x1 one written as a dot, a stride-1 one as im2col
 (shifted zero-padded copies concatenated and multiplied by the kernel's
@@ -9,7 +9,7 @@ is its path.
 import dataclasses
 import math
 
-from l0jax import graph as graph_lib
+from l0jax import graphs
 from l0jax.trace_errors import _refuse
 from l0jax.trace_nodes import _name, _padding
 from l0jax.trace_values import _Act, _Const, _Patches
@@ -42,9 +42,9 @@ class _Layers:
       _refuse(eqn, where, f"a {k_h}x{k_w} convolution, stride {(s_h, s_w)}, padding "
               f"{p['padding']}: a layer's is square and padded the same on every side or 'SAME'")
     c_out = kernel.shape[rhs[0]]
-    layer = graph_lib.Layer(_name(path), self.inputs(x, eqn, where), x.channels, c_out,
-                            kernel=k_h, stride=s_h, padding=padding, relu=False, path=path,
-                            bias=False)
+    layer = graphs.Layer(_name(path), self.inputs(x, eqn, where), x.channels, c_out,
+                         kernel=k_h, stride=s_h, padding=padding, relu=False, path=path,
+                         bias=False)
     self.new_layer(layer, eqn, where, size)
     roles = [None] * 4
     for role, axis in zip(("N", "C", "H", "W"), out):
@@ -68,12 +68,12 @@ class _Layers:
     out_axis = 1 - k_contract[0]
     path = self.kernel_path(kernel, k_contract[0], out_axis, eqn, where)
     c_out, side = kernel.shape[out_axis], x.views[0].size
-    ndim = len(graph_lib.at(self.module, path).kernel.shape)
+    ndim = len(graphs.submodule_at(self.module, path).kernel.shape)
     if ndim == 2 and ({"H", "W"} & set(x.roles) or side != 1):
       _refuse(eqn, where, "a dense layer on every pixel of a map: write it as a 1x1 convolution")
-    layer = graph_lib.Layer(_name(path), self.inputs(x, eqn, where), x.channels, c_out,
-                            kernel=1, dense=ndim == 2, relu=False, path=path, bias=False,
-                            **({} if ndim == 2 else {"padding": 0}))
+    layer = graphs.Layer(_name(path), self.inputs(x, eqn, where), x.channels, c_out,
+                         kernel=1, dense=ndim == 2, relu=False, path=path, bias=False,
+                         **({} if ndim == 2 else {"padding": 0}))
     self.new_layer(layer, eqn, where, side)
     roles = tuple(r for i, r in enumerate(x.roles) if i != contract[0]) + ("C",)
     return dataclasses.replace(self.produce(layer.name, c_out, side), roles=roles)
@@ -85,7 +85,7 @@ class _Layers:
         or x.base.roles[contract[0]] != "C" or len(kernel.shape) != 2):
       _refuse(eqn, where, "im2col patches multiplied by anything but a kernel on channels")
     path = self.kernel_path(kernel, k_contract[0], 1 - k_contract[0], eqn, where, merged=True)
-    k, _, c_in, c_out = graph_lib.at(self.module, path).kernel.shape
+    k, _, c_in, c_out = graphs.submodule_at(self.module, path).kernel.shape
     lo = -x.taps[0][0]
     if x.taps != tuple((i - lo, j - lo) for i in range(k) for j in range(k)) or (
         c_in != x.base.channels):
@@ -94,14 +94,14 @@ class _Layers:
     if padding is None:
       _refuse(eqn, where, f"an im2col convolution padded by {lo} that is neither the same on "
               "every side nor 'SAME'")
-    layer = graph_lib.Layer(_name(path), self.inputs(x.base, eqn, where), c_in, c_out, kernel=k,
-                            padding=padding, relu=False, path=path, bias=False)
+    layer = graphs.Layer(_name(path), self.inputs(x.base, eqn, where), c_in, c_out, kernel=k,
+                         padding=padding, relu=False, path=path, bias=False)
     self.new_layer(layer, eqn, where, x.size)
     roles = tuple(r for i, r in enumerate(x.base.roles) if i != contract[0]) + ("C",)
     return dataclasses.replace(self.produce(layer.name, c_out, x.size), roles=roles)
 
   def kernel_path(self, kernel: _Const, in_axis: int, out_axis: int, eqn, where: str,
-                  merged: bool = False) -> graph_lib.Path:
+                  merged: bool = False) -> graphs.Path:
     """The path of the module whose `kernel` `kernel` is, its in and out axes whole; `merged`:
     its in axis is the variable's (H, W, I) flattened, as im2col multiplies it."""
     runs = (kernel.labels[in_axis], kernel.labels[out_axis])
@@ -110,7 +110,7 @@ class _Layers:
     if kernel.opaque or None in runs or len(paths) != 1 or any(len(r) != 1 for r in runs):
       _refuse(eqn, where, "a kernel that is not one variable's, whole")
     (path,) = paths
-    variable = tuple(graph_lib.at(self.module, path).shape)
+    variable = tuple(graphs.submodule_at(self.module, path).shape)
     want_in, want_out = len(variable) - 2, len(variable) - 1
     in_size = variable[want_in]
     if merged:
@@ -123,7 +123,7 @@ class _Layers:
               "and outputs on its last two axes (HWIO)")
     return path[:-1]
 
-  def new_layer(self, layer: graph_lib.Layer, eqn, where: str, hw: int) -> None:
+  def new_layer(self, layer: graphs.Layer, eqn, where: str, hw: int) -> None:
     if layer.name in self.nodes:
       _refuse(eqn, where, f"{layer.name} is called twice: a layer of the graph is used once")
     self.node(layer, hw)

@@ -11,13 +11,13 @@ import dataclasses
 import math
 from typing import Any
 
-from l0jax import graph as graph_lib
-from l0jax.graph import GraphError
+from l0jax import graphs
+from l0jax.errors import GraphError
 from l0jax.trace_errors import _refuse
 from l0jax.trace_values import _Act, _Seg, _View
 
 
-def _name(path: graph_lib.Path) -> str:
+def _name(path: graphs.Path) -> str:
   return "/".join(map(str, path))
 
 
@@ -25,7 +25,7 @@ class _Nodes:
   """The part of `tracing._Tracer` that makes nodes and the Graph."""
 
   # Activations: what they are made of.
-  def node(self, node: graph_lib.Node, hw: int) -> str:
+  def node(self, node: graphs.Node, hw: int) -> str:
     self.nodes[node.name], self.post[node.name], self.hw[node.name] = node, [], hw
     return node.name
 
@@ -63,8 +63,8 @@ class _Nodes:
       if padding is None:
         _refuse(eqn, where, f"a max-pool {window}x{window}/{h.stride} with padding {lo} on "
                 f"{hw}x{hw} that is neither the same on every side nor 'SAME'")
-      pool = graph_lib.Pool(self.fresh("max_pool"), names, window=window, stride=h.stride,
-                            padding=padding)
+      pool = graphs.Pool(self.fresh("max_pool"), names, window=window, stride=h.stride,
+                         padding=padding)
       name = self.node(pool, h.size)
     else:
       before = next((i for i, s in enumerate(x.segs) if s.node is not None), len(x.segs))
@@ -72,7 +72,7 @@ class _Nodes:
           s.node is None for s in x.segs[before:len(x.segs) - _trailing_zeros(x.segs)]):
         _refuse(eqn, where, "a crop, a shift or zero channels between others: only a shortcut's "
                 "x[:, ::s, ::s] padded with zero channels before and after is a graph node")
-      pad = graph_lib.Pad(
+      pad = graphs.Pad(
           self.fresh("shortcut"), names, stride=h.stride,
           before=sum(s.channels for s in x.segs[:before]),
           after=sum(s.channels for s in x.segs[len(x.segs) - _trailing_zeros(x.segs):]))
@@ -93,7 +93,7 @@ class _Nodes:
     return _Act(("N", "H", "W", "C"), (_Seg(name, 0, channels),), hw, (view, view))
 
   # The graph.
-  def finish(self, out: Any, in_channels: int, input_hw: int) -> graph_lib.Graph:
+  def finish(self, out: Any, in_channels: int, input_hw: int) -> graphs.Graph:
     if not isinstance(out, _Act) or out.roles != ("N", "C"):
       raise GraphError("cannot trace the network's output: it is not [batch, classes] logits "
                        "computed from the images")
@@ -110,12 +110,12 @@ class _Nodes:
     if unused := [n for n in list(self.nodes)[:-1] if n not in read]:
       raise GraphError(f"cannot trace the network: the output of {unused[0]} is never used")
     for name, used in self.bn_used.items():
-      bn = graph_lib.at(self.module, self.nodes[name].bn)
+      bn = graphs.submodule_at(self.module, self.nodes[name].bn)
       want = {v for v in ("mean", "var", "scale", "bias") if getattr(bn, v, None) is not None}
       if used != want:
         raise GraphError(f"cannot trace {name}: its BatchNorm uses {sorted(used)}, not "
                          f"{sorted(want)} (the running averages, in eval mode)")
-    graph = graph_lib.Graph(input_hw, in_channels, tuple(self.nodes.values()), tuple(self.gates))
+    graph = graphs.Graph(input_hw, in_channels, tuple(self.nodes.values()), tuple(self.gates))
     for name, hw in self.hw.items():
       if graph.out_hw(name) != hw:
         raise GraphError(f"cannot trace {name}: its output is {hw}x{hw}, the graph derives "

@@ -9,7 +9,7 @@ joins activations, or shifted copies of one map into im2col patches.
 import dataclasses
 import math
 
-from l0jax import graph as graph_lib
+from l0jax import graphs
 from l0jax.trace_errors import _refuse
 from l0jax.trace_values import _Act, _Compare, _Const, _Patches, _Seg, _View
 
@@ -25,7 +25,7 @@ class _Pools:
     if not axes <= {"H", "W", "1"} or {"H", "W"} & left:
       _refuse(eqn, where, f"a sum over {sorted(map(str, axes))}: only the global average "
               "pool, a mean over height and width, is a graph node")
-    name = self.node(graph_lib.Pool(self.fresh("global_pool"),
+    name = self.node(graphs.Pool(self.fresh("global_pool"),
                                             self.inputs(x, eqn, where), kind="mean"), 1)
     one = _View((0,), 1, 1)
     roles = tuple(r for i, r in enumerate(x.roles) if i not in eqn.params["axes"])

@@ -12,8 +12,7 @@ import math
 
 from flax import nnx
 
-from l0jax import gates
-from l0jax import graph as graph_lib
+from l0jax import gates, graphs
 from l0jax.trace_errors import _refuse
 from l0jax.trace_nodes import _name
 from l0jax.trace_values import _Act, _Const, _Run, _Seg
@@ -30,8 +29,8 @@ class _Stages:
   def apply(self, seg: _Seg, stage: str, eqn, where: str, **changes) -> _Seg:
     """`seg` after one of its node's following operations (bias, BN, ReLU, gate)."""
     node, chain = self.nodes.get(seg.node), self.post.get(seg.node)
-    stages = _LAYER_STAGES if isinstance(node, graph_lib.Layer) else {"relu": 0}
-    if not isinstance(node, (graph_lib.Layer, graph_lib.Add)) or stage not in stages:
+    stages = _LAYER_STAGES if isinstance(node, graphs.Layer) else {"relu": 0}
+    if not isinstance(node, (graphs.Layer, graphs.Add)) or stage not in stages:
       what = "zero channels" if seg.node is None else f"the output of {seg.node}"
       _refuse(eqn, where, f"a per-channel {stage} on {what}: only a layer's bias, BN, ReLU "
               "and gate, and an add's ReLU, are graph nodes")
@@ -68,7 +67,7 @@ class _Stages:
       names = self.inputs(a, eqn, where) + self.inputs(b, eqn, where)
       if len(names) != 2:
         _refuse(eqn, where, "an add of concatenations: a residual add's operands are single nodes")
-      name = self.node(graph_lib.Add(self.fresh("add"), names, relu=False), a.hw)
+      name = self.node(graphs.Add(self.fresh("add"), names, relu=False), a.hw)
       return dataclasses.replace(self.produce(name, a.channels, a.hw), roles=a.roles)
     return self.affine(eqn, ins, where)
 
@@ -124,7 +123,7 @@ class _Stages:
   def operand(self, seg: _Seg, runs: list[_Run], op: str, eqn, where: str) -> _Seg:
     """`seg` after `op` with the variables of `runs`: its layer's bias, BN or gates."""
     node = self.nodes.get(seg.node)
-    if op == "mul" and isinstance(node, graph_lib.Layer) and all(map(self.is_gate, runs)):
+    if op == "mul" and isinstance(node, graphs.Layer) and all(map(self.is_gate, runs)):
       names = tuple(self.gate(run) for run in runs)
       return self.apply(seg, "gate", eqn, where, gate=names if len(names) > 1 else names[0])
     if len(runs) != 1:
@@ -133,11 +132,11 @@ class _Stages:
     (run,) = runs
     paths = {path for path, _ in run.sources}
     parent = next(iter(paths))[:-1]
-    if self.is_whole(run) and isinstance(node, graph_lib.Layer):
+    if self.is_whole(run) and isinstance(node, graphs.Layer):
       if op == "add" and paths == {(*node.path, "bias")}:
         return self.apply(seg, "bias", eqn, where, bias=True)
       if ({p[:-1] for p in paths} == {parent}
-          and isinstance(graph_lib.at(self.module, parent), nnx.BatchNorm)
+          and isinstance(graphs.submodule_at(self.module, parent), nnx.BatchNorm)
           and {p[-1] for p in paths} <= _BATCH_NORM.get(op, set())):
         if node.bn not in (None, parent):
           _refuse(eqn, where, f"{seg.node} is normalised twice")
@@ -147,7 +146,7 @@ class _Stages:
             f"{', '.join(sorted(map(_name, paths)))}: not its bias, its BatchNorm or an L0 gate")
 
   def is_whole(self, run: _Run) -> bool:
-    return all(run.start == 0 and run.stop == graph_lib.at(self.module, path).shape[axis]
+    return all(run.start == 0 and run.stop == graphs.submodule_at(self.module, path).shape[axis]
                for path, axis in run.sources)
 
   def is_gate(self, run: _Run) -> bool:
@@ -159,7 +158,7 @@ class _Stages:
   def gate(self, run: _Run) -> str:
     """The name of the gate `run` is, listed once however many layers it gates."""
     ((path, _),) = run.sources
-    gate = graph_lib.Gate(_name(path[:-1] if path[-1] == "log_alpha" else path), run.stop, path)
+    gate = graphs.Gate(_name(path[:-1] if path[-1] == "log_alpha" else path), run.stop, path)
     if gate not in self.gates:
       self.gates.append(gate)
     return gate.name

@@ -10,14 +10,14 @@ and whose spatial axes are windows on a grid (`_View`). `_Patches` and
 import dataclasses
 from typing import Any
 
-from l0jax import graph as graph_lib
+from l0jax import graphs
 
 
 @dataclasses.dataclass(frozen=True)
 class _Run:
   """Channels [start, stop) of each source (a variable's path and axis) along one axis."""
 
-  sources: frozenset[tuple[graph_lib.Path, int]]
+  sources: frozenset[tuple[graphs.Path, int]]
   start: int
   stop: int
 

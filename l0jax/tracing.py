@@ -6,14 +6,14 @@ of every value through the equations:
 
 - a convolution (XLA's; a 1x1 one written as a dot; a stride-1 one as im2col,
   shifted zero-padded copies concatenated and multiplied by the kernel's
-  [k*k*Ci, Co]) and a dense layer on [batch, channels] make a `graph.Layer`
+  [k*k*Ci, Co]) and a dense layer on [batch, channels] make a `graphs.Layer`
   (its kernel's module is its path);
 - per-channel operations on a layer's outputs that read that module's
   `bias`, the variables of an `nnx.BatchNorm`, `max` with 0, or a
   `gates.LogAlpha` are its bias, BN, ReLU and gate, in that order (a gate,
   being >= 0, may come before the ReLU);
 - a max-pool (pads with -inf, strided slices, maxima, a reshape and a max, or
-  `reduce_window_max`) is a `graph.Pool`, a sum over the image divided by
+  `reduce_window_max`) is a `graphs.Pool`, a sum over the image divided by
   its size the global average pool; a sum of two activations is an `Add`
   (a `max` with 0 after it its ReLU); a strided slice padded with zero
   channels is a `Pad`; a concatenation on channels gives a node several inputs;
@@ -43,8 +43,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from l0jax import graph as graph_lib
-from l0jax.graph import GraphError
+from l0jax import graphs
+from l0jax.errors import GraphError
 from l0jax.trace_flow import _Flow
 from l0jax.trace_layers import _Layers
 from l0jax.trace_nodes import _Nodes
@@ -58,27 +58,27 @@ Apply = Callable[[nnx.Module, jax.Array], jax.Array]
 class _Tracer(_Flow, _Nodes, _Stages, _Layers, _Pools):
   """Reads one jaxpr into graph nodes; see the module docstring."""
 
-  def __init__(self, module: nnx.Module, kinds: dict[graph_lib.Path, type]):
+  def __init__(self, module: nnx.Module, kinds: dict[graphs.Path, type]):
     self.module, self.kinds = module, kinds
-    self.nodes: dict[str, graph_lib.Node] = {}
+    self.nodes: dict[str, graphs.Node] = {}
     self.post: dict[str, list[str]] = {}  # the operations applied to each node's output
     self.hw: dict[str, int] = {}  # each node's traced output side
     self.bn_used: dict[str, set[str]] = {}
-    self.gates: list[graph_lib.Gate] = []
+    self.gates: list[graphs.Gate] = []
     self.reads: list[tuple[str, int, str]] = []
     self.pooled: dict[Any, str] = {}
     self.counts: dict[str, int] = {}
 
 
-def _variables(state: nnx.State) -> list[tuple[graph_lib.Path, nnx.Variable]]:
+def _variables(state: nnx.State) -> list[tuple[graphs.Path, nnx.Variable]]:
   return [(tuple(path), v) for path, v in nnx.to_flat_state(state)]
 
 
-def renamed(graph: graph_lib.Graph, names: Mapping[str, str]) -> graph_lib.Graph:
+def renamed(graph: graphs.Graph, names: Mapping[str, str]) -> graphs.Graph:
   """`graph` with each node and gate named `names[name]` (those not in `names` keep theirs)."""
   new = lambda name: names.get(name, name)
 
-  def rename(node: graph_lib.Node) -> graph_lib.Node:
+  def rename(node: graphs.Node) -> graphs.Node:
     gate = {}
     if getattr(node, "gate", None):
       gate_names = tuple(map(new, node.gate_names))
@@ -86,12 +86,12 @@ def renamed(graph: graph_lib.Graph, names: Mapping[str, str]) -> graph_lib.Graph
     return dataclasses.replace(node, name=new(node.name), inputs=tuple(map(new, node.inputs)),
                                **gate)
 
-  return graph_lib.Graph(graph.input_hw, graph.in_channels, tuple(map(rename, graph.nodes)),
-                         tuple(dataclasses.replace(g, name=new(g.name)) for g in graph.gates))
+  return graphs.Graph(graph.input_hw, graph.in_channels, tuple(map(rename, graph.nodes)),
+                      tuple(dataclasses.replace(g, name=new(g.name)) for g in graph.gates))
 
 
 def trace_graph(net: nnx.Module, example_images: Any, apply: Apply | None = None
-                ) -> graph_lib.Graph:
+                ) -> graphs.Graph:
   """The channel graph of `net`, from the program `apply(net, images)` computes.
 
   `example_images`: an NHWC array (or anything with its `shape` and `dtype`)
@@ -122,9 +122,9 @@ def trace_graph(net: nnx.Module, example_images: Any, apply: Apply | None = None
                                 enumerate(v.shape)))
           for (path, _), v in zip(variables, values)]
   view = _View((0,), 1, height)
-  args.append(_Act(("N", "H", "W", "C"), (_Seg(graph_lib.INPUT, 0, channels),), height,
+  args.append(_Act(("N", "H", "W", "C"), (_Seg(graphs.INPUT, 0, channels),), height,
                    (view, view)))
-  tracer.post[graph_lib.INPUT] = []
+  tracer.post[graphs.INPUT] = []
   outs = tracer.run(closed.jaxpr, closed.consts, args, "the forward pass")
   if len(outs) != 1:
     raise GraphError(f"cannot trace a network with {len(outs)} outputs: the graph's gives logits")

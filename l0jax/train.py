@@ -25,11 +25,9 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import accounting, batches, budget as budget_lib, cli, data, evaluator, networks
-from l0jax import optimizer
+from l0jax import accounting, batches, budgets, cli, data, evaluator, networks, optimizer
 from l0jax import checkpoints, kept_channels, pruning, sharding, versions, warm_start, workdirs
-from l0jax import writers
-from l0jax import config as config_lib
+from l0jax import run_config, writers
 from l0jax.errors import UserError
 
 
@@ -39,14 +37,14 @@ class TrainState(NamedTuple):
   batch_stats: nnx.State
   opt_state: optax.OptState
   # The multipliers of a run pruned to a budget; None otherwise, and then not saved
-  # (`versions.on_disk`).
-  lagrangian: budget_lib.Lagrangian | None = None
+  # (`versions.saved_fields`).
+  lagrangian: budgets.Lagrangian | None = None
 
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array, *,
                network: networks.Network, tx: optax.GradientTransformation,
-               plan: config_lib.GatePlan,
-               budget: budget_lib.Budget | None = None,
+               plan: run_config.GatePlan,
+               budget: budgets.Budget | None = None,
                settled: bool = False,
                kept: kept_channels.KeptChannels | None = None) -> tuple[TrainState, dict]:
   """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch.
@@ -55,29 +53,29 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   take one step of gradient ascent on the same loss. With gates fixed by the
   `plan`, or a budget's gates `settled`, the gates act with their test-time
   values and only the cross-entropy is minimised, over the weights alone; with
-  `kept` (`pruning.fixed_kept`) only those channels are computed.
+  `kept` (`pruning.computed_channels`) only those channels are computed.
   """
   aug_key, gate_key = jax.random.split(key)
   # Augmented in float32 and rounded to the compute dtype once.
   images = data.normalize(images, network.mean, network.std)
   images = data.augment(aug_key, images).astype(network.dtype)
-  gates_fixed = settled or plan.gates_fixed
-  if gates_fixed:
+  fixed = settled or plan.fixed_from_start
+  if fixed:
     gate_key = None  # The test-time gates.
 
   def loss_fn(params, batch_stats, multipliers):
-    if gates_fixed:
-      params = pruning.fix_gates(params)
+    if fixed:
+      params = pruning.stop_gate_gradients(params)
     logits, batch_stats, net = network.apply(params, batch_stats, images, train=True,
                                              gate_key=gate_key, kept=kept)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    metrics = pruning.gate_metrics(network, net, plan.penalty, fixed=gates_fixed)
+    metrics = pruning.gate_metrics(network, net, plan.penalty, fixed=fixed)
     if budget:
       metrics.update(pruning.budget_metrics(budget, network, net, metrics, state.step, multipliers,
                                     settled))
       loss = ce if settled else ce + metrics["l0"]
     else:
-      loss = ce if gates_fixed else ce + plan.lambda_l0 * metrics["l0"]
+      loss = ce if fixed else ce + plan.lambda_l0 * metrics["l0"]
     metrics.update(loss=loss, cross_entropy=ce, accuracy=jnp.mean(logits.argmax(-1) == labels))
     return loss, (batch_stats, metrics)
 
@@ -94,7 +92,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   params = optax.apply_updates(state.params, updates)
   if settled:
     # Adam's momentum would move the gates without a gradient: they stay as settled.
-    params = pruning.keep_gates(params, state.params)
+    params = pruning.restore_gates(params, state.params)
   return TrainState(state.step + 1, params, batch_stats, opt_state, lagrangian), metrics
 
 
@@ -140,7 +138,7 @@ class Run(NamedTuple):
   """A run's config and gate plan, data, initial network and mesh, for training and testing."""
 
   config: ml_collections.ConfigDict
-  plan: config_lib.GatePlan
+  plan: run_config.GatePlan
   dataset: data.Dataset
   network: networks.Network
   params: nnx.State
@@ -148,10 +146,10 @@ class Run(NamedTuple):
   mesh: Any
   epoch_steps: int  # training steps an epoch
   # The budget the run is pruned to, resolved once from the plan; None without one.
-  budget: budget_lib.Budget | None = None
+  budget: budgets.Budget | None = None
 
 
-def setup(config: ml_collections.ConfigDict, plan: config_lib.GatePlan) -> Run:
+def setup(config: ml_collections.ConfigDict, plan: run_config.GatePlan) -> Run:
   """The data and the initial network of a config `validate`d into `plan`, each announced on
   the console as it is ready."""
   if config.batch_size % jax.device_count():
@@ -164,8 +162,8 @@ def setup(config: ml_collections.ConfigDict, plan: config_lib.GatePlan) -> Run:
   # One channel graph, that a budget is checked against and the network trains with.
   network, _ = networks.describe_network(config, image_shape, dataset.num_classes, dataset.mean,
                                          dataset.std)
-  if plan.gates == config_lib.BUDGET:  # Refused before anything is announced, as other bad input.
-    budget_lib.check_reachable(plan.target, network.graph)
+  if plan.gates == run_config.BUDGET:  # Refused before anything is announced, as other bad input.
+    budgets.check_reachable(plan.target, network.graph)
   sizes = [f"{len(x):,}" for x in (dataset.train_images, dataset.val_images, dataset.test_images)]
   logging.info("Data: %s from %s: %s training, %s validation, %s test images of %s (%.1f s).",
                dataset.name, dataset.source, *sizes, "x".join(map(str, image_shape)),
@@ -173,14 +171,14 @@ def setup(config: ml_collections.ConfigDict, plan: config_lib.GatePlan) -> Run:
   params, batch_stats = networks.initial_arrays(config, image_shape, dataset.num_classes)
   num_params, macs = accounting.totals(accounting.count(network.graph, None))
   logging.info("Network: %s at width %g, %s, %s parameters, %.2f M MACs per image, "
-               "%s on %d %s device(s) (%.1f s).", config_lib.network_name(config),
+               "%s on %d %s device(s) (%.1f s).", run_config.network_name(config),
                config.width_multiplier,
                "gated" if config.use_gate else "no gates", f"{num_params:,}", macs / 1e6,
                jnp.dtype(network.dtype).name, jax.device_count(), jax.default_backend(),
                time.monotonic() - start)
   epoch_steps = batches.steps_per_epoch(len(dataset.train_images), config.batch_size)
   return Run(config, plan, dataset, network, params, batch_stats, sharding.data_mesh(),
-             epoch_steps, budget_lib.Budget.from_config(config, plan, epoch_steps))
+             epoch_steps, budgets.Budget.from_config(config, plan, epoch_steps))
 
 
 def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
@@ -214,15 +212,15 @@ def start_or_resume(run: Run,
   elif config.init_from:
     params, batch_stats = warm_start.load_weights(config.init_from, config, state.params,
                                                 state.batch_stats,
-                                                with_gates=plan.gates == config_lib.FIXED)
-    if plan.gates == config_lib.MASK:
+                                                with_gates=plan.gates == run_config.RETRAIN)
+    if plan.gates == run_config.MASK:
       params = pruning.mask_gates(run.network, plan, config.seed, params, batch_stats)
     state = sharding.replicate(state._replace(params=params, batch_stats=batch_stats,
                                               opt_state=tx.init(params)), run.mesh)
     logging.info("Network weights from the %s checkpoint of %s; %s.", config.init_checkpoint,
                  config.init_from, f"gates start at droprate_init={config.droprate_init:g}"
-                 if not plan.gates_fixed else "its gates kept, fixed"
-                 if plan.gates == config_lib.FIXED else f"gates from the {plan.mask} mask")
+                 if not plan.fixed_from_start else "its gates fixed"
+                 if plan.gates == run_config.RETRAIN else f"gates from the {plan.mask} mask")
   return tx, state
 
 
@@ -231,7 +229,7 @@ class Loop(NamedTuple):
 
   run: Run
   workdir: epath.Path
-  budget: budget_lib.Budget | None
+  budget: budgets.Budget | None
   train_steps: Callable
   settled_steps: Callable | None  # the budget's, made once its gates are settled
   images: jax.Array
@@ -260,8 +258,9 @@ def train_epoch(loop: Loop, stop: cli.StopSignals, state: TrainState, epoch: int
     num_valid = len(indices)
     indices = np.pad(indices, ((0, chunk - num_valid), (0, 0)))
     call_start = time.monotonic()
-    state, metrics = steps(state, loop.images, loop.labels, sharding.put(indices, batch_sharding),
-                           sharding.put(np.arange(chunk) < num_valid, replicated))
+    state, metrics = steps(state, loop.images, loop.labels,
+                           sharding.to_devices(indices, batch_sharding),
+                           sharding.to_devices(np.arange(chunk) < num_valid, replicated))
     metrics = {k: v[:num_valid] for k, v in jax.device_get(metrics).items()}
     if first_call:
       logging.info("Compiled and ran the first training call in %.1f s.",
@@ -318,7 +317,7 @@ def end_epoch(loop: Loop, state: TrainState, epoch: int, step: int,
   writer.flush()  # TensorBoard shows each epoch as it ends.
   if workdirs.is_primary_process():
     workdirs.append_history(loop.workdir, record)
-  loop.mngr.save(step, args=ocp.args.StandardSave(versions.on_disk(state)),
+  loop.mngr.save(step, args=ocp.args.StandardSave(versions.saved_fields(state)),
                  metrics={checkpoints.BEST_METRIC: val["accuracy"]})
   logging.info("epoch %d/%d: train accuracy %.4f, val accuracy %.4f (loss %.4f)%s (%.1f s)",
                epoch + 1, config.num_epochs, record["train_accuracy"], val["accuracy"],
@@ -333,11 +332,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   network, init_from, damaged checkpoints) is checked before the first write
   to `workdir`.
   """
-  plan = config_lib.validate(config)
+  # Again: main.py checked the flags' config before JAX loaded, not the source's fields since.
+  plan = run_config.validate(config)
   warm_start.check_same_network(workdir, config)
   checkpoints.check_history_has_checkpoints(workdir)
   if config.init_from and not checkpoints.has_checkpoints(workdir):  # before data and network
-    warm_start.init_source(config.init_from, config, plan.gates == config_lib.FIXED)
+    warm_start.init_source(config.init_from, config, plan.gates == run_config.RETRAIN)
   run = setup(config, plan)
   workdir = epath.Path(workdir)
   ds, network, mesh = run.dataset, run.network, run.mesh
@@ -351,14 +351,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = int(state.step)
   loop = Loop(
       run, workdir, budget, make_train_steps(run, tx, kept=(
-          pruning.fixed_kept(network, state, config.compact_training)
-          if run.plan.gates_fixed else None)),
+          pruning.computed_channels(network, state, config.compact_training)
+          if run.plan.fixed_from_start else None)),
       None,
       sharding.replicate(ds.train_images, mesh), sharding.replicate(ds.train_labels, mesh),
       evaluator.Evaluator(network, ds.val_images, ds.val_labels, config.eval_batch_size, mesh),
       writers.MetricWriter(str(workdir), enabled=workdirs.is_primary_process()),
       writers.Progress(epoch_steps * config.num_epochs, epoch_steps, step), mngr,
-      jax.jit(optimizer.learning_rate_schedule(config, epoch_steps)),  # one program, not one per op
+      # Rebuilt: `tx` keeps its own out of reach. Jitted: one program, not one per op.
+      jax.jit(optimizer.learning_rate_schedule(config, epoch_steps)),
       batches.steps_per_call(config.steps_per_call, epoch_steps))
   start_epoch = step // epoch_steps
   if workdirs.is_primary_process():
@@ -374,7 +375,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = sharding.replicate(state._replace(params=pruning.settle_gates(
             network, budget, state.params, state.batch_stats, config.droprate_init)), mesh)
       if budget and epoch >= budget.settle_epoch and loop.settled_steps is None:
-        kept = pruning.fixed_kept(network, state, config.compact_training)
+        kept = pruning.computed_channels(network, state, config.compact_training)
         loop = loop._replace(settled_steps=make_train_steps(run, tx, settled=True, kept=kept))
       epoch_start = time.monotonic()
       loop.progress.start_epoch()  # validation and the checkpoint are no training time

@@ -10,7 +10,7 @@ formats is told once, here, and every file of every version still loads:
   checkpoints  1  step, params, batch_stats and opt_state. A gate's log_alpha is a Param on
                   disk then and now (`gates.LogAlpha` is one), and a run with gate_lr_scale=1
                   keeps version 1's optimizer state (`optimizer.create_optimizer`).
-               2  a budget's `lagrangian`, which only a run pruned to one saves (`on_disk`).
+               2  a budget's `lagrangian`, which only a run pruned to one saves (`saved_fields`).
   export/      1  float32 images in, no jax.export artifact.
                2  the artifact, of the data set's uint8 images.
                3  a manifest of every file's hash, that inference.json names
@@ -35,7 +35,7 @@ def saved_config(saved: Mapping[str, Any]) -> dict[str, Any]:
   return {**before, **saved}
 
 
-def on_disk(state: tuple) -> dict[str, Any]:
+def saved_fields(state: tuple) -> dict[str, Any]:
   """A NamedTuple state as a checkpoint holds it: its fields, without those that are None.
 
   So a state with a field added since version 1 (a budget's multipliers, None

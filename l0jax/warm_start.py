@@ -1,7 +1,7 @@
 """What a run starts from must be its own network: a workdir resumed, or `init_from`'s weights.
 
 `init_from` is a trained run whose checkpoint gives this run its weights
-(`load_weights`), its gates too where the run keeps them fixed (`config_lib.FIXED`).
+(`load_weights`), its gates too where the run keeps them fixed (`run_config.RETRAIN`).
 """
 
 from typing import Any, Collection
@@ -12,13 +12,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from l0jax import checkpoints, gates, workdirs
-from l0jax import config as config_lib
+from l0jax import checkpoints, gates, run_config, workdirs
 from l0jax.errors import UserError
 
 
 def architecture_differences(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-                             fields: Collection[str] = config_lib.ARCHITECTURE_FIELDS
+                             fields: Collection[str] = run_config.ARCHITECTURE_FIELDS
                              ) -> list[str]:
   return [f"{f}: {saved.get(f)!r} there, {config.get(f)!r} here" for f in fields
           if saved.get(f) != config.get(f)]
@@ -33,7 +32,7 @@ def check_same_network(workdir: str, config: ml_collections.ConfigDict) -> None:
     return
   # Its split too: a resumed run trains on the examples it started with.
   differences = architecture_differences(workdirs.load_config(workdir), config,
-                                         config_lib.ARCHITECTURE_FIELDS + ("val_split",))
+                                         run_config.ARCHITECTURE_FIELDS + ("val_split",))
   if differences:
     raise UserError(f"{workdir} holds a run of a different network or split "
                     f"({'; '.join(differences)}); "
@@ -50,8 +49,8 @@ def init_source(init_from: str, config: ml_collections.ConfigDict, with_gates: b
   if not epath.Path(init_from).is_dir():
     raise UserError(f"init_from={init_from} does not exist (it should be a training workdir)")
   # The gates' presence matters only when they are taken.
-  fields = tuple(f for f in config_lib.ARCHITECTURE_FIELDS
-                 if f not in config_lib.GATE_FIELDS or with_gates)
+  fields = tuple(f for f in run_config.ARCHITECTURE_FIELDS
+                 if f not in run_config.GATE_FIELDS or with_gates)
   differences = architecture_differences(workdirs.load_config(init_from), config, fields)
   if differences:
     raise UserError(f"init_from={init_from} is a different network: {'; '.join(differences)}")

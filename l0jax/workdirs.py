@@ -31,8 +31,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from l0jax import config as config_lib
-from l0jax import locking, versions
+from l0jax import locking, run_config, versions
 from l0jax.errors import UserError, one_line
 
 CONFIG_FILE = "config.json"
@@ -129,7 +128,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   fix = ("it was left as it is; to go on with this run, delete it and train again with the "
          "run's --config (it is written anew and training resumes from the checkpoints)")
   saved = read_json(path, dict, fix)
-  config = config_lib.base_config()
+  config = run_config.base_config()
   try:
     config.update(versions.saved_config(saved))
   except (ValueError, TypeError, KeyError, AttributeError) as e:  # A field of a wrong type, or none.
@@ -142,7 +141,7 @@ def training_lock(workdir: str) -> contextlib.AbstractContextManager:
   share it. A second training process is refused in one line naming the holder."""
   if not is_primary_process():
     return contextlib.nullcontext()
-  return locking.held(workdir, "--workdir")
+  return locking.exclusive_folder(workdir, "--workdir")
 
 
 def read_history(workdir: str | os.PathLike) -> tuple[list[tuple[int, str]], list[int]]:
@@ -234,9 +233,9 @@ def with_source_fields(workdir: str, config: ml_collections.ConfigDict,
   `warm_start.init_source`).
   """
   if (epath.Path(workdir) / CONFIG_FILE).is_file():
-    source, fields = workdir, config_lib.RESUME_FIELDS
+    source, fields = workdir, run_config.RESUME_FIELDS
   elif config.init_from and (epath.Path(config.init_from) / CONFIG_FILE).is_file():
-    source, fields = config.init_from, config_lib.SOURCE_FIELDS
+    source, fields = config.init_from, run_config.SOURCE_FIELDS
   else:
     return config
   saved = load_config(source)

@@ -35,7 +35,7 @@ if _BACKEND_LEVEL_1 not in os.environ.get("XLA_FLAGS", ""):  # xdist's workers i
   os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
                                                    _BACKEND_LEVEL_1]))
 
-from l0jax import config as config_lib  # pylint: disable=wrong-import-position
+from l0jax import run_config  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, "main.py")
@@ -63,7 +63,7 @@ GOOGLENET = {"model": "googlenet", "depth": 0}
 def tiny_config(**overrides):
   """The base config at the size of `runlocal` (the smallest run that still exercises
   everything) with TEST_NETWORK, and `overrides`."""
-  c = config_lib.variant(config_lib.base_config(), "runlocal")
+  c = run_config.variant(run_config.base_config(), "runlocal")
   c.update({**TEST_NETWORK, **overrides})
   return c
 
@@ -74,7 +74,7 @@ def tiny_flags(**overrides) -> list[str]:
   def value(v):
     return f"({','.join(map(str, v))},)" if isinstance(v, tuple) else str(v)
   return [f"--config.{k}={value(v)}"
-          for k, v in {**config_lib.RUNLOCAL, **TEST_NETWORK, **overrides}.items()]
+          for k, v in {**run_config.RUNLOCAL, **TEST_NETWORK, **overrides}.items()]
 
 
 def hiding(modules: tuple[str, ...], folder) -> dict[str, str]:

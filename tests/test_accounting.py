@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from l0jax import accounting, gates, model, networks
+from l0jax import accounting, gates, googlenet, networks
 from l0jax.errors import UserError
 
 # The UvA GoogleNet's blocks, row by row: c_in, red3, red5, out1, out3, out5, out_pool, spatial size at 32x32.
@@ -23,9 +23,9 @@ SPEC_BLOCKS = (
 )
 FULL_PARAMS = 260_650
 FULL_MACS = 79_643_904
-ARCH = model.Architecture.at_width(1.0)
+ARCH = googlenet.Architecture.at_width(1.0)
 CIFAR = dict(image_hw=32, in_channels=3, num_classes=10)
-GRAPH = model.channel_graph(ARCH, use_gate=True, **CIFAR)
+GRAPH = googlenet.channel_graph(ARCH, use_gate=True, **CIFAR)
 OPEN, CLOSED = 100.0, -100.0  # log_alpha with P(z != 0) = 1 and 0 (and test-time gates 1 and 0)
 
 
@@ -43,24 +43,24 @@ def hand_count():
 
 def all_open() -> dict[str, jax.Array]:
   return {f"block{i + 1}/{branch}": jnp.full(c, OPEN) for i, block in enumerate(ARCH.blocks)
-          for branch, c in zip(model.BRANCHES, block.outputs)}
+          for branch, c in zip(googlenet.BRANCHES, block.outputs)}
 
 
 def counts(log_alphas, **shape) -> dict[str, accounting.LayerCost]:
-  graph = model.channel_graph(ARCH, use_gate=True, **(shape or CIFAR))
+  graph = googlenet.channel_graph(ARCH, use_gate=True, **(shape or CIFAR))
   return {l.name: l for l in accounting.count(graph, accounting.deterministic_kept(log_alphas))}
 
 
 def summary(log_alphas, image_shape=(32, 32, 3)):
-  graph = model.channel_graph(ARCH, use_gate=True, image_hw=image_shape[0],
-                              in_channels=image_shape[-1], num_classes=10)
+  graph = googlenet.channel_graph(ARCH, use_gate=True, image_hw=image_shape[0],
+                                  in_channels=image_shape[-1], num_classes=10)
   return accounting.report(graph, log_alphas)
 
 
 def test_full_model_counts_are_pinned():
   assert hand_count() == (FULL_PARAMS, FULL_MACS)
   assert accounting.totals(accounting.count(GRAPH, None)) == (FULL_PARAMS, FULL_MACS)
-  net = nnx.eval_shape(lambda: model.GoogleNet(10, 3, use_gate=False, rngs=nnx.Rngs(0)))
+  net = nnx.eval_shape(lambda: googlenet.GoogleNet(10, 3, use_gate=False, rngs=nnx.Rngs(0)))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param))) == FULL_PARAMS
   s = accounting.report(net.channel_graph(32), {})
   assert (s["params_full"], s["params_kept"], s["macs_full"], s["macs_kept"]) == (
@@ -96,7 +96,7 @@ def test_a_closed_branch_removes_its_convs_and_the_next_blocks_inputs():
 
 def test_a_closed_block_leaves_the_next_block_only_biases():
   la = all_open() | {f"block5/{b}": jnp.full(c, CLOSED)
-                     for b, c in zip(model.BRANCHES, ARCH.blocks[4].outputs)}
+                     for b, c in zip(googlenet.BRANCHES, ARCH.blocks[4].outputs)}
   s = summary(la)
   block5_params = (96 * 16 + 48) + (96 * 32 + 96) + (32 * 48 * 9 + 144) + (96 * 16 + 48) + (
       16 * 16 * 25 + 48) + (96 * 16 + 48)
@@ -140,7 +140,7 @@ def test_report_is_json_ready():
 
 
 def test_a_network_without_gates_gets_one_line_not_a_table_of_kept_channels():
-  graph = model.channel_graph(ARCH, use_gate=False, **CIFAR)
+  graph = googlenet.channel_graph(ARCH, use_gate=False, **CIFAR)
   assert accounting.format_table(accounting.report(graph, {})) == (
       f"no gates, every channel kept: {FULL_PARAMS:,} parameters, {FULL_MACS:,} MACs in 50 conv "
       "and dense layers")
@@ -155,7 +155,7 @@ def test_report_refuses_unknown_gates_and_non_square_images():
 
 def test_closing_a_whole_block_disconnects_the_network_and_one_channel_reconnects_it():
   block5 = {f"block5/{b}": jnp.full(c, CLOSED)
-            for b, c in zip(model.BRANCHES, ARCH.blocks[4].outputs)}
+            for b, c in zip(googlenet.BRANCHES, ARCH.blocks[4].outputs)}
   connected = lambda la: accounting.connected(GRAPH, accounting.deterministic_kept(la))
   assert connected(all_open())
   assert connected(all_open() | dict(list(block5.items())[:3]))  # the pool branch carries it

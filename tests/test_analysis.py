@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from conftest import tiny_config
 from l0jax import (accounting, analysis, checkpoint_modes, checkpoints, data, gates, locking,
                    networks, run_figures, train, workdirs)
-from l0jax import config as config_lib
+from l0jax import run_config
 
 @pytest.fixture(scope="module")
 def gated_run(tmp_path_factory) -> str:
@@ -26,7 +26,7 @@ def gated_run(tmp_path_factory) -> str:
   """
   workdir = str(tmp_path_factory.mktemp("gated"))
   train.train_and_evaluate(tiny_config(droprate_init=0.916), workdir)
-  checkpoint_modes.test(workdir)
+  checkpoint_modes.test_checkpoint(workdir)
   return workdir
 
 
@@ -133,7 +133,7 @@ def test_reading_a_run_that_is_training_says_so(gated_run, caplog):
   _, best = checkpoints.chosen_step(gated_run, "best")
   last = checkpoints.manager(gated_run, read_only=True).latest_step()
   assert not any("is being trained" in r.getMessage() for r in caplog.records)
-  with locking.held(gated_run, "--workdir"):  # As the training process holds it.
+  with locking.exclusive_folder(gated_run, "--workdir"):  # As the training process holds it.
     checkpoints.chosen_step(gated_run, "best")
   message = next(r.getMessage() for r in caplog.records if "is being trained" in r.getMessage())
   assert f"by process {os.getpid()}: this reads its best checkpoint, step {best}" in message
@@ -156,7 +156,7 @@ def per_epoch_of(workdir: str) -> tuple[list[dict], run_figures.GatesPerEpoch, l
   gate_values = [{k: np.full(len(v), start, np.float32) for k, v in history[0]["log_alpha"].items()}]
   gate_values += [{k: np.asarray(v, np.float32) for k, v in h["log_alpha"].items()}
                   for h in history]
-  per_epoch = analysis.gates_per_epoch(history, config, config_lib.gate_plan(config), graph)
+  per_epoch = analysis.gates_per_epoch(history, config, run_config.gate_plan(config), graph)
   return history, per_epoch, [accounting.report(graph, las) for las in gate_values]
 
 
@@ -182,7 +182,7 @@ def test_trajectories_show_what_the_test_time_network_kept_from_the_start(gated_
 
 def test_epochs_are_whole_from_the_start_and_no_title_is_cut_off(gated_run):
   history, per_epoch, _ = per_epoch_of(gated_run)
-  budget_title = analysis.l0_panel_title(config_lib.gate_plan(tiny_config(target_macs=0.5)))
+  budget_title = analysis.l0_panel_title(run_config.gate_plan(tiny_config(target_macs=0.5)))
   for fig in (run_figures.trajectories_figure(history, 1, "best", budget_title, per_epoch, 0.5),
               run_figures.log_alpha_trajectory_figure(per_epoch, 1, "best"),
               run_figures.log_alpha_figure(per_epoch.log_alphas[1], "log_alpha at the best "
@@ -201,9 +201,9 @@ def test_epochs_are_whole_from_the_start_and_no_title_is_cut_off(gated_run):
 def test_the_start_is_droprate_inits_log_alpha_or_the_fixed_gates():
   first = {"stage1/block1": np.array([3.0, -4.0], np.float32)}
   trained_config = tiny_config(droprate_init=0.5)
-  trained = analysis.starting_log_alphas(trained_config, config_lib.gate_plan(trained_config),
+  trained = analysis.starting_log_alphas(trained_config, run_config.gate_plan(trained_config),
                                          first)
   np.testing.assert_array_equal(trained["stage1/block1"], [0.0, 0.0])
   fixed_config = tiny_config(train_gates=False)
-  fixed = analysis.starting_log_alphas(fixed_config, config_lib.gate_plan(fixed_config), first)
+  fixed = analysis.starting_log_alphas(fixed_config, run_config.gate_plan(fixed_config), first)
   np.testing.assert_array_equal(fixed["stage1/block1"], first["stage1/block1"])

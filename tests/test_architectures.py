@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from conftest import GOOGLENET, run_main, tiny_config, tiny_flags
-from l0jax import config as config_lib
-from l0jax import accounting, analysis, checkpoint_modes, export, model, networks, resnet, vgg
+from l0jax import run_config
+from l0jax import accounting, analysis, checkpoint_modes, export, layers, networks, resnet, vgg
 from l0jax.errors import UserError
 from test_export import randomize
 from test_model import num_params, output_shape
@@ -99,7 +99,7 @@ def test_a_resnets_depth_is_its_weight_layers(depth):
 
 
 def test_vgg_depths_are_the_papers_weight_layers_and_the_configs():
-  assert tuple(vgg.STAGES) == config_lib.VGG_DEPTHS
+  assert tuple(vgg.STAGES) == run_config.VGG_DEPTHS
   for depth in vgg.STAGES:  # the paper's three dense layers are one here
     assert weight_layers(abstract(vgg.VGG, 10, 3, depth=depth)) == depth - 2
 
@@ -108,7 +108,7 @@ def test_vgg_depths_are_the_papers_weight_layers_and_the_configs():
     ("googlenet", 0, 50), ("resnet", 0, 20), ("resnet", 32, 32), ("vgg", 0, 9), ("vgg", 16, 14)])
 def test_the_config_names_the_model_and_its_depth(model_name, depth, layers):
   config = tiny_config(model=model_name, depth=depth)
-  config_lib.validate(config)
+  run_config.validate(config)
   net = nnx.eval_shape(lambda: networks.build(config, (8, 8, 3), 10, jax.random.key(0)))
   assert weight_layers(net) == layers
 
@@ -146,8 +146,8 @@ def test_closed_blocks_add_a_constant_to_the_shortcut():
 
 def test_a_strided_conv_is_the_unstrided_one_at_even_pixels():
   """Output j of a stride-2 conv is centred on input 2j, the pixel the shortcut keeps."""
-  conv = lambda stride: model.ConvBN(3, 4, 3, stride=stride, use_bias=False, dtype=jnp.float32,
-                                     bfloat16_matmuls=False, rngs=nnx.Rngs(0))
+  conv = lambda stride: layers.ConvBN(3, 4, 3, stride=stride, use_bias=False, dtype=jnp.float32,
+                                      bfloat16_matmuls=False, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
   np.testing.assert_allclose(conv(2)(x, False), conv(1)(x, False)[:, ::2, ::2], atol=1e-5)
 
@@ -179,7 +179,7 @@ def test_a_resnets_residual_channels_are_whole_and_its_inner_ones_gated():
   g = abstract(resnet.ResNet, 10, 3, depth=20).channel_graph(32)
   assert {l.name for l in g.layers if l.gate} == {
       f"stage{s}/block{b}/conv1" for s in (1, 2, 3) for b in (1, 2, 3)}
-  assert g.whole == {"stem", "head"} | {
+  assert g.whole_layers == {"stem", "head"} | {
       f"stage{s}/block{b}/conv2" for s in (1, 2, 3) for b in (1, 2, 3)}
 
 
@@ -188,7 +188,7 @@ def test_a_resnets_residual_channels_are_whole_and_its_inner_ones_gated():
 def test_gate_residual_is_refused_where_there_are_no_residual_gates_to_add(overrides):
   with pytest.raises(UserError, match="gate_residual=True gates a ResNet's stage widths: it "
                      "needs model='resnet' and use_gate=True"):
-    config_lib.validate(tiny_config(gate_residual=True, **overrides))
+    run_config.validate(tiny_config(gate_residual=True, **overrides))
 
 
 def test_gate_residual_prunes_a_resnets_stage_widths_to_a_budget_through_main(tmp_path):
@@ -198,14 +198,14 @@ def test_gate_residual_prunes_a_resnets_stage_widths_to_a_budget_through_main(tm
   result = run_main("--config=configs/gated.py", f"--workdir={workdir}", *tiny_flags(
       gate_residual=True, target_macs=0.5, synthetic_num_train=96))
   assert result.returncode == 0, result.stderr[-3000:]
-  tested = checkpoint_modes.test(workdir)
+  tested = checkpoint_modes.test_checkpoint(workdir)
   layers = {l["name"]: l for l in tested["layers"]}
   assert tested["macs_kept_fraction"] <= 0.5
   assert tested["gated_channels_full"] == (4 + 8 + 16) + (4 + 4 + 8)  # inner, then widths
   assert layers["stem"]["c_out"] == 4 and layers["stage3/block1/conv2"]["c_out"] == 16
   widths = [layers[name]["kept_out"] for name in ("stem", "stage1/block1/conv2")]
   assert widths[0] == widths[1] == layers["stage1/block1/conv1"]["kept_in"]
-  exported = checkpoint_modes.export(workdir)
+  exported = checkpoint_modes.export_checkpoint(workdir)
   assert exported["test_accuracy_compact"] == exported["test_accuracy_gated"]
 
 
@@ -312,8 +312,8 @@ def test_each_model_trains_through_main_then_tests_exports_and_analyses(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Network: {name} at width 0.25, gated" in result.stderr
   for workdir in (str(tmp_path / name) for name in runs):
-    tested = checkpoint_modes.test(workdir)
+    tested = checkpoint_modes.test_checkpoint(workdir)
     assert [l["name"] for l in tested["layers"]][-1] == "head"
-    exported = checkpoint_modes.export(workdir)
+    exported = checkpoint_modes.export_checkpoint(workdir)
     assert exported["test_accuracy_compact"] == exported["test_accuracy_gated"]
     assert "log_alpha_trajectories.png" in analysis.analyze(workdir)["files"]

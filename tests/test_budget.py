@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from l0jax import accounting, analysis, budget, checkpoint_modes, gates, model, train
-from l0jax import versions, workdirs
-from l0jax import config as config_lib
+from l0jax import accounting, analysis, budgets, checkpoint_modes, gates, googlenet, train
+from l0jax import run_config, versions, workdirs
 from l0jax.errors import UserError
 from test_resume import saved_arrays
 
@@ -25,8 +24,8 @@ TOLERANCE = 0.02  # the issue's: realised kept fraction within 2 percentage poin
 
 
 def test_the_term_is_zero_at_the_target_and_its_multipliers_ascend():
-  term = lambda m, c: budget.lagrangian_term(m, c, jnp.float32(0.5))
-  m = budget.Multipliers(jnp.float32(2.0), jnp.float32(3.0))
+  term = lambda m, c: budgets.lagrangian_term(m, c, jnp.float32(0.5))
+  m = budgets.Multipliers(jnp.float32(2.0), jnp.float32(3.0))
   # c - t = 0.2: 2 * 0.2 + 3 * 0.04
   np.testing.assert_allclose(term(m, 0.7), 0.52, rtol=1e-6)
   grads = jax.grad(term, argnums=(0, 1))(m, jnp.float32(0.7))
@@ -35,7 +34,7 @@ def test_the_term_is_zero_at_the_target_and_its_multipliers_ascend():
   at_target = jax.grad(term)(m, jnp.float32(0.5))
   assert term(m, 0.5) == 0 and at_target.l1 == 0 and at_target.l2 == 0
 
-  b = budget.Budget("macs", 0.5, warmup_steps=10, settle_epoch=3, learning_rate=0.1)
+  b = budgets.Budget("macs", 0.5, warmup_steps=10, settle_epoch=3, learning_rate=0.1)
   lagrangian = b.init()
   for cost, l1_moves in ((0.7, 1), (0.3, -1)):  # too costly: l1 grows; too cheap: it shrinks
     grads = jax.grad(term)(lagrangian.multipliers, jnp.float32(cost))
@@ -46,12 +45,12 @@ def test_the_term_is_zero_at_the_target_and_its_multipliers_ascend():
 
 
 def test_the_target_warms_up_linearly():
-  b = budget.Budget("macs", 0.25, warmup_steps=100, settle_epoch=3, learning_rate=0.1)
+  b = budgets.Budget("macs", 0.25, warmup_steps=100, settle_epoch=3, learning_rate=0.1)
   np.testing.assert_allclose([b.target_at(s) for s in (0, 50, 100, 1000)], [1, 0.625, 0.25, 0.25])
 
 
-ARCH = model.Architecture.at_width(0.25)
-GRAPH = model.channel_graph(ARCH, use_gate=True, image_hw=8, in_channels=3, num_classes=10)
+ARCH = googlenet.Architecture.at_width(0.25)
+GRAPH = googlenet.channel_graph(ARCH, use_gate=True, image_hw=8, in_channels=3, num_classes=10)
 
 
 def realised_cost(log_alphas, kind="macs") -> float:
@@ -66,7 +65,7 @@ def test_settled_gates_fit_the_budget_and_no_closed_one_would(kind, target, spre
   outputs = [c for block in ARCH.blocks for c in block.outputs]
   before = {n: np.asarray(jax.random.uniform(k, (c,), minval=spread[0], maxval=spread[1]))
             for n, k, c in zip(names, keys, outputs)}
-  after = budget.settle(before, kind, target, GRAPH)
+  after = budgets.settle(before, kind, target, GRAPH)
   assert realised_cost(after, kind) <= target < realised_cost(before, kind) or spread[1] < 0
   if spread[1] < 0:  # every gate closed before: the most open ones are opened, fully
     assert realised_cost(before, kind) < realised_cost(after, kind) <= target
@@ -88,7 +87,7 @@ def test_settling_never_disconnects_the_network():
   before = {g.name: rng.uniform(*(-2.3, -1.0) if g.name.startswith("block1/") else (1.0, 3.0),
                                 g.size).astype(np.float32) for g in GRAPH.gates}
   target = 0.3
-  after = budget.settle(before, "macs", target, GRAPH)
+  after = budgets.settle(before, "macs", target, GRAPH)
   kept = accounting.deterministic_kept(after)
   assert accounting.connected(GRAPH, kept)
   assert realised_cost(after) <= target
@@ -102,13 +101,13 @@ def test_the_floor_is_the_stem_and_the_head():
   config = tiny_config(target_macs=0.01)
   layers = {l.name: l for l in accounting.count(GRAPH, None)}
   full_params, full_macs = accounting.totals(list(layers.values()))
-  lowest = budget.floor(GRAPH)
+  lowest = budgets.lowest_kept_fractions(GRAPH)
   np.testing.assert_allclose(lowest["macs"], layers["stem"].macs / full_macs)
   np.testing.assert_allclose(lowest["params"], (layers["stem"].params + 10) / full_params)
   with pytest.raises(UserError, match="below what this network can reach"):
-    budget.check_reachable(config_lib.gate_plan(config).target, GRAPH)
+    budgets.check_reachable(run_config.gate_plan(config).target, GRAPH)
   reachable = tiny_config(target_macs=lowest["macs"] + 1e-6)
-  budget.check_reachable(config_lib.gate_plan(reachable).target, GRAPH)
+  budgets.check_reachable(run_config.gate_plan(reachable).target, GRAPH)
 
 
 @pytest.mark.parametrize("overrides, recorded", [
@@ -120,15 +119,15 @@ def test_the_floor_is_the_stem_and_the_head():
     (dict(use_gate=False), {}),
 ])
 def test_test_metrics_record_the_target_or_the_lambda_that_was_used(overrides, recorded):
-  assert checkpoint_modes.pruned_by(config_lib.gate_plan(tiny_config(**overrides))) == recorded
+  assert checkpoint_modes.pruned_by(run_config.gate_plan(tiny_config(**overrides))) == recorded
 
 
 def test_a_state_without_a_budget_saves_as_before():
   config = tiny_config()
-  run = train.setup(config, config_lib.validate(config))
+  run = train.setup(config, run_config.validate(config))
   _, state = train.initial_state(run)
   assert state.lagrangian is None
-  assert list(versions.on_disk(state)) == ["step", "params", "batch_stats", "opt_state"]
+  assert list(versions.saved_fields(state)) == ["step", "params", "batch_stats", "opt_state"]
 
 
 @pytest.mark.parametrize("num_epochs, fix_gates_after, first_settled", [
@@ -137,19 +136,19 @@ def test_the_gates_settle_after_the_first_epoch_and_by_the_last(num_epochs, fix_
                                                                 first_settled):
   # 2 epochs at 0.75 rounded to epoch 2 of 0-1 once: such a run never settled and ended at 100%.
   config = tiny_config(target_macs=0.5, num_epochs=num_epochs, fix_gates_after=fix_gates_after)
-  assert config_lib.gate_plan(config).settle_epoch == first_settled
+  assert run_config.gate_plan(config).settle_epoch == first_settled
 
 
 def test_a_budget_run_of_one_epoch_is_refused():
   with pytest.raises(UserError, match="num_epochs=1: a run pruned to a budget .* num_epochs >= 2"):
-    config_lib.validate(tiny_config(target_macs=0.5, num_epochs=1))
+    run_config.validate(tiny_config(target_macs=0.5, num_epochs=1))
 
 
 def test_the_gates_travel_is_said_and_gates_that_stayed_put_are_flagged():
   start = gates.initial_log_alpha(0.05)
-  still, moved = budget.gate_travel({"a": np.full(4, start + 0.1), "b": np.full(2, start)}, 0.05)
+  still, moved = budgets.gate_travel({"a": np.full(4, start + 0.1), "b": np.full(2, start)}, 0.05)
   assert not moved and "the furthest moved 0.10" in still and "barely moved" in still
-  travelled, moved = budget.gate_travel({"a": np.array([start - 3.0, start]), "b": [start]}, 0.05)
+  travelled, moved = budgets.gate_travel({"a": np.array([start - 3.0, start]), "b": [start]}, 0.05)
   assert moved and "the furthest moved 3.00" in travelled and "barely" not in travelled
 
 
@@ -164,7 +163,7 @@ RUN = dict(target_macs=TARGET, synthetic_num_train=2048, num_epochs=3, learning_
 def budget_run(tmp_path_factory) -> str:
   workdir = str(tmp_path_factory.mktemp("budget") / "run")
   train.train_and_evaluate(tiny_config(**RUN), workdir)
-  checkpoint_modes.test(workdir, "last")
+  checkpoint_modes.test_checkpoint(workdir, "last")
   return workdir
 
 
@@ -181,7 +180,7 @@ def test_a_tiny_run_lands_at_its_target(budget_run):
   # Settled for the whole last epoch: training then used the test-time gates, and says so.
   assert history[-1]["train_expected_macs_kept"] == pytest.approx(metrics["macs_kept_fraction"])
   # Before the gates settled, the Lagrangian had brought the expected cost near the target.
-  settled = config_lib.gate_plan(tiny_config(**RUN)).settle_epoch
+  settled = run_config.gate_plan(tiny_config(**RUN)).settle_epoch
   assert abs(history[settled - 1]["train_cost"] - TARGET) < 0.1
 
 
@@ -196,7 +195,7 @@ def test_its_analysis_plots_the_realised_cost_against_the_target(budget_run):
   metrics = json.loads(open(f"{budget_run}/{workdirs.TEST_METRICS_FILE}").read())
   config = tiny_config(**RUN)
   realised = analysis.gates_per_epoch(workdirs.load_history(budget_run), config,
-                                      config_lib.gate_plan(config),
+                                      run_config.gate_plan(config),
                                       analysis.channel_graph(config)).costs["macs"]
   assert realised[-1] == pytest.approx(metrics["macs_kept_fraction"])
 

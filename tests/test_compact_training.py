@@ -8,8 +8,7 @@ from flax import nnx
 
 from conftest import tiny_config
 from l0jax import accounting, compact_training, kept_channels, masks, networks, optimizer
-from l0jax import pruning, sharding, train
-from l0jax import config as config_lib
+from l0jax import pruning, run_config, sharding, train
 
 NETWORKS = {"googlenet": dict(model="googlenet", depth=0, width_multiplier=0.25),
             # The blocks' own gates and, shared, the stage widths' (adds and shortcuts too).
@@ -49,11 +48,11 @@ def test_the_kept_channels_train_as_the_masked_network(network_name):
   labels = jnp.arange(4)
 
   def masked(params):  # As the training step computes it with the gates fixed.
-    logits, stats, _ = network.apply(pruning.fix_gates(params), batch_stats, images, train=True)
+    logits, stats, _ = network.apply(pruning.stop_gate_gradients(params), batch_stats, images, train=True)
     return loss(logits), (logits, stats)
 
   def compact(params):
-    net = nnx.merge(network.graphdef, pruning.fix_gates(params), batch_stats, copy=True)
+    net = nnx.merge(network.graphdef, pruning.stop_gate_gradients(params), batch_stats, copy=True)
     logits = compact_training.apply(net, network.graph, kept, images)
     return loss(logits), (logits, nnx.state(net, nnx.BatchStat))
 
@@ -100,13 +99,13 @@ def test_kept_channels_follow_the_test_time_gates_and_the_removed_layers():
 def test_a_training_step_at_fixed_gates_is_the_masked_ones():
   config = tiny_config(use_gate=True, train_gates=False)
   network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  run = train.Run(config, config_lib.gate_plan(config), None, network, params, batch_stats,
+  run = train.Run(config, run_config.gate_plan(config), None, network, params, batch_stats,
                   sharding.data_mesh(), 2)
   tx = optimizer.create_optimizer(config, 10)
   params = fixed_gates(network, params, batch_stats, seed=1)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
-  kept = pruning.fixed_kept(network, state, compact_training=True)
-  assert kept is not None and pruning.fixed_kept(network, state, compact_training=False) is None
+  kept = pruning.computed_channels(network, state, compact_training=True)
+  assert kept is not None and pruning.computed_channels(network, state, compact_training=False) is None
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), np.uint8))
   indices, valid = jnp.arange(8, dtype=jnp.int32).reshape(2, 4), jnp.ones(2, bool)
   after = {}

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l0jax import coupling, model, resnet, tracing
-from l0jax.graph import INPUT, Add, Graph, Layer, Pad, Pool
+from l0jax import coupling, googlenet, resnet, tracing
+from l0jax.graphs import INPUT, Add, Graph, Layer, Pad, Pool
 
 
 def groups_of(net, hw=32):
@@ -46,7 +46,7 @@ def test_a_pad_ties_its_input_to_the_middle_of_the_add_and_its_zeros_to_nothing(
 
 
 def test_a_network_without_adds_has_one_group_per_layer():
-  net = nnx.eval_shape(lambda: model.GoogleNet(10, 3, width_multiplier=0.25, rngs=nnx.Rngs(0)))
+  net = nnx.eval_shape(lambda: googlenet.GoogleNet(10, 3, width_multiplier=0.25, rngs=nnx.Rngs(0)))
   graph = net.channel_graph(32)
   groups = coupling.channel_groups(graph)
   assert [g.members for g in groups] == [((INPUT, 0, 3),)] + [

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, CreatesAFile, Program
 from l0jax import data
 from l0jax.data import augmentation, sources
-from l0jax.config import base_config, validate
+from l0jax.run_config import base_config, validate
 from l0jax.errors import UserError
 
 BATCH = 20  # images per fixture batch file; CIFAR-10 fixtures hold 5 train batches

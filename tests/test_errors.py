@@ -225,7 +225,8 @@ def cases(tmp_path_factory, without_tensorflow) -> dict[str, Case]:
                   watched) for name, (args, env, workdir, watched) in specs.items()}
   before = {name: tree_listing(watched) if watched else None
             for name, (_, _, _, watched) in specs.items()}
-  with locking.held(busy, "--workdir"), concurrent.futures.ThreadPoolExecutor(4) as pool:
+  with (locking.exclusive_folder(busy, "--workdir"),
+        concurrent.futures.ThreadPoolExecutor(4) as pool):
     futures = {name: pool.submit(run_main, *args, f"--workdir={workdir}", env=env)
                for name, (args, env, workdir, _) in specs.items()}
   return {name: Case(futures[name].result(), workdir, watched, before[name])
@@ -326,7 +327,7 @@ def test_bad_input_is_refused(cases, name):
 def test_help_exits_0_and_points_to_the_config_fields():
   result = run_main("--help")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "--config.FIELD=VALUE" in result.stdout and "l0jax/config.py" in result.stdout
+  assert "--config.FIELD=VALUE" in result.stdout and "l0jax/run_config.py" in result.stdout
 
 
 def test_debug_shows_the_traceback(cases):
@@ -386,14 +387,14 @@ def test_a_second_run_in_a_workdir_is_refused_until_the_first_is_killed(tmp_path
   lock_file = os.path.join(workdir, locking.LOCK_FILE)
   assert open(lock_file).read().strip() == str(pid)
   assert locking.holder(workdir) is None
-  with locking.held(workdir, "--workdir"):
+  with locking.exclusive_folder(workdir, "--workdir"):
     assert open(lock_file).read().strip() == str(os.getpid())
   assert not os.path.exists(lock_file)
 
 
 def test_a_second_sweep_in_a_sweep_dir_is_refused(tmp_path):
   sweep_dir = tmp_path / "sweep"
-  with locking.held(str(sweep_dir), "--sweep_dir"):
+  with locking.exclusive_folder(str(sweep_dir), "--sweep_dir"):
     before = tree_listing(sweep_dir)
     result = Program("-m", "l0jax.sweep", f"--sweep_dir={sweep_dir}").wait()
     check_refused(Case(result, str(sweep_dir), str(sweep_dir), before),

@@ -14,7 +14,7 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from l0jax import accounting, export, gates, model, resnet, vgg
+from l0jax import accounting, export, gates, googlenet, resnet, vgg
 from l0jax.errors import UserError, os_failure
 
 WIDTH, HW, CLASSES = 0.25, 12, 10  # 12 -> 6 -> 3 after the pools
@@ -48,7 +48,7 @@ def randomize(net: nnx.Module, log_alpha, seed: int = 0) -> nnx.Module:
   return net
 
 
-def gated_net(*, closed_branch=(2, 2), closed_block=4, use_gate=True, seed=0) -> model.GoogleNet:
+def gated_net(*, closed_branch=(2, 2), closed_block=4, use_gate=True, seed=0) -> googlenet.GoogleNet:
   """Random weights, BN statistics and gates: a mix of pruned, partly and fully open channels.
 
   `closed_branch` (block, branch) and `closed_block` (0-based) close entirely.
@@ -58,18 +58,18 @@ def gated_net(*, closed_branch=(2, 2), closed_block=4, use_gate=True, seed=0) ->
       return np.full(shape, PRUNED)
     return rng.choice([PRUNED, PARTIAL, OPEN], shape) + rng.uniform(-1.5, 1.5, shape)
 
-  return randomize(nnx.eval_shape(lambda: model.GoogleNet(
+  return randomize(nnx.eval_shape(lambda: googlenet.GoogleNet(
       CLASSES, 3, use_gate=use_gate, width_multiplier=WIDTH, rngs=nnx.Rngs(0))), log_alpha, seed)
 
 
 gated_logits = nnx.jit(lambda net, x: net(x, train=False))
 
 
-def graph_of(net: model.GoogleNet):
+def graph_of(net: googlenet.GoogleNet):
   return net.channel_graph(HW)
 
 
-def compact(net: model.GoogleNet):
+def compact(net: googlenet.GoogleNet):
   return export.compact_params(net, graph_of(net))
 
 
@@ -131,7 +131,7 @@ def test_closed_channels_leave_the_compact_network():
     assert params[f"block6/{name}"]["kernel"].shape[2] == 0  # block 5 (0-based 4) is closed
   kept = accounting.deterministic_kept(graph_of(net).log_alphas(net))
   assert params["head"]["kernel"].shape == (
-      sum(kept[f"block8/{b}"].channels for b in model.BRANCHES), CLASSES)
+      sum(kept[f"block8/{b}"].channels for b in googlenet.BRANCHES), CLASSES)
 
 
 @pytest.mark.parametrize("use_gate", [True, False])

@@ -9,7 +9,7 @@ from flax import nnx
 
 import l0jax
 from l0jax import accounting, export, gates, gating, resnet, tracing, vgg
-from l0jax.graph import GraphError
+from l0jax.graphs import GraphError
 
 
 class Plain(nnx.Module):

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from l0jax import accounting, gates, graph, model
+from l0jax import accounting, gates, googlenet
 from l0jax.errors import UserError
-from l0jax.graph import INPUT, Add, Gate, Graph, GraphError, Layer, Pad, Pool, Segment
+from l0jax.graphs import INPUT, Add, Gate, Graph, GraphError, Layer, Pad, Pool, Segment
 
 
 class TinyNet(nnx.Module):
@@ -59,7 +59,7 @@ def test_sizes_readers_and_whole_layers_are_derived():
   assert [l.name for l in g.layers] == ["conv1", "conv2", "head"]
   assert [l.name for l in g.readers["conv1"]] == ["conv2"]
   assert [l.name for l in g.readers[INPUT]] == ["conv1", "head"]  # through the shortcut
-  assert g.whole == {"conv2", INPUT, "head"}  # tied by the add and the shortcut; the output
+  assert g.whole_layers == {"conv2", INPUT, "head"}  # tied by the add and the shortcut; the output
   assert g.gated_layer("g").name == "conv1"
   assert [s.gate for s in g.input_segments(NODES[2])] == ["g"]
   assert g.layers[0].per_output == 3 and g.layers[2].per_output == 1
@@ -73,7 +73,7 @@ def test_a_gate_shared_by_layers_an_add_ties_decides_their_channels_and_the_adds
                                      Segment((), None, 1))
   assert g.segments("add") == (Segment(("conv2",), "a", 1), Segment(("conv2", "conv1"), "g", 4),
                                Segment(("conv2",), "b", 1))
-  assert g.whole == {"head"}  # every channel the add ties is gated
+  assert g.whole_layers == {"head"}  # every channel the add ties is gated
   costs = accounting.count(g, {"g": accounting.Kept(2, 1), "a": accounting.Kept(0, 0)})
   assert [(c.kept_in, c.kept_out) for c in costs] == [(3, 2), (2, 3), (3, 5)]
 
@@ -127,8 +127,8 @@ def test_a_graph_that_does_not_match_its_module_names_the_layer(nodes, gates_, n
 
 @pytest.mark.parametrize("use_gate", [True, False])
 def test_the_googlenet_states_a_graph_that_matches_it(use_gate):
-  net = nnx.eval_shape(lambda: model.GoogleNet(10, 1, use_gate=use_gate, width_multiplier=0.25,
-                                               rngs=nnx.Rngs(0)))
+  net = nnx.eval_shape(lambda: googlenet.GoogleNet(10, 1, use_gate=use_gate, width_multiplier=0.25,
+                                                   rngs=nnx.Rngs(0)))
   g = net.channel_graph(28)
   g.check(net)
   assert len(g.layers) == 1 + 8 * 6 + 1 and len(g.gates) == (32 if use_gate else 0)

@@ -6,14 +6,13 @@ import pytest
 from flax import nnx
 
 from conftest import GOOGLENET, tiny_config
-from l0jax import accounting, gates, masks, model, networks, resnet, vgg
-from l0jax import config as config_lib
+from l0jax import accounting, gates, googlenet, masks, networks, resnet, run_config, vgg
 from l0jax.errors import UserError
 from test_export import randomize
 
 WIDTH = 0.25
-GRAPH = model.channel_graph(model.Architecture.at_width(WIDTH), use_gate=True, image_hw=8,
-                            in_channels=3, num_classes=10)
+GRAPH = googlenet.channel_graph(googlenet.Architecture.at_width(WIDTH), use_gate=True, image_hw=8,
+                                in_channels=3, num_classes=10)
 
 
 def macs(kept):
@@ -74,7 +73,7 @@ def test_random_masks_follow_the_key(params):
   assert not all(np.array_equal(a[name], b[name]) for name in a)
   with pytest.raises(ValueError, match="unknown mask method"):
     masks.mask_log_alphas("magnitude", params, GRAPH, "macs", 0.5, key=jax.random.key(0))
-  assert config_lib.MASKS == ("",) + masks.METHODS  # what a config may name
+  assert run_config.MASKS == ("",) + masks.METHODS  # what a config may name
 
 
 def test_a_mask_keeps_the_network_connected():
@@ -138,8 +137,8 @@ def test_masks_from_a_run_keep_its_channels_or_as_many_in_each_gate_at_random():
 def test_a_mask_from_a_run_takes_a_run_and_no_target(overrides, refusal):
   config = tiny_config(init_from="/the/baseline", train_gates=False, **overrides)
   with pytest.raises(UserError, match=refusal):
-    config_lib.validate(config)
-  config_lib.validate(tiny_config(init_from="/the/baseline", train_gates=False, mask="decided",
+    run_config.validate(config)
+  run_config.validate(tiny_config(init_from="/the/baseline", train_gates=False, mask="decided",
                                   mask_from="/a/run"))
 
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from l0jax import model
+from l0jax import googlenet, layers
 from test_export import randomize
 
 
-def abstract(*args, **kwargs) -> model.GoogleNet:
+def abstract(*args, **kwargs) -> googlenet.GoogleNet:
   """A network of shapes only: building the real one eagerly is slow on a CPU."""
-  return nnx.eval_shape(lambda: model.GoogleNet(*args, **kwargs, rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(lambda: googlenet.GoogleNet(*args, **kwargs, rngs=nnx.Rngs(0)))
 
 
 def num_params(net):
@@ -39,8 +39,8 @@ def test_gates_sit_on_every_branch_output():
 
 
 def test_width_multiplier_scales_channels():
-  arch = model.Architecture.at_width(0.25)
-  assert arch.stem == 16 and arch.blocks[0] == model.Inception(8, 4, 4, 8, 2, 2)
+  arch = googlenet.Architecture.at_width(0.25)
+  assert arch.stem == 16 and arch.blocks[0] == googlenet.Inception(8, 4, 4, 8, 2, 2)
   assert arch.block_inputs()[1] == 16 and arch.head_inputs == 32
 
 
@@ -70,17 +70,17 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
 def test_max_pool_matches_reduce_window(stride):
   x = jax.random.normal(jax.random.key(0), (2, 7, 9, 3))
   reference = lambda x: nnx.max_pool(x, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)))
-  np.testing.assert_array_equal(model.max_pool_3x3(x, stride), reference(x))
+  np.testing.assert_array_equal(layers.max_pool_3x3(x, stride), reference(x))
   weights = jax.random.normal(jax.random.key(1), reference(x).shape)
   grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)
-  np.testing.assert_allclose(grad(lambda x: model.max_pool_3x3(x, stride)), grad(reference),
+  np.testing.assert_allclose(grad(lambda x: layers.max_pool_3x3(x, stride)), grad(reference),
                              atol=1e-6)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_max_pool_sends_each_outputs_gradient_to_one_maximum_of_its_window_under_ties(stride):
   x = jnp.round(jax.random.normal(jax.random.key(0), (1, 7, 9, 2)))  # most windows tie
-  y, vjp = jax.vjp(lambda x: model.max_pool_3x3(x, stride), x)
+  y, vjp = jax.vjp(lambda x: layers.max_pool_3x3(x, stride), x)
   one_hots = jnp.eye(y.size).reshape(-1, *y.shape)
   (grads,) = jax.vmap(vjp)(one_hots)
   padded = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
@@ -108,7 +108,7 @@ def test_conv_functions_match_lax_conv(kernel_size, bfloat16_matmuls):
   reference = lambda x, k: jax.lax.conv_general_dilated(
       x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
       precision=jax.lax.Precision.HIGHEST)
-  conv = lambda x, k: model.conv_function(kernel_size, bfloat16_matmuls)(
+  conv = lambda x, k: layers.conv_function(kernel_size, bfloat16_matmuls)(
       x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
   def value_and_grads(f, x, k):

@@ -16,9 +16,10 @@ def test_quick_start_chains_the_recipes_and_modes(tmp_path, monkeypatch):
   monkeypatch.setattr(quickstart.train, "train_and_evaluate",
                       lambda config, workdir: calls.append(("train", workdir, config)))
   for mode in ("test", "export"):
-    monkeypatch.setattr(quickstart.checkpoint_modes, mode, lambda workdir, which, mode=mode: (
-        calls.append((mode, workdir, which))) or {"test_accuracy": 0.5, "macs_kept_fraction": 0.5,
-                                    "params_kept_fraction": 0.5})
+    monkeypatch.setattr(quickstart.checkpoint_modes, f"{mode}_checkpoint",
+                        lambda workdir, which, mode=mode: calls.append((mode, workdir, which)) or
+                        {"test_accuracy": 0.5, "macs_kept_fraction": 0.5,
+                         "params_kept_fraction": 0.5})
   monkeypatch.setattr(quickstart.analysis, "analyze",
                       lambda workdir, which: calls.append(("analyze", workdir, which)))
   quickstart.run(str(tmp_path), data_dir="/data/fmnist")
@@ -40,7 +41,8 @@ def test_every_step_says_its_command_and_the_end_how_to_get_tensorboard(tmp_path
   monkeypatch.setattr(quickstart.train, "train_and_evaluate", lambda config, workdir: None)
   metrics = {"test_accuracy": 0.5, "macs_kept_fraction": 0.5, "params_kept_fraction": 0.5}
   for mode in ("test", "export"):
-    monkeypatch.setattr(quickstart.checkpoint_modes, mode, lambda workdir, which: metrics)
+    monkeypatch.setattr(quickstart.checkpoint_modes, f"{mode}_checkpoint",
+                        lambda workdir, which: metrics)
   monkeypatch.setattr(quickstart.analysis, "analyze", lambda workdir, which: metrics)
   with caplog.at_level(logging.INFO):
     quickstart.run(str(tmp_path), data_dir="/data/fmnist")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from l0jax import accounting, export, gates, model, resnet, tracing, vgg
-from l0jax.graph import INPUT, Graph, GraphError, Layer, Pool
+from l0jax import accounting, export, gates, googlenet, layers, resnet, tracing, vgg
+from l0jax.graphs import INPUT, Graph, GraphError, Layer, Pool
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0] + "/examples")
 import stated_graph  # pylint: disable=wrong-import-position
@@ -83,7 +83,7 @@ def abstract(make):
 
 
 NETWORKS = {
-    "googlenet": lambda w, **kw: functools.partial(model.GoogleNet, 10, 3, width_multiplier=w,
+    "googlenet": lambda w, **kw: functools.partial(googlenet.GoogleNet, 10, 3, width_multiplier=w,
                                                    **kw),
     "resnet20": lambda w, **kw: functools.partial(resnet.ResNet, 10, 3, depth=20,
                                                   width_multiplier=w, **kw),
@@ -180,7 +180,7 @@ def test_the_export_of_a_traced_graph_gives_the_gated_networks_logits():
 @jax.custom_vjp
 def _pool_3x3(x):
   """A 3x3/1 max-pool as issue 41 writes it: a custom VJP around pads, slices and maxima."""
-  return model.max_pool_3x3(x, 1)
+  return layers.max_pool_3x3(x, 1)
 
 
 _pool_3x3.defvjp(lambda x: (_pool_3x3(x), x), lambda x, g: (g,))

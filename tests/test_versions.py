@@ -37,8 +37,8 @@ class Gated(nnx.Module):
 def test_a_checkpoint_of_version_1_restores_its_plain_param_gates_without_multipliers(tmp_path):
   mngr = checkpoints.manager(str(tmp_path))
   old = State(nnx.state(Gated(nnx.Param, [3.0, -4.0])))
-  assert list(versions.on_disk(old)) == ["params"]  # no multipliers saved: version 1's fields
-  mngr.save(1, args=ocp.args.StandardSave(versions.on_disk(old)),
+  assert list(versions.saved_fields(old)) == ["params"]  # no multipliers saved: version 1's fields
+  mngr.save(1, args=ocp.args.StandardSave(versions.saved_fields(old)),
             metrics={checkpoints.BEST_METRIC: 0.5})
   mngr.wait_until_finished()
   target = State(nnx.state(Gated(gates.LogAlpha, [0.0, 0.0])))

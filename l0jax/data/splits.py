@@ -74,7 +74,7 @@ def image_shape_and_classes(config: ml_collections.ConfigDict
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
-  """Loads `config.dataset` and splits off the fixed validation set; `config_lib.validate` has
+  """Loads `config.dataset` and splits off the fixed validation set; `run_config.validate` has
   checked the config's values, and this checks the files.
 
   Sources, first match wins: the official files in `config.data_dir` (archive

@@ -62,8 +62,7 @@ from typing import Any, Sequence
 
 from absl import app, flags, logging
 
-from l0jax import cli, locking
-from l0jax import config as config_lib
+from l0jax import cli, locking, run_config
 from l0jax.errors import UserError
 from l0jax.sweep import planning, reporting, running
 
@@ -86,8 +85,8 @@ flags.DEFINE_list("scratch_budgets", [],
                   "macs0.5, params0.25.")
 flags.DEFINE_list("masks", [], "Masks to compare with each budget run, trained from the "
                   "baseline (configs/mask.py): "
-                  f"{', '.join(m for m in planning.MASKS if m not in config_lib.MASKS_FROM_RUN)} "
-                  f"at the cost it realised; {', '.join(config_lib.MASKS_FROM_RUN)} from its "
+                  f"{', '.join(m for m in planning.MASKS if m not in run_config.MASKS_FROM_RUN)} "
+                  f"at the cost it realised; {', '.join(run_config.MASKS_FROM_RUN)} from its "
                   "gates.")
 flags.DEFINE_bool("control", False, "The baseline trained on with nothing pruned, for as long "
                   "as the pruned runs train after it (--control.num_epochs).")
@@ -135,13 +134,13 @@ def main(argv: list[str]) -> None:
         sweep_dir, _floats("scratch_lambdas", FLAGS.scratch_lambdas),
         _floats("finetune_lambdas", FLAGS.finetune_lambdas), planning.parse_settings(argv[1:]),
         _floats("retrain_lambdas", FLAGS.retrain_lambdas),
-        [(kind, target) for kind in config_lib.TARGET_KINDS
+        [(kind, target) for kind in run_config.TARGET_KINDS
          for target in _floats(f"target_{kind}", FLAGS[f"target_{kind}"].value)],
         FLAGS.retrain_budgets, scratch_budgets=FLAGS.scratch_budgets, masks=FLAGS.masks,
         control=FLAGS.control, seeds=_seeds(FLAGS.seeds))
     for member in members:  # Every config as main.py would check it, before anything is written.
       running.check(member, sweep_dir)
-    with locking.held(str(sweep_dir), "--sweep_dir"):
+    with locking.exclusive_folder(str(sweep_dir), "--sweep_dir"):
       results = sweep(sweep_dir, members,
                       shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]))
   if results["unfinished"]:

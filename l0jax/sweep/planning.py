@@ -10,18 +10,17 @@ import re
 import sys
 from typing import Sequence
 
-from l0jax import cli
-from l0jax import config as config_lib
+from l0jax import cli, run_config
 from l0jax.errors import UserError
 
-MASKS = tuple(m for m in config_lib.MASKS if m)  # kinds that are one-shot masks, same names
+MASKS = tuple(m for m in run_config.MASKS if m)  # kinds that are one-shot masks, same names
 KINDS = ("baseline", "control", "scratch", "finetune", "budget", "retrain") + MASKS
 CONFIG_FILES = {"baseline": "baseline.py", "control": "baseline.py", "scratch": "gated.py",
                 "finetune": "finetune.py", "budget": "prune_to_budget.py", "retrain": "retrain.py",
                 **{kind: "mask.py" for kind in MASKS}}
 # Set by the sweep, per member.
 SWEEP_KEYS = ("lambda_l0", "init_from", "init_checkpoint", "seed", "mask", "mask_from",
-              *(f"target_{kind}" for kind in config_lib.TARGET_KINDS))
+              *(f"target_{kind}" for kind in run_config.TARGET_KINDS))
 # Members are tested at their last checkpoint: the network their lambda made.
 # The best by validation can be one from before the gates closed.
 CHECKPOINT = "last"
@@ -117,7 +116,7 @@ def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
     name = f"{cost}{target:g}"
     # One target: the recipe's default one is unset for a budget of the other kind.
     own = {**{f"target_{kind}": repr(target if kind == cost else 0.0)
-              for kind in config_lib.TARGET_KINDS}, "init_from": str(sweep_dir / "baseline")}
+              for kind in run_config.TARGET_KINDS}, "init_from": str(sweep_dir / "baseline")}
     members.append(Member(f"budget_{name}", "budget", {**settings["budget"], **own},
                           target=(cost, target), after="baseline"))
     if retrain_budgets:
@@ -131,10 +130,10 @@ def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
     for method in masks:
       mask = {"mask": method, "init_from": str(sweep_dir / "baseline")}
       # The budget run's decided gates, on the baseline's weights.
-      if method in config_lib.MASKS_FROM_RUN:
+      if method in run_config.MASKS_FROM_RUN:
         members.append(Member(f"{method}_{name}", method, {
             **settings[method], **mask, "mask_from": str(sweep_dir / f"budget_{name}"),
-            **{f"target_{kind}": "0.0" for kind in config_lib.TARGET_KINDS}},
+            **{f"target_{kind}": "0.0" for kind in run_config.TARGET_KINDS}},
                               target=(cost, target), after=f"budget_{name}"))
         continue
       # At the cost the budget run realised, not its target: both then cost the same.

@@ -13,8 +13,7 @@ import time
 
 from absl import logging
 
-from l0jax import cli, workdirs
-from l0jax import config as config_lib
+from l0jax import cli, run_config, workdirs
 from l0jax.errors import UserError
 from l0jax.sweep.planning import Member
 from l0jax.sweep.reporting import is_finished
@@ -35,7 +34,7 @@ def realised_cost(member: Member, sweep_dir: pathlib.Path) -> Member:
   metrics = workdirs.read_test_metrics(sweep_dir / member.cost_of)
   cost = member.target[0]
   targets = {f"target_{kind}": repr(metrics[f"{cost}_kept_fraction"] if kind == cost else 0.0)
-             for kind in config_lib.TARGET_KINDS}
+             for kind in run_config.TARGET_KINDS}
   return dataclasses.replace(member, settings={**member.settings, **targets})
 
 

@@ -22,6 +22,7 @@ an arrow A -> B for each module B that A imports, but with a subpackage's module
 import ast
 import collections
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -113,7 +114,9 @@ def main() -> None:
   sys.path.insert(0, str(CHECKOUT))
   from absl import logging  # pylint: disable=import-outside-toplevel
   from l0jax import analysis, train  # pylint: disable=import-outside-toplevel
-  from l0jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  # run_config since house3; config before.
+  config_lib = importlib.import_module(
+      "l0jax.run_config" if (PACKAGE / "run_config.py").exists() else "l0jax.config")
   assert pathlib.Path(train.__file__).resolve().parent == PACKAGE, train.__file__
   logging.set_verbosity(logging.WARNING)
   config = config_lib.variant(config_lib.base_config(), "runlocal")

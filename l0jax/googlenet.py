@@ -8,16 +8,13 @@ export read the graph traced from the network's program
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l0jax import convolutions
-from l0jax import gates
-from l0jax import graph as graph_lib
-from l0jax import tracing
+from l0jax import gates, graphs, layers, tracing
 
 STEM_CHANNELS = 64
 BRANCHES = ("1x1", "3x3", "5x5", "pool")  # concatenation order of a block's outputs
@@ -38,7 +35,7 @@ class Inception(NamedTuple):
     return (self.out1, self.out3, self.out5, self.out_pool)
 
   def scaled(self, width_multiplier: float) -> "Inception":
-    return Inception(*(scale_channels(c, width_multiplier) for c in self))
+    return Inception(*(layers.scale_channels(c, width_multiplier) for c in self))
 
 
 INCEPTION_BLOCKS = (
@@ -56,10 +53,6 @@ INCEPTION_BLOCKS = (
 POOL_AFTER = (1, 5)  # 0-based indices of the blocks followed by a max-pool 3x3/2
 
 
-def scale_channels(channels: int, width_multiplier: float) -> int:
-  return max(1, round(channels * width_multiplier))
-
-
 @dataclasses.dataclass(frozen=True)
 class Architecture:
   """The channel counts of a GoogleNet at one width."""
@@ -69,7 +62,7 @@ class Architecture:
 
   @classmethod
   def at_width(cls, width_multiplier: float) -> "Architecture":
-    return cls(scale_channels(STEM_CHANNELS, width_multiplier),
+    return cls(layers.scale_channels(STEM_CHANNELS, width_multiplier),
                tuple(b.scaled(width_multiplier) for b in INCEPTION_BLOCKS))
 
   def block_inputs(self) -> tuple[int, ...]:
@@ -81,117 +74,6 @@ class Architecture:
     return sum(self.blocks[-1].outputs)
 
 
-def max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
-  """Max-pool 3x3 with padding 1 on NHWC, as a max over rows and then over columns.
-
-  The same values and gradients as `nnx.max_pool` (a tie too sends the whole
-  gradient to one input), but the gradient is elementwise selects that XLA
-  fuses, where `reduce_window`'s gradient is a select-and-scatter, which XLA:CPU
-  runs as a slow loop.
-  """
-  def max_of_shifts(x: jax.Array, axis: int) -> jax.Array:
-    size = (x.shape[axis] - 1) // stride + 1
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (1, 1)
-    x = jnp.pad(x, pad, constant_values=-jnp.inf)
-    shifts = (jax.lax.slice_in_dim(x, i, i + stride * (size - 1) + 1, stride, axis)
-              for i in range(3))
-    return functools.reduce(lambda a, b: jnp.where(a >= b, a, b), shifts)
-
-  return max_of_shifts(max_of_shifts(x, 1), 2)
-
-
-def pointwise_conv(inputs: jax.Array, kernel: jax.Array, *args, precision=None,
-                   **kwargs) -> jax.Array:
-  """`lax.conv_general_dilated` for a 1x1, stride-1 NHWC convolution, as a matmul over channels.
-
-  The same numbers, but XLA:CPU runs the matmul and its weight gradient
-  faster than the convolution, which transposes whole activations for it.
-  """
-  del args, kwargs  # strides, padding, dilations and layout: the trivial ones of a 1x1 conv.
-  return jnp.dot(inputs, kernel[0, 0], precision=precision)
-
-
-def _float32_sum(a: jax.Array, b: jax.Array, a_axes, b_axes) -> jax.Array:
-  """`dot_general` of bfloat16 operands over `a_axes` x `b_axes`, accumulated in float32."""
-  return jax.lax.dot_general(a, b, ((tuple(a_axes), tuple(b_axes)), ((), ())),
-                             preferred_element_type=jnp.float32)
-
-
-@jax.custom_vjp
-def bfloat16_dot(x: jax.Array, w: jax.Array) -> jax.Array:
-  """`x[..., K] @ w[K, N]` for float32 arrays, multiplied in bfloat16, accumulated in float32.
-
-  Its gradients are such dots too, of the cotangent rounded to bfloat16 (as
-  PyTorch's autocast does): JAX's own gradient of a dot with
-  `preferred_element_type` would multiply the float32 cotangent by a bfloat16
-  operand, which XLA:CPU runs as a float32 dot.
-  """
-  return _float32_sum(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), (x.ndim - 1,), (0,))
-
-
-def _bfloat16_dot_fwd(x, w):
-  return bfloat16_dot(x, w), (x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
-
-
-def _bfloat16_dot_bwd(residuals, g):
-  x, w = residuals
-  g = g.astype(jnp.bfloat16)
-  lead = range(x.ndim - 1)
-  return _float32_sum(g, w, (g.ndim - 1,), (1,)), _float32_sum(x, g, lead, lead)
-
-
-bfloat16_dot.defvjp(_bfloat16_dot_fwd, _bfloat16_dot_bwd)
-
-
-def _bfloat16_pointwise_conv(inputs: jax.Array, kernel: jax.Array, *args, **kwargs) -> jax.Array:
-  del args, kwargs  # As in `pointwise_conv`.
-  return bfloat16_dot(inputs, kernel[0, 0])
-
-
-def conv_function(kernel_size: int, bfloat16_matmuls: bool,
-                  stride: int = 1) -> Callable[..., jax.Array]:
-  """What `nnx.Conv` calls for one convolution (odd kernel, padded to keep the size; NHWC).
-
-  A strided one is XLA's own, in float32: the faster paths here are written
-  for stride 1, and a network has few strided convolutions (the ResNet two).
-  """
-  if stride != 1:
-    return jax.lax.conv_general_dilated
-  if kernel_size > 1:
-    return convolutions.same_conv(bfloat16_matmuls)
-  return _bfloat16_pointwise_conv if bfloat16_matmuls else pointwise_conv
-
-
-class ConvBN(nnx.Module):
-  """conv + BatchNorm + ReLU, initialised as the UvA tutorial does.
-
-  The GoogleNet's convs have a bias; a ResNet's do not (`use_bias=False`: BN
-  follows) and its block's second conv adds the shortcut before the ReLU
-  (`relu=False`). Padded by kernel // 2 on each side, as PyTorch's CIFAR
-  ResNets are: a strided conv's output j is centred on input `stride * j`,
-  the pixel the ResNet's shortcut keeps. With `bfloat16_matmuls` a stride-1
-  convolution multiplies in bfloat16 and sums in float32, forward and
-  backward; everything else computes in `dtype`.
-  """
-
-  def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1,
-               use_bias: bool = True, relu: bool = True, dtype, bfloat16_matmuls: bool,
-               rngs: nnx.Rngs):
-    self.conv = nnx.Conv(
-        c_in, c_out, (kernel, kernel), strides=stride, padding=kernel // 2, use_bias=use_bias,
-        dtype=dtype, kernel_init=nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
-        conv_general_dilated=conv_function(kernel, bfloat16_matmuls, stride),
-        rngs=rngs)
-    # PyTorch's BN momentum 0.1 is Flax's 0.9.
-    self.bn = nnx.BatchNorm(c_out, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
-    self.relu = relu
-
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = self.bn(self.conv(x), use_running_average=not train)
-    return nnx.relu(y) if self.relu else y
-
-
 class InceptionBlock(nnx.Module):
   """Four branches concatenated on channels, each output optionally gated.
 
@@ -201,7 +83,8 @@ class InceptionBlock(nnx.Module):
 
   def __init__(self, c_in: int, spec: Inception, *, use_gate: bool, droprate_init: float,
                dtype, bfloat16_matmuls: bool, rngs: nnx.Rngs):
-    conv = functools.partial(ConvBN, dtype=dtype, bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
+    conv = functools.partial(layers.ConvBN, dtype=dtype, bfloat16_matmuls=bfloat16_matmuls,
+                             rngs=rngs)
     self.branch1 = conv(c_in, spec.out1, 1)
     self.branch3_reduce = conv(c_in, spec.red3, 1)
     self.branch3 = conv(spec.red3, spec.out3, 3)
@@ -216,7 +99,7 @@ class InceptionBlock(nnx.Module):
         self.branch1(x, train),
         self.branch3(self.branch3_reduce(x, train), train),
         self.branch5(self.branch5_reduce(x, train), train),
-        self.branch_pool(max_pool_3x3(x, 1), train),
+        self.branch_pool(layers.max_pool_3x3(x, 1), train),
     ]
     x = jnp.concatenate(outputs, axis=-1)
     if not self.gates:
@@ -240,8 +123,8 @@ class GoogleNet(nnx.Module):
     arch = Architecture.at_width(width_multiplier)
     self.arch, self.in_channels, self.num_classes = arch, in_channels, num_classes
     self.use_gate = use_gate
-    self.stem = ConvBN(in_channels, arch.stem, 3, dtype=dtype, bfloat16_matmuls=bfloat16_matmuls,
-                       rngs=rngs)
+    self.stem = layers.ConvBN(in_channels, arch.stem, 3, dtype=dtype,
+                              bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
     self.blocks = nnx.List([
         InceptionBlock(c_in, spec, use_gate=use_gate, droprate_init=droprate_init, dtype=dtype,
                        bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
@@ -256,29 +139,29 @@ class GoogleNet(nnx.Module):
     for i, (block, key) in enumerate(zip(self.blocks, keys)):
       x = block(x, train, key)
       if i in POOL_AFTER:
-        x = max_pool_3x3(x, 2)
+        x = layers.max_pool_3x3(x, 2)
     x = jnp.mean(x, axis=(1, 2))
     return self.head(x).astype(jnp.float32)
 
-  def channel_graph(self, image_hw: int) -> graph_lib.Graph:
+  def channel_graph(self, image_hw: int) -> graphs.Graph:
     """The network's channel graph traced from its program, named as `channel_graph` states it."""
     graph = tracing.trace_graph(
         self, jax.ShapeDtypeStruct((1, image_hw, image_hw, self.in_channels), jnp.float32))
     return tracing.renamed(graph, _stated_names(graph))
 
-  def stated_channel_graph(self, image_hw: int) -> graph_lib.Graph:
+  def stated_channel_graph(self, image_hw: int) -> graphs.Graph:
     return channel_graph(self.arch, use_gate=self.use_gate, image_hw=image_hw,
                          in_channels=self.in_channels, num_classes=self.num_classes)
 
 
-def _stated_names(graph: graph_lib.Graph) -> dict[str, str]:
+def _stated_names(graph: graphs.Graph) -> dict[str, str]:
   """The traced graph's names (module paths, pools by number) as `channel_graph` gives them."""
   block = lambda path: f"block{path[1] + 1}"
   names = {g.name: f"{block(g.path)}/{BRANCHES[g.path[3]]}" for g in graph.gates}
   for layer in graph.layers:
     names[layer.name] = (f"{block(layer.path)}/{layer.path[2]}" if layer.path[0] == "blocks"
                          else layer.path[0])
-  for pool in (n for n in graph.nodes if isinstance(n, graph_lib.Pool)):
+  for pool in (n for n in graph.nodes if isinstance(n, graphs.Pool)):
     if pool.kind == "mean":
       names[pool.name] = "global_pool"
     elif pool.stride == 1:  # a block's pool branch, named for the block that reads it
@@ -290,25 +173,25 @@ def _stated_names(graph: graph_lib.Graph) -> dict[str, str]:
 
 
 def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_channels: int,
-                  num_classes: int) -> graph_lib.Graph:
+                  num_classes: int) -> graphs.Graph:
   """The GoogleNet's channel graph as stated by hand: its layers' names and paths, its gates'
   names; what the traced graph is tested against, and the graph of an architecture alone.
 
-  A gate is named for the branch output it decides, `block{i}/{branch}`
+  A gate is named for the branch output it controls, `block{i}/{branch}`
   (1-based, `BRANCHES`), as the run's history has always recorded them.
   """
   def conv_bn(name, inputs, c_in, c_out, kernel, path, gate=None):
-    return graph_lib.Layer(name, inputs, c_in, c_out, kernel, padding=kernel // 2,
-                           gate=gate if use_gate else None,
-                           path=(*path, "conv"), bn=(*path, "bn"))
+    return graphs.Layer(name, inputs, c_in, c_out, kernel, padding=kernel // 2,
+                        gate=gate if use_gate else None,
+                        path=(*path, "conv"), bn=(*path, "bn"))
 
-  nodes, gate_list = [conv_bn("stem", (graph_lib.INPUT,), in_channels, arch.stem, 3, ("stem",))], []
+  nodes, gate_list = [conv_bn("stem", (graphs.INPUT,), in_channels, arch.stem, 3, ("stem",))], []
   x, c_in = ("stem",), arch.stem
   for i, spec in enumerate(arch.blocks):
     block, path = f"block{i + 1}", ("blocks", i)
     names = {b: f"{block}/{b}" for b in BRANCHES}
     if use_gate:
-      gate_list += [graph_lib.Gate(names[b], c, (*path, "gates", j, "log_alpha"))
+      gate_list += [graphs.Gate(names[b], c, (*path, "gates", j, "log_alpha"))
                     for j, (b, c) in enumerate(zip(BRANCHES, spec.outputs))]
     layer = lambda conv, *args, gate=None: conv_bn(f"{block}/{conv}", *args, (*path, conv), gate)
     nodes += [
@@ -319,15 +202,15 @@ def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_chann
         layer("branch5_reduce", x, c_in, spec.red5, 1),
         layer("branch5", (f"{block}/branch5_reduce",), spec.red5, spec.out5, 5,
               gate=names["5x5"]),
-        graph_lib.Pool(f"{block}/pool", x),
+        graphs.Pool(f"{block}/pool", x),
         layer("branch_pool", (f"{block}/pool",), c_in, spec.out_pool, 1, gate=names["pool"]),
     ]
     x = tuple(f"{block}/{conv}" for conv in ("branch1", "branch3", "branch5", "branch_pool"))
     c_in = sum(spec.outputs)
     if i in POOL_AFTER:
-      nodes.append(graph_lib.Pool(f"{block}/max_pool", x, stride=2))
+      nodes.append(graphs.Pool(f"{block}/max_pool", x, stride=2))
       x = (f"{block}/max_pool",)
-  nodes += [graph_lib.Pool("global_pool", x, kind="mean"),
-            graph_lib.Layer("head", ("global_pool",), c_in, num_classes, dense=True, relu=False,
-                            path=("head",))]
-  return graph_lib.Graph(image_hw, in_channels, tuple(nodes), tuple(gate_list))
+  nodes += [graphs.Pool("global_pool", x, kind="mean"),
+            graphs.Layer("head", ("global_pool",), c_in, num_classes, dense=True, relu=False,
+                         path=("head",))]
+  return graphs.Graph(image_hw, in_channels, tuple(nodes), tuple(gate_list))

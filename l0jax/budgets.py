@@ -18,7 +18,7 @@ is pruned gradually.
 The expected cost is not what the test counts (a channel whose test-time
 gate is > 0), and a controller that is still swinging around `t` can stop
 anywhere on its swing. So the last epochs, from `fix_gates_after`, settle:
-the gates are decided once, greedily by `log_alpha`, to the test-time cost
+the gates are settled once, greedily by `log_alpha`, to the test-time cost
 closest to `t` from below (`settle`), and then fixed, while the weights
 train on without gate noise for the network that will be tested.
 """
@@ -32,9 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from l0jax import accounting, gates
-from l0jax import graph as graph_lib
-from l0jax import config as config_lib
+from l0jax import accounting, gates, graphs, run_config
 from l0jax.errors import UserError
 
 
@@ -67,10 +65,10 @@ class Budget:
   learning_rate: float
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, plan: config_lib.GatePlan,
+  def from_config(cls, config: ml_collections.ConfigDict, plan: run_config.GatePlan,
                   epoch_steps: int) -> "Budget | None":
     """The budget of a run whose `plan` is BUDGET, at `epoch_steps` training steps an epoch."""
-    if plan.gates != config_lib.BUDGET:  # A mask meets its target before training.
+    if plan.gates != run_config.BUDGET:  # A mask meets its target before training.
       return None
     return cls(*plan.target,
                warmup_steps=round(config.target_warmup * config.num_epochs * epoch_steps),
@@ -103,8 +101,8 @@ CLOSED_LOG_ALPHA = gates.PRUNE_AT - 1.0
 
 
 def settle(log_alphas: Mapping[str, np.ndarray], kind: str, target: float,
-           graph: graph_lib.Graph) -> dict[str, np.ndarray]:
-  """The gates decided for a test-time cost at most `target`, as close to it as greedy gets.
+           graph: graphs.Graph) -> dict[str, np.ndarray]:
+  """The gates settled for a test-time cost at most `target`, as close to it as greedy gets.
 
   Channels kept at test time are closed in order of rising log_alpha while
   the cost is above the target, except a gate's last one where closing it
@@ -164,15 +162,15 @@ def gate_travel(log_alphas: Mapping[str, np.ndarray], droprate_init: float) -> t
   return said, furthest >= STILL
 
 
-def floor(graph: graph_lib.Graph) -> dict[str, float]:
+def lowest_kept_fractions(graph: graphs.Graph) -> dict[str, float]:
   """The smallest kept fractions any gate state reaches: every gate closed."""
   return accounting.kept_fractions(graph, accounting.all_closed(graph))
 
 
-def check_reachable(target: config_lib.Target, graph: graph_lib.Graph) -> None:
+def check_reachable(target: run_config.Target, graph: graphs.Graph) -> None:
   """Refuses a target below what the network keeps with every gate closed."""
   kind, fraction = target
-  lowest = floor(graph)[kind]
+  lowest = lowest_kept_fractions(graph)[kind]
   if fraction < lowest:
     raise UserError(f"config: target_{kind}={fraction:g} is below what this network can reach: "
                     f"with every gate closed its ungated layers still keep {lowest:.4f} of its "

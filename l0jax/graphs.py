@@ -1,7 +1,7 @@
 """The channel graph: what the cost accounting, the penalties and the export know of a network.
 
 A network's graph is traced from its program (`tracing.trace_graph`) or
-stated by hand (`model.GoogleNet.stated_channel_graph` is one);
+stated by hand (`googlenet.GoogleNet.stated_channel_graph` is one);
 everything that counts, penalises or compacts channels reads the graph and
 nothing else of the architecture. A graph is a tuple of nodes in the order
 the network computes them; the last one gives the logits. Each node names the
@@ -12,7 +12,7 @@ that order. `INPUT` is the image.
   `dense=True`, a dense layer on a [batch, channels] input; then optional
   BatchNorm (eval mode) and ReLU. `path` says where the module holds the
   `nnx.Conv` / `nnx.Linear` (attribute names and list indices), `bn` its
-  `nnx.BatchNorm`, if any. `gate` names the `Gate` that decides its output
+  `nnx.BatchNorm`, if any. `gate` names the `Gate` that controls its output
   channels, or None.
 - `Pool`: max-pool (`window`, `stride`, `padding` on every side, or "SAME"
   as `lax.reduce_window` pads) or, with
@@ -34,6 +34,7 @@ channel, or none; a `Pad`'s zero channels tie nothing. A layer whose output
 runs through several groups (a ResNet block's output in a wider stage) names
 their gates in order, `gate=("a", "b")`, each gate a run of its channels. A
 layer whose ungated outputs reach an `Add` or a `Pad` is always counted whole.
+`channel_segments` derives each node's channels, as runs, and checks the ties.
 
 An ungated layer that only gated layers read is counted as removed when all
 of their gates are closed (a GoogleNet's 1x1 reduce conv whose branch is
@@ -62,15 +63,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from l0jax import gates
-from l0jax.errors import UserError
+from l0jax import channel_segments, gates
+from l0jax.channel_segments import Segment
+from l0jax.errors import GraphError
 
 INPUT = "input"  # the name that reads the network's input images
 Path = tuple[str | int, ...]
-
-
-class GraphError(UserError):
-  """A channel graph that contradicts itself or the module it describes; names the node."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,41 +146,6 @@ class Gate:
 Node = Layer | Pool | Add | Pad
 
 
-class Segment(NamedTuple):
-  """A run of channels of a node's output: who made them and which gate scales them."""
-
-  producers: tuple[str, ...]  # layers (or INPUT); several when an Add summed them; none: zeros
-  gate: str | None  # gated segments are whole gates
-  channels: int
-
-
-class _Channel(NamedTuple):
-  """One channel of a node's output, as an Add lines its inputs up."""
-
-  producers: tuple[str, ...]
-  gate: str | None
-  index: int  # its channel of `gate`; 0 when ungated
-
-
-def _channels(segments: Sequence[Segment]) -> list[_Channel]:
-  return [_Channel(s.producers, s.gate, i if s.gate else 0)
-          for s in segments for i in range(s.channels)]
-
-
-def _segments(channels: Sequence[_Channel]) -> tuple[Segment, ...]:
-  """Channels in runs: one per gate's channels, per stretch of ungated ones, per stretch of
-  zeros."""
-  out: list[Segment] = []
-  for c in channels:
-    last = out[-1] if out else None
-    if last and last.gate == c.gate and bool(last.producers) == bool(c.producers) and (
-        c.gate is None or c.index == last.channels):
-      out[-1] = Segment(tuple(dict.fromkeys(last.producers + c.producers)), c.gate,
-                        last.channels + 1)
-    else:
-      out.append(Segment(c.producers, c.gate, 1))
-  return tuple(out)
-
 
 class _Shape(NamedTuple):
   hw: int
@@ -191,43 +154,6 @@ class _Shape(NamedTuple):
   @property
   def channels(self) -> int:
     return sum(s.channels for s in self.segments)
-
-
-def _layer_segments(layer: Layer, gate_sizes: Mapping[str, int]) -> tuple[Segment, ...]:
-  """A layer's output: one segment per gate (each a run of its channels), or one ungated."""
-  names = layer.gate_names
-  if not names:
-    return (Segment((layer.name,), None, layer.c_out),)
-  for gate in names:
-    if gate not in gate_sizes:
-      raise GraphError(f"{layer.name}: its gate {gate!r} is not one of the graph's")
-  if len(set(names)) != len(names):
-    raise GraphError(f"{layer.name}: names a gate twice in {names}")
-  if (total := sum(gate_sizes[g] for g in names)) != layer.c_out:
-    raise GraphError(f"{layer.name}: its gate {layer.gate!r} has {total} channels, the layer "
-                     f"c_out={layer.c_out}")
-  return tuple(Segment((layer.name,), g, gate_sizes[g]) for g in names)
-
-
-def _add_segments(add: Add, inputs: Sequence[Sequence[Segment]]) -> tuple[Segment, ...]:
-  """An add's output: channel by channel, its inputs' channels must be one gate's same channel,
-  or all ungated (a pad's zeros go with either)."""
-  out = []
-  for j, column in enumerate(zip(*map(_channels, inputs))):
-    real = [c for c in column if c.producers]
-    if len({(c.gate, c.index) for c in real}) > 1:
-      show = lambda c: f"channel {c.index} of gate {c.gate!r}" if c.gate else "an ungated one"
-      raise GraphError(f"{add.name}: adds {' to '.join(dict.fromkeys(map(show, real)))} (its "
-                       f"channel {j}); tied channels carry the same gate's same channel, or none")
-    producers = tuple(dict.fromkeys(p for c in real for p in c.producers))
-    out.append(real[0]._replace(producers=producers) if real else column[0])
-  return _segments(out)
-
-
-def _tie(groups: list[set[str]], layers: set[str]) -> list[set[str]]:
-  """`groups` with those that share a layer with `layers` joined into one."""
-  joined = layers.union(*(g for g in groups if g & layers))
-  return [g for g in groups if not g & layers] + [joined]
 
 
 def _conv_hw(hw: int, kernel: int, stride: int, padding: str | int) -> int:
@@ -282,20 +208,20 @@ class Graph:
         for gate in node.gate_names:
           tied.setdefault(gate, []).append({node.name})
         hw = 1 if node.dense else _conv_hw(hw, node.kernel, node.stride, node.padding)
-        shapes[node.name] = _Shape(hw, _layer_segments(node, gate_sizes))
+        shapes[node.name] = _Shape(hw, channel_segments.layer_segments(node, gate_sizes))
         continue
       if isinstance(node, Add):
         if len({(r.hw, r.channels) for r in read}) != 1:
           raise GraphError(f"{node.name}: adds inputs of different shapes "
                            f"{[(r.hw, r.hw, r.channels) for r in read]}")
-        shapes[node.name] = _Shape(hw, _add_segments(node, [r.segments for r in read]))
+        shapes[node.name] = _Shape(
+            hw, channel_segments.add_segments(node, [r.segments for r in read]))
         for s in shapes[node.name].segments:
           if s.gate is not None:
-            tied[s.gate] = _tie(tied[s.gate], set(s.producers))
+            tied[s.gate] = channel_segments.tie(tied[s.gate], set(s.producers))
       elif isinstance(node, Pad):
-        zeros = lambda n: [_Channel((), None, 0)] * n
-        shapes[node.name] = _Shape(-(-hw // node.stride), _segments(
-            zeros(node.before) + _channels(segments) + zeros(node.after)))
+        shapes[node.name] = _Shape(-(-hw // node.stride), channel_segments.pad_segments(
+            segments, node.before, node.after))
       elif node.kind == "mean":
         shapes[node.name] = _Shape(1, segments)
       elif node.kind == "max":
@@ -344,7 +270,7 @@ class Graph:
     return {name: tuple(r) for name, r in readers.items()}
 
   @functools.cached_property
-  def whole(self) -> frozenset[str]:
+  def whole_layers(self) -> frozenset[str]:
     """Layers always counted whole: their ungated channels tied by an Add or Pad, or read by
     the output."""
     whole = {p for s in self.segments(self.nodes[-1].name) for p in s.producers}
@@ -355,7 +281,7 @@ class Graph:
     return frozenset(whole)
 
   def members(self, gate: str) -> tuple[tuple[Layer, int, int], ...]:
-    """The layers whose output channels `gate` decides, each with its run of them [start,
+    """The layers whose output channels `gate` controls, each with its run of them [start,
     stop): one layer, or the members of a coupled group."""
     found = []
     for layer in self.layers:
@@ -367,25 +293,25 @@ class Graph:
     return tuple(found)
 
   def gated_layer(self, gate: str) -> Layer:
-    """The first layer whose output channels `gate` decides (what the gate is shown as)."""
+    """The first layer whose output channels `gate` controls (what the gate is shown as)."""
     return self.members(gate)[0][0]
 
   def log_alphas(self, module: nnx.Module) -> dict[str, jax.Array]:
     """Every gate's log_alpha in `module`, by gate name, in the graph's order."""
-    return {g.name: at(module, g.path).get_value() for g in self.gates}
+    return {g.name: submodule_at(module, g.path).get_value() for g in self.gates}
 
   def set_log_alphas(self, module: nnx.Module, log_alphas: Mapping[str, Any]) -> None:
     """Replaces the log_alpha of each gate named in `log_alphas`, in place."""
     for g in self.gates:
       if g.name in log_alphas:
-        at(module, g.path).set_value(jnp.asarray(log_alphas[g.name], jnp.float32))
+        submodule_at(module, g.path).set_value(jnp.asarray(log_alphas[g.name], jnp.float32))
 
   def check(self, module: nnx.Module) -> None:
     """Raises GraphError unless `module`'s arrays are where and what the graph says."""
     for layer in self.layers:
       try:
-        weights = at(module, layer.path)
-        bn = None if layer.bn is None else at(module, layer.bn)
+        weights = submodule_at(module, layer.path)
+        bn = None if layer.bn is None else submodule_at(module, layer.bn)
       except (AttributeError, IndexError, KeyError, TypeError) as e:
         raise GraphError(f"{layer.name}: the module has nothing at its path ({e})") from e
       want = ((layer.c_in, layer.c_out) if layer.dense
@@ -404,7 +330,7 @@ class Graph:
     for g in self.gates:
       if g.path not in found:
         raise GraphError(f"gate {g.name}: no gates.LogAlpha at {_show(g.path)} in the module")
-      if (shape := tuple(at(module, g.path).shape)) != (g.size,):
+      if (shape := tuple(submodule_at(module, g.path).shape)) != (g.size,):
         raise GraphError(f"gate {g.name}: the module's log_alpha has shape {shape}, "
                          f"the graph says ({g.size},)")
     if extra := found - {g.path for g in self.gates}:
@@ -416,7 +342,7 @@ def _show(path: Path) -> str:
   return "/".join(map(str, path))
 
 
-def at(module: Any, path: Sequence[str | int]) -> Any:
+def submodule_at(module: Any, path: Sequence[str | int]) -> Any:
   """What `module` holds at `path`: attribute names and list indices."""
   for key in path:
     module = module[key] if isinstance(key, int) else getattr(module, key)

@@ -70,8 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Sets the gates' initial log_alpha to log((1 - p) / p), as the PyTorch original did
   # (Louizos et al.'s "drop rate"): 0.5 from scratch, small when fine-tuning a
   # trained network so its channels start open. It is not the probability
-  # that a gate is exactly 0, which the stretch makes smaller: 1 - P(z != 0)
-  # is about 17% at 0.5, 5% at 0.2 and 1% at 0.05.
+  # that a gate is exactly 0, which the stretch makes smaller.
   c.droprate_init = 0.5
   # False retrains the network a pruning run made: the gates of `init_from`
   # are loaded and fixed at their test-time values (pruned channels stay 0, no
@@ -94,7 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
   # What the L0 term measures: mean_gate (the PyTorch original's mean P(z != 0), so its
   # lambda values transfer), params or macs (expected kept fraction).
   c.penalty = "mean_gate"
-  # Prune to a budget instead (l0jax/budget.py): the kept fraction of the
+  # Prune to a budget instead (l0jax/budgets.py): the kept fraction of the
   # full network's MACs (or parameters) the run must end at, in (0, 1]; at
   # most one of the two; 0: no target. With a target the L0 term is
   # l1 * (c - t) + l2 * (c - t)^2, its multipliers learnt by gradient ascent,
@@ -104,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Share of the training steps over which the target t falls from 1.
   c.target_warmup = 1 / 3
   # From this share of the epochs on (rounded, and at least the last epoch),
-  # the gates are decided for the test-time cost closest to the target from
+  # the gates are settled for the test-time cost closest to the target from
   # below, and fixed; the weights train on.
   c.fix_gates_after = 0.75
   # Adam's learning rate for the multipliers l1 and l2 (ascent).
@@ -222,9 +221,10 @@ def _depth_problem(c: ml_collections.ConfigDict) -> str | None:
 
 
 # What a run does with its gates (`GatePlan.gates`): none; trained with lambda_l0 times the
-# penalty in the loss; trained to a budget, then settled and fixed; init_from's, kept fixed; a
-# one-shot mask of init_from's network, fixed.
-NO_GATES, LAMBDA, BUDGET, FIXED, MASK = "none", "lambda", "budget", "fixed", "mask"
+# penalty in the loss; trained to a budget, then settled and fixed; init_from's, fixed; a
+# one-shot mask of init_from's network, fixed. A fixed gate no longer trains: it acts at its
+# test-time value. A settled one was set once for the budget, closed or kept (`budgets.settle`).
+NO_GATES, LAMBDA, BUDGET, RETRAIN, MASK = "none", "lambda", "budget", "retrain", "mask"
 
 
 class Target(NamedTuple):
@@ -237,7 +237,7 @@ class Target(NamedTuple):
 class GatePlan(NamedTuple):
   """What a run does with its gates, resolved once from its config (`gate_plan`)."""
 
-  gates: str  # NO_GATES, LAMBDA, BUDGET, FIXED or MASK
+  gates: str  # NO_GATES, LAMBDA, BUDGET, RETRAIN or MASK
   penalty: str  # what the L0 term measures, reported by every run
   lambda_l0: float  # the L0 term's weight in the loss of a LAMBDA run
   target: Target | None  # a BUDGET's, or the cost a MASK keeps channels to
@@ -246,9 +246,9 @@ class GatePlan(NamedTuple):
   mask_from: str  # the gated run a MASK from a run takes its gates from
 
   @property
-  def gates_fixed(self) -> bool:
-    """Whether the gates act at their test-time values from the first step."""
-    return self.gates in (FIXED, MASK)
+  def fixed_from_start(self) -> bool:
+    """Whether the gates are fixed from the first step."""
+    return self.gates in (RETRAIN, MASK)
 
 
 def gate_plan(c: ml_collections.ConfigDict) -> GatePlan:
@@ -260,7 +260,7 @@ def gate_plan(c: ml_collections.ConfigDict) -> GatePlan:
   elif target:
     gates = BUDGET
   elif not c.train_gates:
-    gates = FIXED
+    gates = RETRAIN
   else:
     gates = LAMBDA if c.use_gate else NO_GATES
   # Never the first epoch nor past the last: the gates train before they settle, and the tested
@@ -299,7 +299,7 @@ def validate(c: ml_collections.ConfigDict) -> GatePlan:
   check(len(targets) <= 1, f"{' and '.join(targets)}: set one target, not both")
   check(c.mask in MASKS, f"mask={c.mask!r} is not one of {', '.join(m for m in MASKS if m)}")
   plan = gate_plan(c)
-  # init_from's network, whose gates this run does not train: a FIXED run's or a MASK's.
+  # init_from's network, whose gates this run does not train: a RETRAIN run's or a MASK's.
   from_init = bool(c.use_gate and not c.train_gates and c.init_from)
   check(c.train_gates or from_init,
         "train_gates=False keeps the gates of a pruned run: it needs use_gate=True and "
