@@ -1,0 +1,69 @@
+"""results/fashion_mnist_2/claims.py: protocol 2's rules on runs laid out as its sweep writes them."""
+
+import json
+
+import pytest
+
+from test_claims import load
+
+claims = load("results", "fashion_mnist_2", "claims.py")
+
+CONTROL = [93.6, 93.5, 93.7, 93.4, 93.6]
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+  """Writes each named run's test accuracies (%, seed by seed) as test_metrics.json files."""
+  monkeypatch.setattr(claims, "RUNS", tmp_path)
+  monkeypatch.setattr(claims, "L0_ARM", "decided")
+
+  def write(**accuracies):
+    for name, values in accuracies.items():
+      for seed, accuracy in zip(claims.SEEDS, values):
+        (tmp_path / f"{name}_seed{seed}").mkdir(exist_ok=True)
+        (tmp_path / f"{name}_seed{seed}" / "test_metrics.json").write_text(json.dumps(
+            {"test_accuracy": accuracy / 100, "macs_kept_fraction": 0.1,
+             "params_kept_fraction": 0.2}))
+  return write
+
+
+def shifted(values, pp):
+  return [v + pp for v in values]
+
+
+def every_arm(budget, pp, **changes):
+  """Every pruned arm at `budget`, `pp` from the control seed by seed, but the arms `changes`
+  gives values of."""
+  return {f"{arm}_macs{budget}": changes.get(arm, shifted(CONTROL, pp)) for arm in claims.ARMS}
+
+
+def test_c4_needs_both_intervals_above_zero(runs):
+  runs(control=CONTROL, **every_arm(0.1, -5.0, decided=shifted(CONTROL, -4.0)))
+  assert claims.claim_4().startswith("met.")
+  # Ahead of L1-norm relative on average (+0.7 pp), but its interval reaches below 0.
+  runs(**{"l1_norm_relative_macs0.1": shifted(CONTROL, -5.0)[:4] + [CONTROL[4] - 3.5]})
+  assert claims.interval("decided_macs0.1", "l1_norm_relative_macs0.1").mean == pytest.approx(0.7)
+  assert claims.claim_4().startswith("not met.")
+
+
+def test_c5_names_the_largest_reduction_within_the_margin(runs):
+  runs(control=CONTROL, **every_arm(0.1, -3.0), **every_arm(0.25, -1.0),
+       **every_arm(0.5, -0.5, random=shifted(CONTROL, -0.1)), **every_arm(0.75, 0.0))
+  assert claims.claim_5().startswith("at 0.5 of the MACs: 4. uniform random")
+  runs(**every_arm(0.1, -0.2))
+  assert claims.claim_5().startswith("at 0.1 of the MACs: 1. L0")
+
+
+def test_unfinished_runs_leave_the_claims_unjudged(runs):
+  runs(control=CONTROL, **every_arm(0.1, -3.0, decided=shifted(CONTROL, -2.0)[:4]))
+  assert claims.claim_4().startswith("not judged yet")
+  assert claims.claim_5().startswith("not judged yet")
+  assert "0.25: retrain - decided (the noisy pruning phase): not judged yet" in claims.report()
+
+
+def test_c6_and_the_baselines_caveat(runs):
+  runs(control=CONTROL, baseline=shifted(CONTROL, -0.7),
+       **every_arm(0.25, -1.0, retrain=shifted(CONTROL, -2.0)))
+  report = claims.report()
+  assert "**Caveat on every claim: the baselines reach 92.86% mean test accuracy" in report
+  assert "  - 0.25: retrain - decided (the noisy pruning phase): -1.00 pp [-1.00, -1.00]" in report
