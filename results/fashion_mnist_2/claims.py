@@ -21,7 +21,7 @@ ARMS = {"retrain": "1. L0, pruned then retrained", "decided": "2. L0's mask, bas
         "random_widths": "3. random at L0's widths", "random": "4. uniform random",
         "l1_norm_relative": "4. L1-norm relative"}
 # The L0 arm the claims name, as the pilot fixed it (PROTOCOL.md, "Fixed by the pilot").
-L0_ARM = None
+L0_ARM = "retrain"
 
 
 def run_name(arm: str, budget: float) -> str:
