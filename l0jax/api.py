@@ -1,10 +1,12 @@
 """What the command line does, for a network in your own code: costs, penalty, export.
 
-Every function takes the network (an `nnx.Module` gated with `gates.L0Gate`
-and `gates.gate_channels`, called as `net(images, train=..., gate_key=...)`)
-and its channel graph (`graphs.Graph`, which says what the cost accounting and
-the export need to know of it). `examples/custom_cnn.py` runs all of them on
-a small CNN of its own.
+Every function takes a gated network, called as `net(images, train=..., gate_key=...)`,
+and its channel graph (`graphs.Graph`: what the cost accounting and the export need to know
+of it). The usual way to get both takes two lines: `gating.gate_network` puts L0 gates into
+an unmodified NNX CNN, and `tracing.trace_graph` reads the gated network's graph from its
+program (`examples/custom_cnn.py`, which runs every function here). A network that carries
+its own gates (`gates.L0Gate`, `gates.gate_channels`) can be traced too, or pass a graph
+stated by hand, for what tracing cannot follow (`examples/stated_graph.py`).
 """
 
 import os
