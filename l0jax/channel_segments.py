@@ -6,12 +6,9 @@ channel, the same gate's same channel, or none. The layers whose channels an
 add ties share their gate, as a coupled group (`coupling`).
 """
 
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 from l0jax.errors import GraphError
-
-if TYPE_CHECKING:
-  from l0jax.graphs import Add, Layer
 
 
 class Segment(NamedTuple):
@@ -50,23 +47,24 @@ def _runs(channels: Sequence[_Channel]) -> tuple[Segment, ...]:
   return tuple(out)
 
 
-def layer_segments(layer: "Layer", gate_sizes: Mapping[str, int]) -> tuple[Segment, ...]:
-  """A layer's output: one segment per gate (each a run of its channels), or one ungated."""
-  names = layer.gate_names
+def layer_segments(name: str, names: Sequence[str], c_out: int,
+                   gate_sizes: Mapping[str, int]) -> tuple[Segment, ...]:
+  """The output of the layer `name`, gated by the gates `names` in order: one segment per
+  gate (each a run of its channels), or one ungated."""
   if not names:
-    return (Segment((layer.name,), None, layer.c_out),)
+    return (Segment((name,), None, c_out),)
   for gate in names:
     if gate not in gate_sizes:
-      raise GraphError(f"{layer.name}: its gate {gate!r} is not one of the graph's")
+      raise GraphError(f"{name}: its gate {gate!r} is not one of the graph's")
   if len(set(names)) != len(names):
-    raise GraphError(f"{layer.name}: names a gate twice in {names}")
-  if (total := sum(gate_sizes[g] for g in names)) != layer.c_out:
-    raise GraphError(f"{layer.name}: its gate {layer.gate!r} has {total} channels, the layer "
-                     f"c_out={layer.c_out}")
-  return tuple(Segment((layer.name,), g, gate_sizes[g]) for g in names)
+    raise GraphError(f"{name}: names a gate twice in {tuple(names)}")
+  if (total := sum(gate_sizes[g] for g in names)) != c_out:
+    stated = names[0] if len(names) == 1 else tuple(names)
+    raise GraphError(f"{name}: its gate {stated!r} has {total} channels, the layer c_out={c_out}")
+  return tuple(Segment((name,), g, gate_sizes[g]) for g in names)
 
 
-def add_segments(add: "Add", inputs: Sequence[Sequence[Segment]]) -> tuple[Segment, ...]:
+def add_segments(name: str, inputs: Sequence[Sequence[Segment]]) -> tuple[Segment, ...]:
   """An add's output: channel by channel, its inputs' channels must be one gate's same channel,
   or all ungated (a pad's zeros go with either)."""
   out = []
@@ -74,7 +72,7 @@ def add_segments(add: "Add", inputs: Sequence[Sequence[Segment]]) -> tuple[Segme
     real = [c for c in column if c.producers]
     if len({(c.gate, c.index) for c in real}) > 1:
       show = lambda c: f"channel {c.index} of gate {c.gate!r}" if c.gate else "an ungated one"
-      raise GraphError(f"{add.name}: adds {' to '.join(dict.fromkeys(map(show, real)))} (its "
+      raise GraphError(f"{name}: adds {' to '.join(dict.fromkeys(map(show, real)))} (its "
                        f"channel {j}); tied channels carry the same gate's same channel, or none")
     producers = tuple(dict.fromkeys(p for c in real for p in c.producers))
     out.append(real[0]._replace(producers=producers) if real else column[0])

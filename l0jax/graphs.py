@@ -208,14 +208,15 @@ class Graph:
         for gate in node.gate_names:
           tied.setdefault(gate, []).append({node.name})
         hw = 1 if node.dense else _conv_hw(hw, node.kernel, node.stride, node.padding)
-        shapes[node.name] = _Shape(hw, channel_segments.layer_segments(node, gate_sizes))
+        shapes[node.name] = _Shape(hw, channel_segments.layer_segments(
+            node.name, node.gate_names, node.c_out, gate_sizes))
         continue
       if isinstance(node, Add):
         if len({(r.hw, r.channels) for r in read}) != 1:
           raise GraphError(f"{node.name}: adds inputs of different shapes "
                            f"{[(r.hw, r.hw, r.channels) for r in read]}")
         shapes[node.name] = _Shape(
-            hw, channel_segments.add_segments(node, [r.segments for r in read]))
+            hw, channel_segments.add_segments(node.name, [r.segments for r in read]))
         for s in shapes[node.name].segments:
           if s.gate is not None:
             tied[s.gate] = channel_segments.tie(tied[s.gate], set(s.producers))
