@@ -162,6 +162,22 @@ def gate_travel(log_alphas: Mapping[str, np.ndarray], droprate_init: float) -> t
   return said, furthest >= STILL
 
 
+# Settling more than this share above the target closes at once channels that training had not
+# chosen to close; such runs retrain worse than those whose controller got to the target first.
+LATE = 0.1
+
+
+def late_settling(kept_before: float, target: float, closed: int, kind: str) -> str | None:
+  """A warning if the gates settled while the test-time cost `kept_before` was still more than
+  LATE above `target` (the controller had not got there), else None."""
+  if kept_before <= target * (1 + LATE):
+    return None
+  return (f"The controller had not brought the network to its target when the gates settled "
+          f"(test-time {kind} kept {kept_before:.4f}, target {target:g}), so settling closed "
+          f"{closed} channels at once, which training had not chosen to close; give the pruning "
+          f"more epochs before the gates settle (num_epochs, fix_gates_after, target_warmup)")
+
+
 def lowest_kept_fractions(graph: graphs.Graph) -> dict[str, float]:
   """The smallest kept fractions any gate state reaches: every gate closed."""
   return accounting.kept_fractions(graph, accounting.all_closed(graph))

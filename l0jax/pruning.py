@@ -109,6 +109,10 @@ def settle_gates(network: Network, budget: budgets.Budget, params: nnx.State,
                changed("after", "before"))
   travel, moved = budgets.gate_travel(before, droprate_init)
   (logging.info if moved else logging.warning)("%s.", travel[0].upper() + travel[1:])
+  late = budgets.late_settling(cost["before"], budget.target, changed("before", "after"),
+                               budget.kind)
+  if late:
+    logging.warning("%s.", late)
   if cost["after"] > budget.target:
     logging.warning("The settled gates keep %.4f of the %s, above the target %g: closing more "
                     "would disconnect the network.", cost["after"], budget.kind, budget.target)

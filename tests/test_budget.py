@@ -152,6 +152,13 @@ def test_the_gates_travel_is_said_and_gates_that_stayed_put_are_flagged():
   assert moved and "the furthest moved 3.00" in travelled and "barely" not in travelled
 
 
+def test_a_late_settling_far_above_the_target_is_flagged():
+  # Far above the target when the gates settle, and near it.
+  late = budgets.late_settling(0.312, 0.25, 46, "macs")
+  assert "test-time macs kept 0.3120, target 0.25" in late and "closed 46 channels" in late
+  assert budgets.late_settling(0.259, 0.25, 7, "macs") is None
+
+
 # Pruned from scratch (droprate_init 0.5) at a learning rate that lets the
 # gates travel in a few hundred steps; the last of 3 epochs settled.
 RUN = dict(target_macs=TARGET, synthetic_num_train=2048, num_epochs=3, learning_rate=0.05,
