@@ -54,6 +54,14 @@ def test_c5_names_the_largest_reduction_within_the_margin(runs):
   assert claims.claim_5().startswith("at 0.1 of the MACs: 1. L0")
 
 
+def test_c5_is_judged_on_the_budgets_that_were_run(runs):
+  runs(control=CONTROL, **every_arm(0.1, -3.0), **every_arm(0.25, -1.0))
+  assert claims.claim_5() == "none of the budgets run (not run: 0.5, 0.75)"
+  runs(**every_arm(0.25, -0.1))
+  assert claims.claim_5().startswith("at 0.25 of the MACs: 1. L0")
+  assert claims.claim_5().endswith("(not run: 0.5, 0.75)")
+
+
 def test_unfinished_runs_leave_the_claims_unjudged(runs):
   runs(control=CONTROL, **every_arm(0.1, -3.0, decided=shifted(CONTROL, -2.0)[:4]))
   assert claims.claim_4().startswith("not judged yet")

@@ -84,8 +84,16 @@ def claim_4() -> str:
   return f"{'met' if all(met) else 'not met'}. At 10% of the MACs, " + "; ".join(parts)
 
 
+def was_run(budget: float) -> bool:
+  """Whether any run of `budget` was started (PROTOCOL.md's cut falls on whole budgets)."""
+  return any(RUNS.glob(f"*_macs{budget}_seed*"))
+
+
 def claim_5() -> str:
-  for budget in sorted(BUDGETS):  # the largest reduction first
+  """Judged on the budgets that were run (PROTOCOL.md's amendment of 2026-12-07)."""
+  cut = [b for b in BUDGETS if not was_run(b)]
+  not_run = f" (not run: {', '.join(map(str, sorted(cut)))})" if cut else ""
+  for budget in sorted(b for b in BUDGETS if b not in cut):  # the largest reduction first
     within = []
     for arm in ARMS:
       i = interval(run_name(arm, budget), "control")
@@ -94,8 +102,8 @@ def claim_5() -> str:
       if i.mean >= -C5_MARGIN and i.low >= -C5_MARGIN:
         within.append(f"{ARMS[arm]} ({said(i)} against the control)")
     if within:
-      return f"at {budget} of the MACs: " + "; ".join(within)
-  return "none of the four budgets"
+      return f"at {budget} of the MACs: " + "; ".join(within) + not_run
+  return "none of the budgets run" + not_run
 
 
 def claim_6() -> list[str]:
