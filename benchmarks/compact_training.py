@@ -11,6 +11,7 @@ that other load hits both alike. Prints one JSON object, then a table of CPU
 seconds a step (this process, all threads) and the speed-up.
 """
 
+import functools
 import json
 from typing import Callable
 
@@ -20,7 +21,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import throughput
-from l0jax import accounting, batches, masks, networks, pruning, run_config, sharding, train
+from l0jax import accounting, masks, networks, pruning, run_config, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("budgets", ["0.75", "0.5", "0.25", "0.1"], "Kept fractions of the MACs.")
@@ -31,7 +32,7 @@ FLAGS.set_default("repeats", 5)
 
 def fixed_state(run: train.Run, budget: float) -> train.TrainState:
   """The initial state with the gates of a random mask at `budget` of the MACs."""
-  _, state = train.initial_state(run)
+  state = train.initial_state(run)
   log_alphas = masks.mask_log_alphas("random", state.params, run.network.graph, "macs", budget,
                                      key=jax.random.key(FLAGS.seed))
   params = pruning.with_log_alphas(run.network, state.params, state.batch_stats, log_alphas)
@@ -40,7 +41,6 @@ def fixed_state(run: train.Run, budget: float) -> train.TrainState:
 
 def step_calls(run: train.Run, state: train.TrainState) -> dict[str, Callable[[], None]]:
   """The masked and the compact training call from `state`, each one step of a fresh batch."""
-  tx, _ = train.initial_state(run)
   images = sharding.replicate(run.dataset.train_images, run.mesh)
   labels = sharding.replicate(run.dataset.train_labels, run.mesh)
   rng = np.random.default_rng(FLAGS.seed)
@@ -49,7 +49,8 @@ def step_calls(run: train.Run, state: train.TrainState) -> dict[str, Callable[[]
   calls = {}
   for name, kept in (("masked", None),
                      ("compact", pruning.computed_channels(run.network, state, True))):
-    steps = train.make_train_steps(run, tx, kept=kept)
+    steps = train.make_train_steps(functools.partial(train.bound_step(run), kept=kept), run.mesh,
+                                   run.config.seed)
     states = {"state": jax.tree.map(jax.numpy.copy, state)}  # each call donates its own
 
     def call(steps=steps, states=states):
@@ -72,8 +73,7 @@ def main(argv):
                 compute_dtype="float32", batch_size=128, seed=FLAGS.seed)
   network, params, batch_stats = networks.create_network(
       config, dataset.train_images.shape[1:], dataset.num_classes, dataset.mean, dataset.std)
-  run = train.Run(config, run_config.gate_plan(config), dataset, network, params, batch_stats,
-                  sharding.data_mesh(), batches.steps_per_epoch(len(dataset.train_images), 128))
+  run = throughput.run_of(config, dataset, network, params, batch_stats, sharding.data_mesh())
   results = []
   for budget in map(float, FLAGS.budgets):
     state = fixed_state(run, budget)

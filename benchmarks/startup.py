@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import batches, cli, data, networks, run_config, sharding, train
+from l0jax import batches, cli, data, networks, optimizer, run_config, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("compute_dtype", "auto", "config.compute_dtype.")
@@ -56,14 +56,16 @@ def main(argv):
                                                          dataset.num_classes, dataset.mean,
                                                          dataset.std)
   stage("create_network")
+  epoch_steps = batches.steps_per_epoch(len(dataset.train_images), config.batch_size)
+  schedule = optimizer.learning_rate_schedule(config, epoch_steps)
   run = train.Run(config, run_config.gate_plan(config), dataset, network, params, batch_stats,
-                  mesh, batches.steps_per_epoch(len(dataset.train_images), config.batch_size))
-  tx, state = train.initial_state(run)
+                  mesh, epoch_steps, schedule, optimizer.create_optimizer(config, schedule))
+  state = train.initial_state(run)
   replicated = NamedSharding(mesh, P())
   images, labels = (sharding.to_devices(a, replicated)
                     for a in (dataset.train_images, dataset.train_labels))
   stage("optimizer state")
-  train_steps = train.make_train_steps(run, tx)
+  train_steps = train.make_train_steps(train.bound_step(run), mesh, config.seed)
   indices = NamedSharding(mesh, P(None, "data"))
   rng = np.random.default_rng(0)
 

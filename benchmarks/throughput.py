@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from l0jax import batches, data, evaluator, networks, run_config, sharding, train
+from l0jax import batches, data, evaluator, networks, optimizer, run_config, sharding, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["128"], "Training batch sizes to time.")
@@ -62,18 +62,26 @@ class Calls(NamedTuple):
   eval_images: int
 
 
+def run_of(config, dataset: data.Dataset, network: networks.Network, params, batch_stats,
+           mesh) -> train.Run:
+  """The `train.Run` that `train.setup` would make of these, without its checks and logging."""
+  epoch_steps = batches.steps_per_epoch(len(dataset.train_images), config.batch_size)
+  schedule = optimizer.learning_rate_schedule(config, epoch_steps)
+  return train.Run(config, run_config.gate_plan(config), dataset, network, params, batch_stats,
+                   mesh, epoch_steps, schedule, optimizer.create_optimizer(config, schedule))
+
+
 def network_calls(config, dataset: data.Dataset, mesh, rng: np.random.Generator) -> Calls:
   """The training and evaluation calls of one network, as `train.train_and_evaluate` makes them."""
   network, params, batch_stats = networks.create_network(config, dataset.train_images.shape[1:],
                                                          dataset.num_classes, dataset.mean,
                                                          dataset.std)
-  run = train.Run(config, run_config.gate_plan(config), dataset, network, params, batch_stats,
-                  mesh, batches.steps_per_epoch(len(dataset.train_images), config.batch_size))
-  tx, state = train.initial_state(run)  # replicated over the mesh
+  run = run_of(config, dataset, network, params, batch_stats, mesh)
+  state = train.initial_state(run)  # replicated over the mesh
   replicated = NamedSharding(mesh, P())
   images = sharding.to_devices(dataset.train_images, replicated)
   labels = sharding.to_devices(dataset.train_labels, replicated)
-  train_steps = train.make_train_steps(run, tx)
+  train_steps = train.make_train_steps(train.bound_step(run), mesh, config.seed)
   eval_images = dataset.train_images[:FLAGS.eval_examples]
   evaluate = evaluator.Evaluator(network, eval_images, dataset.train_labels[:FLAGS.eval_examples],
                                  config.eval_batch_size, mesh)

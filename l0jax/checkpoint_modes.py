@@ -23,8 +23,8 @@ def restore(workdir: str, checkpoint: str = "best",
   config = workdirs.load_config(workdir)
   config.update(overrides)
   mngr, step = checkpoints.chosen_step(workdir, checkpoint)
-  run = train.setup(config, run_config.validate(config))
-  _, state = train.initial_state(run)
+  run = train.setup(config)
+  state = train.initial_state(run)
   state = checkpoints.restore_step(mngr, step, state)
   return run, state, step
 

@@ -43,31 +43,40 @@ class ParamKeys:
     return jax.random.fold_in(self._key, self._count - 1)
 
 
-def build(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int,
-          key: jax.Array) -> nnx.Module:
-  """The configured network (`config.model` at its depth), its parameters drawn from `key`."""
+def network_class(config: ml_collections.ConfigDict) -> Callable[..., nnx.Module]:
+  """The configured network's class (`config.model` at its depth) with every option of the config
+  bound: called with `(num_classes, in_channels, rngs=...)`."""
   depth = run_config.depth(config)
-  network_class = {"googlenet": googlenet.GoogleNet,
-                   "resnet": functools.partial(resnet.ResNet, depth=depth,
-                                               gate_residual=config.gate_residual),
-                   "vgg": functools.partial(vgg.VGG, depth=depth)}[config.model]
-  return network_class(
-      num_classes, image_shape[-1], use_gate=config.use_gate,
-      width_multiplier=config.width_multiplier, droprate_init=config.droprate_init,
-      dtype=compute_dtype(config.compute_dtype),
-      bfloat16_matmuls=config.compute_dtype == "bfloat16_matmuls", rngs=ParamKeys(key))
+  cls = {"googlenet": googlenet.GoogleNet,
+         "resnet": functools.partial(resnet.ResNet, depth=depth,
+                                     gate_residual=config.gate_residual),
+         "vgg": functools.partial(vgg.VGG, depth=depth)}[config.model]
+  return functools.partial(
+      cls, use_gate=config.use_gate, width_multiplier=config.width_multiplier,
+      droprate_init=config.droprate_init, dtype=compute_dtype(config.compute_dtype),
+      bfloat16_matmuls=config.compute_dtype == "bfloat16_matmuls")
+
+
+def _build(cls: Callable[..., nnx.Module], image_shape: tuple[int, int, int], num_classes: int,
+           key: jax.Array) -> nnx.Module:
+  return cls(num_classes, image_shape[-1], rngs=ParamKeys(key))
+
+
+def _channel_graph(cls: Callable[..., nnx.Module], image_shape: tuple[int, int, int],
+                   num_classes: int) -> tuple[graphs.Graph, nnx.Module]:
+  height, width, _ = image_shape
+  if height != width:
+    raise ValueError(f"the cost accounting assumes square images, not {height}x{width}")
+  abstract = nnx.eval_shape(lambda: _build(cls, image_shape, num_classes, jax.random.key(0)))
+  graph = abstract.channel_graph(height)
+  graph.check(abstract)
+  return graph, abstract
 
 
 def channel_graph(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
                   num_classes: int) -> tuple[graphs.Graph, nnx.Module]:
   """The configured network's channel graph, checked against its (abstract) module."""
-  height, width, _ = image_shape
-  if height != width:
-    raise ValueError(f"the cost accounting assumes square images, not {height}x{width}")
-  abstract = nnx.eval_shape(lambda: build(config, image_shape, num_classes, jax.random.key(0)))
-  graph = abstract.channel_graph(height)
-  graph.check(abstract)
-  return graph, abstract
+  return _channel_graph(network_class(config), image_shape, num_classes)
 
 
 class Network(NamedTuple):
@@ -81,6 +90,7 @@ class Network(NamedTuple):
   # The training split's per-channel pixel mean and std, that every input is normalised by.
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  name: str  # what the console and the figures call it (`run_config.network_name`)
 
   def apply(self, params: nnx.State, batch_stats: nnx.State, images: jax.Array, *, train: bool,
             gate_key: jax.Array | None = None,
@@ -107,6 +117,16 @@ def run_once(fn: Callable, *args) -> Any:
   return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 1})(*args)
 
 
+def _describe(cls: Callable[..., nnx.Module], name: str, dtype: Any,
+              image_shape: tuple[int, int, int], num_classes: int, mean: np.ndarray,
+              std: np.ndarray) -> tuple[Network, nnx.Module]:
+  graph, abstract = _channel_graph(cls, image_shape, num_classes)
+  graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+  network = Network(graphdef, graph, tuple(image_shape), num_classes, dtype,
+                    tuple(map(float, mean)), tuple(map(float, std)), name)
+  return network, abstract
+
+
 def describe_network(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
                      num_classes: int, mean: np.ndarray,
                      std: np.ndarray) -> tuple[Network, nnx.Module]:
@@ -114,32 +134,30 @@ def describe_network(config: ml_collections.ConfigDict, image_shape: tuple[int, 
 
   `mean` and `std` are the per-channel statistics its inputs are normalised by.
   """
-  graph, abstract = channel_graph(config, image_shape, num_classes)
-  graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-  network = Network(graphdef, graph, tuple(image_shape), num_classes,
-                    compute_dtype(config.compute_dtype), tuple(map(float, mean)),
-                    tuple(map(float, std)))
-  return network, abstract
+  return _describe(network_class(config), run_config.network_name(config),
+                   compute_dtype(config.compute_dtype), image_shape, num_classes, mean, std)
 
 
-def initial_arrays(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
-                   num_classes: int) -> tuple[nnx.State, nnx.State]:
-  """The network's initial (params, batch_stats), drawn from `config.seed`.
+def _initial_arrays(cls: Callable[..., nnx.Module], image_shape: tuple[int, int, int],
+                    num_classes: int, seed: int) -> tuple[nnx.State, nnx.State]:
+  """The network's initial (params, batch_stats), drawn from `seed`.
 
   Initialisation runs as one compiled program (`run_once`): op by op, each of its hundreds of
   operations would be compiled and dispatched on its own.
   """
   return run_once(
-      lambda seed: nnx.split(build(config, image_shape, num_classes,
-                                   jax.random.fold_in(jax.random.key(seed), 0)),
+      lambda seed: nnx.split(_build(cls, image_shape, num_classes,
+                                    jax.random.fold_in(jax.random.key(seed), 0)),
                              nnx.Param, nnx.BatchStat)[1:],
-      np.uint32(config.seed))  # Unsigned: a seed may take all 32 bits (config.validate).
+      np.uint32(seed))  # Unsigned: a seed may take all 32 bits (config.validate).
 
 
 def create_network(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
                    num_classes: int, mean: np.ndarray,
                    std: np.ndarray) -> tuple[Network, nnx.State, nnx.State]:
   """The network's static description (`describe_network`) and its initial (params,
-  batch_stats) (`initial_arrays`)."""
-  network, _ = describe_network(config, image_shape, num_classes, mean, std)
-  return network, *initial_arrays(config, image_shape, num_classes)
+  batch_stats), drawn from `config.seed`; the config read once for both."""
+  cls = network_class(config)
+  network, _ = _describe(cls, run_config.network_name(config),
+                         compute_dtype(config.compute_dtype), image_shape, num_classes, mean, std)
+  return network, *_initial_arrays(cls, image_shape, num_classes, config.seed)

@@ -14,11 +14,11 @@ def learning_rate_schedule(config: ml_collections.ConfigDict,
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
-                     steps_per_epoch: int) -> optax.GradientTransformation:
-  """AdamW with the multi-step schedule; the gates' log_alpha are not weight-decayed, and learn
-  at `gate_lr_scale` times the weights' rate (Adam's step is proportional to it)."""
+                     schedule: optax.Schedule) -> optax.GradientTransformation:
+  """AdamW on `schedule` (`learning_rate_schedule`); the gates' log_alpha are not weight-decayed,
+  and learn at `gate_lr_scale` times the weights' rate (Adam's step is proportional to it)."""
   not_a_gate = lambda params: pruning.map_with_gates(lambda gate, _: not gate, params)
-  tx = optax.adamw(learning_rate_schedule(config, steps_per_epoch),
+  tx = optax.adamw(schedule,
                    weight_decay=config.weight_decay, mask=not_a_gate)
   if config.gate_lr_scale == 1:
     return tx  # the optimizer state of version 1 checkpoints (l0jax/versions.py), and its program

@@ -96,9 +96,9 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   return TrainState(state.step + 1, params, batch_stats, opt_state, lagrangian), metrics
 
 
-def make_train_steps(run: "Run", tx: optax.GradientTransformation, settled: bool = False,
-                     kept: kept_channels.KeptChannels | None = None) -> Callable:
-  """A compiled `(state, images, labels, indices[n, B], valid[n]) -> (state, per-step metrics)`.
+def make_train_steps(step: Callable, mesh: jax.sharding.Mesh, seed: int) -> Callable:
+  """A compiled `(state, images, labels, indices[n, B], valid[n]) -> (state, per-step metrics)`
+  of `step`, a `train_step` with all but its arrays and key bound (`bound_step`).
 
   Every call has the same number of steps, so it compiles once; the last call
   of an epoch marks the steps it does not need as not `valid`, and drops their
@@ -107,15 +107,13 @@ def make_train_steps(run: "Run", tx: optax.GradientTransformation, settled: bool
   the host. `steps_per_call` keeps them to at most one per call; their
   metrics are 0.
   """
-  step_fn = functools.partial(train_step, network=run.network, tx=tx, plan=run.plan,
-                              budget=run.budget, settled=settled, kept=kept)
-  train_key = jax.random.fold_in(jax.random.key(run.config.seed), 1)
-  batch_sharding = NamedSharding(run.mesh, P("data"))
+  train_key = jax.random.fold_in(jax.random.key(seed), 1)
+  batch_sharding = NamedSharding(mesh, P("data"))
 
   def one_step(state, indices, images, labels):
     batch = jax.lax.with_sharding_constraint(images[indices], batch_sharding)
     key = jax.random.fold_in(train_key, state.step)
-    return step_fn(state, batch, labels[indices], key)
+    return step(state, batch, labels[indices], key)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def train_steps(state, images, labels, indices, valid):
@@ -135,7 +133,7 @@ def make_train_steps(run: "Run", tx: optax.GradientTransformation, settled: bool
 
 
 class Run(NamedTuple):
-  """A run's config and gate plan, data, initial network and mesh, for training and testing."""
+  """A run's config resolved once: gate plan, data, initial network, optimizer, mesh, budget."""
 
   config: ml_collections.ConfigDict
   plan: run_config.GatePlan
@@ -145,13 +143,32 @@ class Run(NamedTuple):
   batch_stats: nnx.State
   mesh: Any
   epoch_steps: int  # training steps an epoch
+  schedule: optax.Schedule  # the learning rate at each step, that `tx` follows
+  tx: optax.GradientTransformation
   # The budget the run is pruned to, resolved once from the plan; None without one.
   budget: budgets.Budget | None = None
 
 
-def setup(config: ml_collections.ConfigDict, plan: run_config.GatePlan) -> Run:
-  """The data and the initial network of a config `validate`d into `plan`, each announced on
-  the console as it is ready."""
+def bound_step(run: Run) -> Callable:
+  """`train_step` with the run's network, optimizer, gate plan and budget bound."""
+  return functools.partial(train_step, network=run.network, tx=run.tx, plan=run.plan,
+                           budget=run.budget)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str | None = None) -> Run:
+  """The run `config` describes: validated, then its data and initial network, each announced on
+  the console as it is ready.
+
+  With the `workdir` to train in, everything about it that can be refused (its
+  saved network, its history, init_from) is checked before anything is written.
+  """
+  # Again: main.py checked the flags' config before JAX loaded, not the source's fields since.
+  plan = run_config.validate(config)
+  if workdir is not None:
+    warm_start.check_same_network(workdir, config)
+    checkpoints.check_history_has_checkpoints(workdir)
+    if config.init_from and not checkpoints.has_checkpoints(workdir):  # before data and network
+      warm_start.init_source(config.init_from, config, plan.gates == run_config.RETRAIN)
   if config.batch_size % jax.device_count():
     raise UserError(f"batch_size={config.batch_size} does not divide over "
                     f"{jax.device_count()} devices")
@@ -160,38 +177,39 @@ def setup(config: ml_collections.ConfigDict, plan: run_config.GatePlan) -> Run:
   image_shape = dataset.train_images.shape[1:]
   data_seconds, start = time.monotonic() - start, time.monotonic()
   # One channel graph, that a budget is checked against and the network trains with.
-  network, _ = networks.describe_network(config, image_shape, dataset.num_classes, dataset.mean,
-                                         dataset.std)
+  network, params, batch_stats = networks.create_network(config, image_shape,
+                                                         dataset.num_classes, dataset.mean,
+                                                         dataset.std)
   if plan.gates == run_config.BUDGET:  # Refused before anything is announced, as other bad input.
     budgets.check_reachable(plan.target, network.graph)
   sizes = [f"{len(x):,}" for x in (dataset.train_images, dataset.val_images, dataset.test_images)]
   logging.info("Data: %s from %s: %s training, %s validation, %s test images of %s (%.1f s).",
                dataset.name, dataset.source, *sizes, "x".join(map(str, image_shape)),
                data_seconds)
-  params, batch_stats = networks.initial_arrays(config, image_shape, dataset.num_classes)
   num_params, macs = accounting.totals(accounting.count(network.graph, None))
   logging.info("Network: %s at width %g, %s, %s parameters, %.2f M MACs per image, "
-               "%s on %d %s device(s) (%.1f s).", run_config.network_name(config),
+               "%s on %d %s device(s) (%.1f s).", network.name,
                config.width_multiplier,
                "gated" if config.use_gate else "no gates", f"{num_params:,}", macs / 1e6,
                jnp.dtype(network.dtype).name, jax.device_count(), jax.default_backend(),
                time.monotonic() - start)
   epoch_steps = batches.steps_per_epoch(len(dataset.train_images), config.batch_size)
+  budget = budgets.Budget.from_config(config, plan, epoch_steps)
+  schedule = optimizer.learning_rate_schedule(config, epoch_steps)
   return Run(config, plan, dataset, network, params, batch_stats, sharding.data_mesh(),
-             epoch_steps, budgets.Budget.from_config(config, plan, epoch_steps))
+             epoch_steps, schedule, optimizer.create_optimizer(config, schedule), budget)
 
 
-def initial_state(run: Run) -> tuple[optax.GradientTransformation, TrainState]:
-  """The optimizer and the step-0 state, replicated over the run's mesh.
+def initial_state(run: Run) -> TrainState:
+  """The step-0 state, replicated over the run's mesh.
 
   Replicated so that a checkpoint restored into it lands on the devices that
   evaluate it (Orbax restores into the target's shardings).
   """
-  tx = optimizer.create_optimizer(run.config, run.epoch_steps)
   state = networks.run_once(lambda params, batch_stats: TrainState(
-      jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params),
+      jnp.zeros((), jnp.int32), params, batch_stats, run.tx.init(params),
       run.budget.init() if run.budget else None), run.params, run.batch_stats)
-  return tx, sharding.replicate(state, run.mesh)
+  return sharding.replicate(state, run.mesh)
 
 
 def _means(calls: list[dict[str, np.ndarray]]) -> dict[str, float]:
@@ -199,12 +217,11 @@ def _means(calls: list[dict[str, np.ndarray]]) -> dict[str, float]:
   return {k: float(np.concatenate([m[k] for m in calls]).mean()) for k in calls[0]}
 
 
-def start_or_resume(run: Run,
-                    workdir: epath.Path) -> tuple[optax.GradientTransformation, TrainState]:
-  """The optimizer and the state to train from: the workdir's newest checkpoint, else init_from's
-  weights (with a mask's gates, fixed), else the initial state."""
+def start_or_resume(run: Run, workdir: epath.Path) -> TrainState:
+  """The state to train from: the workdir's newest checkpoint, else init_from's weights (with a
+  mask's gates, fixed), else the initial state."""
   config, plan = run.config, run.plan
-  tx, state = initial_state(run)
+  state = initial_state(run)
   restored = checkpoints.restore_latest(str(workdir), state)
   if restored is not None:
     latest, state = restored
@@ -216,12 +233,12 @@ def start_or_resume(run: Run,
     if plan.gates == run_config.MASK:
       params = pruning.mask_gates(run.network, plan, config.seed, params, batch_stats)
     state = sharding.replicate(state._replace(params=params, batch_stats=batch_stats,
-                                              opt_state=tx.init(params)), run.mesh)
+                                              opt_state=run.tx.init(params)), run.mesh)
     logging.info("Network weights from the %s checkpoint of %s; %s.", config.init_checkpoint,
                  config.init_from, f"gates start at droprate_init={config.droprate_init:g}"
                  if not plan.fixed_from_start else "its gates fixed"
                  if plan.gates == run_config.RETRAIN else f"gates from the {plan.mask} mask")
-  return tx, state
+  return state
 
 
 class Loop(NamedTuple):
@@ -332,16 +349,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   network, init_from, damaged checkpoints) is checked before the first write
   to `workdir`.
   """
-  # Again: main.py checked the flags' config before JAX loaded, not the source's fields since.
-  plan = run_config.validate(config)
-  warm_start.check_same_network(workdir, config)
-  checkpoints.check_history_has_checkpoints(workdir)
-  if config.init_from and not checkpoints.has_checkpoints(workdir):  # before data and network
-    warm_start.init_source(config.init_from, config, plan.gates == run_config.RETRAIN)
-  run = setup(config, plan)
+  run = setup(config, workdir)
   workdir = epath.Path(workdir)
   ds, network, mesh = run.dataset, run.network, run.mesh
-  tx, state = start_or_resume(run, workdir)
+  state = start_or_resume(run, workdir)
+  step_fn = bound_step(run)
   epoch_steps = run.epoch_steps
   mngr = checkpoints.manager(str(workdir), keep=config.keep_checkpoints)
   if workdirs.is_primary_process():
@@ -350,16 +362,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   budget = run.budget
   step = int(state.step)
   loop = Loop(
-      run, workdir, budget, make_train_steps(run, tx, kept=(
+      run, workdir, budget, make_train_steps(functools.partial(step_fn, kept=(
           pruning.computed_channels(network, state, config.compact_training)
-          if run.plan.fixed_from_start else None)),
+          if run.plan.fixed_from_start else None)), mesh, config.seed),
       None,
       sharding.replicate(ds.train_images, mesh), sharding.replicate(ds.train_labels, mesh),
       evaluator.Evaluator(network, ds.val_images, ds.val_labels, config.eval_batch_size, mesh),
       writers.MetricWriter(str(workdir), enabled=workdirs.is_primary_process()),
       writers.Progress(epoch_steps * config.num_epochs, epoch_steps, step), mngr,
-      # Rebuilt: `tx` keeps its own out of reach. Jitted: one program, not one per op.
-      jax.jit(optimizer.learning_rate_schedule(config, epoch_steps)),
+      jax.jit(run.schedule),  # one program, not one per op
       batches.steps_per_call(config.steps_per_call, epoch_steps))
   start_epoch = step // epoch_steps
   if workdirs.is_primary_process():
@@ -376,7 +387,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             network, budget, state.params, state.batch_stats, config.droprate_init)), mesh)
       if budget and epoch >= budget.settle_epoch and loop.settled_steps is None:
         kept = pruning.computed_channels(network, state, config.compact_training)
-        loop = loop._replace(settled_steps=make_train_steps(run, tx, settled=True, kept=kept))
+        loop = loop._replace(settled_steps=make_train_steps(
+            functools.partial(step_fn, settled=True, kept=kept), mesh, config.seed))
       epoch_start = time.monotonic()
       loop.progress.start_epoch()  # validation and the checkpoint are no training time
       state, step, epoch_metrics = train_epoch(loop, stop, state, epoch, step,

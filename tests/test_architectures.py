@@ -109,7 +109,7 @@ def test_vgg_depths_are_the_papers_weight_layers_and_the_configs():
 def test_the_config_names_the_model_and_its_depth(model_name, depth, layers):
   config = tiny_config(model=model_name, depth=depth)
   run_config.validate(config)
-  net = nnx.eval_shape(lambda: networks.build(config, (8, 8, 3), 10, jax.random.key(0)))
+  _, net = networks.channel_graph(config, (8, 8, 3), 10)
   assert weight_layers(net) == layers
 
 

@@ -124,8 +124,8 @@ def test_test_metrics_record_the_target_or_the_lambda_that_was_used(overrides, r
 
 def test_a_state_without_a_budget_saves_as_before():
   config = tiny_config()
-  run = train.setup(config, run_config.validate(config))
-  _, state = train.initial_state(run)
+  run = train.setup(config)
+  state = train.initial_state(run)
   assert state.lagrangian is None
   assert list(versions.saved_fields(state)) == ["step", "params", "batch_stats", "opt_state"]
 

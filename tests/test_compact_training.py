@@ -1,5 +1,7 @@
 """Training the kept channels alone gives the masked network's step, for every built-in network."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,9 +115,9 @@ def test_kept_channels_follow_the_test_time_gates_and_the_removed_layers():
 def test_a_training_step_at_fixed_gates_is_the_masked_ones():
   config = tiny_config(use_gate=True, train_gates=False)
   network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  run = train.Run(config, run_config.gate_plan(config), None, network, params, batch_stats,
-                  sharding.data_mesh(), 2)
-  tx = optimizer.create_optimizer(config, 10)
+  tx = optimizer.create_optimizer(config, optimizer.learning_rate_schedule(config, 10))
+  step = functools.partial(train.train_step, network=network, tx=tx,
+                           plan=run_config.gate_plan(config))
   params = fixed_gates(network, params, batch_stats, seed=1)
   state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
   kept = pruning.computed_channels(network, state, compact_training=True)
@@ -124,7 +126,8 @@ def test_a_training_step_at_fixed_gates_is_the_masked_ones():
   indices, valid = jnp.arange(8, dtype=jnp.int32).reshape(2, 4), jnp.ones(2, bool)
   after = {}
   for name, k in (("masked", None), ("compact", kept)):
-    steps = train.make_train_steps(run, tx, kept=k)
+    steps = train.make_train_steps(functools.partial(step, kept=k), sharding.data_mesh(),
+                                   config.seed)
     after[name] = steps(jax.tree.map(jnp.copy, state), images, jnp.arange(8) % 10, indices, valid)
   (masked, masked_metrics), (compact, compact_metrics) = after["masked"], after["compact"]
   for key in masked_metrics:

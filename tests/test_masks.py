@@ -24,7 +24,7 @@ def macs(kept):
 def params():
   """The tiny gated GoogleNet's parameters, random, from NumPy (no initialisation to compile)."""
   config = tiny_config(width_multiplier=WIDTH, **GOOGLENET)
-  abstract = nnx.eval_shape(lambda: networks.build(config, (8, 8, 3), 10, jax.random.key(0)))
+  _, abstract = networks.channel_graph(config, (8, 8, 3), 10)
   net = randomize(abstract, lambda path, shape, rng: np.zeros(shape))
   return nnx.split(net, nnx.Param, nnx.BatchStat)[1]
 

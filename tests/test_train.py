@@ -103,7 +103,7 @@ def test_schedule_steps_down_at_the_milestones():
 def test_weight_decay_spares_the_gates():
   config = tiny_config(learning_rate=0.1, weight_decay=0.5)
   network, params, _ = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  tx = optimizer.create_optimizer(config, steps_per_epoch=1)
+  tx = optimizer.create_optimizer(config, optimizer.learning_rate_schedule(config, 1))
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
   moved = {jax.tree_util.keystr(p): bool(jnp.any(u != 0))
@@ -116,7 +116,7 @@ def test_the_gates_learn_at_their_scale_of_the_weights_rate():
   def first_update(scale):
     config = tiny_config(learning_rate=0.1, gate_lr_scale=scale)
     _, params, _ = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-    tx = optimizer.create_optimizer(config, steps_per_epoch=1)
+    tx = optimizer.create_optimizer(config, optimizer.learning_rate_schedule(config, 1))
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
     updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
     leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
@@ -143,7 +143,7 @@ def test_epoch_order_is_a_seeded_permutation():
 def test_train_step_lowers_the_loss_on_a_fixed_batch(use_gate):
   config = tiny_config(use_gate=use_gate, learning_rate=3e-3)
   network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [127.0], [70.0])
-  tx = optimizer.create_optimizer(config, steps_per_epoch=100)
+  tx = optimizer.create_optimizer(config, optimizer.learning_rate_schedule(config, 100))
   state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (32, 8, 8, 3)), jnp.uint8)
@@ -165,7 +165,7 @@ def abstract_train_state(config) -> tuple[networks.Network, optax.GradientTransf
   what tracing a step needs, without compiling the initialisation."""
   network, abstract = networks.describe_network(config, (8, 8, 3), 10, [127.0], [70.0])
   _, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-  tx = optimizer.create_optimizer(config, steps_per_epoch=100)
+  tx = optimizer.create_optimizer(config, optimizer.learning_rate_schedule(config, 100))
   state = jax.eval_shape(lambda p, b: train.TrainState(jnp.zeros((), jnp.int32), p, b, tx.init(p)),
                          params, batch_stats)
   return network, tx, state
@@ -450,9 +450,9 @@ def test_testing_on_two_devices_gives_the_one_device_result(runs):
 def test_one_step_per_call_and_a_scan_of_steps_agree():
   """The CPU path (a step per call) and the accelerator path (a scan, padded steps skipped)."""
   config = tiny_config()
-  run = train.setup(config, run_config.validate(config))
-  tx, state = train.initial_state(run)
-  train_steps = train.make_train_steps(run, tx)
+  run = train.setup(config)
+  state = train.initial_state(run)
+  train_steps = train.make_train_steps(train.bound_step(run), run.mesh, config.seed)
   images, labels = jnp.asarray(run.dataset.train_images), jnp.asarray(run.dataset.train_labels)
   first = batches.epoch_order(0, 0, len(images), config.batch_size)[:1]
   copy = lambda s: jax.tree.map(jnp.copy, s)  # train_steps donates its state.
