@@ -15,8 +15,8 @@ tested (test accuracy, and the per-layer table of what was kept), exported
 (the compact network, checked against the gated one) and analysed (figures
 in WORKDIR/pruned/analysis/).
 Each step prints the `main.py` command that does the same on its own, and
-runs in this process. Run again, it resumes where it stopped. The wall time
-and output of one run on this project's CPU are in results/quickstart/.
+runs in this process. Run again, it resumes where it stopped. The README's
+quick start gives the wall time and output of one run.
 """
 
 import importlib.util

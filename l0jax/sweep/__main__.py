@@ -37,8 +37,8 @@ and an unfinished one resumes from its checkpoints, so a rerun of an
 interrupted sweep continues it. Each member's console output goes to its
 `sweep.log`.
 
-A comparison that would survive review (results/fashion_mnist/PROTOCOL.md)
-adds `--control` (the baseline trained on with nothing pruned, as long as the
+A comparison that would survive review (the README's protocols) adds
+`--control` (the baseline trained on with nothing pruned, as long as the
 pruned runs: `--control.num_epochs`), `--masks=l1_norm,random` (the simple
 methods, at the cost each budget run realised: SWEEP_DIR/l1_norm_macs{T},
 configs/mask.py from the baseline; `decided` and `random_widths`: the budget
