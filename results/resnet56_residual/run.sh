@@ -2,7 +2,8 @@
 # Issue 39's capability demonstration (one seed, not evidence): a ResNet-56 on Fashion-MNIST pruned
 # to 25% of its MACs with its blocks' inner channels gated (`blocks`), and with its stage widths,
 # which the residual adds tie, gated too (`residual`, --config.gate_residual), from one baseline,
-# with the same pruning and retraining epochs. Resumable: run it again and it goes on.
+# with the same pruning and retraining epochs: 10 and 5, with protocol 2's pilot's gate rate
+# (results/fashion_mnist_2/PILOT.md: at 5 pruning epochs the controller was late and settling chose). Resumable: run it again and it goes on.
 #   results/resnet56_residual/run.sh [--config.KEY=VALUE ...]   # the settings go to every run
 set -eu
 cd "$(dirname "$0")/../.."
@@ -26,7 +27,7 @@ train() {  # workdir epochs milestones config [settings...]: trains and tests it
 train "$out/baseline" 10 "(7,8)" baseline.py
 for gating in blocks residual; do
   residual=$([ $gating = residual ] && echo True || echo False)
-  train "$out/budget_$gating" 5 "(3,4)" prune_to_budget.py --config.target_macs=0.25 \
+  train "$out/budget_$gating" 10 "(7,8)" prune_to_budget.py --config.target_macs=0.25 \
       --config.target_params=0.0 --config.gate_lr_scale=10 --config.gate_residual="$residual" \
       --config.init_from="$out/baseline" --config.init_checkpoint=last
   [ -d "$out/budget_$gating/analysis" ] ||
