@@ -103,14 +103,13 @@ def settle_gates(network: Network, budget: budgets.Budget, params: nnx.State,
   cost = {when: accounting.kept_fractions(graph, accounting.deterministic_kept(las))[budget.kind]
           for when, las in (("before", before), ("after", after))}
   changed = lambda a, b: sum(int(np.sum(kept[a][k] & ~kept[b][k])) for k in before)
+  closed = changed("before", "after")
   logging.info("Gates settled for the budget: test-time %s kept %.4f -> %.4f (target %g); "
                "%d channels closed, %d opened; from now on they are fixed.", budget.kind,
-               cost["before"], cost["after"], budget.target, changed("before", "after"),
-               changed("after", "before"))
+               cost["before"], cost["after"], budget.target, closed, changed("after", "before"))
   travel, moved = budgets.gate_travel(before, droprate_init)
   (logging.info if moved else logging.warning)("%s.", travel[0].upper() + travel[1:])
-  late = budgets.late_settling(cost["before"], budget.target, changed("before", "after"),
-                               budget.kind)
+  late = budgets.late_settling(cost["before"], budget.target, closed, budget.kind)
   if late:
     logging.warning("%s.", late)
   if cost["after"] > budget.target:
