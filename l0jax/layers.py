@@ -18,7 +18,6 @@ def scale_channels(channels: int, width_multiplier: float) -> int:
   return max(1, round(channels * width_multiplier))
 
 
-
 def max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
   """Max-pool 3x3 with padding 1 on NHWC, as a max over rows and then over columns.
 
