@@ -156,6 +156,11 @@ _OURS = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
          os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py"))
 
 
+def from_a_library(record: py_logging.LogRecord) -> bool:
+  """Whether a library logged `record`, not l0jax itself."""
+  return not record.pathname.startswith(_OURS)
+
+
 class QuietLibraries(py_logging.Filter):
   """For absl's handler: libraries' INFO chatter stays off the console (Orbax on every
   checkpoint, JAX probing for backends), and so do their warnings (unless `tracebacks`), which
@@ -176,7 +181,7 @@ class QuietLibraries(py_logging.Filter):
     self._tracebacks = tracebacks
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    if not record.pathname.startswith(_OURS) and record.levelno == py_logging.WARNING and not self._tracebacks:
+    if from_a_library(record) and record.levelno == py_logging.WARNING and not self._tracebacks:
       return False
     library = next((lib for lib in ("orbax", "jax", "tensorboardX", "asyncio")
                     if f"/{lib}/" in record.pathname), None)

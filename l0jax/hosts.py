@@ -14,6 +14,7 @@ exits with PEER_GONE, or NEVER_JOINED when the peers did not all join in time.
 
 import collections
 import contextlib
+import logging as py_logging
 import os
 import re
 import signal
@@ -135,7 +136,29 @@ def native_log_to_supervisor() -> None:
   console = os.fdopen(os.dup(2), "w", buffering=1)
   os.dup2(int(os.environ.pop(_NATIVE_LOG_FD)), 2)
   sys.stderr = console
-  logging.get_absl_handler().python_handler.stream = console
+  handler = logging.get_absl_handler()
+  handler.python_handler.stream = console
+  handler.addFilter(LibraryErrorsToNativeLog(handler))
+
+
+class LibraryErrorsToNativeLog(py_logging.Filter):
+  """In the child, for absl's handler: a library's error goes to the native log, not the console.
+
+  Orbax's background thread logs one when a peer leaves while a checkpoint is
+  being finalized; the supervisor then says in one line which peer is gone.
+  When the child fails on its own, its one `error:` line says why (the native
+  log too, if it crashed), and --debug shows the native log as it comes.
+  """
+
+  def __init__(self, handler: py_logging.Handler):
+    super().__init__()
+    self._handler = handler
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.levelno < py_logging.ERROR or not cli.from_a_library(record):
+      return True
+    os.write(2, (self._handler.format(record) + "\n").encode(errors="replace"))
+    return False
 
 
 @contextlib.contextmanager
