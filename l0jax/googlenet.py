@@ -145,9 +145,7 @@ class GoogleNet(nnx.Module):
 
   def channel_graph(self, image_hw: int) -> graphs.Graph:
     """The network's channel graph traced from its program, named as `channel_graph` states it."""
-    graph = tracing.trace_graph(
-        self, jax.ShapeDtypeStruct((1, image_hw, image_hw, self.in_channels), jnp.float32))
-    return tracing.renamed(graph, _stated_names(graph))
+    return tracing.traced_and_named(self, image_hw, _stated_names)
 
   def stated_channel_graph(self, image_hw: int) -> graphs.Graph:
     return channel_graph(self.arch, use_gate=self.use_gate, image_hw=image_hw,

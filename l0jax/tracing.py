@@ -129,3 +129,12 @@ def trace_graph(net: nnx.Module, example_images: Any, apply: Apply | None = None
   if len(outs) != 1:
     raise GraphError(f"cannot trace a network with {len(outs)} outputs: the graph's gives logits")
   return tracer.finish(outs[0], channels, height)
+
+
+def traced_and_named(net: nnx.Module, image_hw: int,
+                     names: Callable[[graphs.Graph], Mapping[str, str]]) -> graphs.Graph:
+  """A built-in network's channel graph on `image_hw`-square float32 images of its
+  `in_channels`, traced, then renamed by `names(graph)` as the network states its graph."""
+  graph = trace_graph(net, jax.ShapeDtypeStruct((1, image_hw, image_hw, net.in_channels),
+                                                np.float32))
+  return renamed(graph, names(graph))

@@ -74,9 +74,7 @@ class VGG(nnx.Module):
   def channel_graph(self, image_hw: int) -> graphs.Graph:
     """The network's channel graph traced from its program, named as `stated_channel_graph`
     names it."""
-    graph = tracing.trace_graph(
-        self, jax.ShapeDtypeStruct((1, image_hw, image_hw, self.in_channels), jnp.float32))
-    return tracing.renamed(graph, _stated_names(graph))
+    return tracing.traced_and_named(self, image_hw, _stated_names)
 
   def stated_channel_graph(self, image_hw: int) -> graphs.Graph:
     """The channel graph as stated by hand, what the traced one is tested against: layers
