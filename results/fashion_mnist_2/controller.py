@@ -1,0 +1,68 @@
+"""How each budget run's controller reached its target, from the runs' training histories only.
+
+For every finished `budget_*` run of protocol 2: the test-time kept fraction of the MACs at the
+end of each epoch (`train_test_time_macs_kept`), the target the controller was given
+(`train_target`), and the validation accuracy. Draws `controller.png`, one column per budget,
+and prints one line per run: the cost when the gates settled and what settling did to
+validation. No test number is read (`test_metrics.json` is not opened).
+
+    python results/fashion_mnist_2/controller.py > results/fashion_mnist_2/controller.txt
+"""
+
+import json
+import pathlib
+
+from matplotlib.figure import Figure
+
+from l0jax import plots, run_config, workdirs
+
+RUNS = pathlib.Path(__file__).parent / "runs"
+
+
+def history(run: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def finished_budget_runs() -> dict[float, list[tuple[str, int, list[dict]]]]:
+  """{budget: [(run name, its first epoch with settled gates, history)]}, for the budget runs
+  that wrote all their epochs."""
+  by_budget = {}
+  for run in sorted(RUNS.glob("budget_macs*_seed*")):
+    config = workdirs.load_config(str(run))
+    epochs = history(run)
+    if len(epochs) == config.num_epochs:
+      plan = run_config.gate_plan(config)
+      by_budget.setdefault(plan.target[1], []).append((run.name, plan.settle_epoch, epochs))
+  return by_budget
+
+
+def main() -> None:
+  by_budget = finished_budget_runs()
+  fig = Figure(figsize=(max(6.0, 4.5 * len(by_budget)), 6.5))
+  axes = fig.subplots(2, len(by_budget), squeeze=False, sharex="col")
+  for column, (budget, runs) in enumerate(sorted(by_budget.items())):
+    cost_ax, val_ax = axes[0][column], axes[1][column]
+    for name, settled, epochs in runs:
+      x = [e["epoch"] + 1 for e in epochs]
+      line, = cost_ax.plot(x, [100 * e["train_test_time_macs_kept"] for e in epochs], marker="o",
+                           label=name.split("_")[-1])
+      val_ax.plot(x, [100 * e["val_accuracy"] for e in epochs], marker="o", color=line.get_color())
+      before, after = epochs[settled - 1], epochs[settled]
+      print(f"{name}: MACs kept {100 * before['train_test_time_macs_kept']:.1f}% when the gates "
+            f"settled after epoch {settled} (target {100 * budget:g}%); validation "
+            f"{100 * before['val_accuracy']:.2f}% -> {100 * after['val_accuracy']:.2f}% "
+            f"(last epoch {100 * epochs[-1]['val_accuracy']:.2f}%)")
+    cost_ax.plot(x, [100 * e["train_target"] for e in epochs], color="k", linestyle="--",
+                 label="controller's target")
+    cost_ax.set_title(f"budget {100 * budget:g}% of the MACs")
+    cost_ax.set_ylabel("test-time MACs kept (%)")
+    cost_ax.legend(fontsize="small")
+    val_ax.set_ylabel("validation accuracy (%)")
+    val_ax.set_xlabel("epoch")
+  fig.suptitle("Protocol 2's budget runs, from their training histories:\nthe controller's cost, and validation when the gates settle")
+  fig.tight_layout()
+  plots.save_figure(fig, pathlib.Path(__file__).parent / "controller.png")
+
+
+if __name__ == "__main__":
+  main()
