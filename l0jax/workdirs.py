@@ -10,7 +10,8 @@
   test_metrics.json     what --mode=test measured (`write_test_metrics`, `read_test_metrics`)
   export/               the compact network of --mode=export (`export.save` fills it)
   analysis/             the figures and summary of --mode=analyze
-  sweep.log             a sweep member's console output
+  sweep.log             a sweep member's training console output
+  sweep_test.log        its --mode=test console output, apart: sweep.log shows no test number
   lock                  held while the run trains (`training_lock`)
 
 Files are written whole or not at all: a reader sees the old file or the new
@@ -43,6 +44,7 @@ TEST_METRICS_FILE = "test_metrics.json"
 EXPORT_DIR = "export"
 ANALYSIS_DIR = "analysis"
 SWEEP_LOG_FILE = "sweep.log"
+SWEEP_TEST_LOG_FILE = "sweep_test.log"
 
 
 def write_file(path: str | os.PathLike, data: str | bytes) -> None:

@@ -223,9 +223,10 @@ def start_sweep(sweep_dir, *args: str, env=None) -> Program:
 
 
 def mtimes(workdir) -> dict[str, int]:
-  """Modification times of everything in a workdir but the sweep's log."""
+  """Modification times of everything in a workdir but the sweep's logs."""
+  logs = (workdirs.SWEEP_LOG_FILE, workdirs.SWEEP_TEST_LOG_FILE)
   return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-          for d, _, files in os.walk(workdir) for f in files if f != workdirs.SWEEP_LOG_FILE}
+          for d, _, files in os.walk(workdir) for f in files if f not in logs}
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +260,16 @@ def test_a_rerun_skips_finished_runs(tiny_sweep):
   assert "baseline: training" not in second.stderr
   assert mtimes(sweep_dir / "baseline") == baseline_files
   assert (sweep_dir / reporting.FRONT_FILE).stat().st_size > 1000
+
+
+def test_a_runs_training_log_shows_no_test_number_and_its_test_log_does(tiny_sweep):
+  sweep_dir, _, _, _, _ = tiny_sweep
+  accuracy = json.loads((sweep_dir / "baseline" / workdirs.TEST_METRICS_FILE).read_text())[
+      "test_accuracy"]
+  training = (sweep_dir / "baseline" / workdirs.SWEEP_LOG_FILE).read_text()
+  testing = (sweep_dir / "baseline" / workdirs.SWEEP_TEST_LOG_FILE).read_text()
+  assert "--mode=test" not in training and "test accuracy" not in training
+  assert "--mode=test" in testing and f"test accuracy {accuracy:.4f}" in testing
 
 
 def table_rows(table: str) -> dict[str, list[str]]:

@@ -34,8 +34,9 @@ with its gates fixed, for each L of `--retrain_lambdas` and, with
 to one kind, over the common value. A member is finished when its
 test_metrics.json of the last checkpoint exists: finished members are skipped
 and an unfinished one resumes from its checkpoints, so a rerun of an
-interrupted sweep continues it. Each member's console output goes to its
-`sweep.log`.
+interrupted sweep continues it. Each member's training output goes to its
+`sweep.log`, its test's to `sweep_test.log` (so that reading how a run
+trained shows no test number).
 
 A comparison that would survive review (the README's protocols) adds
 `--control` (the baseline trained on with nothing pruned, as long as the

@@ -1,5 +1,6 @@
-"""Running a sweep's members: each member's main.py processes in turn, its console output to
-its sweep.log, the sweep's signals passed on to the one running.
+"""Running a sweep's members: each member's main.py processes in turn, the training's console
+output to its sweep.log and the test's to its sweep_test.log, the sweep's signals passed on to
+the one running.
 """
 
 import dataclasses
@@ -94,8 +95,11 @@ def run_member(member: Member, sweep_dir: pathlib.Path) -> bool:
     return False
   member = realised_cost(member, sweep_dir)
   workdir.mkdir(parents=True, exist_ok=True)
-  log_path = workdir / workdirs.SWEEP_LOG_FILE
-  for what, command in zip(("training", "testing"), member.commands(sweep_dir)):
+  # Apart, so that reading how a run trained shows no test number (a protocol reads none
+  # before its end).
+  for what, command, log_name in zip(("training", "testing"), member.commands(sweep_dir),
+                                     (workdirs.SWEEP_LOG_FILE, workdirs.SWEEP_TEST_LOG_FILE)):
+    log_path = workdir / log_name
     logging.info("%s: %s (output in %s)", member.name, what, log_path)
     start = time.monotonic()
     with log_path.open("a") as log:
