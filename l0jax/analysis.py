@@ -95,18 +95,26 @@ def l0_panel_title(plan: run_config.GatePlan) -> str:
   return "L0 term\n(not in the loss: gates fixed)"
 
 
-def _travel_lines(config: ml_collections.ConfigDict, plan: run_config.GatePlan,
-                  history: Sequence[dict]) -> list[str]:
-  """For a budget run whose gates settled: how far training had moved them by then."""
+def _settling_lines(config: ml_collections.ConfigDict, plan: run_config.GatePlan,
+                    history: Sequence[dict]) -> list[str]:
+  """For a budget run whose gates settled: how far training had moved them by then, how far
+  the controller had brought the cost, and what settling did to validation."""
   if plan.gates != run_config.BUDGET:
     return []
   settled = plan.settle_epoch
   before = next((h for h in history if h["epoch"] == settled - 1), None)
-  if not (before and any(h["epoch"] >= settled for h in history)):
+  after = next((h for h in history if h["epoch"] == settled), None)
+  if not (before and after):
     return []
   travel, _ = budgets.gate_travel(before["log_alpha"], config.droprate_init)
+  kind, target = plan.target
+  cost = before[f"train_test_time_{kind}_kept"]
   return ["", f"The gates settled for the budget at the start of epoch {settled + 1}: "
-          f"{travel}."]
+          f"{travel}. The test-time network kept {run_figures.percent(cost)} of the "
+          f"{'MACs' if kind == 'macs' else 'parameters'} then (target "
+          f"{run_figures.percent(target)}); validation accuracy went from "
+          f"{100 * before['val_accuracy']:.2f}% (epoch {settled}) to "
+          f"{100 * after['val_accuracy']:.2f}% (epoch {settled + 1})."]
 
 
 def summary_markdown(workdir: epath.Path, config: ml_collections.ConfigDict,
@@ -165,7 +173,7 @@ def summary_markdown(workdir: epath.Path, config: ml_collections.ConfigDict,
         why = ("many of them are a sign that training stopped before the gates settled, or "
                "that the temperature keeps them from settling")
       lines += ["", f"{share} of the gates are undecided: kept, but scaled; {why}."]
-    lines += _travel_lines(config, plan, history)
+    lines += _settling_lines(config, plan, history)
     lines += ["", "| gated layer | channels | pruned | undecided | open | log_alpha min | median "
               "| max |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, counts in layer_states.items():

@@ -199,6 +199,11 @@ def test_its_analysis_plots_the_realised_cost_against_the_target(budget_run):
   assert result["gates"]["undecided"] > 0  # so that the next line says something
   assert "the budget fixed every gate from epoch" in summary
   assert "The gates settled for the budget at the start of epoch 3: before settling" in summary
+  history = workdirs.load_history(budget_run)
+  assert (f"The test-time network kept {100 * history[1]['train_test_time_macs_kept']:.1f}% of "
+          f"the MACs then (target 50.0%); validation accuracy went from "
+          f"{100 * history[1]['val_accuracy']:.2f}% (epoch 2) to "
+          f"{100 * history[2]['val_accuracy']:.2f}% (epoch 3).") in summary
   metrics = json.loads(open(f"{budget_run}/{workdirs.TEST_METRICS_FILE}").read())
   config = tiny_config(**RUN)
   realised = analysis.gates_per_epoch(workdirs.load_history(budget_run), config,
