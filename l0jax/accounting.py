@@ -61,8 +61,13 @@ class LayerCost:
 
 
 def _any_alive(alive: Sequence[Count]) -> Count:
-  """P(any is alive) for independent ones (an exact `or` for 0s and 1s)."""
-  return functools.reduce(lambda a, b: a + b - a * b, alive)
+  """P(any is alive) for independent ones (an exact `or` for 0s and 1s, and for the booleans
+  of `test_time_kept`)."""
+  def either(a: Count, b: Count) -> Count:
+    if jnp.result_type(a) == jnp.result_type(b) == jnp.bool_:
+      return a | b
+    return a + b - a * b
+  return functools.reduce(either, alive)
 
 
 def count(graph: graphs.Graph, kept: Mapping[str, Kept] | None) -> list[LayerCost]:

@@ -74,15 +74,20 @@ class Architecture:
     return sum(self.blocks[-1].outputs)
 
 
+REDUCED = ("3x3", "5x5")  # the branches whose 1x1 reduce layer `gate_reduce` gates
+
+
 class InceptionBlock(nnx.Module):
   """Four branches concatenated on channels, each output optionally gated.
 
   The four branches' gates multiply the concatenation at once, from one noise
-  draw: one elementwise pass over the block's output instead of four.
+  draw: one elementwise pass over the block's output instead of four. With
+  `gate_reduce`, the 3x3 and 5x5 branches' 1x1 reduce layers are gated too,
+  so that L0 can also narrow a branch inside.
   """
 
-  def __init__(self, c_in: int, spec: Inception, *, use_gate: bool, droprate_init: float,
-               dtype, bfloat16_matmuls: bool, rngs: nnx.Rngs):
+  def __init__(self, c_in: int, spec: Inception, *, use_gate: bool, gate_reduce: bool,
+               droprate_init: float, dtype, bfloat16_matmuls: bool, rngs: nnx.Rngs):
     conv = functools.partial(layers.ConvBN, dtype=dtype, bfloat16_matmuls=bfloat16_matmuls,
                              rngs=rngs)
     self.branch1 = conv(c_in, spec.out1, 1)
@@ -93,12 +98,25 @@ class InceptionBlock(nnx.Module):
     self.branch_pool = conv(c_in, spec.out_pool, 1)
     self.gates = nnx.List(
         [gates.L0Gate(c, droprate_init, rngs=rngs) for c in spec.outputs] if use_gate else [])
+    self.reduce_gates = nnx.List(
+        [gates.L0Gate(c, droprate_init, rngs=rngs) for c in (spec.red3, spec.red5)]
+        if use_gate and gate_reduce else [])
 
   def __call__(self, x: jax.Array, train: bool, gate_key: jax.Array | None) -> jax.Array:
+    # The reduce gates' own draws: the outputs' gates keep `gate_key`'s, as without them.
+    reduce_keys = (jax.random.split(jax.random.fold_in(gate_key, 1), 2)
+                   if self.reduce_gates and gate_key is not None else [None, None])
+
+    def reduced(j: int, reduce: layers.ConvBN) -> jax.Array:
+      y = reduce(x, train)
+      if not self.reduce_gates:
+        return y
+      return gates.gate_channels(y, self.reduce_gates[j].log_alpha[...], reduce_keys[j])
+
     outputs = [
         self.branch1(x, train),
-        self.branch3(self.branch3_reduce(x, train), train),
-        self.branch5(self.branch5_reduce(x, train), train),
+        self.branch3(reduced(0, self.branch3_reduce), train),
+        self.branch5(reduced(1, self.branch5_reduce), train),
         self.branch_pool(layers.max_pool_3x3(x, 1), train),
     ]
     x = jnp.concatenate(outputs, axis=-1)
@@ -118,15 +136,17 @@ class GoogleNet(nnx.Module):
   """
 
   def __init__(self, num_classes: int, in_channels: int, *, use_gate: bool = True,
-               width_multiplier: float = 1.0, droprate_init: float = 0.5,
-               dtype=jnp.float32, bfloat16_matmuls: bool = False, rngs: nnx.Rngs):
+               gate_reduce: bool = False, width_multiplier: float = 1.0,
+               droprate_init: float = 0.5, dtype=jnp.float32, bfloat16_matmuls: bool = False,
+               rngs: nnx.Rngs):
     arch = Architecture.at_width(width_multiplier)
     self.arch, self.in_channels, self.num_classes = arch, in_channels, num_classes
-    self.use_gate = use_gate
+    self.use_gate, self.gate_reduce = use_gate, gate_reduce
     self.stem = layers.ConvBN(in_channels, arch.stem, 3, dtype=dtype,
                               bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
     self.blocks = nnx.List([
-        InceptionBlock(c_in, spec, use_gate=use_gate, droprate_init=droprate_init, dtype=dtype,
+        InceptionBlock(c_in, spec, use_gate=use_gate, gate_reduce=gate_reduce,
+                       droprate_init=droprate_init, dtype=dtype,
                        bfloat16_matmuls=bfloat16_matmuls, rngs=rngs)
         for c_in, spec in zip(arch.block_inputs(), arch.blocks)
     ])
@@ -148,14 +168,16 @@ class GoogleNet(nnx.Module):
     return tracing.traced_and_named(self, image_hw, _stated_names)
 
   def stated_channel_graph(self, image_hw: int) -> graphs.Graph:
-    return channel_graph(self.arch, use_gate=self.use_gate, image_hw=image_hw,
-                         in_channels=self.in_channels, num_classes=self.num_classes)
+    return channel_graph(self.arch, use_gate=self.use_gate, gate_reduce=self.gate_reduce,
+                         image_hw=image_hw, in_channels=self.in_channels,
+                         num_classes=self.num_classes)
 
 
 def _stated_names(graph: graphs.Graph) -> dict[str, str]:
   """The traced graph's names (module paths, pools by number) as `channel_graph` gives them."""
   block = lambda path: f"block{path[1] + 1}"
-  names = {g.name: f"{block(g.path)}/{BRANCHES[g.path[3]]}" for g in graph.gates}
+  names = {g.name: (f"{block(g.path)}/{BRANCHES[g.path[3]]}" if g.path[2] == "gates"
+                    else f"{block(g.path)}/{REDUCED[g.path[3]]}_reduce") for g in graph.gates}
   for layer in graph.layers:
     names[layer.name] = (f"{block(layer.path)}/{layer.path[2]}" if layer.path[0] == "blocks"
                          else layer.path[0])
@@ -171,12 +193,13 @@ def _stated_names(graph: graphs.Graph) -> dict[str, str]:
 
 
 def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_channels: int,
-                  num_classes: int) -> graphs.Graph:
+                  num_classes: int, gate_reduce: bool = False) -> graphs.Graph:
   """The GoogleNet's channel graph as stated by hand: its layers' names and paths, its gates'
   names; what the traced graph is tested against, and the graph of an architecture alone.
 
   A gate is named for the branch output it controls, `block{i}/{branch}`
-  (1-based, `BRANCHES`), as the run's history has always recorded them.
+  (1-based, `BRANCHES`), as the run's history has always recorded them; with
+  `gate_reduce` a reduce layer's is `block{i}/{branch}_reduce`.
   """
   def conv_bn(name, inputs, c_in, c_out, kernel, path, gate=None):
     return graphs.Layer(name, inputs, c_in, c_out, kernel, padding=kernel // 2,
@@ -188,16 +211,20 @@ def channel_graph(arch: Architecture, *, use_gate: bool, image_hw: int, in_chann
   for i, spec in enumerate(arch.blocks):
     block, path = f"block{i + 1}", ("blocks", i)
     names = {b: f"{block}/{b}" for b in BRANCHES}
+    reduce_names = {b: f"{block}/{b}_reduce" if gate_reduce else None for b in REDUCED}
+    if use_gate and gate_reduce:  # first, as the program reads them
+      gate_list += [graphs.Gate(reduce_names[b], c, (*path, "reduce_gates", j, "log_alpha"))
+                    for j, (b, c) in enumerate(zip(REDUCED, (spec.red3, spec.red5)))]
     if use_gate:
       gate_list += [graphs.Gate(names[b], c, (*path, "gates", j, "log_alpha"))
                     for j, (b, c) in enumerate(zip(BRANCHES, spec.outputs))]
     layer = lambda conv, *args, gate=None: conv_bn(f"{block}/{conv}", *args, (*path, conv), gate)
     nodes += [
         layer("branch1", x, c_in, spec.out1, 1, gate=names["1x1"]),
-        layer("branch3_reduce", x, c_in, spec.red3, 1),
+        layer("branch3_reduce", x, c_in, spec.red3, 1, gate=reduce_names["3x3"]),
         layer("branch3", (f"{block}/branch3_reduce",), spec.red3, spec.out3, 3,
               gate=names["3x3"]),
-        layer("branch5_reduce", x, c_in, spec.red5, 1),
+        layer("branch5_reduce", x, c_in, spec.red5, 1, gate=reduce_names["5x5"]),
         layer("branch5", (f"{block}/branch5_reduce",), spec.red5, spec.out5, 5,
               gate=names["5x5"]),
         graphs.Pool(f"{block}/pool", x),

@@ -47,7 +47,7 @@ def network_class(config: ml_collections.ConfigDict) -> Callable[..., nnx.Module
   """The configured network's class (`config.model` at its depth) with every option of the config
   bound: called with `(num_classes, in_channels, rngs=...)`."""
   depth = run_config.depth(config)
-  cls = {"googlenet": googlenet.GoogleNet,
+  cls = {"googlenet": functools.partial(googlenet.GoogleNet, gate_reduce=config.gate_reduce),
          "resnet": functools.partial(resnet.ResNet, depth=depth,
                                      gate_residual=config.gate_residual),
          "vgg": functools.partial(vgg.VGG, depth=depth)}[config.model]

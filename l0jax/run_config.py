@@ -17,9 +17,9 @@ from l0jax.errors import UserError
 # Fields that define the network's shape. Resuming or fine-tuning with a
 # different value of any of these is refused, because the checkpoint's arrays
 # would not fit.
-ARCHITECTURE_FIELDS = ("dataset", "model", "depth", "use_gate", "gate_residual",
+ARCHITECTURE_FIELDS = ("dataset", "model", "depth", "use_gate", "gate_residual", "gate_reduce",
                        "width_multiplier", "synthetic_image_size")
-GATE_FIELDS = ("use_gate", "gate_residual")
+GATE_FIELDS = ("use_gate", "gate_residual", "gate_reduce")
 # What a run continued from another one (`init_from`, or its own workdir when
 # resuming) takes from that run's config, unless given on the command line:
 # the data and the network's shape, but not its gates (fine-tuning adds them to
@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   # gate per width shared by the stem and the blocks that make them), besides
   # the blocks' inner channels.
   c.gate_residual = False
+  # googlenet: gates the 3x3 and 5x5 branches' 1x1 reduce layers too, besides
+  # each branch's output, so that a branch can narrow inside.
+  c.gate_reduce = False
   # Scales every channel count; 1.0 is the network at its published widths.
   c.width_multiplier = 1.0
   # Sets the gates' initial log_alpha to log((1 - p) / p), as the PyTorch original did
@@ -289,6 +292,9 @@ def validate(c: ml_collections.ConfigDict) -> GatePlan:
         f"init_checkpoint={c.init_checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
   check(not c.gate_residual or (c.model == "resnet" and c.use_gate),
         "gate_residual=True gates a ResNet's stage widths: it needs model='resnet' and "
+        "use_gate=True")
+  check(not c.gate_reduce or (c.model == "googlenet" and c.use_gate),
+        "gate_reduce=True gates a GoogleNet's reduce layers: it needs model='googlenet' and "
         "use_gate=True")
   check(c.lambda_l0 >= 0, f"lambda_l0={c.lambda_l0} must be >= 0")
   for kind in TARGET_KINDS:

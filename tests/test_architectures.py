@@ -11,7 +11,8 @@ from flax import nnx
 
 from conftest import GOOGLENET, run_main, tiny_config, tiny_flags
 from l0jax import run_config
-from l0jax import accounting, analysis, checkpoint_modes, export, layers, networks, resnet, vgg
+from l0jax import accounting, analysis, checkpoint_modes, export, googlenet, layers, networks
+from l0jax import resnet, vgg
 from l0jax.errors import UserError
 from test_export import randomize
 from test_model import num_params, output_shape
@@ -189,6 +190,34 @@ def test_gate_residual_is_refused_where_there_are_no_residual_gates_to_add(overr
   with pytest.raises(UserError, match="gate_residual=True gates a ResNet's stage widths: it "
                      "needs model='resnet' and use_gate=True"):
     run_config.validate(tiny_config(gate_residual=True, **overrides))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"model": "resnet", "depth": 8}, {"model": "vgg", "depth": 0}, {**GOOGLENET, "use_gate": False}])
+def test_gate_reduce_is_refused_where_there_are_no_reduce_layers_to_gate(overrides):
+  with pytest.raises(UserError, match="gate_reduce=True gates a GoogleNet's reduce layers: it "
+                     "needs model='googlenet' and use_gate=True"):
+    run_config.validate(tiny_config(gate_reduce=True, **overrides))
+
+
+def test_gate_reduce_gates_each_blocks_reduce_layers_and_counts_them():
+  graph, _ = networks.channel_graph(tiny_config(**GOOGLENET, gate_reduce=True), (8, 8, 3), 10)
+  plain, _ = networks.channel_graph(tiny_config(**GOOGLENET), (8, 8, 3), 10)
+  reduce_gates = {g.name: g.size for g in graph.gates if g.name.endswith("_reduce")}
+  assert reduce_gates == {f"block{i}/{b}_reduce": c for i, spec in enumerate(
+      googlenet.Architecture.at_width(0.25).blocks, 1) for b, c in (("3x3", spec.red3),
+                                                                     ("5x5", spec.red5))}
+  assert {g.name for g in graph.gates} - set(reduce_gates) == {g.name for g in plain.gates}
+  gated = {l.name: l.gate for l in graph.layers if l.gate}
+  assert gated["block1/branch3_reduce"] == "block1/3x3_reduce"
+  # Block 1's 3x3 reduce gate closed whole: its layer and the 3x3 conv it feeds keep nothing,
+  # and its open 5x5 reduce keeps all.
+  kept = {g.name: accounting.Kept(0, 0) if g.name == "block1/3x3_reduce"
+          else accounting.Kept(g.size, 1) for g in graph.gates}
+  costs = {c.name: c for c in accounting.count(graph, kept)}
+  assert costs["block1/branch3_reduce"].kept_out == costs["block1/branch3"].kept_in == 0
+  assert costs["block1/branch3"].macs == 0
+  assert costs["block1/branch5_reduce"].kept_out == reduce_gates["block1/5x5_reduce"]
 
 
 def test_gate_residual_prunes_a_resnets_stage_widths_to_a_budget_through_main(tmp_path):

@@ -14,6 +14,9 @@ from l0jax import pruning, run_config, sharding, train
 from test_export import randomize
 
 NETWORKS = {"googlenet": dict(model="googlenet", depth=0, width_multiplier=0.25),
+            # Its reduce layers gated too: a branch narrowed inside.
+            "googlenet_gate_reduce": dict(model="googlenet", depth=0, width_multiplier=0.25,
+                                          gate_reduce=True),
             # The blocks' own gates and, shared, the stage widths' (adds and shortcuts too).
             "resnet_gate_residual": dict(model="resnet", depth=8, width_multiplier=1.0,
                                          gate_residual=True),
@@ -55,7 +58,7 @@ def fixed_gates(network, params, batch_stats, seed):
 def test_the_kept_channels_train_as_the_masked_network(network_name):
   config = tiny_config(**NETWORKS[network_name], use_gate=True)
   network, params, batch_stats = (
-      random_network(config) if network_name == "googlenet"
+      random_network(config) if network_name.startswith("googlenet")
       else networks.create_network(config, (8, 8, 3), 10, [0.0], [1.0]))
   params = fixed_gates(network, params, batch_stats, seed=0)
   kept = kept_channels.kept_channels(network.graph,

@@ -101,7 +101,9 @@ def test_compact_logits_equal_gated_test_time_logits(closed_block):
     lambda: resnet.ResNet(CLASSES, 3, depth=20, width_multiplier=0.25, gate_residual=True,
                           rngs=nnx.Rngs(0)),
     lambda: vgg.VGG(CLASSES, 3, depth=11, width_multiplier=0.125, rngs=nnx.Rngs(0)),
-], ids=["resnet20", "resnet20_residual", "vgg11"])
+    lambda: googlenet.GoogleNet(CLASSES, 3, width_multiplier=0.25, gate_reduce=True,
+                                rngs=nnx.Rngs(0)),
+], ids=["resnet20", "resnet20_residual", "vgg11", "googlenet_gate_reduce"])
 def test_compact_logits_equal_gated_ones_on_the_other_architectures(build):
   def log_alpha(path, shape, rng):  # some gates closed whole, the others mixed
     if rng.random() < 0.25:
@@ -115,8 +117,8 @@ def test_compact_logits_equal_gated_ones_on_the_other_architectures(build):
   np.testing.assert_allclose(export.compact_apply(graph, params, x), gated_logits(net, x),
                              rtol=1e-5, atol=1e-5)
   layers = accounting.count(graph, accounting.deterministic_kept(graph.log_alphas(net)))
-  # BN's scale and shift fold into one bias per kept output (the convs have none of their own).
-  folded = sum(l.kept_out for l in layers if l.name != "head")
+  # BN's scale and shift, and a conv's own bias if it has one, fold into one bias per kept output.
+  folded = sum((l.per_output - 1) * l.kept_out for l in layers if l.name != "head")
   params_kept, _ = accounting.totals(layers)
   assert export.num_params(params) == params_kept - folded
   assert params_kept < accounting.totals(accounting.count(graph, None))[0]

@@ -85,6 +85,8 @@ def abstract(make):
 NETWORKS = {
     "googlenet": lambda w, **kw: functools.partial(googlenet.GoogleNet, 10, 3, width_multiplier=w,
                                                    **kw),
+    "googlenet_reduce": lambda w, **kw: functools.partial(
+        googlenet.GoogleNet, 10, 3, width_multiplier=w, gate_reduce=True, **kw),
     "resnet20": lambda w, **kw: functools.partial(resnet.ResNet, 10, 3, depth=20,
                                                   width_multiplier=w, **kw),
     "resnet20_residual": lambda w, **kw: functools.partial(
