@@ -86,8 +86,8 @@ class InceptionBlock(nnx.Module):
   so that L0 can also narrow a branch inside.
   """
 
-  def __init__(self, c_in: int, spec: Inception, *, use_gate: bool, gate_reduce: bool,
-               droprate_init: float, dtype, bfloat16_matmuls: bool, rngs: nnx.Rngs):
+  def __init__(self, c_in: int, spec: Inception, *, use_gate: bool, droprate_init: float,
+               dtype, bfloat16_matmuls: bool, rngs: nnx.Rngs, gate_reduce: bool = False):
     conv = functools.partial(layers.ConvBN, dtype=dtype, bfloat16_matmuls=bfloat16_matmuls,
                              rngs=rngs)
     self.branch1 = conv(c_in, spec.out1, 1)
