@@ -6,8 +6,8 @@ stack, `Fatal Python error: Aborted`, exit status 134. No Python code runs
 first (the hook for it, `missed_heartbeat_callback`, cannot be called from
 Python in jaxlib 0.12.1), so main.py runs each process as a child of a small
 supervisor (`supervise`) that loads no JAX. The child's native log (its file
-descriptor 2) goes to the supervisor, its Python output (sys.stderr, the
-console) does not. When the child ends because a peer is gone, the
+descriptor 2) goes to the supervisor, and so do the errors libraries log from
+their threads; its own Python output (sys.stderr, the console) does not. When the child ends because a peer is gone, the
 supervisor prints one line naming which and what the run resumes from, and
 exits with PEER_GONE, or NEVER_JOINED when the peers did not all join in time.
 """
@@ -132,7 +132,8 @@ def _resumes(workdir: str | None) -> str:
 
 def native_log_to_supervisor() -> None:
   """In the child, before JAX loads: file descriptor 2 (native logs, fatal errors) goes to the
-  supervisor; Python's sys.stderr, and absl's log with it, stays on the console."""
+  supervisor; Python's sys.stderr, and absl's log with it, stays on the console, but for the
+  errors libraries log (`LibraryErrorsToNativeLog`)."""
   console = os.fdopen(os.dup(2), "w", buffering=1)
   os.dup2(int(os.environ.pop(_NATIVE_LOG_FD)), 2)
   sys.stderr = console
