@@ -32,6 +32,11 @@ def stop_gate_gradients(params: nnx.State) -> nnx.State:
   return map_with_gates(lambda gate, x: jax.lax.stop_gradient(x) if gate else x, params)
 
 
+def bound_gates(params: nnx.State, bound: float) -> nnx.State:
+  """`params` with the gates' log_alpha clipped to [-bound, bound]."""
+  return map_with_gates(lambda gate, x: jnp.clip(x, -bound, bound) if gate else x, params)
+
+
 def restore_gates(params: nnx.State, old: nnx.State) -> nnx.State:
   """`params` with the gates' log_alpha of `old`."""
   return map_with_gates(lambda gate, x, o: o if gate else x, params, old)

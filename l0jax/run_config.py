@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import ml_collections
 
+from l0jax.gates import OPEN_AT
 from l0jax.errors import UserError
 
 # Fields that define the network's shape. Resuming or fine-tuning with a
@@ -120,6 +121,12 @@ def base_config() -> ml_collections.ConfigDict:
   # The gates' log_alpha learn at this multiple of learning_rate (CoFiPruning
   # gives its gates a much larger rate than the weights').
   c.gate_lr_scale = 1.0
+  # Holds the training gates' log_alpha within [-b, b] after every step, as Louizos et
+  # al.'s and CoFiPruning's code do with b = log(100) = 4.6: the L0 term's gradient on a
+  # gate shrinks as exp(-|log_alpha|), so a gate far out answers the penalty slowly.
+  # 0: unbounded (protocols 1 and 2 ran so). A bound must exceed log(11) = 2.4, where a
+  # gate is fully open.
+  c.log_alpha_bound = 0.0
   c.lr_milestones = (100, 150)  # epochs at which the lr is multiplied...
   c.lr_factor = 0.1  # ...by this.
   # bfloat16 | float32 | auto (bfloat16 on accelerators, float32 on CPU) |
@@ -247,6 +254,7 @@ class GatePlan(NamedTuple):
   settle_epoch: int | None  # a BUDGET's first epoch trained with its gates settled and fixed
   mask: str  # a MASK's method
   mask_from: str  # the gated run a MASK from a run takes its gates from
+  log_alpha_bound: float = 0.0  # the training gates' |log_alpha| at most; 0: unbounded
 
   @property
   def fixed_from_start(self) -> bool:
@@ -270,7 +278,8 @@ def gate_plan(c: ml_collections.ConfigDict) -> GatePlan:
   # network meets the budget (`validate` asks such a run for two epochs or more).
   settle_epoch = (min(max(round(c.fix_gates_after * c.num_epochs), 1), c.num_epochs - 1)
                   if gates == BUDGET else None)
-  return GatePlan(gates, c.penalty, c.lambda_l0, target, settle_epoch, c.mask, c.mask_from)
+  return GatePlan(gates, c.penalty, c.lambda_l0, target, settle_epoch, c.mask, c.mask_from,
+                  c.log_alpha_bound)
 
 
 def validate(c: ml_collections.ConfigDict) -> GatePlan:
@@ -338,6 +347,9 @@ def validate(c: ml_collections.ConfigDict) -> GatePlan:
   check(c.width_multiplier > 0, f"width_multiplier={c.width_multiplier} must be > 0")
   check(c.learning_rate > 0, f"learning_rate={c.learning_rate} must be > 0")
   check(c.gate_lr_scale > 0, f"gate_lr_scale={c.gate_lr_scale} must be > 0")
+  check(c.log_alpha_bound == 0 or c.log_alpha_bound > OPEN_AT,
+        f"log_alpha_bound={c.log_alpha_bound} must be 0 (unbounded) or more than log(11) = "
+        f"{OPEN_AT:.3f}, where a gate is fully open")
   check(c.weight_decay >= 0, f"weight_decay={c.weight_decay} must be >= 0")
   check(c.lr_factor > 0, f"lr_factor={c.lr_factor} must be > 0")
   check(all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in c.lr_milestones),

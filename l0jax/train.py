@@ -53,7 +53,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   take one step of gradient ascent on the same loss. With gates fixed by the
   `plan`, or a budget's gates `settled`, the gates act with their test-time
   values and only the cross-entropy is minimised, over the weights alone; with
-  `kept` (`pruning.computed_channels`) only those channels are computed.
+  `kept` (`pruning.computed_channels`) only those channels are computed. Training gates
+  are held within the plan's `log_alpha_bound`, if it has one.
   """
   aug_key, gate_key = jax.random.split(key)
   # Augmented in float32 and rounded to the compute dtype once.
@@ -90,6 +91,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
     lagrangian = state.lagrangian
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if plan.log_alpha_bound and not fixed:
+    params = pruning.bound_gates(params, plan.log_alpha_bound)
   if settled:
     # Adam's momentum would move the gates without a gradient: they stay as settled.
     params = pruning.restore_gates(params, state.params)

@@ -131,6 +131,33 @@ def test_the_gates_learn_at_their_scale_of_the_weights_rate():
     np.testing.assert_array_equal(a, b)
 
 
+def test_training_gates_stay_within_the_log_alpha_bound():
+  def gates_after_steps(bound):
+    config = tiny_config(learning_rate=0.1, gate_lr_scale=30.0, lambda_l0=100.0,
+                         log_alpha_bound=bound)
+    network, params, batch_stats = networks.create_network(config, (8, 8, 3), 10, [127.0],
+                                                           [70.0])
+    tx = optimizer.create_optimizer(config, optimizer.learning_rate_schedule(config, 100))
+    state = train.TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+    images = jnp.zeros((4, 8, 8, 3), jnp.uint8)
+    step = jax.jit(lambda s: train.train_step(s, images, jnp.zeros(4, jnp.int32),
+                                              jax.random.key(0), network=network, tx=tx,
+                                              plan=run_config.gate_plan(config)))
+    for _ in range(3):
+      state, _ = step(state)
+    return np.concatenate([np.ravel(x) for p, x in jax.tree_util.tree_flatten_with_path(
+        state.params)[0] if "log_alpha" in jax.tree_util.keystr(p)])
+  # The penalty drives every gate down by about 3 (Adam: the rate, 0.1 x 30) a step.
+  assert gates_after_steps(0.0).min() < -5
+  np.testing.assert_array_equal(gates_after_steps(2.5), -2.5)
+
+
+def test_a_log_alpha_bound_that_would_keep_gates_from_opening_is_refused():
+  with pytest.raises(UserError, match=r"log_alpha_bound=2.0 must be 0 \(unbounded\) or more "
+                     r"than log\(11\) = 2.398"):
+    run_config.validate(tiny_config(log_alpha_bound=2.0))
+
+
 def test_epoch_order_is_a_seeded_permutation():
   a = batches.epoch_order(0, 3, 100, 32)
   assert a.shape == (3, 32) and len(np.unique(a)) == 96
