@@ -3,8 +3,9 @@
   python results/bound_pilot/settling.py
 
 For each run: the gates open at test time the epoch before the gates settled, those settling
-closed, and how many of these sat at the bound (log_alpha within 1e-4 of 4.6), where
-`budgets.settle` orders tied gates by layer name and index, not by anything training learnt.
+closed, and, in a bounded run, how many of these sat at its bound (log_alpha within 1e-4 of
+it), where `budgets.settle` orders tied gates by layer name and index, not by anything
+training learnt.
 """
 
 import json
@@ -15,7 +16,6 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).parent
 OPEN_AT, PRUNE_AT = math.log(11), -math.log(11)
-BOUND = 4.6
 SETTLE_EPOCH = 8  # round(0.75 * 10), as run_config.gate_plan makes it
 
 
@@ -28,11 +28,14 @@ for workdir in sorted(HERE.glob("budget_b*")):
   if len(history) <= SETTLE_EPOCH:
     print(f"{workdir.name}: {len(history)} epochs, not settled yet")
     continue
+  bound = json.loads((workdir / "config.json").read_text())["log_alpha_bound"]
   before, after = gates(history[SETTLE_EPOCH - 1]), gates(history[SETTLE_EPOCH])
   closed = (before > PRUNE_AT) & (after <= PRUNE_AT)
-  tied = closed & (before >= BOUND - 1e-4)
-  print(f"{workdir.name}: {int((before > PRUNE_AT).sum())} of {before.size} gates kept the "
-        f"epoch before settling ({int((before >= OPEN_AT).sum())} fully open, "
-        f"{int((before >= BOUND - 1e-4).sum())} at the bound); settling closed "
-        f"{int(closed.sum())}, {int(tied.sum())} of them at the bound; log_alpha of the kept "
-        f"ones: median {np.median(before[before > PRUNE_AT]):.2f}, max {before.max():.2f}")
+  at_bound = before >= bound - 1e-4 if bound else np.zeros_like(before, bool)
+  print(f"{workdir.name} ({f'bound {bound:g}' if bound else 'unbounded'}): "
+        f"{int((before > PRUNE_AT).sum())} of {before.size} gates kept the epoch before "
+        f"settling ({int((before >= OPEN_AT).sum())} fully open, {int(at_bound.sum())} at the "
+        f"bound); settling closed {int(closed.sum())}, {int((closed & at_bound).sum())} of them "
+        f"at the bound; log_alpha of the kept ones: median "
+        f"{np.median(before[before > PRUNE_AT]):.2f}, max {before.max():.2f}; of those it "
+        f"closed: median {np.median(before[closed]):.2f}")
