@@ -8,12 +8,16 @@ does with its gates, which the code that trains, tests and analyses it reads
 instead of the fields.
 """
 
+import math
 from typing import NamedTuple
 
 import ml_collections
 
-from l0jax.gates import OPEN_AT
 from l0jax.errors import UserError
+
+# gates.OPEN_AT, the log_alpha from which a gate is fully open at test time: the config's checks
+# run before JAX loads (cli.checked_config), and gates loads it.
+OPEN_AT = math.log(11)
 
 # Fields that define the network's shape. Resuming or fine-tuning with a
 # different value of any of these is refused, because the checkpoint's arrays

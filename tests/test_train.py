@@ -20,6 +20,7 @@ from conftest import GOOGLENET, REPO, TWO_DEVICES, read_events, run_main, tiny_c
 from l0jax import accounting, batches, checkpoints, cli, googlenet, masks, networks, optimizer
 from l0jax import run_config, train, warm_start, workdirs
 from l0jax.errors import UserError
+from l0jax.gates import OPEN_AT
 
 
 def load_config_file(name: str, *arg: str):
@@ -153,6 +154,7 @@ def test_training_gates_stay_within_the_log_alpha_bound():
 
 
 def test_a_log_alpha_bound_that_would_keep_gates_from_opening_is_refused():
+  assert run_config.OPEN_AT == pytest.approx(OPEN_AT, abs=1e-12)
   with pytest.raises(UserError, match=r"log_alpha_bound=2.0 must be 0 \(unbounded\) or more "
                      r"than log\(11\) = 2.398"):
     run_config.validate(tiny_config(log_alpha_bound=2.0))
