@@ -167,15 +167,20 @@ def gate_travel(log_alphas: Mapping[str, np.ndarray], droprate_init: float) -> t
 LATE = 0.1
 
 
-def late_settling(kept_before: float, target: float, closed: int, kind: str) -> str | None:
+def late_settling(kept_before: float, target: float, closed: int, kind: str,
+                  bounded: bool) -> str | None:
   """A warning if the gates settled while the test-time cost `kept_before` was still more than
-  LATE above `target` (the controller had not got there), else None."""
+  LATE above `target` (the controller had not got there), else None. Unbounded gates (no
+  log_alpha_bound) are one known cause: the open ones climb out of the controller's reach."""
   if kept_before <= target * (1 + LATE):
     return None
+  unbounded = ("" if bounded else ", and hold the open gates within its reach "
+               "(log_alpha_bound; configs/prune_to_budget.py sets 4.6)")
   return (f"The controller had not brought the network to its target when the gates settled "
           f"(test-time {kind} kept {kept_before:.4f}, target {target:g}), so settling closed "
           f"{closed} channels at once, which training had not chosen to close; give the pruning "
-          f"more epochs before the gates settle (num_epochs, fix_gates_after, target_warmup)")
+          f"more epochs before the gates settle (num_epochs, fix_gates_after, target_warmup)"
+          f"{unbounded}")
 
 
 def lowest_kept_fractions(graph: graphs.Graph) -> dict[str, float]:

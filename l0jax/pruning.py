@@ -98,7 +98,8 @@ def with_log_alphas(network: Network, params: nnx.State, batch_stats: nnx.State,
 
 
 def settle_gates(network: Network, budget: budgets.Budget, params: nnx.State,
-                 batch_stats: nnx.State, droprate_init: float) -> nnx.State:
+                 batch_stats: nnx.State, droprate_init: float,
+                 log_alpha_bound: float) -> nnx.State:
   """`params` with its gates settled for the budget at test time (budgets.settle), and says how."""
   graph = network.graph
   before = log_alphas_of(network, params, batch_stats)
@@ -114,7 +115,8 @@ def settle_gates(network: Network, budget: budgets.Budget, params: nnx.State,
                cost["before"], cost["after"], budget.target, closed, changed("after", "before"))
   travel, moved = budgets.gate_travel(before, droprate_init)
   (logging.info if moved else logging.warning)("%s.", travel[0].upper() + travel[1:])
-  late = budgets.late_settling(cost["before"], budget.target, closed, budget.kind)
+  late = budgets.late_settling(cost["before"], budget.target, closed, budget.kind,
+                               bounded=bool(log_alpha_bound))
   if late:
     logging.warning("%s.", late)
   if cost["after"] > budget.target:

@@ -387,7 +387,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for epoch in range(start_epoch, config.num_epochs):
       if budget and epoch == budget.settle_epoch:  # at the epoch's start: resumed runs too
         state = sharding.replicate(state._replace(params=pruning.settle_gates(
-            network, budget, state.params, state.batch_stats, config.droprate_init)), mesh)
+            network, budget, state.params, state.batch_stats, config.droprate_init,
+            config.log_alpha_bound)), mesh)
       if budget and epoch >= budget.settle_epoch and loop.settled_steps is None:
         kept = pruning.computed_channels(network, state, config.compact_training)
         loop = loop._replace(settled_steps=make_train_steps(

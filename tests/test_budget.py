@@ -154,9 +154,11 @@ def test_the_gates_travel_is_said_and_gates_that_stayed_put_are_flagged():
 
 def test_a_late_settling_far_above_the_target_is_flagged():
   # Far above the target when the gates settle, and near it.
-  late = budgets.late_settling(0.312, 0.25, 46, "macs")
+  late = budgets.late_settling(0.312, 0.25, 46, "macs", bounded=True)
   assert "test-time macs kept 0.3120, target 0.25" in late and "closed 46 channels" in late
-  assert budgets.late_settling(0.259, 0.25, 7, "macs") is None
+  assert "log_alpha_bound" not in late
+  assert "log_alpha_bound" in budgets.late_settling(0.312, 0.25, 46, "macs", bounded=False)
+  assert budgets.late_settling(0.259, 0.25, 7, "macs", bounded=False) is None
 
 
 # Pruned from scratch (droprate_init 0.5) at a learning rate that lets the
