@@ -5,21 +5,8 @@ set -eu
 cd "$(dirname "$0")/../.."
 out=$PWD/results/bound_pilot
 base=$PWD/results/fashion_mnist_2/pilot/baseline_seed100
-recipe=(--config.dataset=fashion_mnist --config.width_multiplier=0.5 --config.batch_size=128
-        --config.learning_rate=0.003 --config.lr_factor=0.1 --config.compute_dtype=float32
-        --config.seed=100)
 
-train() {  # workdir epochs milestones config [settings...]: trains it unless it has all epochs
-  local workdir=$1 epochs=$2 milestones=$3 config=$4
-  shift 4
-  if [ -f "$workdir/history.jsonl" ] && [ "$(wc -l < "$workdir/history.jsonl")" -ge "$epochs" ]; then
-    return
-  fi
-  mkdir -p "$workdir"
-  python main.py --config="configs/$config" --workdir="$workdir" "${recipe[@]}" \
-      --config.num_epochs="$epochs" "--config.lr_milestones=$milestones" "$@" \
-      >> "$workdir/console.log" 2>&1
-}
+. results/pilot_train.sh
 
 for bound in 0 4.6; do
   train "$out/budget_b$bound" 10 "(7,8)" prune_to_budget.py --config.target_macs=0.1 \

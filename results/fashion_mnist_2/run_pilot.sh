@@ -8,26 +8,13 @@
 set -eu
 cd "$(dirname "$0")/../.."
 out=$PWD/results/fashion_mnist_2/pilot
-recipe=(--config.dataset=fashion_mnist --config.width_multiplier=0.5 --config.batch_size=128
-        --config.learning_rate=0.003 --config.lr_factor=0.1 --config.compute_dtype=float32
-        --config.seed=100)
 base=$out/baseline_seed100
 
 milestones() {  # epochs: 2/3 and 5/6 of them, rounded as Python rounds (20: (13,17); 5: (3,4))
   python -c 'import sys; n = int(sys.argv[1]); print(f"({round(2 * n / 3)},{round(5 * n / 6)})")' "$1"
 }
 
-train() {  # workdir epochs milestones config [settings...]: trains it unless it has all epochs
-  local workdir=$1 epochs=$2 milestones=$3 config=$4
-  shift 4
-  if [ -f "$workdir/history.jsonl" ] && [ "$(wc -l < "$workdir/history.jsonl")" -ge "$epochs" ]; then
-    return
-  fi
-  mkdir -p "$workdir"
-  python main.py --config="configs/$config" --workdir="$workdir" "${recipe[@]}" \
-      --config.num_epochs="$epochs" "--config.lr_milestones=$milestones" "$@" \
-      >> "$workdir/console.log" 2>&1
-}
+. results/pilot_train.sh
 
 pruned() {  # name scale F: prunes the baseline to 25% of the MACs in F epochs, then retrains 5
   local name=$1 scale=$2 f=$3
