@@ -11,7 +11,10 @@ multipliers `l1`, `l2` maximise it, by gradient ascent with their own Adam:
 `l1` grows while the network costs more than `t` and shrinks while it costs
 less, and `l2` only grows, stiffening the constraint the longer it is missed.
 So no lambda has to be guessed: the multipliers find the pressure that holds
-the cost at `t`. `t` falls linearly from 1 (the whole network) to the target
+the cost at `t`. With `multiplier_cost='test_time'` they ascend on the gap of
+the test-time cost instead, while the gates still descend on the expected
+one: bounded gates count each closed channel as 4.7% open in the expected
+cost, so the two part. `t` falls linearly from 1 (the whole network) to the target
 over the first `target_warmup` share of the steps, so that a trained network
 is pruned gradually.
 
@@ -63,6 +66,7 @@ class Budget:
   warmup_steps: int
   settle_epoch: int  # the first epoch trained with the gates settled and fixed
   learning_rate: float
+  multiplier_cost: str  # the cost whose gap the multipliers ascend on: EXPECTED or TEST_TIME
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, plan: run_config.GatePlan,
@@ -73,7 +77,8 @@ class Budget:
     return cls(*plan.target,
                warmup_steps=round(config.target_warmup * config.num_epochs * epoch_steps),
                settle_epoch=plan.settle_epoch,
-               learning_rate=config.multiplier_learning_rate)
+               learning_rate=config.multiplier_learning_rate,
+               multiplier_cost=config.multiplier_cost)
 
   @property
   def optimizer(self) -> optax.GradientTransformation:
@@ -88,8 +93,16 @@ class Budget:
     progress = jnp.clip(step / max(self.warmup_steps, 1), 0.0, 1.0)
     return 1.0 + (self.target - 1.0) * progress
 
-  def ascend(self, lagrangian: Lagrangian, grads: Multipliers) -> Lagrangian:
-    """One step of gradient *ascent* on the multipliers: Adam on the negated gradient."""
+  def ascend(self, lagrangian: Lagrangian, metrics: Mapping[str, jax.Array]) -> Lagrangian:
+    """One step of gradient *ascent* on the multipliers, from a step's `budget_metrics`.
+
+    The Lagrangian's gradient in l1 and l2 is (c - t, (c - t)^2), with c the
+    cost `multiplier_cost` names; Adam takes it negated.
+    """
+    cost = metrics["cost" if self.multiplier_cost == run_config.EXPECTED
+                   else f"test_time_{self.kind}_kept"]
+    gap = cost - metrics["target"]
+    grads = Multipliers(gap, gap**2)
     updates, opt_state = self.optimizer.update(jax.tree.map(jnp.negative, grads),
                                                lagrangian.opt_state, lagrangian.multipliers)
     return Lagrangian(optax.apply_updates(lagrangian.multipliers, updates), opt_state)

@@ -116,6 +116,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.fix_gates_after = 0.75
   # Adam's learning rate for the multipliers l1 and l2 (ascent).
   c.multiplier_learning_rate = 0.02
+  # Whose gap to the target the multipliers ascend on: "expected", the cost in
+  # the L0 term, or "test_time", the network the test counts. The gates descend
+  # on the expected cost either way; bounded gates keep it above the test-time one.
+  c.multiplier_cost = EXPECTED
 
   # --- Optimisation -----------------------------------------------------
   c.num_epochs = 180
@@ -207,6 +211,8 @@ CHECKPOINTS = ("best", "last")
 MASKS_FROM_RUN = ("decided", "random_widths")
 MASKS = ("", "l1_norm", "l1_norm_relative", "random", *MASKS_FROM_RUN)
 TARGET_KINDS = ("macs", "params")  # what a budget is a fraction of: config.target_{kind}
+EXPECTED, TEST_TIME = "expected", "test_time"
+MULTIPLIER_COSTS = (EXPECTED, TEST_TIME)  # the costs whose gap a budget's multipliers ascend on
 
 
 def depth(c: ml_collections.ConfigDict) -> int:
@@ -345,6 +351,8 @@ def validate(c: ml_collections.ConfigDict) -> GatePlan:
         f"target_warmup={c.target_warmup} must lie in [0, 1] (a share of the steps)")
   check(0 < c.fix_gates_after <= 1,
         f"fix_gates_after={c.fix_gates_after} must lie in (0, 1] (a share of the epochs)")
+  check(c.multiplier_cost in MULTIPLIER_COSTS,
+        f"multiplier_cost={c.multiplier_cost!r} is not one of {', '.join(MULTIPLIER_COSTS)}")
   check(c.multiplier_learning_rate > 0,
         f"multiplier_learning_rate={c.multiplier_learning_rate} must be > 0")
   check(0 < c.droprate_init < 1, f"droprate_init={c.droprate_init} must lie in (0, 1)")

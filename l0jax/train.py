@@ -50,7 +50,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   """One AdamW step on cross-entropy + lambda_l0 * L0 term, for a uint8 batch.
 
   With a `budget` the L0 term is its Lagrangian instead, and its multipliers
-  take one step of gradient ascent on the same loss. With gates fixed by the
+  take one step of gradient ascent on it (`budgets.Budget.ascend`). With gates fixed by the
   `plan`, or a budget's gates `settled`, the gates act with their test-time
   values and only the cross-entropy is minimised, over the weights alone; with
   `kept` (`pruning.computed_channels`) only those channels are computed. Training gates
@@ -64,7 +64,9 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
   if fixed:
     gate_key = None  # The test-time gates.
 
-  def loss_fn(params, batch_stats, multipliers):
+  multipliers = state.lagrangian and state.lagrangian.multipliers
+
+  def loss_fn(params, batch_stats):
     if fixed:
       params = pruning.stop_gate_gradients(params)
     logits, batch_stats, net = network.apply(params, batch_stats, images, train=True,
@@ -80,15 +82,10 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
     metrics.update(loss=loss, cross_entropy=ce, accuracy=jnp.mean(logits.argmax(-1) == labels))
     return loss, (batch_stats, metrics)
 
-  if budget and not settled:
-    (grads, multiplier_grads), (batch_stats, metrics) = jax.grad(
-        loss_fn, argnums=(0, 2), has_aux=True)(state.params, state.batch_stats,
-                                               state.lagrangian.multipliers)
-    lagrangian = budget.ascend(state.lagrangian, multiplier_grads)
-  else:
-    grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, state.lagrangian and state.lagrangian.multipliers)
-    lagrangian = state.lagrangian
+  grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params,
+                                                                  state.batch_stats)
+  lagrangian = (budget.ascend(state.lagrangian, metrics) if budget and not settled
+                else state.lagrangian)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   if plan.log_alpha_bound and not fixed:

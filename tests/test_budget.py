@@ -11,6 +11,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import tiny_config
@@ -34,18 +35,42 @@ def test_the_term_is_zero_at_the_target_and_its_multipliers_ascend():
   at_target = jax.grad(term)(m, jnp.float32(0.5))
   assert term(m, 0.5) == 0 and at_target.l1 == 0 and at_target.l2 == 0
 
-  b = budgets.Budget("macs", 0.5, warmup_steps=10, settle_epoch=3, learning_rate=0.1)
+  b = budget(run_config.EXPECTED)
   lagrangian = b.init()
   for cost, l1_moves in ((0.7, 1), (0.3, -1)):  # too costly: l1 grows; too cheap: it shrinks
+    after = b.ascend(lagrangian, step_metrics(cost, test_time=0.5))
+    # The step is Adam's on the negated gradient of the term in the multipliers.
     grads = jax.grad(term)(lagrangian.multipliers, jnp.float32(cost))
-    after = b.ascend(lagrangian, grads)
+    updates, _ = b.optimizer.update(jax.tree.map(jnp.negative, grads), lagrangian.opt_state)
+    np.testing.assert_allclose(after.multipliers, optax.apply_updates(lagrangian.multipliers,
+                                                                      updates), rtol=1e-6)
     assert np.sign(after.multipliers.l1 - lagrangian.multipliers.l1) == l1_moves
     assert after.multipliers.l2 > lagrangian.multipliers.l2  # missed either way: stiffer
     lagrangian = after
 
 
+def budget(multiplier_cost: str) -> budgets.Budget:
+  return budgets.Budget("macs", 0.5, warmup_steps=10, settle_epoch=3, learning_rate=0.1,
+                        multiplier_cost=multiplier_cost)
+
+
+def step_metrics(cost: float, test_time: float) -> dict[str, jax.Array]:
+  """What budget_metrics reports at a target of 0.5."""
+  return {"cost": jnp.float32(cost), "test_time_macs_kept": jnp.float32(test_time),
+          "target": jnp.float32(0.5)}
+
+
+@pytest.mark.parametrize("multiplier_cost, l1_moves", [("expected", 1), ("test_time", -1)])
+def test_the_multipliers_ascend_on_the_gap_of_the_cost_named(multiplier_cost, l1_moves):
+  # Bounded gates: the expected cost above the target while the test-time network is below it.
+  b = budget(multiplier_cost)
+  after = b.ascend(b.init(), step_metrics(0.7, test_time=0.3))
+  assert np.sign(after.multipliers.l1) == l1_moves
+
+
 def test_the_target_warms_up_linearly():
-  b = budgets.Budget("macs", 0.25, warmup_steps=100, settle_epoch=3, learning_rate=0.1)
+  b = budgets.Budget("macs", 0.25, warmup_steps=100, settle_epoch=3, learning_rate=0.1,
+                     multiplier_cost=run_config.EXPECTED)
   np.testing.assert_allclose([b.target_at(s) for s in (0, 50, 100, 1000)], [1, 0.625, 0.25, 0.25])
 
 
@@ -227,3 +252,8 @@ def test_a_resumed_run_continues_bitwise_with_its_multipliers(budget_run, tmp_pa
   assert resumed.keys() == reference[last].keys()
   for name, array in reference[last].items():
     np.testing.assert_array_equal(resumed[name], array, err_msg=name)
+
+
+def test_an_unknown_multiplier_cost_is_refused():
+  with pytest.raises(UserError, match="multiplier_cost='exact' is not one of expected, test_time"):
+    run_config.validate(tiny_config(multiplier_cost="exact", target_macs=0.5))
