@@ -3,10 +3,11 @@
   python results/controller_pilot/settling.py
 
 For each budget run here and in ../bound_pilot: the settings the pilots vary; the test-time
-MACs kept the epoch before the gates settled; the gates open then, those settling closed and,
-in a bounded run, how many of these sat at its bound (log_alpha within 1e-4 of it), where
-`budgets.settle` orders tied gates by layer name and index, not by anything training learnt;
-validation before and after settling, and its retrain's at its last epoch.
+MACs kept the epoch before the gates settled; the gates open then, those settling closed (or
+opened, where the controller overshot) and, in a bounded run, how many it closed sat at its
+bound (log_alpha within 1e-4 of it), where `budgets.settle` orders tied gates by layer name
+and index, not by anything training learnt; validation before and after settling, and its
+retrain's at its last epoch.
 """
 
 import json
@@ -41,6 +42,7 @@ for workdir in sorted([*RESULTS.glob("bound_pilot/budget_*"),
   bound = config["log_alpha_bound"]
   before, after = gates(records[SETTLE_EPOCH - 1]), gates(records[SETTLE_EPOCH])
   closed = (before > PRUNE_AT) & (after <= PRUNE_AT)
+  opened = (before <= PRUNE_AT) & (after > PRUNE_AT)  # where the controller overshot
   at_bound = before >= bound - 1e-4 if bound else np.zeros_like(before, bool)
   retrain = history(workdir.with_name(workdir.name.replace("budget_", "retrain_", 1)))
   settings = ", ".join(f"{k} {config[k]}" for k in VARIED)
@@ -50,8 +52,10 @@ for workdir in sorted([*RESULTS.glob("bound_pilot/budget_*"),
         f"{int((before > PRUNE_AT).sum())} of {before.size} gates kept then "
         f"({int((before >= OPEN_AT).sum())} fully open, {int(at_bound.sum())} at the bound); "
         f"settling closed {int(closed.sum())}, {int((closed & at_bound).sum())} of them at the "
-        f"bound; log_alpha of the kept ones: median {np.median(before[before > PRUNE_AT]):.2f}, "
-        f"max {before.max():.2f}; of those it closed: median {np.median(before[closed]):.2f}\n"
+        f"bound, and opened {int(opened.sum())}; log_alpha of the kept ones: median "
+        f"{np.median(before[before > PRUNE_AT]):.2f}, max {before.max():.2f}"
+        + (f"; of those it closed: median {np.median(before[closed]):.2f}" if closed.any() else "")
+        + "\n"
         f"  validation {records[SETTLE_EPOCH - 1]['val_accuracy']:.2%} -> "
         f"{records[SETTLE_EPOCH]['val_accuracy']:.2%} at settling, {records[-1]['val_accuracy']:.2%} "
         f"at its last epoch; retrained: "
