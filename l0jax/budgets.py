@@ -66,7 +66,7 @@ class Budget:
   warmup_steps: int
   settle_epoch: int  # the first epoch trained with the gates settled and fixed
   learning_rate: float
-  multiplier_cost: str  # the cost whose gap the multipliers ascend on: EXPECTED or TEST_TIME
+  multiplier_cost: str = run_config.EXPECTED  # whose gap the multipliers ascend on, or TEST_TIME
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, plan: run_config.GatePlan,
@@ -93,15 +93,17 @@ class Budget:
     progress = jnp.clip(step / max(self.warmup_steps, 1), 0.0, 1.0)
     return 1.0 + (self.target - 1.0) * progress
 
-  def ascend(self, lagrangian: Lagrangian, metrics: Mapping[str, jax.Array]) -> Lagrangian:
-    """One step of gradient *ascent* on the multipliers, from a step's `budget_metrics`.
-
-    The Lagrangian's gradient in l1 and l2 is (c - t, (c - t)^2), with c the
-    cost `multiplier_cost` names; Adam takes it negated.
-    """
-    cost = metrics["cost" if self.multiplier_cost == run_config.EXPECTED
+  def multiplier_cost_of(self, metrics: Mapping[str, jax.Array]) -> jax.Array:
+    """The cost `multiplier_cost` names, from a step's `pruning.budget_metrics`."""
+    return metrics["cost" if self.multiplier_cost == run_config.EXPECTED
                    else f"test_time_{self.kind}_kept"]
-    gap = cost - metrics["target"]
+
+  def ascend(self, lagrangian: Lagrangian, cost: jax.Array, target: jax.Array) -> Lagrangian:
+    """One step of gradient *ascent* on the multipliers at cost `c` and target `t`.
+
+    The Lagrangian term's gradient in l1 and l2 is (c - t, (c - t)^2); Adam takes it negated.
+    """
+    gap = cost - target
     grads = Multipliers(gap, gap**2)
     updates, opt_state = self.optimizer.update(jax.tree.map(jnp.negative, grads),
                                                lagrangian.opt_state, lagrangian.multipliers)

@@ -84,7 +84,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, key: jax
 
   grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params,
                                                                   state.batch_stats)
-  lagrangian = (budget.ascend(state.lagrangian, metrics) if budget and not settled
+  lagrangian = (budget.ascend(state.lagrangian, budget.multiplier_cost_of(metrics),
+                               metrics["target"]) if budget and not settled
                 else state.lagrangian)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
