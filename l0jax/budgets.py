@@ -14,9 +14,9 @@ So no lambda has to be guessed: the multipliers find the pressure that holds
 the cost at `t`. With `multiplier_cost='test_time'` they ascend on the gap of
 the test-time cost instead, while the gates still descend on the expected
 one: bounded gates count each closed channel as 4.7% open in the expected
-cost, so the two part. `t` falls linearly from 1 (the whole network) to the target
-over the first `target_warmup` share of the steps, so that a trained network
-is pruned gradually.
+cost, so the two part. `t` falls linearly from 1 (the whole network) to the
+target over the first `target_warmup` share of the steps, so that a trained
+network is pruned gradually.
 
 The expected cost is not what the test counts (a channel whose test-time
 gate is > 0), and a controller that is still swinging around `t` can stop
