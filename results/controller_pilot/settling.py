@@ -2,12 +2,12 @@
 
   python results/controller_pilot/settling.py
 
-For each budget run here and in ../bound_pilot: the settings the pilots vary; the test-time
-MACs kept the epoch before the gates settled; the gates open then, those settling closed (or
-opened, where the controller overshot) and, in a bounded run, how many it closed sat at its
-bound (log_alpha within 1e-4 of it), where `budgets.settle` orders tied gates by layer name
-and index, not by anything training learnt; validation before and after settling, and its
-retrain's at its last epoch.
+For each budget run here and in ../bound_pilot: the settings the pilots vary; the MACs kept
+the epoch before the gates settled, at test time and expected (the cost the multipliers saw);
+the gates open then, those settling closed (or opened, where the controller overshot) and, in a
+bounded run, how many it closed sat at its bound (log_alpha within 1e-4 of it), where
+`budgets.settle` orders tied gates by layer name and index, not by anything training learnt;
+validation before and after settling, and its retrain's at its last epoch.
 """
 
 import json
@@ -48,7 +48,8 @@ for workdir in sorted([*RESULTS.glob("bound_pilot/budget_*"),
   settings = ", ".join(f"{k} {config[k]}" for k in VARIED)
   print(f"{name} ({settings}):\n"
         f"  MACs kept the epoch before settling "
-        f"{records[SETTLE_EPOCH - 1]['train_test_time_macs_kept']:.1%}; "
+        f"{records[SETTLE_EPOCH - 1]['train_test_time_macs_kept']:.1%} at test time, "
+        f"{records[SETTLE_EPOCH - 1]['train_cost']:.1%} expected; "
         f"{int((before > PRUNE_AT).sum())} of {before.size} gates kept then "
         f"({int((before >= OPEN_AT).sum())} fully open, {int(at_bound.sum())} at the bound); "
         f"settling closed {int(closed.sum())}, {int((closed & at_bound).sum())} of them at the "
