@@ -10,7 +10,10 @@ channels whose filters have the largest L1 norms (Li et al., ICLR 2017),
 channels in a random order, each while they fit the budget; then the
 weights train as in configs/retrain.py, the mask fixed. Give it the budget an
 L0 run realised (its test_metrics.json's macs_kept_fraction) to compare the
-two at the same cost.
+two at the same cost. Or `--config.mask=decided` (or `random_widths`) with
+`--config.mask_from=WORKDIR_OF_A_GATED_RUN --config.target_macs=0`: the
+channels that run's gates kept (or as many in each gated layer, at random),
+on the channels it gated.
 """
 
 from configs import retrain

@@ -9,7 +9,7 @@ instead of the fields.
 """
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import ml_collections
 
@@ -24,11 +24,14 @@ OPEN_AT = math.log(11)
 # would not fit.
 ARCHITECTURE_FIELDS = ("dataset", "model", "depth", "use_gate", "gate_residual", "gate_reduce",
                        "width_multiplier", "synthetic_image_size")
-GATE_FIELDS = ("use_gate", "gate_residual", "gate_reduce")
+GATE_LAYOUT = ("gate_residual", "gate_reduce")  # which channels carry gates, where use_gate
+GATE_FIELDS = ("use_gate", *GATE_LAYOUT)
 # What a run continued from another one (`init_from`, or its own workdir when
 # resuming) takes from that run's config, unless given on the command line:
 # the data and the network's shape, but not its gates (fine-tuning adds them to
-# a baseline). Resuming also keeps the gates and the split.
+# a baseline). A run that keeps init_from's gates also takes their layout, and
+# a mask made from mask_from's gates takes that run's. Resuming also keeps the
+# gates and the split.
 SOURCE_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f not in GATE_FIELDS) + (
     "data_dir", "synthetic_num_train")
 RESUME_FIELDS = SOURCE_FIELDS + GATE_FIELDS + ("val_split",)
@@ -71,7 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
   # the blocks' inner channels.
   c.gate_residual = False
   # googlenet: gates the 3x3 and 5x5 branches' 1x1 reduce layers too, besides
-  # each branch's output, so that a branch can narrow inside.
+  # each branch's output, so that a branch can narrow inside. The resnet and the
+  # vgg have no reduce layers (their gates are on every conv's own channels) and
+  # build the same network either way.
   c.gate_reduce = False
   # Scales every channel count; 1.0 is the network at its published widths.
   c.width_multiplier = 1.0
@@ -226,6 +231,14 @@ def network_name(c: ml_collections.ConfigDict) -> str:
   return f"{name}-{depth(c)}" if depth(c) else name
 
 
+def built(c: ml_collections.ConfigDict, field: str) -> Any:
+  """`c`'s value of an ARCHITECTURE_FIELDS `field` as the network it builds reads it:
+  gate_reduce only where there are reduce layers to gate (a GoogleNet)."""
+  if field == "gate_reduce":
+    return bool(c.get(field)) and c.get("model") == "googlenet"
+  return c.get(field)
+
+
 def _depth_problem(c: ml_collections.ConfigDict) -> str | None:
   """Why `c.depth` is not one of `c.model`'s, or None."""
   if c.depth == 0:
@@ -312,9 +325,8 @@ def validate(c: ml_collections.ConfigDict) -> GatePlan:
   check(not c.gate_residual or (c.model == "resnet" and c.use_gate),
         "gate_residual=True gates a ResNet's stage widths: it needs model='resnet' and "
         "use_gate=True")
-  check(not c.gate_reduce or (c.model == "googlenet" and c.use_gate),
-        "gate_reduce=True gates a GoogleNet's reduce layers: it needs model='googlenet' and "
-        "use_gate=True")
+  check(not c.gate_reduce or c.use_gate,
+        "gate_reduce=True gates a GoogleNet's reduce layers: it needs use_gate=True")
   check(c.lambda_l0 >= 0, f"lambda_l0={c.lambda_l0} must be >= 0")
   for kind in TARGET_KINDS:
     target = c[f"target_{kind}"]

@@ -20,7 +20,7 @@ def architecture_differences(saved: ml_collections.ConfigDict, config: ml_collec
                              fields: Collection[str] = run_config.ARCHITECTURE_FIELDS
                              ) -> list[str]:
   return [f"{f}: {saved.get(f)!r} there, {config.get(f)!r} here" for f in fields
-          if saved.get(f) != config.get(f)]
+          if run_config.built(saved, f) != run_config.built(config, f)]
 
 
 def check_same_network(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -227,24 +227,31 @@ def read_test_metrics(workdir: str | os.PathLike) -> dict[str, Any] | None:
 
 def with_source_fields(workdir: str, config: ml_collections.ConfigDict,
                        given: Collection[str]) -> ml_collections.ConfigDict:
-  """`config` with the data and network of the run it continues, where not `given`.
+  """`config` with the data and network of the runs it continues, where not `given`.
 
   The run continued is the one in `workdir` when resuming (RESUME_FIELDS),
-  else `init_from`'s (SOURCE_FIELDS). A field given on the command line is
-  kept, and checked against the source later (`warm_start.check_same_network`,
-  `warm_start.init_source`).
+  else `init_from`'s (SOURCE_FIELDS, and its GATE_LAYOUT where this run keeps
+  its gates), and for a mask made from a run's gates `mask_from`'s GATE_LAYOUT.
+  A field given on the command line is kept, and checked against the source
+  later (`warm_start.check_same_network`, `warm_start.init_source`,
+  `masks.kept_by`).
   """
   if (epath.Path(workdir) / CONFIG_FILE).is_file():
-    source, fields = workdir, run_config.RESUME_FIELDS
-  elif config.init_from and (epath.Path(config.init_from) / CONFIG_FILE).is_file():
-    source, fields = config.init_from, run_config.SOURCE_FIELDS
+    sources = [(workdir, run_config.RESUME_FIELDS)]
   else:
-    return config
-  saved = load_config(source)
-  taken = {f: saved[f] for f in fields if f not in given and saved[f] != config[f]}
-  if taken:
-    logging.info("From %s: %s.", epath.Path(source) / CONFIG_FILE,
-                 ", ".join(f"{k}={v!r}" for k, v in taken.items()))
-    config = config.copy_and_resolve_references()
-    config.update(taken)
+    keeps_gates = not config.train_gates and not config.mask
+    sources = [(config.init_from, run_config.SOURCE_FIELDS
+                + (run_config.GATE_LAYOUT if keeps_gates else ())),
+               (config.mask_from if config.mask in run_config.MASKS_FROM_RUN else "",
+                run_config.GATE_LAYOUT)]
+  for source, fields in sources:
+    if not (source and (epath.Path(source) / CONFIG_FILE).is_file()):
+      continue
+    saved = load_config(source)
+    taken = {f: saved[f] for f in fields if f not in given and saved[f] != config[f]}
+    if taken:
+      logging.info("From %s: %s.", epath.Path(source) / CONFIG_FILE,
+                   ", ".join(f"{k}={v!r}" for k, v in taken.items()))
+      config = config.copy_and_resolve_references()
+      config.update(taken)
   return config

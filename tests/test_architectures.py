@@ -12,7 +12,7 @@ from flax import nnx
 from conftest import GOOGLENET, run_main, tiny_config, tiny_flags
 from l0jax import run_config
 from l0jax import accounting, analysis, checkpoint_modes, export, googlenet, layers, networks
-from l0jax import resnet, vgg
+from l0jax import resnet, vgg, warm_start
 from l0jax.errors import UserError
 from test_export import randomize
 from test_model import num_params, output_shape
@@ -192,12 +192,22 @@ def test_gate_residual_is_refused_where_there_are_no_residual_gates_to_add(overr
     run_config.validate(tiny_config(gate_residual=True, **overrides))
 
 
-@pytest.mark.parametrize("overrides", [
-    {"model": "resnet", "depth": 8}, {"model": "vgg", "depth": 0}, {**GOOGLENET, "use_gate": False}])
-def test_gate_reduce_is_refused_where_there_are_no_reduce_layers_to_gate(overrides):
+def test_gate_reduce_needs_gates():
   with pytest.raises(UserError, match="gate_reduce=True gates a GoogleNet's reduce layers: it "
-                     "needs model='googlenet' and use_gate=True"):
-    run_config.validate(tiny_config(gate_reduce=True, **overrides))
+                     "needs use_gate=True"):
+    run_config.validate(tiny_config(gate_reduce=True, **GOOGLENET, use_gate=False))
+
+
+@pytest.mark.parametrize("overrides", [{"model": "resnet", "depth": 8}, {"model": "vgg", "depth": 0}])
+def test_gate_reduce_builds_the_same_network_where_there_are_no_reduce_layers(overrides):
+  # So that a recipe can set it for GoogleNets without breaking the others.
+  config = tiny_config(gate_reduce=True, **overrides)
+  run_config.validate(config)
+  graph, _ = networks.channel_graph(config, (8, 8, 3), 10)
+  assert graph == networks.channel_graph(tiny_config(**overrides), (8, 8, 3), 10)[0]
+  assert not warm_start.architecture_differences(tiny_config(**overrides), config)
+  assert warm_start.architecture_differences(tiny_config(**GOOGLENET),
+                                             tiny_config(**GOOGLENET, gate_reduce=True))
 
 
 def test_gate_reduce_gates_each_blocks_reduce_layers_and_counts_them():

@@ -55,6 +55,33 @@ def test_a_continued_run_takes_the_data_and_network_of_its_source(tmp_path):
       "seeded", 0.5, "synthetic")
 
 
+def test_a_run_that_keeps_or_masks_anothers_gates_takes_their_layout(tmp_path):
+  baseline, pruned = tmp_path / "baseline", tmp_path / "pruned"
+  for workdir, config in ((baseline, tiny_config(**GOOGLENET, use_gate=False)),
+                          (pruned, tiny_config(**GOOGLENET, gate_reduce=True))):
+    workdir.mkdir()
+    workdirs.save_config(str(workdir), config)
+  retrain = load_config_file("retrain")
+  retrain.init_from = str(pruned)
+  assert workdirs.with_source_fields(str(tmp_path / "rt"), retrain, given={"init_from"}
+                                     ).gate_reduce
+  mask = load_config_file("mask")
+  mask.update(init_from=str(baseline), mask="decided", mask_from=str(pruned), target_macs=0.0)
+  assert workdirs.with_source_fields(str(tmp_path / "m"), mask,
+                                     given={"init_from", "mask", "mask_from"}).gate_reduce
+  # A mask by a rule, or a budget, gates the layout its own config asks for: the baseline has none.
+  mask.update(mask="random", mask_from="", target_macs=0.5)
+  assert not workdirs.with_source_fields(str(tmp_path / "m"), mask, given={"init_from"}
+                                         ).gate_reduce
+  # Given on the command line, it stays, for init_source to refuse.
+  retrain.gate_reduce = False
+  kept = workdirs.with_source_fields(str(tmp_path / "rt"), retrain,
+                                     given={"init_from", "gate_reduce"})
+  assert not kept.gate_reduce
+  with pytest.raises(UserError, match="is a different network: gate_reduce: True there, False"):
+    warm_start.init_source(str(pruned), kept, with_gates=True)
+
+
 def test_readme_config_table_has_every_field_and_every_recipes_value():
   with open(os.path.join(REPO, "README.md")) as f:
     rows = [line.split("|")[1:3] for line in f if line.startswith("| `")]
