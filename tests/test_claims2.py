@@ -14,14 +14,16 @@ CONTROL = [93.6, 93.5, 93.7, 93.4, 93.6]
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
   """Writes each named run's test accuracies (%, seed by seed) as test_metrics.json files."""
-  monkeypatch.setattr(claims, "RUNS", tmp_path)
+  monkeypatch.setattr(claims, "RUNS", tmp_path / "runs")
+  monkeypatch.setattr(claims, "BOUNDED", tmp_path / "bounded")
   monkeypatch.setattr(claims, "L0_ARM", "decided")
 
   def write(**accuracies):
     for name, values in accuracies.items():
       for seed, accuracy in zip(claims.SEEDS, values):
-        (tmp_path / f"{name}_seed{seed}").mkdir(exist_ok=True)
-        (tmp_path / f"{name}_seed{seed}" / "test_metrics.json").write_text(json.dumps(
+        run = claims.run_dir(name, seed)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "test_metrics.json").write_text(json.dumps(
             {"test_accuracy": accuracy / 100, "macs_kept_fraction": 0.1,
              "params_kept_fraction": 0.2}))
   return write
@@ -75,3 +77,17 @@ def test_c6_and_the_baselines_caveat(runs):
   report = claims.report()
   assert "**Caveat on every claim: the baselines reach 92.86% mean test accuracy" in report
   assert "  - 0.25: retrain - decided (the noisy pruning phase): -1.00 pp [-1.00, -1.00]" in report
+
+
+def test_arm_1b_is_read_from_bounded_and_judged_apart(runs, tmp_path):
+  runs(control=CONTROL, **every_arm(0.1, -3.0), **{"bounded_macs0.1": shifted(CONTROL, -0.2)})
+  assert (tmp_path / "bounded" / "retrain_macs0.1_seed4" / "test_metrics.json").exists()
+  # C4 and C5 stay as registered; C4b and C5b judge arm 1b.
+  assert claims.claim_4().startswith("not met.")
+  assert claims.claim_4(claims.RECIPE_ARM).startswith("met. At 10% of the MACs, bounded - random:")
+  assert claims.claim_5() == "none of the budgets run (not run: 0.25, 0.5, 0.75)"
+  assert claims.claim_5b() == "at 0.1 of the MACs (-0.20 pp [-0.20, -0.20] against the control)"
+  report = claims.report()
+  assert "| 0.1 | 1b. the tool's recipe, pruned then retrained | 93.36% +- 0.11 |" in report
+  assert "  - 0.1: bounded - retrain: +2.80 pp [+2.80, +2.80]" in report
+  assert "  - 0.25: bounded - retrain: not judged yet" in report

@@ -4,7 +4,8 @@
 
 Written and committed before any test number of the protocol existed, so that the rules
 applied are the protocol's: an arm that has not finished for every seed is left out of the
-table, and a claim that needs it is "not judged yet".
+table, and a claim that needs it is "not judged yet". Arm 1b and its claims (C4b, C5b) were
+added by PROTOCOL.md's amendment of 2026-12-07, before any of their runs.
 """
 
 import json
@@ -13,6 +14,7 @@ import pathlib
 from l0jax import stats
 
 RUNS = pathlib.Path(__file__).parent / "runs"
+BOUNDED = pathlib.Path(__file__).parent / "bounded"  # arm 1b's runs, named as arm 1's
 SEEDS = (0, 1, 2, 3, 4)
 BUDGETS = (0.75, 0.5, 0.25, 0.1)
 BASELINE_LEVEL = 93.0  # mean test accuracy (%) the baselines must reach
@@ -22,15 +24,26 @@ ARMS = {"retrain": "1. L0, pruned then retrained", "decided": "2. L0's mask, bas
         "l1_norm_relative": "4. L1-norm relative"}
 # The L0 arm the claims name, as the pilot fixed it (PROTOCOL.md, "Fixed by the pilot").
 L0_ARM = "retrain"
+# Arm 1b (the amendment): the tool's recipe, pruned then retrained, at the budgets it runs at.
+RECIPE_ARM, RECIPE = "bounded", "1b. the tool's recipe, pruned then retrained"
+RECIPE_BUDGETS = (0.25, 0.1)
 
 
 def run_name(arm: str, budget: float) -> str:
   return f"{arm}_macs{budget}"
 
 
+def run_dir(name: str, seed: int) -> pathlib.Path:
+  """The folder of `name`'s run of `seed`: arm 1b's (`bounded_macs{b}`) is bounded/'s
+  `retrain_macs{b}`."""
+  if name.startswith(f"{RECIPE_ARM}_"):
+    return BOUNDED / f"retrain_{name.removeprefix(f'{RECIPE_ARM}_')}_seed{seed}"
+  return RUNS / f"{name}_seed{seed}"
+
+
 def metrics(name: str) -> list[dict] | None:
   """Each seed's test metrics of the run `name`, or None if some seed has not finished."""
-  files = [RUNS / f"{name}_seed{s}" / "test_metrics.json" for s in SEEDS]
+  files = [run_dir(name, s) / "test_metrics.json" for s in SEEDS]
   return [json.loads(f.read_text()) for f in files] if all(f.exists() for f in files) else None
 
 
@@ -58,7 +71,7 @@ def table() -> list[str]:
       acc = stats.spread([100 * m["test_accuracy"] for m in found])
       lines.append(f"| | {name} | {acc.mean:.2f}% +- {acc.sd:.2f} | 100% | 100% | |")
   for budget in BUDGETS:
-    for arm, what in ARMS.items():
+    for arm, what in {**ARMS, RECIPE_ARM: RECIPE}.items():
       found = metrics(run_name(arm, budget))
       if not found:
         continue
@@ -71,16 +84,18 @@ def table() -> list[str]:
   return lines
 
 
-def claim_4() -> str:
-  if L0_ARM is None:
+def claim_4(arm: str = "") -> str:
+  """C4 of the L0 arm, or of `arm` (C4b: RECIPE_ARM)."""
+  arm = arm or L0_ARM
+  if arm is None:
     return "not judged yet: the pilot has not named the L0 arm"
   parts, met = [], []
   for other in ("random", "l1_norm_relative"):
-    i = interval(run_name(L0_ARM, 0.1), run_name(other, 0.1))
+    i = interval(run_name(arm, 0.1), run_name(other, 0.1))
     if i is None:
-      return f"not judged yet: {L0_ARM} or {other} at 0.1 has not finished for every seed"
+      return f"not judged yet: {arm} or {other} at 0.1 has not finished for every seed"
     met.append(i.low > 0)
-    parts.append(f"{L0_ARM} - {other}: {said(i)}")
+    parts.append(f"{arm} - {other}: {said(i)}")
   return f"{'met' if all(met) else 'not met'}. At 10% of the MACs, " + "; ".join(parts)
 
 
@@ -99,11 +114,35 @@ def claim_5() -> str:
       i = interval(run_name(arm, budget), "control")
       if i is None:
         return f"not judged yet: {run_name(arm, budget)} or the control is unfinished"
-      if i.mean >= -C5_MARGIN and i.low >= -C5_MARGIN:
+      if within_margin(i):
         within.append(f"{ARMS[arm]} ({said(i)} against the control)")
     if within:
       return f"at {budget} of the MACs: " + "; ".join(within) + not_run
   return "none of the budgets run" + not_run
+
+
+def within_margin(i: stats.Interval) -> bool:
+  return i.mean >= -C5_MARGIN and i.low >= -C5_MARGIN
+
+
+def claim_5b() -> str:
+  """The largest reduction at which arm 1b is within the margin of the control."""
+  for budget in sorted(RECIPE_BUDGETS):
+    i = interval(run_name(RECIPE_ARM, budget), "control")
+    if i is None:
+      return f"not judged yet: {run_name(RECIPE_ARM, budget)} or the control is unfinished"
+    if within_margin(i):
+      return f"at {budget} of the MACs ({said(i)} against the control)"
+  return f"at none of {', '.join(map(str, sorted(RECIPE_BUDGETS)))}"
+
+
+def recipe_against_arm_1() -> list[str]:
+  """What the recipe's changes gave (descriptive): arm 1b - arm 1 at each of its budgets."""
+  lines = []
+  for budget in RECIPE_BUDGETS:
+    i = interval(run_name(RECIPE_ARM, budget), run_name("retrain", budget))
+    lines.append(f"  - {budget}: {RECIPE_ARM} - retrain: {said(i) if i else 'not judged yet'}")
+  return lines
 
 
 def claim_6() -> list[str]:
@@ -133,7 +172,14 @@ def report() -> str:
                       f"10%): {claim_4()}",
                       f"- **C5** (same accuracy, within {C5_MARGIN} pp of the control): "
                       f"{claim_5()}",
-                      "- **C6** (why; paired differences):", *claim_6()]
+                      "- **C6** (why; paired differences):", *claim_6(), "",
+                      "Added by the amendment of 2026-12-07 (arm 1b, `bounded/`):", "",
+                      f"- **C4b** (arm 1b beats uniform random and L1-norm relative at 10%): "
+                      f"{claim_4(RECIPE_ARM)}",
+                      f"- **C5b** (arm 1b within {C5_MARGIN} pp of the control, largest "
+                      f"reduction): {claim_5b()}",
+                      "- arm 1b - arm 1 (what the recipe's changes gave; paired differences):",
+                      *recipe_against_arm_1()]
   return "\n".join(lines) + "\n"
 
 

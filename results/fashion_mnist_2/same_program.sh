@@ -1,7 +1,8 @@
 #!/bin/bash
 # Whether the checkout this runs from trains as f511257 did: budget_macs0.1_seed0's command
-# (its sweep.log's first line) with log_alpha_bound 0, as registered, into a scratch workdir,
-# stopped after its first epoch, whose history record is compared with the committed one.
+# (its sweep.log's first line) with the recipe's values added since f511257 set as registered
+# (`registered`), into a scratch workdir, stopped after its first epoch, whose history record is
+# compared with the committed one.
 #   results/fashion_mnist_2/same_program.sh > results/fashion_mnist_2/same_program.txt
 set -eu
 cd "$(dirname "$0")/../.."
@@ -12,9 +13,10 @@ trap 'rm -rf "$work"' EXIT
 args=$(head -1 "$run/sweep.log" | sed -e 's/^\$ [^ ]* [^ ]*main.py //' \
     -e "s|--config=[^ ]*/configs/|--config=configs/|" -e "s|--workdir=[^ ]*|--workdir=$work/run|" \
     -e "s|init_from=[^ ]*/runs/|init_from=$here/runs/|")
-eval "set -- $args"
-echo "at $(git rev-parse --short HEAD): python main.py $* --config.log_alpha_bound=0"
-python main.py "$@" --config.log_alpha_bound=0 > "$work/console.log" 2>&1 &
+registered="--config.log_alpha_bound=0 --config.gate_reduce=False"
+eval "set -- $args $registered"
+echo "at $(git rev-parse --short HEAD): python main.py $*"
+python main.py "$@" > "$work/console.log" 2>&1 &
 pid=$!
 until [ -s "$work/run/history.jsonl" ] || ! kill -0 $pid 2> /dev/null; do sleep 5; done
 kill -TERM $pid 2> /dev/null || true
