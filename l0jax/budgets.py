@@ -177,25 +177,33 @@ def gate_travel(log_alphas: Mapping[str, np.ndarray], droprate_init: float) -> t
   return said, furthest >= STILL
 
 
-# Settling more than this share above the target closes at once channels that training had not
-# chosen to close; such runs retrain worse than those whose controller got to the target first.
-LATE = 0.1
+# Settling more than this share from the target changes at once channels that training had not
+# chosen to change; such runs retrain worse than those whose controller got to the target first.
+OFF_TARGET = 0.1
 
 
-def late_settling(kept_before: float, target: float, closed: int, kind: str,
-                  bounded: bool) -> str | None:
+def settling_off_target(kept_before: float, budget: Budget, closed: int, opened: int,
+                        bounded: bool) -> str | None:
   """A warning if the gates settled while the test-time cost `kept_before` was still more than
-  LATE above `target` (the controller had not got there), else None. Unbounded gates (no
-  log_alpha_bound) are one known cause: the open ones climb out of the controller's reach."""
-  if kept_before <= target * (1 + LATE):
-    return None
-  unbounded = ("" if bounded else ", and hold the open gates within its reach "
-               "(log_alpha_bound; configs/prune_to_budget.py sets 4.6)")
-  return (f"The controller had not brought the network to its target when the gates settled "
-          f"(test-time {kind} kept {kept_before:.4f}, target {target:g}), so settling closed "
-          f"{closed} channels at once, which training had not chosen to close; give the pruning "
-          f"more epochs before the gates settle (num_epochs, fix_gates_after, target_warmup)"
-          f"{unbounded}")
+  OFF_TARGET above the budget's target (the controller had not got there) or below it (it had
+  gone past), else None, with the known causes of each."""
+  kind, target = budget.kind, budget.target
+  said = f"(test-time {kind} kept {kept_before:.4f}, target {target:g})"
+  if kept_before > target * (1 + OFF_TARGET):
+    unbounded = ("" if bounded else ", and hold the open gates within its reach "
+                 "(log_alpha_bound; configs/prune_to_budget.py sets 4.6)")
+    return (f"The controller had not brought the network to its target when the gates settled "
+            f"{said}, so settling closed {closed} channels at once, which training had not "
+            f"chosen to close; give the pruning more epochs before the gates settle (num_epochs, "
+            f"fix_gates_after, target_warmup){unbounded}")
+  if kept_before < target * (1 - OFF_TARGET):
+    expected = ("; the multipliers ascend on the expected cost, which bounded gates hold above "
+                "the test-time one (multiplier_cost='test_time' ascends on the test-time cost)"
+                if bounded and budget.multiplier_cost == run_config.EXPECTED else "")
+    return (f"The controller had taken the network past its target when the gates settled "
+            f"{said}, so settling opened {opened} channels that training had closed; the "
+            f"multipliers learn too fast (multiplier_learning_rate){expected}")
+  return None
 
 
 def lowest_kept_fractions(graph: graphs.Graph) -> dict[str, float]:

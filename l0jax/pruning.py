@@ -109,16 +109,16 @@ def settle_gates(network: Network, budget: budgets.Budget, params: nnx.State,
   cost = {when: accounting.kept_fractions(graph, accounting.deterministic_kept(las))[budget.kind]
           for when, las in (("before", before), ("after", after))}
   changed = lambda a, b: sum(int(np.sum(kept[a][k] & ~kept[b][k])) for k in before)
-  closed = changed("before", "after")
+  closed, opened = changed("before", "after"), changed("after", "before")
   logging.info("Gates settled for the budget: test-time %s kept %.4f -> %.4f (target %g); "
                "%d channels closed, %d opened; from now on they are fixed.", budget.kind,
-               cost["before"], cost["after"], budget.target, closed, changed("after", "before"))
+               cost["before"], cost["after"], budget.target, closed, opened)
   travel, moved = budgets.gate_travel(before, droprate_init)
   (logging.info if moved else logging.warning)("%s.", travel[0].upper() + travel[1:])
-  late = budgets.late_settling(cost["before"], budget.target, closed, budget.kind,
-                               bounded=bool(log_alpha_bound))
-  if late:
-    logging.warning("%s.", late)
+  off_target = budgets.settling_off_target(cost["before"], budget, closed, opened,
+                                           bounded=bool(log_alpha_bound))
+  if off_target:
+    logging.warning("%s.", off_target)
   if cost["after"] > budget.target:
     logging.warning("The settled gates keep %.4f of the %s, above the target %g: closing more "
                     "would disconnect the network.", cost["after"], budget.kind, budget.target)

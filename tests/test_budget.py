@@ -5,6 +5,7 @@ gates travel far enough in a few hundred steps; it is trained once per module
 and then tested, analysed and resumed.
 """
 
+import dataclasses
 import json
 import shutil
 
@@ -169,13 +170,23 @@ def test_the_gates_travel_is_said_and_gates_that_stayed_put_are_flagged():
   assert moved and "the furthest moved 3.00" in travelled and "barely" not in travelled
 
 
-def test_a_late_settling_far_above_the_target_is_flagged():
+def test_settling_far_from_the_target_is_flagged_with_its_causes():
+  budget = budgets.Budget("macs", 0.25, warmup_steps=0, settle_epoch=1, learning_rate=0.02)
   # Far above the target when the gates settle, and near it.
-  late = budgets.late_settling(0.312, 0.25, 46, "macs", bounded=True)
-  assert "test-time macs kept 0.3120, target 0.25" in late and "closed 46 channels" in late
-  assert "log_alpha_bound" not in late
-  assert "log_alpha_bound" in budgets.late_settling(0.312, 0.25, 46, "macs", bounded=False)
-  assert budgets.late_settling(0.259, 0.25, 7, "macs", bounded=False) is None
+  late = budgets.settling_off_target(0.312, budget, 46, 0, bounded=True)
+  assert "had not brought the network" in late and "test-time macs kept 0.3120, target 0.25" in late
+  assert "closed 46 channels" in late and "log_alpha_bound" not in late
+  assert "log_alpha_bound" in budgets.settling_off_target(0.312, budget, 46, 0, bounded=False)
+  assert budgets.settling_off_target(0.259, budget, 7, 0, bounded=False) is None
+  assert budgets.settling_off_target(0.241, budget, 0, 5, bounded=True) is None
+  # Far below: past the target. Bounded gates aim low where the multipliers see the expected cost.
+  past = budgets.settling_off_target(0.163, budget, 0, 52, bounded=True)
+  assert "had taken the network past its target" in past and "opened 52 channels" in past
+  assert "multiplier_learning_rate" in past and "multiplier_cost='test_time'" in past
+  held = dataclasses.replace(budget, multiplier_cost=run_config.TEST_TIME)
+  for quiet in (budgets.settling_off_target(0.163, held, 0, 52, bounded=True),
+                budgets.settling_off_target(0.163, budget, 0, 52, bounded=False)):
+    assert "multiplier_learning_rate" in quiet and "multiplier_cost" not in quiet
 
 
 # Pruned from scratch (droprate_init 0.5) at a learning rate that lets the
