@@ -14,6 +14,10 @@ two at the same cost. Or `--config.mask=decided` (or `random_widths`) with
 `--config.mask_from=WORKDIR_OF_A_GATED_RUN --config.target_macs=0`: the
 channels that run's gates kept (or as many in each gated layer, at random),
 on the channels it gated.
+
+A GoogleNet's 1x1 reduce layers are gated (`gate_reduce`), as in
+configs/prune_to_budget.py, so that a mask at an L0 run's cost chooses among
+the same channels.
 """
 
 from configs import retrain
@@ -24,4 +28,5 @@ def get_config(arg: str | None = None):
   c = retrain.get_config()
   c.mask = "l1_norm"
   c.target_macs = 0.5
+  c.gate_reduce = True
   return run_config.variant(c, arg)

@@ -79,15 +79,21 @@ def test_c6_and_the_baselines_caveat(runs):
   assert "  - 0.25: retrain - decided (the noisy pruning phase): -1.00 pp [-1.00, -1.00]" in report
 
 
-def test_arm_1b_is_read_from_bounded_and_judged_apart(runs, tmp_path):
-  runs(control=CONTROL, **every_arm(0.1, -3.0), **{"bounded_macs0.1": shifted(CONTROL, -0.2)})
+def test_arms_1b_and_4b_are_read_from_bounded_and_judged_apart(runs, tmp_path):
+  runs(control=CONTROL, **every_arm(0.1, -3.0), **{
+      "bounded/retrain_macs0.1": shifted(CONTROL, -0.2),
+      "bounded/random_macs0.1": shifted(CONTROL, -1.0),
+      "bounded/l1_norm_relative_macs0.1": shifted(CONTROL, -0.1)})
   assert (tmp_path / "bounded" / "retrain_macs0.1_seed4" / "test_metrics.json").exists()
-  # C4 and C5 stay as registered; C4b and C5b judge arm 1b.
+  # C4 and C5 stay as registered; C4b and C5b judge arm 1b, C4b against the arms 4b.
   assert claims.claim_4().startswith("not met.")
-  assert claims.claim_4(claims.RECIPE_ARM).startswith("met. At 10% of the MACs, bounded - random:")
+  c4b = claims.claim_4(claims.RECIPE_ARM, "bounded/")
+  assert c4b.startswith("not met. At 10% of the MACs, bounded/retrain - bounded/random: +0.80 pp")
+  assert "bounded/retrain - bounded/l1_norm_relative: -0.10 pp" in c4b
   assert claims.claim_5() == "none of the budgets run (not run: 0.25, 0.5, 0.75)"
   assert claims.claim_5b() == "at 0.1 of the MACs (-0.20 pp [-0.20, -0.20] against the control)"
   report = claims.report()
   assert "| 0.1 | 1b. the tool's recipe, pruned then retrained | 93.36% +- 0.11 |" in report
-  assert "  - 0.1: bounded - retrain: +2.80 pp [+2.80, +2.80]" in report
-  assert "  - 0.25: bounded - retrain: not judged yet" in report
+  assert "| 0.1 | 4b. uniform random, as 1b gates | 92.56% +- 0.11 |" in report
+  assert "  - 0.1: bounded/retrain - retrain: +2.80 pp [+2.80, +2.80]" in report
+  assert "  - 0.25: bounded/retrain - retrain: not judged yet" in report

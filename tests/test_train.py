@@ -69,10 +69,12 @@ def test_a_run_that_keeps_or_masks_anothers_gates_takes_their_layout(tmp_path):
   mask.update(init_from=str(baseline), mask="decided", mask_from=str(pruned), target_macs=0.0)
   assert workdirs.with_source_fields(str(tmp_path / "m"), mask,
                                      given={"init_from", "mask", "mask_from"}).gate_reduce
-  # A mask by a rule, or a budget, gates the layout its own config asks for: the baseline has none.
+  # A mask by a rule gates what its own config asks for, not what the baseline had (none).
   mask.update(mask="random", mask_from="", target_macs=0.5)
-  assert not workdirs.with_source_fields(str(tmp_path / "m"), mask, given={"init_from"}
-                                         ).gate_reduce
+  for gate_reduce in (True, False):
+    mask.gate_reduce = gate_reduce
+    assert workdirs.with_source_fields(str(tmp_path / "m"), mask, given={"init_from"}
+                                       ).gate_reduce == gate_reduce
   # Given on the command line, it stays, for init_source to refuse.
   retrain.gate_reduce = False
   kept = workdirs.with_source_fields(str(tmp_path / "rt"), retrain,

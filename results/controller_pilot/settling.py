@@ -19,7 +19,8 @@ import numpy as np
 RESULTS = pathlib.Path(__file__).parent.parent
 OPEN_AT, PRUNE_AT = math.log(11), -math.log(11)
 SETTLE_EPOCH = 8  # round(0.75 * 10), as run_config.gate_plan makes it
-VARIED = ("log_alpha_bound", "multiplier_learning_rate", "gate_reduce")
+VARIED = ("log_alpha_bound", "multiplier_learning_rate", "gate_reduce", "multiplier_cost")
+BEFORE = {"multiplier_cost": "expected"}  # what runs made before a field existed did
 
 
 def gates(record: dict) -> np.ndarray:
@@ -45,7 +46,7 @@ for workdir in sorted([*RESULTS.glob("bound_pilot/budget_*"),
   opened = (before <= PRUNE_AT) & (after > PRUNE_AT)  # where the controller overshot
   at_bound = before >= bound - 1e-4 if bound else np.zeros_like(before, bool)
   retrain = history(workdir.with_name(workdir.name.replace("budget_", "retrain_", 1)))
-  settings = ", ".join(f"{k} {config[k]}" for k in VARIED)
+  settings = ", ".join(f"{k} {config.get(k, BEFORE.get(k))}" for k in VARIED)
   print(f"{name} ({settings}):\n"
         f"  MACs kept the epoch before settling "
         f"{records[SETTLE_EPOCH - 1]['train_test_time_macs_kept']:.1%} at test time, "

@@ -4,8 +4,8 @@
 
 Written and committed before any test number of the protocol existed, so that the rules
 applied are the protocol's: an arm that has not finished for every seed is left out of the
-table, and a claim that needs it is "not judged yet". Arm 1b and its claims (C4b, C5b) were
-added by PROTOCOL.md's amendment of 2026-12-07, before any of their runs.
+table, and a claim that needs it is "not judged yet". Arms 1b and 4b and their claims (C4b,
+C5b) were added by PROTOCOL.md's amendment of 2026-12-07, before any of their runs.
 """
 
 import json
@@ -14,7 +14,7 @@ import pathlib
 from l0jax import stats
 
 RUNS = pathlib.Path(__file__).parent / "runs"
-BOUNDED = pathlib.Path(__file__).parent / "bounded"  # arm 1b's runs, named as arm 1's
+BOUNDED = pathlib.Path(__file__).parent / "bounded"  # the runs of arms 1b and 4b
 SEEDS = (0, 1, 2, 3, 4)
 BUDGETS = (0.75, 0.5, 0.25, 0.1)
 BASELINE_LEVEL = 93.0  # mean test accuracy (%) the baselines must reach
@@ -24,8 +24,12 @@ ARMS = {"retrain": "1. L0, pruned then retrained", "decided": "2. L0's mask, bas
         "l1_norm_relative": "4. L1-norm relative"}
 # The L0 arm the claims name, as the pilot fixed it (PROTOCOL.md, "Fixed by the pilot").
 L0_ARM = "retrain"
-# Arm 1b (the amendment): the tool's recipe, pruned then retrained, at the budgets it runs at.
-RECIPE_ARM, RECIPE = "bounded", "1b. the tool's recipe, pruned then retrained"
+# The amendment's arms, in bounded/ (their names say so), at the budgets they run at: the tool's
+# recipe, and the simple methods at its cost with the same channels gated.
+RECIPE_ARM = "bounded/retrain"
+RECIPE_ARMS = {RECIPE_ARM: "1b. the tool's recipe, pruned then retrained",
+               "bounded/random": "4b. uniform random, as 1b gates",
+               "bounded/l1_norm_relative": "4b. L1-norm relative, as 1b gates"}
 RECIPE_BUDGETS = (0.25, 0.1)
 
 
@@ -34,10 +38,9 @@ def run_name(arm: str, budget: float) -> str:
 
 
 def run_dir(name: str, seed: int) -> pathlib.Path:
-  """The folder of `name`'s run of `seed`: arm 1b's (`bounded_macs{b}`) is bounded/'s
-  `retrain_macs{b}`."""
-  if name.startswith(f"{RECIPE_ARM}_"):
-    return BOUNDED / f"retrain_{name.removeprefix(f'{RECIPE_ARM}_')}_seed{seed}"
+  """The folder of `name`'s run of `seed`: in runs/, or in bounded/ if `name` says so."""
+  if name.startswith("bounded/"):
+    return BOUNDED / f"{name.removeprefix('bounded/')}_seed{seed}"
   return RUNS / f"{name}_seed{seed}"
 
 
@@ -71,7 +74,7 @@ def table() -> list[str]:
       acc = stats.spread([100 * m["test_accuracy"] for m in found])
       lines.append(f"| | {name} | {acc.mean:.2f}% +- {acc.sd:.2f} | 100% | 100% | |")
   for budget in BUDGETS:
-    for arm, what in {**ARMS, RECIPE_ARM: RECIPE}.items():
+    for arm, what in {**ARMS, **RECIPE_ARMS}.items():
       found = metrics(run_name(arm, budget))
       if not found:
         continue
@@ -84,13 +87,13 @@ def table() -> list[str]:
   return lines
 
 
-def claim_4(arm: str = "") -> str:
-  """C4 of the L0 arm, or of `arm` (C4b: RECIPE_ARM)."""
+def claim_4(arm: str = "", folder: str = "") -> str:
+  """C4 of the L0 arm, or C4b: of `arm` against the simple methods in `folder` ("bounded/")."""
   arm = arm or L0_ARM
   if arm is None:
     return "not judged yet: the pilot has not named the L0 arm"
   parts, met = [], []
-  for other in ("random", "l1_norm_relative"):
+  for other in (f"{folder}random", f"{folder}l1_norm_relative"):
     i = interval(run_name(arm, 0.1), run_name(other, 0.1))
     if i is None:
       return f"not judged yet: {arm} or {other} at 0.1 has not finished for every seed"
@@ -173,9 +176,9 @@ def report() -> str:
                       f"- **C5** (same accuracy, within {C5_MARGIN} pp of the control): "
                       f"{claim_5()}",
                       "- **C6** (why; paired differences):", *claim_6(), "",
-                      "Added by the amendment of 2026-12-07 (arm 1b, `bounded/`):", "",
-                      f"- **C4b** (arm 1b beats uniform random and L1-norm relative at 10%): "
-                      f"{claim_4(RECIPE_ARM)}",
+                      "Added by the amendment of 2026-12-07 (arms 1b and 4b, `bounded/`):", "",
+                      f"- **C4b** (arm 1b beats arms 4b, uniform random and L1-norm relative "
+                      f"gating the same channels, at 10%): {claim_4(RECIPE_ARM, 'bounded/')}",
                       f"- **C5b** (arm 1b within {C5_MARGIN} pp of the control, largest "
                       f"reduction): {claim_5b()}",
                       "- arm 1b - arm 1 (what the recipe's changes gave; paired differences):",

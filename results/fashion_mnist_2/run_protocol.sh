@@ -4,7 +4,8 @@
 #   run_protocol.sh baselines         # seeds 3 and 4's baselines (seeds 0-2's are protocol 1's, copied)
 #   run_protocol.sh budget B S F      # every arm at B of the MACs, seeds 0-4; the pilot's S and F
 #   run_protocol.sh equal B S F       # if F = 10: arms 2-4 for R epochs, into equal_retraining/
-#   run_protocol.sh bounded B S F     # arm 1b (the amendment): this checkout's recipe, into bounded/
+#   run_protocol.sh bounded B S F     # arms 1b and 4b (the amendment): this checkout's recipes,
+#                                     # into bounded/
 # Stopped (SIGTERM, Ctrl-C, the end of a session), a step goes on where it stopped when started
 # again with the same command.
 set -eu
@@ -75,17 +76,21 @@ case ${1:-} in
         --budget.gate_lr_scale="$s" $(masks $r) ;;
   bounded)
     # Arm 1b: configs/prune_to_budget.py and configs/retrain.py as this checkout has them, with
-    # arm 1's flags; from the main sweep's baselines (linked), so only arm 1b trains here.
+    # arm 1's flags; arms 4b: configs/mask.py's, at the MACs arm 1b realised, with arm 4's. From
+    # the main sweep's baselines (linked), so only arms 1b and 4b train here.
     b=$2 s=$3 f=$4
     dir=$here/bounded
     mkdir -p "$dir"
     for seed in 0 1 2 3 4; do
       [ -e "$dir/baseline_seed$seed" ] || ln -s "../runs/baseline_seed$seed" "$dir/baseline_seed$seed"
     done
+    # shellcheck disable=SC2046
     sweep "$dir" --seeds=0,1,2,3,4 --target_macs="$b" --retrain_budgets \
+        --masks=random,l1_norm_relative \
         --budget.num_epochs="$f" "--budget.lr_milestones=$(milestones "$f")" \
         --budget.gate_lr_scale="$s" \
-        --retrain.num_epochs=$r "--retrain.lr_milestones=$(milestones $r)" ;;
+        --retrain.num_epochs=$r "--retrain.lr_milestones=$(milestones $r)" \
+        $(masks $((f + r))) ;;
   *)
     echo "usage: run_protocol.sh baselines | budget B S F | equal B S F | bounded B S F" >&2
     exit 2 ;;
