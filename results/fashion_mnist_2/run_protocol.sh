@@ -77,15 +77,20 @@ case ${1:-} in
   bounded)
     # Arm 1b: configs/prune_to_budget.py and configs/retrain.py as this checkout has them, with
     # arm 1's flags; arms 4b: configs/mask.py's, at the MACs arm 1b realised, with arm 4's. From
-    # the main sweep's baselines (linked), so only arms 1b and 4b train here.
+    # the main sweep's baselines (linked), so only arms 1b and 4b train here: a seed only once
+    # its baseline has finished there (run it again later for the others).
     b=$2 s=$3 f=$4
     dir=$here/bounded
     mkdir -p "$dir"
+    seeds=
     for seed in 0 1 2 3 4; do
+      [ -e "$runs/baseline_seed$seed/test_metrics.json" ] || continue
+      seeds=$seeds${seeds:+,}$seed
       [ -e "$dir/baseline_seed$seed" ] || ln -s "../runs/baseline_seed$seed" "$dir/baseline_seed$seed"
     done
+    echo "bounded $b: seeds $seeds (those whose baseline has finished)" >&2
     # shellcheck disable=SC2046
-    sweep "$dir" --seeds=0,1,2,3,4 --target_macs="$b" --retrain_budgets \
+    sweep "$dir" --seeds="$seeds" --target_macs="$b" --retrain_budgets \
         --masks=random,l1_norm_relative \
         --budget.num_epochs="$f" "--budget.lr_milestones=$(milestones "$f")" \
         --budget.gate_lr_scale="$s" \
