@@ -189,6 +189,21 @@ def test_settling_far_from_the_target_is_flagged_with_its_causes():
     assert "multiplier_learning_rate" in quiet and "multiplier_cost" not in quiet
 
 
+def test_the_analysis_says_when_settling_was_far_from_the_target():
+  config = tiny_config(**RUN)
+  plan = run_config.gate_plan(config)
+  def record(epoch, cost, log_alphas):
+    return {"epoch": epoch, "train_test_time_macs_kept": cost, "val_accuracy": 0.5,
+            "log_alpha": {"a": log_alphas}}
+  # Past the target: settling opened the second channel.
+  history = [record(plan.settle_epoch - 1, 0.8 * TARGET, [3.0, -5.0, -5.0]),
+             record(plan.settle_epoch, TARGET, [3.0, 2.4, -5.0])]
+  said = analysis._settling_lines(config, plan, history)[-1]
+  assert "past its target" in said and "settling opened 1 channels" in said
+  history[0]["train_test_time_macs_kept"] = TARGET
+  assert "The controller" not in analysis._settling_lines(config, plan, history)[-1]
+
+
 # Pruned from scratch (droprate_init 0.5) at a learning rate that lets the
 # gates travel in a few hundred steps; the last of 3 epochs settled.
 RUN = dict(target_macs=TARGET, synthetic_num_train=2048, num_epochs=3, learning_rate=0.05,
