@@ -109,13 +109,11 @@ def _settling_lines(config: ml_collections.ConfigDict, plan: run_config.GatePlan
   travel, _ = budgets.gate_travel(before["log_alpha"], config.droprate_init)
   kind, target = plan.target
   cost = before[f"train_test_time_{kind}_kept"]
-  kept = [{k: np.asarray(gates.test_gate(v)) > 0 for k, v in _arrays(h["log_alpha"]).items()}
-          for h in (before, after)]
-  changed = lambda a, b: sum(int(np.sum(kept[a][k] & ~kept[b][k])) for k in kept[0])
+  closed, opened = budgets.channels_changed(before["log_alpha"], after["log_alpha"])
   # The budget's schedule is not read here, only its target and its multipliers' cost.
   off_target = budgets.settling_off_target(
-      cost, budgets.Budget.from_config(config, plan, epoch_steps=0), closed=changed(0, 1),
-      opened=changed(1, 0), bounded=bool(config.log_alpha_bound))
+      cost, budgets.Budget.from_config(config, plan, epoch_steps=0), closed, opened,
+      bounded=bool(config.log_alpha_bound))
   return ["", f"The gates settled for the budget at the start of epoch {settled + 1}: "
           f"{travel}. The test-time network kept {run_figures.percent(cost)} of the "
           f"{'MACs' if kind == 'macs' else 'parameters'} then (target "

@@ -206,6 +206,16 @@ def settling_off_target(kept_before: float, budget: Budget, closed: int, opened:
   return None
 
 
+def channels_changed(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray]
+                     ) -> tuple[int, int]:
+  """How many channels kept at test time under the gates `before` are not `after` (closed),
+  and the other way (opened)."""
+  kept = [{k: np.asarray(gates.test_gate(np.asarray(v, np.float32))) > 0 for k, v in las.items()}
+          for las in (before, after)]
+  changed = lambda a, b: sum(int(np.sum(kept[a][k] & ~kept[b][k])) for k in kept[0])
+  return changed(0, 1), changed(1, 0)
+
+
 def lowest_kept_fractions(graph: graphs.Graph) -> dict[str, float]:
   """The smallest kept fractions any gate state reaches: every gate closed."""
   return accounting.kept_fractions(graph, accounting.all_closed(graph))

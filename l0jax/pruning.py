@@ -104,12 +104,9 @@ def settle_gates(network: Network, budget: budgets.Budget, params: nnx.State,
   graph = network.graph
   before = log_alphas_of(network, params, batch_stats)
   after = budgets.settle(before, budget.kind, budget.target, graph)
-  kept = {when: {k: np.asarray(gates.test_gate(v)) > 0 for k, v in las.items()}
-          for when, las in (("before", before), ("after", after))}
   cost = {when: accounting.kept_fractions(graph, accounting.deterministic_kept(las))[budget.kind]
           for when, las in (("before", before), ("after", after))}
-  changed = lambda a, b: sum(int(np.sum(kept[a][k] & ~kept[b][k])) for k in before)
-  closed, opened = changed("before", "after"), changed("after", "before")
+  closed, opened = budgets.channels_changed(before, after)
   logging.info("Gates settled for the budget: test-time %s kept %.4f -> %.4f (target %g); "
                "%d channels closed, %d opened; from now on they are fixed.", budget.kind,
                cost["before"], cost["after"], budget.target, closed, opened)

@@ -239,7 +239,7 @@ def with_source_fields(workdir: str, config: ml_collections.ConfigDict,
   if (epath.Path(workdir) / CONFIG_FILE).is_file():
     sources = [(workdir, run_config.RESUME_FIELDS)]
   else:
-    keeps_gates = not config.train_gates and not config.mask
+    keeps_gates = run_config.gate_plan(config).gates == run_config.RETRAIN
     sources = [(config.init_from, run_config.SOURCE_FIELDS
                 + (run_config.GATE_LAYOUT if keeps_gates else ())),
                (config.mask_from if config.mask in run_config.MASKS_FROM_RUN else "",
