@@ -16,6 +16,7 @@ def runs(tmp_path, monkeypatch):
   """Writes each named run's test accuracies (%, seed by seed) as test_metrics.json files."""
   monkeypatch.setattr(claims, "RUNS", tmp_path / "runs")
   monkeypatch.setattr(claims, "BOUNDED", tmp_path / "bounded")
+  monkeypatch.setattr(claims, "EQUAL", tmp_path / "equal_retraining")
   monkeypatch.setattr(claims, "L0_ARM", "decided")
 
   def write(**accuracies):
@@ -97,3 +98,27 @@ def test_arms_1b_and_4b_are_read_from_bounded_and_judged_apart(runs, tmp_path):
   assert "| 0.1 | 4b. uniform random, as 1b gates | 92.56% +- 0.11 |" in report
   assert "  - 0.1: bounded/retrain - retrain: +2.80 pp [+2.80, +2.80]" in report
   assert "  - 0.25: bounded/retrain - retrain: not judged yet" in report
+
+
+def test_the_equal_retraining_view_is_read_from_its_folder_and_judged_against_arm_1(runs, tmp_path):
+  runs(control=CONTROL, **every_arm(0.1, -3.0, retrain=shifted(CONTROL, -2.0)),
+       **{"equal_retraining/random_macs0.1": shifted(CONTROL, -4.0)})
+  assert (tmp_path / "equal_retraining" / "random_macs0.1_seed0" / "test_metrics.json").exists()
+  report = claims.report()
+  assert ("| 0.1 | 4. uniform random | 89.56% +- 0.11 | -4.00 pp [-4.00, -4.00] | "
+          "-2.00 pp [-2.00, -2.00] |") in report
+  assert "| 0.1 | 2. L0's mask, baseline's weights | not finished for every seed | | |" in report
+  # The view supports no claim: C4 compares with runs/' uniform random (-3 pp), not its (-4 pp).
+  assert "decided - random: +0.00 pp" in claims.claim_4()
+
+
+def test_the_front_draws_an_arm_at_each_budget_it_finished(runs):
+  runs(control=CONTROL, baseline=CONTROL, **every_arm(0.1, -3.0), **every_arm(0.25, -1.0),
+       **{"bounded/retrain_macs0.1": shifted(CONTROL, -0.2)})
+  ax, = claims.front_figure().axes
+  drawn = dict(zip(*reversed(ax.get_legend_handles_labels())))
+  assert set(drawn) == {"control", "baseline", *claims.ARMS.values(),
+                        claims.RECIPE_ARMS[claims.RECIPE_ARM]}
+  assert list(drawn[claims.ARMS["random"]].lines[0].get_ydata()) == pytest.approx(
+      [sum(CONTROL) / 5 - 3.0, sum(CONTROL) / 5 - 1.0])
+  assert len(drawn[claims.RECIPE_ARMS[claims.RECIPE_ARM]].lines[0].get_xdata()) == 1

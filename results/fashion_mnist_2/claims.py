@@ -1,6 +1,9 @@
-"""PROTOCOL.md's tables and claims (C4-C6) from the runs' own test_metrics.json, by its rules.
+"""PROTOCOL.md's tables, claims (C4-C6) and front from the runs' own test_metrics.json, by its rules.
 
   python results/fashion_mnist_2/claims.py > results/fashion_mnist_2/claims.md
+
+writes the tables and claims to stdout and the front (test accuracy against kept MACs, every arm,
+one-sd bars) to front.png beside this file.
 
 Written and committed before any test number of the protocol existed, so that the rules
 applied are the protocol's: an arm that has not finished for every seed is left out of the
@@ -11,10 +14,14 @@ C5b) were added by PROTOCOL.md's amendment of 2026-12-07, before any of their ru
 import json
 import pathlib
 
-from l0jax import stats
+from matplotlib.figure import Figure
 
+from l0jax import plots, stats
+
+FRONT = pathlib.Path(__file__).parent / "front.png"
 RUNS = pathlib.Path(__file__).parent / "runs"
 BOUNDED = pathlib.Path(__file__).parent / "bounded"  # the runs of arms 1b and 4b
+EQUAL = pathlib.Path(__file__).parent / "equal_retraining"  # arms 2-4 trained R epochs
 SEEDS = (0, 1, 2, 3, 4)
 BUDGETS = (0.75, 0.5, 0.25, 0.1)
 BASELINE_LEVEL = 93.0  # mean test accuracy (%) the baselines must reach
@@ -31,6 +38,10 @@ RECIPE_ARMS = {RECIPE_ARM: "1b. the tool's recipe, pruned then retrained",
                "bounded/random": "4b. uniform random, as 1b gates",
                "bounded/l1_norm_relative": "4b. L1-norm relative, as 1b gates"}
 RECIPE_BUDGETS = (0.25, 0.1)
+# The equal-retraining view (PROTOCOL.md, "Arms"): arms 2-4 trained as long as arm 1 retrains,
+# reported beside the main table, supporting no claim.
+EQUAL_ARMS = ("decided", "random_widths", "random", "l1_norm_relative")
+EQUAL_BUDGETS = (0.25, 0.1)
 
 
 def run_name(arm: str, budget: float) -> str:
@@ -38,10 +49,10 @@ def run_name(arm: str, budget: float) -> str:
 
 
 def run_dir(name: str, seed: int) -> pathlib.Path:
-  """The folder of `name`'s run of `seed`: in runs/, or in bounded/ if `name` says so."""
-  if name.startswith("bounded/"):
-    return BOUNDED / f"{name.removeprefix('bounded/')}_seed{seed}"
-  return RUNS / f"{name}_seed{seed}"
+  """The folder of `name`'s run of `seed`: in runs/, or in the folder `name` starts with."""
+  folder, _, run = name.rpartition("/")
+  root = {"": RUNS, "bounded": BOUNDED, "equal_retraining": EQUAL}[folder]
+  return root / f"{run}_seed{seed}"
 
 
 def metrics(name: str) -> list[dict] | None:
@@ -84,6 +95,24 @@ def table() -> list[str]:
       versus = interval(run_name(arm, budget), "control")
       lines.append(f"| {budget} | {what} | {acc.mean:.2f}% +- {acc.sd:.2f} | "
                    f"{macs.mean:.1f}% | {params.mean:.1f}% | {said(versus) if versus else ''} |")
+  return lines
+
+
+def equal_retraining_table() -> list[str]:
+  """Arms 2-4 trained R epochs after their mask, against the control and against arm 1."""
+  lines = ["| budget | arm, R epochs | test accuracy (mean +- sd) | minus control, paired 95% | "
+           "minus arm 1, paired 95% |", "|---|---|---|---|---|"]
+  for budget in EQUAL_BUDGETS:
+    for arm in EQUAL_ARMS:
+      name = run_name(f"equal_retraining/{arm}", budget)
+      found = accuracies(name)
+      if not found:
+        lines.append(f"| {budget} | {ARMS[arm]} | not finished for every seed | | |")
+        continue
+      acc = stats.spread(found)
+      versus = [interval(name, other) for other in ("control", run_name("retrain", budget))]
+      lines.append(f"| {budget} | {ARMS[arm]} | {acc.mean:.2f}% +- {acc.sd:.2f} | " +
+                   " | ".join(said(i) if i else "" for i in versus) + " |")
   return lines
 
 
@@ -182,9 +211,41 @@ def report() -> str:
                       f"- **C5b** (arm 1b within {C5_MARGIN} pp of the control, largest "
                       f"reduction): {claim_5b()}",
                       "- arm 1b - arm 1 (what the recipe's changes gave; paired differences):",
-                      *recipe_against_arm_1()]
+                      *recipe_against_arm_1(), "",
+                      "The equal-retraining view (`equal_retraining/`): arms 2-4 trained for "
+                      "the R epochs arm 1 retrains, not M; it supports no claim.", "",
+                      *equal_retraining_table()]
   return "\n".join(lines) + "\n"
+
+
+def front_figure() -> Figure:
+  """Each arm's mean test accuracy against its mean kept MACs over the budgets it finished."""
+  fig = Figure(figsize=(7, 5), layout="constrained")
+  ax = fig.subplots()
+  for name, style in (("control", "-"), ("baseline", "--")):
+    found = accuracies(name)
+    if found:
+      ax.axhline(stats.spread(found).mean, color="k", lw=0.7, ls=style, label=name)
+  for arm, what in {**ARMS, **RECIPE_ARMS}.items():
+    points = []
+    for budget in BUDGETS:
+      found = metrics(run_name(arm, budget))
+      if found:
+        acc = stats.spread([100 * m["test_accuracy"] for m in found])
+        macs = stats.spread([100 * m["macs_kept_fraction"] for m in found])
+        points.append((macs.mean, acc.mean, macs.sd, acc.sd))
+    if points:
+      x, y, xerr, yerr = zip(*sorted(points))
+      ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", ms=4, lw=0.8, capsize=2, label=what,
+                  ls="--" if arm.startswith("bounded/") else "-")
+  ax.set(xlabel="MACs kept (%)", ylabel="test accuracy (%)", xlim=(0, 105))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="lower right")
+  fig.suptitle(f"Protocol 2: means over seeds {', '.join(map(str, SEEDS))}, +- one sd",
+               fontsize=10)
+  return fig
 
 
 if __name__ == "__main__":
   print(report(), end="")
+  plots.save_figure(front_figure(), FRONT)
