@@ -19,8 +19,8 @@ import time
 import pytest
 
 from conftest import MAIN, REPO, TWO_DEVICES, Program, tiny_flags
-from l0jax import workdirs
-from l0jax.sweep import planning, reporting, running
+from l0jax import locking, workdirs
+from l0jax.sweep import planning, reporting, running, status
 from l0jax.errors import UserError
 
 
@@ -194,6 +194,31 @@ def test_a_comparison_plans_controls_masks_and_seeds_each_from_its_own_seeds_run
     planning.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], scratch_budgets=["macs0.25"])
 
 
+def test_the_status_says_each_members_state_and_estimates_what_is_left_without_a_test_number(
+    tmp_path):
+  settings = planning.parse_settings(["--baseline.num_epochs=3", "--budget.num_epochs=4",
+                                      "--retrain.num_epochs=2"])
+  members = planning.plan(tmp_path, [], [], settings, [], [("macs", 0.5)], True)
+  def trained(name, *seconds, tested=False):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    for epoch, s in enumerate(seconds):
+      workdirs.append_history(workdir, {"epoch": epoch, "step": epoch + 1, "epoch_seconds": s})
+    if tested:
+      workdirs.write_test_metrics(workdir, {"checkpoint": "last", "test_accuracy": 0.9123})
+  trained("baseline", 60.0, 60.0, 60.0, tested=True)
+  trained("budget_macs0.5", 120.0)
+  report = status.report(tmp_path, members)
+  assert report.splitlines()[:4] == [
+      f"{tmp_path}: 1 of 3 runs finished, 1 started, 1 not started",
+      "  finished     baseline         3 of 3 epochs, 3.0 min of training",
+      "  started      budget_macs0.5   1 of 4 epochs, 2.0 min of training",
+      "  not started  retrain_macs0.5  0 of 2 epochs"]
+  # Left: the budget run's 3 epochs at its own 120 s, the retrain's 2 at the sweep's median, 60 s.
+  assert report.splitlines()[-1].startswith("Left: 5 epochs, about 8.0 min at the median")
+  assert "0.9123" not in report and "91.2" not in report  # the baseline's test accuracy
+
+
 def test_groups_over_seeds_pair_each_run_with_its_seeds_control():
   def run(name, kind, seed, accuracy, macs):
     return {"name": f"{name}_seed{seed}", "kind": kind, "seed": seed, "target": None,
@@ -260,6 +285,16 @@ def test_a_rerun_skips_finished_runs(tiny_sweep):
   assert "baseline: training" not in second.stderr
   assert mtimes(sweep_dir / "baseline") == baseline_files
   assert (sweep_dir / reporting.FRONT_FILE).stat().st_size > 1000
+
+
+def test_the_status_runs_nothing_and_watches_a_sweep_that_holds_its_lock(tiny_sweep):
+  sweep_dir, _, _, baseline_files, _ = tiny_sweep
+  with locking.exclusive_folder(str(sweep_dir), "--sweep_dir"):  # as a running sweep holds it
+    shown = start_sweep(sweep_dir, "--finetune_lambdas=20", "--status").wait()
+  assert shown.returncode == 0, shown.stderr[-3000:]
+  assert "  finished     baseline           1 of 1 epochs" in shown.stdout
+  assert "  started      finetune_lambda20  0 of 1 epochs" in shown.stdout  # its failed attempt
+  assert mtimes(sweep_dir / "baseline") == baseline_files
 
 
 def test_a_runs_training_log_shows_no_test_number_and_its_test_log_does(tiny_sweep):

@@ -49,6 +49,11 @@ also from scratch: SWEEP_DIR/scratch_macs{T}) and `--seeds=0,1,2` (every member
 once per seed, SWEEP_DIR/NAME_seed{S}, started from and compared with the
 same seed's runs).
 
+The same command with `--status` runs nothing and prints each member's state
+(finished, started, not started), its epochs and training time, and an
+estimate of the time left, from the members' files alone (it reads no test
+number and takes no lock, so it can watch a sweep as it runs).
+
 Then SWEEP_DIR gets results.json, results.md (the table) and front.png from
 the finished members' test_metrics.json. "Train time" is the sum of the
 member's epoch times in history.jsonl (training and validation; not process
@@ -65,7 +70,7 @@ from absl import app, flags, logging
 
 from l0jax import cli, locking, run_config
 from l0jax.errors import UserError
-from l0jax.sweep import planning, reporting, running
+from l0jax.sweep import planning, reporting, running, status
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sweep_dir", None, "Where the members' workdirs and the results go.")
@@ -93,6 +98,9 @@ flags.DEFINE_bool("control", False, "The baseline trained on with nothing pruned
                   "as the pruned runs train after it (--control.num_epochs).")
 flags.DEFINE_list("seeds", [], "Run every member once per seed (members named NAME_seed{S}); "
                   "empty: once, with the config's seed.")
+flags.DEFINE_bool("status", False, "Run nothing: print each member's state and epochs, and an "
+                  "estimate of the time left, from the members' files (no test number). Takes "
+                  "no lock, so it can watch a sweep that is running.")
 
 
 def sweep(sweep_dir: pathlib.Path, members: Sequence[planning.Member],
@@ -141,6 +149,9 @@ def main(argv: list[str]) -> None:
         control=FLAGS.control, seeds=_seeds(FLAGS.seeds))
     for member in members:  # Every config as main.py would check it, before anything is written.
       running.check(member, sweep_dir)
+    if FLAGS.status:
+      print(status.report(sweep_dir, members), end="")
+      return
     with locking.exclusive_folder(str(sweep_dir), "--sweep_dir"):
       results = sweep(sweep_dir, members,
                       shlex.join(["python", "-m", "l0jax.sweep", *sys.argv[1:]]))
