@@ -19,7 +19,7 @@ import time
 import pytest
 
 from conftest import MAIN, REPO, TWO_DEVICES, Program, tiny_flags
-from l0jax import locking, workdirs
+from l0jax import cli, locking, workdirs
 from l0jax.sweep import planning, reporting, running, status
 from l0jax.errors import UserError
 
@@ -176,6 +176,11 @@ def test_a_comparison_plans_controls_masks_and_seeds_each_from_its_own_seeds_run
   assert mask.after == mask.cost_of == "budget_macs0.5_seed1"
   assert by_name["control_seed1"].settings["num_epochs"] == "4"
   assert "init_from" not in by_name["scratch_macs0.5_seed0"].settings
+  # From scratch to a budget: its own recipe, whose gates start more open than gated.py's.
+  train, _ = by_name["scratch_macs0.5_seed0"].commands(tmp_path)
+  assert train[2] == f"--config={os.path.join(REPO, 'configs')}/prune_from_scratch.py"
+  config = cli.command_config(train[1:])
+  assert (config.droprate_init, config.target_macs, config.use_gate) == (0.2, 0.5, True)
   # A mask's budget is the cost its budget run realised, read once that run is tested.
   (tmp_path / "budget_macs0.5_seed1").mkdir()
   (tmp_path / "budget_macs0.5_seed1" / workdirs.TEST_METRICS_FILE).write_text(

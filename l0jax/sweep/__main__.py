@@ -45,7 +45,7 @@ methods, at the cost each budget run realised: SWEEP_DIR/l1_norm_macs{T},
 configs/mask.py from the baseline; `decided` and `random_widths`: the budget
 run's own channels, or random ones at its widths, on the baseline's weights),
 `--scratch_budgets=macs{T}` (that budget
-also from scratch: SWEEP_DIR/scratch_macs{T}) and `--seeds=0,1,2` (every member
+also from scratch: SWEEP_DIR/scratch_macs{T}, configs/prune_from_scratch.py) and `--seeds=0,1,2` (every member
 once per seed, SWEEP_DIR/NAME_seed{S}, started from and compared with the
 same seed's runs).
 

@@ -39,12 +39,14 @@ class Member:
   # The member whose realised cost is this one's budget (a mask's), read once it is tested.
   cost_of: str | None = None
   seed: int | None = None
+  config_file: str | None = None  # Its recipe in configs/, where not its kind's.
 
   def commands(self, sweep_dir: pathlib.Path) -> list[list[str]]:
     """Train (or resume), then test: the two main.py command lines."""
     repo, workdir = cli.checkout(), f"--workdir={sweep_dir / self.name}"
     main = [sys.executable, str(repo / "main.py")]
-    return [main + [f"--config={repo / 'configs' / CONFIG_FILES[self.kind]}", workdir,
+    recipe = self.config_file or CONFIG_FILES[self.kind]
+    return [main + [f"--config={repo / 'configs' / recipe}", workdir,
                     *(f"--config.{k}={v}" for k, v in self.settings.items())],
             main + ["--mode=test", f"--checkpoint={CHECKPOINT}", workdir]]
 
@@ -126,7 +128,7 @@ def plan(sweep_dir: pathlib.Path, scratch_lambdas: Sequence[float],
     if name in scratch_budgets:
       members.append(Member(f"scratch_{name}", "scratch", {
           **settings["scratch"], **{k: v for k, v in own.items() if k != "init_from"}},
-                            target=(cost, target)))
+                            target=(cost, target), config_file="prune_from_scratch.py"))
     for method in masks:
       mask = {"mask": method, "init_from": str(sweep_dir / "baseline")}
       # The budget run's decided gates, on the baseline's weights.
