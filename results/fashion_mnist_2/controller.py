@@ -59,7 +59,7 @@ def ungated_share(config, last_epoch: dict) -> str:
 def main() -> None:
   by_budget = finished_budget_runs()
   fig = Figure(figsize=(max(6.0, 4.5 * len(by_budget)), 6.5))
-  axes = fig.subplots(2, len(by_budget), squeeze=False, sharex="col")
+  axes = fig.subplots(2, len(by_budget), squeeze=False, sharex="col", sharey="row")
   for column, ((folder, budget), runs) in enumerate(sorted(by_budget.items())):
     cost_ax, val_ax = axes[0][column], axes[1][column]
     for name, settled, epochs, share in runs:
