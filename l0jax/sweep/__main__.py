@@ -44,10 +44,10 @@ pruned runs: `--control.num_epochs`), `--masks=l1_norm,random` (the simple
 methods, at the cost each budget run realised: SWEEP_DIR/l1_norm_macs{T},
 configs/mask.py from the baseline; `decided` and `random_widths`: the budget
 run's own channels, or random ones at its widths, on the baseline's weights),
-`--scratch_budgets=macs{T}` (that budget
-also from scratch: SWEEP_DIR/scratch_macs{T}, configs/prune_from_scratch.py) and `--seeds=0,1,2` (every member
-once per seed, SWEEP_DIR/NAME_seed{S}, started from and compared with the
-same seed's runs).
+`--scratch_budgets=macs{T}` (that budget also from scratch:
+SWEEP_DIR/scratch_macs{T}, configs/prune_from_scratch.py) and `--seeds=0,1,2`
+(every member once per seed, SWEEP_DIR/NAME_seed{S}, started from and
+compared with the same seed's runs).
 
 The same command with `--status` runs nothing and prints each member's state
 (finished, started, not started), its epochs and training time, and an
