@@ -69,3 +69,18 @@ def test_runs_as_the_protocol_says_pass_and_each_difference_is_named(runs, tmp_p
                                      epochs=[0, 1, 3], log=log), "bounded")
   assert "a command not run from /work/recipe/" in found
   assert "history.jsonl's epochs [0, 1, 3]" in found
+
+
+def test_the_equal_retraining_view_trains_arms_2_to_4_for_the_retraining_epochs(runs, tmp_path):
+  config, log = runs("random", "random_macs0.1_seed2")
+  write_run(tmp_path, "runs", "budget_macs0.1_seed2", runs("budget", "b")[0], epochs=range(10),
+            log=log)
+  (tmp_path / "equal_retraining").mkdir()
+  (tmp_path / "equal_retraining" / "budget_macs0.1_seed2").symlink_to(
+      "../runs/budget_macs0.1_seed2")  # as run_protocol.sh links it
+  config.update(num_epochs=5, lr_milestones=[3, 4])
+  view = write_run(tmp_path, "equal_retraining", "random_macs0.1_seed2", config, epochs=range(5),
+                   log=log)
+  assert check.deviations(view, "equal_retraining") == []
+  assert check.deviations(view, "runs") == ["num_epochs=5, not 15",
+                                            "lr_milestones=[3, 4], not [10, 12]"]

@@ -2,7 +2,7 @@
 
     python results/fashion_mnist_2/check_runs.py > results/fashion_mnist_2/check_runs.txt
 
-For each run in runs/ and bounded/ that has a config.json: the fields its arm fixes (the run it
+For each run in runs/, bounded/ and equal_retraining/ that has a config.json: the fields its arm fixes (the run it
 starts from and which checkpoint, epochs, milestones, seed, target or mask, the gate settings),
 the data and recipe every arm shares, how many epochs `history.jsonl` holds, the checkout its
 commands ran from (`sweep.log`'s `$` lines), and where `sweep.log` says its weights came from.
@@ -19,7 +19,8 @@ import re
 HERE = pathlib.Path(__file__).parent
 # The checkout each folder's arms run from (README.md, "The protocol's commit"): f511257 and
 # 7bd9cad, as worktrees. Seeds 0-2's baselines are protocol 1's.
-CHECKOUTS = {"runs": "/work/protocol/", "bounded": "/work/recipe/"}
+CHECKOUTS = {"runs": "/work/protocol/", "bounded": "/work/recipe/",
+             "equal_retraining": "/work/protocol/"}
 PROTOCOL_1_BASELINES = ("baseline_seed0", "baseline_seed1", "baseline_seed2")
 SHARED = {"dataset": "fashion_mnist", "width_multiplier": 0.5, "batch_size": 128,
           "learning_rate": 0.003, "lr_factor": 0.1, "compute_dtype": "float32", "val_split": "hash",
@@ -41,6 +42,10 @@ BOUNDED = {"budget": {"log_alpha_bound": 4.6, "gate_reduce": True, "multiplier_c
            "retrain": {"gate_reduce": True},
            "random": {"gate_reduce": True}, "l1_norm_relative": {"gate_reduce": True}}
 REGISTERED = {"budget": {"log_alpha_bound": (None, 0.0), "gate_reduce": (None, False)}}
+# The equal-retraining view: arms 2-4 trained for the R = 5 epochs arm 1 retrains.
+EQUAL = {mask: {"num_epochs": 5, "lr_milestones": [3, 4]}
+         for mask in ("decided", "random_widths", "random", "l1_norm_relative")}
+CHANGES = {"runs": REGISTERED, "bounded": BOUNDED, "equal_retraining": EQUAL}
 NAME = re.compile(r"(?P<kind>[a-z_0-9]+?)(_macs(?P<budget>[0-9.]+))?_seed(?P<seed>\d+)")
 
 
@@ -59,11 +64,7 @@ def training_log(run: pathlib.Path) -> list[str]:
 
 def expected(folder: str, kind: str, budget: str | None, seed: int) -> dict:
   """What the protocol fixes for the run `kind` of `budget` and `seed` in `folder`."""
-  want = {**SHARED, **ARMS[kind], "seed": seed}
-  if folder == "bounded":
-    want.update(BOUNDED.get(kind, {}))
-  else:
-    want.update(REGISTERED.get(kind, {}))
+  want = {**SHARED, **ARMS[kind], "seed": seed, **CHANGES[folder].get(kind, {})}
   if kind != "baseline":  # every arm starts from its seed's baseline, retraining from its budget run
     want["init_from"] = (f"budget_macs{budget}_seed{seed}" if kind == "retrain"
                          else f"baseline_seed{seed}")
@@ -111,6 +112,8 @@ def deviations(run: pathlib.Path, folder: str) -> list[str]:
 
 def main() -> None:
   for folder in CHECKOUTS:
+    if not (HERE / folder).is_dir():
+      continue
     for run in sorted((HERE / folder).iterdir()):
       if run.is_symlink() or not (run / "config.json").exists():
         continue
