@@ -215,10 +215,12 @@ def test_the_status_says_each_members_state_and_estimates_what_is_left_without_a
   trained("budget_macs0.5", 120.0)
   report = status.report(tmp_path, members)
   assert report.splitlines()[:4] == [
-      f"{tmp_path}: 1 of 3 runs finished, 1 started, 1 not started",
+      f"{tmp_path}: 1 of 3 runs finished, 0 running, 1 stopped, 1 not started",
       "  finished     baseline         3 of 3 epochs, 3.0 min of training",
-      "  started      budget_macs0.5   1 of 4 epochs, 2.0 min of training",
+      "  stopped      budget_macs0.5   1 of 4 epochs, 2.0 min of training",
       "  not started  retrain_macs0.5  0 of 2 epochs"]
+  with workdirs.training_lock(str(tmp_path / "budget_macs0.5")):  # as its main.py holds it
+    assert "  running      budget_macs0.5   1 of 4 epochs" in status.report(tmp_path, members)
   # Left: the budget run's 3 epochs at its own 120 s, the retrain's 2 at the sweep's median, 60 s.
   assert report.splitlines()[-1].startswith("Left: 5 epochs, about 8.0 min at the median")
   assert "0.9123" not in report and "91.2" not in report  # the baseline's test accuracy
@@ -298,7 +300,7 @@ def test_the_status_runs_nothing_and_watches_a_sweep_that_holds_its_lock(tiny_sw
     shown = start_sweep(sweep_dir, "--finetune_lambdas=20", "--status").wait()
   assert shown.returncode == 0, shown.stderr[-3000:]
   assert "  finished     baseline           1 of 1 epochs" in shown.stdout
-  assert "  started      finetune_lambda20  0 of 1 epochs" in shown.stdout  # its failed attempt
+  assert "  stopped      finetune_lambda20  0 of 1 epochs" in shown.stdout  # its failed attempt
   assert mtimes(sweep_dir / "baseline") == baseline_files
 
 

@@ -50,7 +50,7 @@ SWEEP_DIR/scratch_macs{T}, configs/prune_from_scratch.py) and `--seeds=0,1,2`
 compared with the same seed's runs).
 
 The same command with `--status` runs nothing and prints each member's state
-(finished, started, not started), its epochs and training time, and an
+(finished, running, stopped, not started), its epochs and training time, and an
 estimate of the time left, from the members' files alone (it reads no test
 number and takes no lock, so it can watch a sweep as it runs).
 

@@ -11,11 +11,13 @@ import pathlib
 import statistics
 from typing import Sequence
 
-from l0jax import cli, workdirs
+from l0jax import cli, locking, workdirs
 from l0jax.sweep import reporting
 from l0jax.sweep.planning import Member
 
-FINISHED, STARTED, NOT_STARTED = "finished", "started", "not started"
+# Stopped: begun, and nothing trains it now (a stopped sweep, or a failed run).
+FINISHED, RUNNING, STOPPED, NOT_STARTED = "finished", "running", "stopped", "not started"
+STATES = (FINISHED, RUNNING, STOPPED, NOT_STARTED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +37,10 @@ def progress(member: Member, sweep_dir: pathlib.Path) -> Progress:
                   for _, line in workdirs.read_history(workdir)[0])
   if reporting.is_finished(workdir):
     state = FINISHED
+  elif locking.holder(str(workdir)):  # its main.py holds the workdir's lock
+    state = RUNNING
   else:
-    state = STARTED if seconds or (workdir / workdirs.SWEEP_LOG_FILE).exists() else NOT_STARTED
+    state = STOPPED if seconds or (workdir / workdirs.SWEEP_LOG_FILE).exists() else NOT_STARTED
   return Progress(member, state, epochs, seconds)
 
 
@@ -60,10 +64,11 @@ def seconds_left(runs: Sequence[Progress]) -> float | None:
 def report(sweep_dir: pathlib.Path, members: Sequence[Member]) -> str:
   """A line per member (its state, epochs and training time), then what is left."""
   runs = [progress(m, sweep_dir) for m in members]
-  counts = {s: sum(p.state == s for p in runs) for s in (FINISHED, STARTED, NOT_STARTED)}
+  counts = {s: sum(p.state == s for p in runs) for s in STATES}
   width = max(len(m.name) for m in members)
   lines = [f"{sweep_dir}: {counts[FINISHED]} of {len(runs)} runs finished, "
-           f"{counts[STARTED]} started, {counts[NOT_STARTED]} not started"]
+           f"{counts[RUNNING]} running, {counts[STOPPED]} stopped, "
+           f"{counts[NOT_STARTED]} not started"]
   for p in runs:
     trained = f"{len(p.epoch_seconds)} of {p.epochs} epochs"
     time = (f", {reporting.hours_or_minutes(sum(p.epoch_seconds))} of training"
