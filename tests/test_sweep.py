@@ -222,7 +222,8 @@ def test_the_status_says_each_members_state_and_estimates_what_is_left_without_a
   with workdirs.training_lock(str(tmp_path / "budget_macs0.5")):  # as its main.py holds it
     assert "  running      budget_macs0.5   1 of 4 epochs" in status.report(tmp_path, members)
   # Left: the budget run's 3 epochs at its own 120 s, the retrain's 2 at the sweep's median, 60 s.
-  assert report.splitlines()[-1].startswith("Left: 5 epochs, about 8.0 min at the median")
+  assert report.splitlines()[-1].startswith(
+      "Trained: 4 epochs in 5.0 min. Left: 5 epochs, about 8.0 min at the median")
   assert "0.9123" not in report and "91.2" not in report  # the baseline's test accuracy
 
 

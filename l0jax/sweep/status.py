@@ -79,5 +79,7 @@ def report(sweep_dir: pathlib.Path, members: Sequence[Member]) -> str:
   estimate = ("" if left is None else f", about {reporting.hours_or_minutes(left)} at the median "
               "epoch time of each kind of run in this sweep so far (rough: epochs take longer "
               "beside other work, and those of smaller networks less)")
-  lines.append(f"Left: {epochs_left} epochs{estimate}.")
+  done = [s for p in runs for s in p.epoch_seconds]
+  lines.append(f"Trained: {len(done)} epochs in {reporting.hours_or_minutes(sum(done))}. "
+               f"Left: {epochs_left} epochs{estimate}.")
   return "\n".join(lines) + "\n"
