@@ -29,6 +29,10 @@ class Progress:
   epochs: int
   epoch_seconds: tuple[float, ...]
 
+  @property
+  def epochs_left(self) -> int:
+    return 0 if self.state == FINISHED else max(self.epochs - len(self.epoch_seconds), 0)
+
 
 def progress(member: Member, sweep_dir: pathlib.Path) -> Progress:
   workdir = sweep_dir / member.name
@@ -53,12 +57,8 @@ def seconds_left(runs: Sequence[Progress]) -> float | None:
   every = [s for seconds in by_kind.values() for s in seconds]
   if not every:
     return None
-  left = 0.0
-  for p in runs:
-    if p.state != FINISHED:
-      epoch = statistics.median(by_kind.get(p.member.kind) or every)
-      left += max(p.epochs - len(p.epoch_seconds), 0) * epoch
-  return left
+  return sum(p.epochs_left * statistics.median(by_kind.get(p.member.kind) or every)
+             for p in runs)
 
 
 def report(sweep_dir: pathlib.Path, members: Sequence[Member]) -> str:
@@ -74,7 +74,7 @@ def report(sweep_dir: pathlib.Path, members: Sequence[Member]) -> str:
     time = (f", {reporting.hours_or_minutes(sum(p.epoch_seconds))} of training"
             if p.epoch_seconds else "")
     lines.append(f"  {p.state:<11}  {p.member.name:<{width}}  {trained}{time}")
-  epochs_left = sum(max(p.epochs - len(p.epoch_seconds), 0) for p in runs if p.state != FINISHED)
+  epochs_left = sum(p.epochs_left for p in runs)
   left = seconds_left(runs)
   estimate = ("" if left is None else f", about {reporting.hours_or_minutes(left)} at the median "
               "epoch time of each kind of run in this sweep so far (rough: epochs take longer "
