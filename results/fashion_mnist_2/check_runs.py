@@ -2,9 +2,9 @@
 
     python results/fashion_mnist_2/check_runs.py > results/fashion_mnist_2/check_runs.txt
 
-For each run in runs/, bounded/ and equal_retraining/ that has a config.json: the fields its arm fixes (the run it
-starts from and which checkpoint, epochs, milestones, seed, target or mask, the gate settings),
-the data and recipe every arm shares, how many epochs `history.jsonl` holds, the checkout its
+For each run in runs/, bounded/ and equal_retraining/ that has a config.json: the fields its
+arm fixes (the run it starts from and which checkpoint, epochs, milestones, seed, target or
+mask, the gate settings), the data and recipe every arm shares, how many epochs `history.jsonl` holds, the checkout its
 commands ran from (`sweep.log`'s `$` lines), and where `sweep.log` says its weights came from.
 A mask at a budget run's cost is checked against the cost that run's gates had at its last epoch
 (`history.jsonl`). Only config.json, history.jsonl and the lines of sweep.log above the first
@@ -65,7 +65,7 @@ def training_log(run: pathlib.Path) -> list[str]:
 def expected(folder: str, kind: str, budget: str | None, seed: int) -> dict:
   """What the protocol fixes for the run `kind` of `budget` and `seed` in `folder`."""
   want = {**SHARED, **ARMS[kind], "seed": seed, **CHANGES[folder].get(kind, {})}
-  if kind != "baseline":  # every arm starts from its seed's baseline, retraining from its budget run
+  if kind != "baseline":  # from its seed's baseline; retraining, from its budget run
     want["init_from"] = (f"budget_macs{budget}_seed{seed}" if kind == "retrain"
                          else f"baseline_seed{seed}")
   if kind == "budget":

@@ -1,4 +1,4 @@
-"""PROTOCOL.md's tables, claims (C4-C6) and front from the runs' own test_metrics.json, by its rules.
+"""PROTOCOL.md's tables, claims and front from the runs' own test_metrics.json, by its rules.
 
   python results/fashion_mnist_2/claims.py > results/fashion_mnist_2/claims.md
 

@@ -68,8 +68,8 @@ def main() -> None:
                            label=name.split("_")[-1])
       val_ax.plot(x, [100 * e["val_accuracy"] for e in epochs], marker="o", color=line.get_color())
       before, after = epochs[settled - 1], epochs[settled]
-      print(f"{folder}/{name}: MACs kept {100 * before['train_test_time_macs_kept']:.1f}% when the gates "
-            f"settled after epoch {settled} (target {100 * budget:g}%); validation "
+      print(f"{folder}/{name}: MACs kept {100 * before['train_test_time_macs_kept']:.1f}% when "
+            f"the gates settled after epoch {settled} (target {100 * budget:g}%); validation "
             f"{100 * before['val_accuracy']:.2f}% -> {100 * after['val_accuracy']:.2f}% "
             f"(last epoch {100 * epochs[-1]['val_accuracy']:.2f}%); {share}")
     cost_ax.plot(x, [100 * e["train_target"] for e in epochs], color="k", linestyle="--",
@@ -79,7 +79,8 @@ def main() -> None:
     cost_ax.legend(fontsize="small")
     val_ax.set_ylabel("validation accuracy (%)")
     val_ax.set_xlabel("epoch")
-  fig.suptitle("Protocol 2's budget runs, from their training histories:\nthe controller's cost, and validation when the gates settle")
+  fig.suptitle("Protocol 2's budget runs, from their training histories:\n"
+               "the controller's cost, and validation when the gates settle")
   fig.tight_layout()
   plots.save_figure(fig, pathlib.Path(__file__).parent / "controller.png")
 
